@@ -1,0 +1,184 @@
+"""This module runs the embedded amqtt broker, and starts it as a child process.
+
+amqtt is asyncio; it runs in a process of its own (in the same process as
+busy clients it times out on acknowledgements), so nothing else in catmqtt
+needs an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import parse_hostport
+from .errors import CatmqttError, ConfigError
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "CATMQTT_PARENT_PID"
+
+
+def default_config(listen: str, ws: str | None) -> dict[str, Any]:
+    """Return the embedded broker's amqtt configuration (as in ``brokerconf/amqtt.yaml``)."""
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": listen}}
+    if ws is not None:
+        listeners["ws"] = {"type": "ws", "bind": ws}
+    return {
+        "listeners": listeners,
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | None) -> dict[str, Any]:
+    """Return the amqtt configuration: file `path` or the default, with the given listeners."""
+    if path is None:
+        conf = default_config(listen or "127.0.0.1:1883", ws)
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                conf = yaml.safe_load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read amqtt config {os.fspath(path)!r}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"amqtt config {os.fspath(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(conf, dict) or not isinstance(conf.get("listeners"), dict):
+            raise ConfigError(f"amqtt config {os.fspath(path)!r} has no 'listeners' mapping")
+        if listen is not None:
+            conf["listeners"].setdefault("default", {"type": "tcp"})["bind"] = listen
+        if ws is not None:
+            conf["listeners"].setdefault("ws", {"type": "ws"})["bind"] = ws
+    for listener in conf["listeners"].values():
+        if isinstance(listener, dict) and "bind" in listener:
+            parse_hostport(listener["bind"], "broker listen")
+    return conf
+
+
+def run(conf: dict[str, Any]) -> None:
+    """Run the broker until SIGINT or SIGTERM."""
+    from amqtt.broker import Broker
+    from amqtt.errors import BrokerError
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        broker = Broker(conf)
+        try:
+            await broker.start()
+        except BrokerError as exc:
+            cause = exc.__cause__
+            reason = (
+                "address already in use"
+                if isinstance(cause, OSError) and cause.errno == 98
+                else str(cause or exc)
+            )
+            binds = ", ".join(str(v.get("bind")) for v in conf["listeners"].values() if isinstance(v, dict))
+            raise CatmqttError(f"the broker cannot listen on {binds}: {reason}") from None
+        log.info(
+            "broker listening on %s",
+            ", ".join(
+                f"{v['type']}://{v['bind']}"
+                for v in conf["listeners"].values()
+                if isinstance(v, dict) and "bind" in v
+            ),
+        )
+        parent = os.environ.get(PARENT_ENV)
+        if parent:
+            asyncio.create_task(_watch_parent(int(parent), stop))
+        await stop.wait()
+        log.info("broker stopping")
+        await broker.shutdown()
+
+    asyncio.run(main())
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Stop when the process that started us is gone, so no broker is orphaned."""
+    while os.getppid() == pid:
+        await asyncio.sleep(1)
+    log.warning("parent process %d is gone; stopping", pid)
+    stop.set()
+
+
+def wait_for_port(host: str, port: int, deadline: float) -> bool:
+    """Return True once something accepts TCP connections at host:port, False at `deadline`."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class BrokerProcess:
+    """The embedded broker as a child process (``python -m catmqtt broker``)."""
+
+    def __init__(
+        self, listen: str, ws: str | None, amqtt_conf: str | None, loglevel: str, statedir: Path
+    ) -> None:
+        self.listen = listen
+        args = [
+            sys.executable,
+            "-m",
+            "catmqtt",
+            "broker",
+            "--listen",
+            listen,
+            "--ws",
+            ws or "off",
+            "--loglevel",
+            loglevel,
+        ]
+        if amqtt_conf:
+            args += ["--amqtt-conf", str(amqtt_conf)]
+        statedir.mkdir(parents=True, exist_ok=True)
+        self.logfile = statedir / "broker.log"
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        with open(self.logfile, "ab") as logfile:
+            # A session of its own: Ctrl+C reaches only us, and we stop the
+            # broker after the nodes have said goodbye through it.
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Return once the broker accepts connections; raise if it died."""
+        host, port = parse_hostport(self.listen, "broker listen")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                lines = self.logfile.read_text(errors="replace").strip().splitlines()
+                reason = lines[-1] if lines else f"exit status {self.proc.returncode}"
+                raise CatmqttError(f"the embedded broker did not start: {reason.removeprefix('Error: ')}")
+            if wait_for_port(host, port, min(deadline, time.monotonic() + 0.5)):
+                return
+        self.stop()
+        raise CatmqttError(
+            f"the embedded broker did not accept connections on {self.listen} within {timeout:.0f} s"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,275 @@
+"""This module holds the subscriber's cache: a SQLite index (WAL) of roots,
+datasets and chunks, and one sparse Blosc2 container per dataset.
+
+A chunk is written to its container before its index row is committed, so a
+crash may leave an unindexed chunk (fetched again later) but never an index
+row without its chunk. A dataset whose etag changes loses its chunks at once,
+so the cache never serves a mix of two versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blosc2
+
+from . import storage
+from .errors import ConfigError, NotFound
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (
+    name TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    subscribed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (root, path)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    nchunk INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    nbytes INTEGER NOT NULL,
+    last_access REAL NOT NULL,
+    PRIMARY KEY (root, path, nchunk)
+);
+"""
+
+
+@dataclass
+class Slot:
+    """The open container of one dataset, and the lock that guards it."""
+
+    etag: str
+    handle: blosc2.NDArray | blosc2.SChunk | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+class Cache:
+    """The index and containers under ``<statedir>``."""
+
+    def __init__(self, statedir: str | Path) -> None:
+        self.dir = Path(statedir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "cache"
+        dbpath = self.dir / "cache.sqlite"
+        self._lock = threading.RLock()
+        self._slots: dict[tuple[str, str], Slot] = {}
+        try:
+            self._db = sqlite3.connect(dbpath, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema(dbpath)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"{dbpath} is not a catmqtt cache ({exc}); move it away or use another --statedir"
+            ) from None
+
+    def _check_schema(self, dbpath: Path) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise ConfigError(f"{dbpath} is not a catmqtt cache; move it away or use another --statedir")
+        self._db.executescript(_TABLES)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"{dbpath} has cache schema version {row[0]}, this catmqtt uses {SCHEMA_VERSION};"
+                " move it away or use another --statedir"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # Roots
+
+    def set_root(self, name: str, info: dict[str, Any] | None) -> None:
+        """Record the announcement of root `name`; None forgets the root."""
+        with self._transaction() as db:
+            if info is None:
+                db.execute("DELETE FROM roots WHERE name=?", (name,))
+            else:
+                db.execute(
+                    "INSERT INTO roots (name, info) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
+                    (name, json.dumps(info)),
+                )
+
+    def roots(self) -> dict[str, dict[str, Any]]:
+        """Return {name: {"info": announcement, "subscribed": bool}}."""
+        rows = self._query("SELECT name, info, subscribed FROM roots ORDER BY name")
+        return {name: {"info": json.loads(info), "subscribed": bool(sub)} for name, info, sub in rows}
+
+    def root(self, name: str) -> dict[str, Any]:
+        """Return one root as `roots` does, or raise NotFound."""
+        rows = self._query("SELECT info, subscribed FROM roots WHERE name=?", (name,))
+        if not rows:
+            raise NotFound(f"no root {name!r} is known (see 'catmqtt roots')")
+        return {"info": json.loads(rows[0][0]), "subscribed": bool(rows[0][1])}
+
+    def set_subscribed(self, name: str, subscribed: bool) -> None:
+        self._query("UPDATE roots SET subscribed=? WHERE name=?", (int(subscribed), name))
+
+    def subscribed(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT name FROM roots WHERE subscribed=1 ORDER BY name")]
+
+    # Datasets
+
+    def set_dataset(self, root: str, path: str, meta: dict[str, Any] | None) -> bool:
+        """Record the metadata of a dataset (None: it is gone).
+
+        A changed etag drops the cached chunks. Returns whether anything changed.
+        """
+        old = self._query("SELECT etag FROM datasets WHERE root=? AND path=?", (root, path))
+        old_etag = old[0][0] if old else None
+        new_etag = None if meta is None else meta["etag"]
+        if old_etag == new_etag:
+            return False
+        slot = self._slot(root, path)
+        with slot.lock:
+            self._drop_chunks(root, path, slot)
+            with self._transaction() as db:
+                if meta is None:
+                    db.execute("DELETE FROM datasets WHERE root=? AND path=?", (root, path))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?)",
+                        (root, path, new_etag, json.dumps(meta)),
+                    )
+            slot.etag = new_etag or ""
+        if old_etag is not None:
+            log.info("%s/%s changed (etag %s -> %s): cached chunks dropped", root, path, old_etag, new_etag)
+        return True
+
+    def datasets(self, root: str) -> list[str]:
+        """Return the sorted paths of the datasets of `root`."""
+        return [r[0] for r in self._query("SELECT path FROM datasets WHERE root=? ORDER BY path", (root,))]
+
+    def dataset(self, root: str, path: str) -> dict[str, Any]:
+        """Return the metadata of a dataset, or raise NotFound."""
+        rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
+        if not rows:
+            raise NotFound(f"no dataset {path!r} in root {root!r}")
+        return json.loads(rows[0][0])
+
+    # Chunks
+
+    def _slot(self, root: str, path: str) -> Slot:
+        with self._lock:
+            slot = self._slots.get((root, path))
+            if slot is None:
+                rows = self._db.execute(
+                    "SELECT etag FROM datasets WHERE root=? AND path=?", (root, path)
+                ).fetchall()
+                slot = self._slots[(root, path)] = Slot(rows[0][0] if rows else "")
+            return slot
+
+    def _urlpath(self, root: str, path: str) -> Path:
+        return self.data_dir / root / path
+
+    def _drop_chunks(self, root: str, path: str, slot: Slot) -> None:
+        # The index rows go first: a crash after this leaves chunks without rows.
+        self._query("DELETE FROM chunks WHERE root=? AND path=?", (root, path))
+        slot.handle = None
+        storage.remove(self._urlpath(root, path))
+
+    def _container(self, root: str, path: str, meta: dict[str, Any], slot: Slot):
+        """Return the open container of a dataset, opening or creating it (slot locked)."""
+        if slot.handle is None:
+            urlpath = self._urlpath(root, path)
+            handle = None
+            if urlpath.exists():
+                try:
+                    handle = blosc2.open(str(urlpath), mode="a")
+                except (RuntimeError, ValueError, OSError) as exc:
+                    log.warning(
+                        "cache container of %s/%s is unreadable (%s); starting it again", root, path, exc
+                    )
+            if handle is None:
+                self._query("DELETE FROM chunks WHERE root=? AND path=?", (root, path))
+                handle = storage.create_sparse(meta, urlpath)
+            slot.handle = handle
+        return slot.handle
+
+    def cached_chunks(self, root: str, path: str, etag: str) -> set[int]:
+        """Return the numbers of the chunks of a dataset at `etag` that are cached."""
+        rows = self._query("SELECT nchunk FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, etag))
+        return {r[0] for r in rows}
+
+    def store_chunk(self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes) -> bool:
+        """Store a chunk fetched for version ``meta["etag"]``.
+
+        Returns False, storing nothing, if the dataset changed meanwhile.
+        """
+        slot = self._slot(root, path)
+        with slot.lock:
+            if slot.etag != meta["etag"]:
+                return False
+            handle = self._container(root, path, meta, slot)
+            storage.schunk_of(handle).update_chunk(nchunk, data)
+            self._query(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                (root, path, nchunk, meta["etag"], len(data), time.time()),
+            )
+        return True
+
+    @contextmanager
+    def reading(self, root: str, path: str, meta: dict[str, Any]):
+        """Hold a dataset's container at version ``meta["etag"]`` while reading it.
+
+        Yields None if the dataset changed since `meta` was read.
+        """
+        slot = self._slot(root, path)
+        with slot.lock:
+            if slot.etag != meta["etag"]:
+                yield None
+            else:
+                yield self._container(root, path, meta, slot)
+
+    def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
+        """Record that chunks were just read."""
+        numbers = list(nchunks)
+        now = time.time()
+        # Batches stay below SQLite's limit on bound parameters.
+        for i in range(0, len(numbers), 5000):
+            batch = numbers[i : i + 5000]
+            marks = ",".join("?" * len(batch))
+            self._query(
+                f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
+                (now, root, path, *batch),
+            )

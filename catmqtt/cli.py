@@ -1,0 +1,358 @@
+"""This module is the ``catmqtt`` command: services (broker, pub, sub, up) and
+client commands (roots, subscribe, list, info, show, download)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, config
+from .errors import CatmqttError, ConfigError
+
+log = logging.getLogger("catmqtt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"Error: {message} (see '{self.prog} --help')\n")
+
+
+# Commands
+
+
+def cmd_broker(args: argparse.Namespace, conf: dict) -> int:
+    from . import broker
+
+    s = config.section(
+        conf, "broker", listen=args.listen, ws=args.ws, amqtt_conf=args.amqtt_conf, loglevel=args.loglevel
+    )
+    _logging(config.parse_loglevel(s["loglevel"]))
+    ws = None if s["ws"] in (None, "off") else s["ws"]
+    broker.run(broker.load_config(s["amqtt_conf"], s["listen"], ws))
+    return 0
+
+
+def _node_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "http": args.http,
+        "broker": args.broker,
+        "statedir": args.statedir,
+        "loglevel": args.loglevel,
+        "prefix": args.prefix,
+        "mqtt_user": args.mqtt_user,
+        "mqtt_password": args.mqtt_password,
+        "cafile": args.cafile,
+        "urlbase": args.urlbase,
+    }
+
+
+def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
+    from .publisher import Publisher
+
+    s = config.node_settings(
+        conf, "publisher", args.id, name=args.name, root=args.root, **_node_options(args)
+    )
+    if not s["name"] or not s["root"]:
+        raise ConfigError(
+            "give the root's NAME and ROOT directory, or --id of a config section with 'name' and 'root'"
+        )
+    _logging(s["loglevel"])
+    publisher = Publisher(s["name"], s["root"], s, args.id).start()
+    print(f"Publishing root {s['name']!r} from {s['root']} at {publisher.url}", flush=True)
+    _wait_for_signal()
+    publisher.stop()
+    return 0
+
+
+def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
+    from .subscriber import Subscriber
+
+    s = config.node_settings(conf, "subscriber", args.id, **_node_options(args))
+    _logging(s["loglevel"])
+    subscriber = Subscriber(s, args.id or _default_id(s["statedir"])).start()
+    print(f"Subscriber at {subscriber.url} (broker {s['broker'].url})", flush=True)
+    _wait_for_signal()
+    subscriber.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, conf: dict) -> int:
+    from .broker import BrokerProcess
+    from .publisher import Publisher
+    from .sample import write_sample
+    from .subscriber import Subscriber
+
+    base = Path(args.statedir)
+    b = config.section(conf, "broker", listen=args.listen, ws=args.ws, loglevel=args.loglevel)
+    listen = b["listen"]
+    config.parse_hostport(listen, "broker listen")
+    ws = None if b["ws"] in (None, "off") else b["ws"]
+    common = {"broker": f"mqtt://{listen}", "loglevel": args.loglevel, "prefix": b["prefix"]}
+    pub_s = config.node_settings(conf, "publisher", http=args.pub_http, statedir=base / "publisher", **common)
+    sub_s = config.node_settings(
+        conf, "subscriber", http=args.sub_http, statedir=base / "subscriber", **common
+    )
+    _logging(pub_s["loglevel"])
+    root = args.root
+    if root is None:
+        root = base / "sample"
+        if not root.exists():
+            write_sample(root)
+    # The HTTP servers bind first, so that a busy port fails before anything runs.
+    publisher = Publisher(args.name, root, pub_s)
+    subscriber = Subscriber(sub_s, _default_id(sub_s["statedir"]))
+    broker = BrokerProcess(listen, ws, b["amqtt_conf"], pub_s["loglevel"], base / "broker")
+    try:
+        broker.wait_ready()
+        publisher.start()
+        subscriber.start()
+        print(
+            f"Broker      mqtt://{listen}" + (f" (websockets ws://{ws})" if ws else "") + "\n"
+            f"Publisher   {publisher.url} (root {args.name!r} from {root})\n"
+            f"Subscriber  {subscriber.url}\n"
+            "Press Ctrl+C to stop.",
+            flush=True,
+        )
+        _wait_for_signal()
+        subscriber.stop()
+        publisher.stop()
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, conf: dict) -> int:
+    from .sample import write_sample
+
+    print(f"Sample root written to {write_sample(args.dir)}")
+    return 0
+
+
+def cmd_roots(args: argparse.Namespace, client: Any) -> int:
+    roots = client.get_roots()
+    if args.json:
+        return _json(roots)
+    for name in sorted(roots):
+        root = roots[name]
+        print(
+            name + (" (subscribed)" if root["subscribed"] else "") + ("" if root["online"] else " (offline)")
+        )
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace, client: Any) -> int:
+    return _print(client.subscribe(args.root), args.json)
+
+
+def cmd_unsubscribe(args: argparse.Namespace, client: Any) -> int:
+    return _print(client.unsubscribe(args.root), args.json)
+
+
+def cmd_list(args: argparse.Namespace, client: Any) -> int:
+    root = args.path.strip("/").split("/", 1)[0]
+    paths = [f"{root}/{p}" for p in client.get_list(args.path)]
+    if args.json:
+        return _json(paths)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, client: Any) -> int:
+    return _json(client.get_info(args.path))
+
+
+def cmd_show(args: argparse.Namespace, client: Any) -> int:
+    import numpy as np
+
+    from .dtypes import to_jsonable
+
+    path, slice_ = _split_slice(args.path)
+    result = client.fetch(path, slice_)
+    if args.json:
+        return _json(to_jsonable(result))
+    if isinstance(result, bytes):
+        try:
+            print(result.decode())
+        except UnicodeDecodeError:
+            print(repr(result))
+    else:
+        with np.printoptions(threshold=1000):
+            print(result)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, client: Any) -> int:
+    dest = client.download(args.path, args.output)
+    if args.json:
+        return _json({"path": str(dest)})
+    print(f"Dataset saved to {dest}")
+    return 0
+
+
+def _split_slice(text: str) -> tuple[str, str | None]:
+    """Split ``foo/x.b2nd[1,2]`` into the path and the slice."""
+    if text.endswith("]") and "[" in text:
+        at = text.rindex("[")
+        return text[:at], text[at + 1 : -1]
+    return text, None
+
+
+def _print(value: Any, as_json: bool) -> int:
+    print(json.dumps(value) if as_json else value)
+    return 0
+
+
+def _json(value: Any) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
+
+
+def _default_id(statedir: Path) -> str:
+    """A node id that is stable for a state directory and unique on this host."""
+    digest = hashlib.blake2b(str(statedir.resolve()).encode(), digest_size=3).hexdigest()
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())[:80]
+    return f"{host or 'host'}-{digest}"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # amqtt and transitions narrate every connection at INFO.
+        for name in ("amqtt", "transitions", "werkzeug"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT (Ctrl+C) or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    log.info("stopping")
+
+
+# Argument parsing
+
+
+def _service_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", help="node id; also selects the config section <role>.<id>")
+    p.add_argument("--http", metavar="HOST:PORT", help="where the HTTP API listens")
+    p.add_argument("--urlbase", metavar="URL", help="the URL to advertise, if not http://HOST:PORT")
+    p.add_argument("--broker", metavar="URL", help="the MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--prefix", help="the MQTT topic prefix (default catmqtt/v1)")
+    p.add_argument("--mqtt-user", help="MQTT user name")
+    p.add_argument("--mqtt-password", help=f"MQTT password (better: set ${config.PASSWORD_ENV})")
+    p.add_argument("--cafile", help="CA certificate file for mqtts://")
+    p.add_argument("--statedir", metavar="DIR", help="state directory (default ./_catmqtt/<role>[.<id>])")
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sub", metavar="URL", help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="catmqtt", description="Share Blosc2 datasets over MQTT.")
+    parser.add_argument("--version", action="version", version=f"catmqtt {__version__}")
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--conf", metavar="FILE", help=f"config file (default ./{config.DEFAULT_FILE} if present)"
+    )
+    common.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func, help: str, service: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func, service=service)
+        return p
+
+    p = add("up", cmd_up, "run a broker, a publisher and a subscriber together", True)
+    p.add_argument("root", nargs="?", help="the root directory to publish (default: the sample root)")
+    p.add_argument("--name", default="foo", help="the root's name (default foo)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="where the broker listens (default 127.0.0.1:1883)")
+    p.add_argument("--ws", metavar="HOST:PORT", help="MQTT over websockets (default 127.0.0.1:9001; 'off')")
+    p.add_argument(
+        "--pub-http", metavar="HOST:PORT", help="the publisher's HTTP address (default 127.0.0.1:8001)"
+    )
+    p.add_argument(
+        "--sub-http", metavar="HOST:PORT", help="the subscriber's HTTP address (default 127.0.0.1:8002)"
+    )
+    p.add_argument(
+        "--statedir", default="_catmqtt", metavar="DIR", help="state directory (default ./_catmqtt)"
+    )
+
+    p = add("broker", cmd_broker, "run the embedded MQTT broker (amqtt)", True)
+    p.add_argument("--listen", metavar="HOST:PORT", help="MQTT listener (default 127.0.0.1:1883)")
+    p.add_argument("--ws", metavar="HOST:PORT", help="MQTT over websockets (default 127.0.0.1:9001; 'off')")
+    p.add_argument("--amqtt-conf", metavar="FILE", help="an amqtt YAML configuration (see brokerconf/)")
+
+    p = add("pub", cmd_pub, "publish a root directory", True)
+    p.add_argument("name", nargs="?", help="the root's name")
+    p.add_argument("root", nargs="?", help="the root directory")
+    _service_options(p)
+
+    p = add("sub", cmd_sub, "run a subscriber", True)
+    _service_options(p)
+
+    p = add("sample", cmd_sample, "write the sample root into a directory", True)
+    p.add_argument("dir", help="the directory to write")
+
+    add("roots", cmd_roots, "list the roots the subscriber knows")
+    for name, func, help in (
+        ("subscribe", cmd_subscribe, "follow a root"),
+        ("unsubscribe", cmd_unsubscribe, "stop following a root"),
+    ):
+        add(name, func, help).add_argument("root")
+    add("list", cmd_list, "list the datasets of a root or directory").add_argument(
+        "path", metavar="ROOT[/DIR]"
+    )
+    add("info", cmd_info, "print a dataset's metadata").add_argument("path", metavar="ROOT/PATH")
+    add("show", cmd_show, "print a dataset or a slice of it").add_argument("path", metavar="ROOT/PATH[SLICE]")
+    p = add("download", cmd_download, "save a whole dataset")
+    p.add_argument("path", metavar="ROOT/PATH")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save (default: here)")
+    for p in sub.choices.values():
+        if not p.get_default("service"):
+            _client_options(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        conf = config.load(args.conf)
+        if args.service:
+            return args.func(args, conf)
+        from .client import Client
+
+        with Client(config.client_sub(conf, args.sub)) as client:
+            return args.func(args, client)
+    except CatmqttError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(
+            f"Error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

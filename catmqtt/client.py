@@ -1,0 +1,270 @@
+"""This module is catmqtt's Python client: it talks to a subscriber over HTTP.
+
+It needs only requests and numpy. The module-level helpers mirror Caterva2's
+client API; :class:`Client` keeps one HTTP session for many calls, and
+:class:`Root`, :class:`Dataset` and :class:`File` give an object view.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import requests
+
+from .dtypes import dtype_from_json
+from .errors import Unavailable, from_status
+from .slices import as_key, format_key, parse_slice
+
+DEFAULT_URLBASE = "http://127.0.0.1:8002"
+NPY = "application/x-npy"
+TIMEOUT = (10, 600)
+
+
+class Client:
+    """A connection to one subscriber, reused for many calls.
+
+    Parameters
+    ----------
+    urlbase : str
+        The subscriber's base URL, like ``http://127.0.0.1:8002``.
+    timeout : float or (float, float)
+        Connect and read timeouts in seconds, as requests takes them.
+    """
+
+    def __init__(self, urlbase: str = DEFAULT_URLBASE, *, timeout: Any = TIMEOUT) -> None:
+        self.urlbase = urlbase.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
+        """Send a request; turn every failure into a catmqtt.errors exception."""
+        url = f"{self.urlbase}/api/{endpoint}"
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} did not answer in time", status=504
+            ) from None
+        except requests.RequestException:
+            raise Unavailable(
+                f"cannot reach the subscriber at {self.urlbase}: is 'catmqtt sub' (or 'catmqtt up') running?"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                message = str(response.json()["error"])
+            except (ValueError, KeyError, TypeError):
+                message = f"{response.status_code} {response.reason} from {url}"
+            raise from_status(response.status_code, message)
+        return response
+
+    def get_roots(self) -> dict[str, dict[str, Any]]:
+        """Return the known roots: ``{name: {"name", "url", "online", "subscribed"}}``."""
+        return self._request("GET", "roots").json()
+
+    def subscribe(self, root: str) -> str:
+        """Ask the subscriber to follow `root`; returns ``"Ok"``."""
+        return self._request("POST", f"subscribe/{quote(root, safe='')}").json()
+
+    def unsubscribe(self, root: str) -> str:
+        """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
+        return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
+
+    def get_list(self, path: str) -> list[str]:
+        """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""
+        return self._request("GET", f"list/{quote(path.strip('/'))}").json()
+
+    def get_info(self, dataset: str) -> dict[str, Any]:
+        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
+        return self._request("GET", f"info/{quote(dataset)}").json()
+
+    def fetch(self, dataset: str, slice_: Any = None) -> np.ndarray | bytes:
+        """Return a selection of `dataset`.
+
+        `slice_` is a numpy basic-indexing expression, as a string
+        (``"1, ::-2"``) or as what ``__getitem__`` receives (``(1, slice(None, None, -2))``).
+        Arrays come back as numpy arrays; byte streams (``.b2frame`` and plain
+        files) as bytes.
+        """
+        text = "" if slice_ is None else slice_ if isinstance(slice_, str) else format_key(as_key(slice_))
+        response = self._request(
+            "GET", f"fetch/{quote(dataset)}", params={"slice": text}, headers={"Accept": NPY}
+        )
+        if response.headers.get("Content-Type", "").startswith(NPY):
+            return np.load(io.BytesIO(response.content), allow_pickle=False)
+        return response.content
+
+    def get_chunk(self, dataset: str, nchunk: int) -> bytes:
+        """Return the compressed bytes of chunk `nchunk` of `dataset`."""
+        return self._request("GET", f"chunk/{quote(dataset)}", params={"nchunk": nchunk}).content
+
+    def download(self, dataset: str, localpath: str | os.PathLike = ".") -> Path:
+        """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.
+
+        The file is streamed to disk, and appears only once complete.
+        """
+        dest = Path(localpath) / dataset
+        with self._request("GET", f"download/{quote(dataset)}", stream=True) as response:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            try:
+                with open(tmp, "wb") as f:
+                    for block in response.iter_content(1 << 20):
+                        f.write(block)
+            except requests.RequestException:
+                tmp.unlink(missing_ok=True)
+                raise Unavailable(f"the download of {dataset} from {self.urlbase} was cut off") from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, dest)
+        return dest
+
+
+def _client(urlbase: str | None) -> Client:
+    return Client(urlbase or DEFAULT_URLBASE)
+
+
+def get_roots(urlbase: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return the roots known to the subscriber at `urlbase`."""
+    with _client(urlbase) as c:
+        return c.get_roots()
+
+
+def subscribe(root: str, urlbase: str | None = None) -> str:
+    """Ask the subscriber at `urlbase` to follow `root`."""
+    with _client(urlbase) as c:
+        return c.subscribe(root)
+
+
+def get_list(root: str, urlbase: str | None = None) -> list[str]:
+    """Return the dataset paths of `root` (or of ``root/dir``)."""
+    with _client(urlbase) as c:
+        return c.get_list(root)
+
+
+def get_info(dataset: str, urlbase: str | None = None) -> dict[str, Any]:
+    """Return the metadata of `dataset`."""
+    with _client(urlbase) as c:
+        return c.get_info(dataset)
+
+
+def fetch(dataset: str, urlbase: str | None = None, slice_: Any = None) -> np.ndarray | bytes:
+    """Return a selection of `dataset` (see :meth:`Client.fetch`)."""
+    with _client(urlbase) as c:
+        return c.fetch(dataset, slice_)
+
+
+def download(dataset: str, urlbase: str | None = None, localpath: str | os.PathLike = ".") -> Path:
+    """Save `dataset` under `localpath` and return the path written."""
+    with _client(urlbase) as c:
+        return c.download(dataset, localpath)
+
+
+class Root:
+    """A root on a subscriber; creating one subscribes to it.
+
+    Parameters
+    ----------
+    name : str
+        The root's name.
+    urlbase : str, optional
+        The subscriber's base URL.
+    client : Client, optional
+        A client to share; one is made from `urlbase` otherwise.
+    """
+
+    def __init__(self, name: str, urlbase: str | None = None, *, client: Client | None = None) -> None:
+        self.name = name
+        self.client = client or _client(urlbase)
+        self.client.subscribe(name)
+
+    @property
+    def node_list(self) -> list[str]:
+        """The paths of the root's datasets, relative to the root, sorted."""
+        return self.client.get_list(self.name)
+
+    def __repr__(self) -> str:
+        return f"<Root {self.name!r} at {self.client.urlbase}>"
+
+    def __getitem__(self, path: str) -> File:
+        meta = self.client.get_info(f"{self.name}/{path}")
+        cls = Dataset if meta["kind"] == "ndarray" else File
+        return cls(self, path, meta)
+
+
+class File:
+    """A byte stream of a root: a ``.b2frame`` SChunk or a plain file."""
+
+    def __init__(self, root: Root, path: str, meta: dict[str, Any]) -> None:
+        self.root = root
+        self.name = path
+        self.path = f"{root.name}/{path}"
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+    @property
+    def vlmeta(self) -> dict[str, Any]:
+        return self.meta["vlmeta"]
+
+    def __len__(self) -> int:
+        return self.meta["shape"][0] if self.meta["shape"] else 1
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.fetch(key)
+
+    def fetch(self, key: Any = None) -> Any:
+        """Return the selection `key` (an index, slice or slice string)."""
+        return self.root.client.fetch(self.path, key)
+
+    def download(self, localpath: str | os.PathLike = ".") -> Path:
+        """Save the whole dataset under `localpath`; return the path written."""
+        return self.root.client.download(self.path, localpath)
+
+
+class Dataset(File):
+    """An n-dimensional array of a root; indexing fetches data on demand."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.meta["shape"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtype_from_json(self.meta["dtype"])
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.meta["chunks"])
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(self.meta["blocks"])
+
+    def fetch(self, key: Any = None) -> Any:
+        result = super().fetch(key)
+        # numpy gives a scalar, not a 0-d array, when no axis is left (and no '...').
+        if isinstance(result, np.ndarray) and result.ndim == 0:
+            items = () if key is None else parse_slice(key) if isinstance(key, str) else as_key(key)
+            if Ellipsis not in items:
+                return result[()]
+        return result

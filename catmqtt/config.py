@@ -1,0 +1,213 @@
+"""This module reads ``catmqtt.yaml`` and resolves the settings of each role.
+
+Precedence, highest first: command-line options, the ``<role>.<id>``
+section, the ``<role>`` section, values derived from the ``broker`` section,
+built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+import yaml
+
+from .errors import ConfigError
+from .topics import DEFAULT_PREFIX, parse_node_id, parse_prefix, parse_root_name
+
+DEFAULT_FILE = "catmqtt.yaml"
+PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
+SUB_ENV = "CATMQTT_SUB"
+LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_NODE_KEYS = {
+    "http": None,
+    "urlbase": None,
+    "statedir": None,
+    "broker": None,
+    "prefix": None,
+    "mqtt_user": None,
+    "mqtt_password": None,
+    "cafile": None,
+    "loglevel": "INFO",
+}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "broker": {
+        "listen": "127.0.0.1:1883",
+        "ws": "127.0.0.1:9001",
+        "url": None,
+        "prefix": DEFAULT_PREFIX,
+        "amqtt_conf": None,
+        "loglevel": "INFO",
+    },
+    "publisher": {**_NODE_KEYS, "http": "127.0.0.1:8001", "name": None, "root": None},
+    "subscriber": {
+        **_NODE_KEYS,
+        "http": "127.0.0.1:8002",
+        "fetch_workers": 8,
+        "max_fetch_bytes": 2 << 30,
+    },
+    "client": {"sub": "http://127.0.0.1:8002"},
+}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where nodes reach the MQTT broker."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
+    """Read the configuration file `path`, or ``./catmqtt.yaml`` if present.
+
+    Unknown sections and keys are refused, so that a typo is not silently
+    ignored.
+    """
+    if path is None:
+        if not os.path.exists(DEFAULT_FILE):
+            return {}
+        path = DEFAULT_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            conf = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from None
+    conf = {} if conf is None else conf
+    if not isinstance(conf, dict):
+        raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of sections")
+    for name, section in conf.items():
+        role, _, node_id = str(name).partition(".")
+        if role not in DEFAULTS or (node_id and role not in ("publisher", "subscriber")):
+            raise ConfigError(
+                f"config file {os.fspath(path)!r}: unknown section {name!r}"
+                " (sections: broker, publisher[.<id>], subscriber[.<id>], client)"
+            )
+        if node_id:
+            _check(parse_node_id, node_id)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {os.fspath(path)!r}: section {name!r} is not a mapping")
+        unknown = set(section) - set(DEFAULTS[role])
+        if unknown:
+            raise ConfigError(
+                f"config file {os.fspath(path)!r}: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
+                f" in section {name!r} (known: {', '.join(DEFAULTS[role])})"
+            )
+    return conf
+
+
+def section(conf: dict, role: str, node_id: str | None = None, **options: Any) -> dict[str, Any]:
+    """Return the settings of `role`, merged by precedence; None options are unset."""
+    merged = dict(DEFAULTS[role])
+    merged.update(conf.get(role) or {})
+    if node_id:
+        merged.update(conf.get(f"{role}.{node_id}") or {})
+    merged.update({k: v for k, v in options.items() if v is not None})
+    return merged
+
+
+def node_settings(conf: dict, role: str, node_id: str | None = None, **options: Any) -> dict[str, Any]:
+    """Return the validated settings of a publisher or subscriber.
+
+    The broker address comes from the node's own ``broker`` key, else the
+    ``broker`` section's ``url``, else where the embedded broker listens.
+    """
+    s = section(conf, role, node_id, **options)
+    brokers = section(conf, "broker")
+    s["http"] = parse_hostport(s["http"], "http")
+    s["broker"] = parse_broker_url(s["broker"] or brokers["url"] or f"mqtt://{brokers['listen']}")
+    s["prefix"] = _check(parse_prefix, s["prefix"] or brokers["prefix"])
+    s["statedir"] = Path(s["statedir"] or default_statedir(role, node_id))
+    s["loglevel"] = parse_loglevel(s["loglevel"])
+    if s["mqtt_password"] is None:
+        s["mqtt_password"] = os.environ.get(PASSWORD_ENV)
+    if s["urlbase"] is not None:
+        s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
+    if role == "publisher" and s["name"] is not None:
+        s["name"] = _check(parse_root_name, s["name"])
+    if role == "subscriber":
+        _int_in(s, "fetch_workers", 1, 256)
+        _int_in(s, "max_fetch_bytes", 1, 1 << 50)
+    return s
+
+
+def client_sub(conf: dict, option: str | None) -> str:
+    """Return the subscriber URL a client talks to."""
+    url = option or os.environ.get(SUB_ENV) or section(conf, "client")["sub"]
+    return parse_http_url(url, "subscriber URL")
+
+
+def default_statedir(role: str, node_id: str | None) -> Path:
+    """Return ``./_catmqtt/<role>[.<id>]``."""
+    return Path("_catmqtt") / (f"{role}.{node_id}" if node_id else role)
+
+
+def _int_in(settings: dict[str, Any], key: str, low: int, high: int) -> None:
+    value = settings[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} must be an integer from {low} to {high}, not {value!r}")
+
+
+def _check(parse, value):
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_hostport(value: object, what: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6); port 0 picks a free one."""
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if sep and host and port.isdigit() and int(port) <= 65535:
+            return host, int(port)
+    raise ConfigError(f"invalid {what} address {value!r}: expected HOST:PORT, like 127.0.0.1:8001")
+
+
+def parse_broker_url(value: object) -> BrokerAddress:
+    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``."""
+    if isinstance(value, str):
+        parts = urlsplit(value if "://" in value else f"mqtt://{value}")
+        port = _port(parts)
+        if parts.scheme in ("mqtt", "mqtts") and parts.hostname and port != -1 and not parts.path.strip("/"):
+            tls = parts.scheme == "mqtts"
+            return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+    raise ConfigError(f"invalid broker URL {value!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+
+
+def _port(parts: SplitResult) -> int | None:
+    """Return the port of a split URL, None if absent, -1 if invalid."""
+    try:
+        return parts.port
+    except ValueError:
+        return -1
+
+
+def parse_http_url(value: object, what: str) -> str:
+    """Parse an ``http(s)://host[:port][/path]`` URL; return it without trailing slash."""
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.hostname and _port(parts) != -1:
+            return value.rstrip("/")
+    raise ConfigError(f"invalid {what} {value!r}: expected http://HOST:PORT")
+
+
+def parse_loglevel(value: object) -> str:
+    """Return the logging level name `value`, upper-cased."""
+    if isinstance(value, str) and value.upper() in LOGLEVELS:
+        return value.upper()
+    raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")

@@ -1,0 +1,67 @@
+"""This module turns numpy dtypes and metadata values into JSON and back."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest
+
+
+def dtype_to_json(dtype: np.dtype) -> str | list:
+    """Return `dtype` as JSON: its name (``"complex128"``), or a descr list."""
+    if dtype.fields is None and dtype.subdtype is None:
+        return str(dtype)
+    return [list(field) for field in dtype.descr]
+
+
+def dtype_from_json(value: object) -> np.dtype:
+    """Return the dtype that `dtype_to_json` gave `value` for."""
+
+    def field(item: object) -> tuple:
+        if not isinstance(item, list) or len(item) not in (2, 3):
+            raise TypeError(item)
+        name, kind = item[0], item[1]
+        kind = [field(sub) for sub in kind] if isinstance(kind, list) else kind
+        return (name, kind, tuple(item[2])) if len(item) == 3 else (name, kind)
+
+    try:
+        if isinstance(value, str):
+            dtype = np.dtype(value)
+        elif isinstance(value, list):
+            dtype = np.dtype([field(item) for item in value])
+        else:
+            raise TypeError(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"invalid dtype {value!r}") from None
+    if dtype.hasobject:
+        raise BadRequest(f"object dtypes are not supported: {value!r}")
+    return dtype
+
+
+def to_jsonable(value: Any) -> Any:
+    """Return `value` (vlmeta, attributes) with everything made JSON-safe.
+
+    Bytes become text when they are UTF-8, else ``{"base64": ...}``; numpy
+    scalars and arrays become Python numbers and lists.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value

@@ -1,0 +1,138 @@
+"""This module is the paho-mqtt glue shared by publishers and subscribers.
+
+A node connects to the broker in the background, retries with backoff when
+it is unreachable, keeps a retained status topic (``online`` while it runs,
+``offline`` after a clean stop, ``lost`` through its last will), and hands
+every incoming message to one callback that may not raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from . import __version__
+from .config import BrokerAddress
+from .schema import dumps
+from .topics import node_topic
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 30
+
+
+class Node:
+    """One MQTT connection of a publisher or subscriber."""
+
+    def __init__(
+        self,
+        role: str,
+        node_id: str,
+        broker: BrokerAddress,
+        prefix: str,
+        url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        cafile: str | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_message: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.role, self.node_id, self.broker, self.prefix, self.url = role, node_id, broker, prefix, url
+        self.status_topic = node_topic(prefix, role, node_id)
+        self.session = int(time.time() * 1000)
+        self.connected = threading.Event()
+        self._on_connect = on_connect
+        self._on_message = on_message
+        self._unreachable_logged = False
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"catmqtt-{role}-{node_id}",
+            protocol=paho.MQTTv311,
+            clean_session=True,
+        )
+        client.will_set(self.status_topic, self._status("lost"), qos=1, retain=True)
+        if user is not None:
+            client.username_pw_set(user, password)
+        if broker.tls:
+            client.tls_set(ca_certs=cafile, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._connected
+        client.on_connect_fail = self._connect_failed
+        client.on_disconnect = self._disconnected
+        client.on_message = self._message
+        self.client = client
+
+    def _status(self, status: str) -> bytes:
+        info: dict[str, Any] = {"role": self.role, "id": self.node_id, "status": status}
+        if status == "online":
+            info.update(url=self.url, version=__version__, session=self.session)
+        return dumps({**info, "time": time.time()})
+
+    def start(self) -> None:
+        """Connect in the background; paho retries until the broker answers."""
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Mark this node ``offline`` and disconnect."""
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> paho.MQTTMessageInfo:
+        """Publish `payload` at QoS 1; paho queues it while disconnected."""
+        return self.client.publish(topic, payload, qos=1, retain=retain)
+
+    def subscribe(self, topic_filter: str) -> None:
+        # QoS 0: amqtt runs out of QoS 1 packet ids on large retained snapshots.
+        self.client.subscribe(topic_filter, qos=0)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.client.unsubscribe(topic_filter)
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.broker.url, reason_code)
+            return
+        log.info("connected to broker %s", self.broker.url)
+        self._unreachable_logged = False
+        self.publish(self.status_topic, self._status("online"))
+        self.connected.set()
+        if self._on_connect is not None:
+            try:
+                self._on_connect()
+            except Exception:
+                log.exception("error while (re)announcing after connecting")
+
+    def _connect_failed(self, client, userdata) -> None:
+        if not self._unreachable_logged:
+            log.warning("broker %s is unreachable; retrying with backoff", self.broker.url)
+            self._unreachable_logged = True
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            if reason_code.is_failure:
+                log.warning("lost the broker %s (%s); reconnecting", self.broker.url, reason_code)
+
+    def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(message.topic, message.payload)
+        except Exception:
+            # Junk on a topic must never stop a node.
+            log.exception("error handling a message on %r", message.topic)

@@ -1,0 +1,140 @@
+"""This module defines the JSON payloads of catmqtt's MQTT topics.
+
+Builders stamp ``"schema": 1``; parsers check every field a node relies on,
+so that junk published by anyone on a catmqtt topic is refused here with a
+BadRequest instead of breaking a node later.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import BadRequest
+from .topics import parse_node_id, parse_path, parse_root_name
+
+SCHEMA = 1
+MAX_PAYLOAD = 4 * 1024 * 1024
+KINDS = ("ndarray", "schunk", "file")
+NODE_STATES = ("online", "offline", "lost")
+
+
+def dumps(obj: dict[str, Any]) -> bytes:
+    """Return `obj` stamped with the schema version, as compact UTF-8 JSON."""
+    return json.dumps({"schema": SCHEMA, **obj}, separators=(",", ":")).encode()
+
+
+def loads(payload: bytes) -> dict[str, Any] | None:
+    """Return the JSON object in `payload`, or None for an empty (cleared) one."""
+    if not payload:
+        return None
+    if len(payload) > MAX_PAYLOAD:
+        raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"payload is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("payload is not a JSON object")
+    if obj.get("schema") != SCHEMA:
+        raise BadRequest(f"payload has schema {obj.get('schema')!r}, expected {SCHEMA}")
+    return obj
+
+
+def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    # bool is an int to Python but never a count or a size here.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise BadRequest(f"{what}: field {key!r} is missing or not {_names(types)}")
+    return value
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in _tuple(types))
+
+
+def _count(obj: dict[str, Any], key: str, what: str) -> int:
+    value = _field(obj, key, int, what)
+    if value < 0:
+        raise BadRequest(f"{what}: field {key!r} is negative")
+    return value
+
+
+def _ints(obj: dict[str, Any], key: str, what: str, *, positive: bool) -> list[int]:
+    value = _field(obj, key, list, what)
+    low = 1 if positive else 0
+    if len(value) > 64 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+        raise BadRequest(f"{what}: field {key!r} is not a list of integers >= {low}")
+    return value
+
+
+def _url(obj: dict[str, Any], key: str, what: str) -> str:
+    url = _field(obj, key, str, what)
+    if not url.startswith(("http://", "https://")) or len(url) > 2048:
+        raise BadRequest(f"{what}: field {key!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
+def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """Check the announcement of root `name` and return it."""
+    what = f"announcement of root {name!r}"
+    if _field(obj, "name", str, what) != name:
+        raise BadRequest(f"{what}: its name is {obj['name']!r}")
+    parse_root_name(name)
+    _url(obj, "url", what)
+    parse_node_id(_field(obj, "publisher", str, what))
+    _count(obj, "datasets", what)
+    _field(obj, "etag", str, what)
+    return obj
+
+
+def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
+    """Check the metadata of dataset `path` and return it."""
+    what = f"metadata of {path!r}"
+    if _field(obj, "path", str, what) != path:
+        raise BadRequest(f"{what}: its path is {obj['path']!r}")
+    parse_path(path)
+    kind = _field(obj, "kind", str, what)
+    if kind not in KINDS:
+        raise BadRequest(f"{what}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    shape = _ints(obj, "shape", what, positive=False)
+    # An empty array has chunks of 0 along its empty axes.
+    chunks = _ints(obj, "chunks", what, positive=False)
+    if kind == "ndarray":
+        blocks = _ints(obj, "blocks", what, positive=False)
+        _field(obj, "dtype", (str, list), what)
+        if not (len(shape) == len(chunks) == len(blocks)):
+            raise BadRequest(f"{what}: shape, chunks and blocks differ in length")
+    elif len(shape) != 1 or len(chunks) != 1:
+        raise BadRequest(f"{what}: a {kind} has a 1-D shape and chunks")
+    if any(c == 0 < size for size, c in zip(shape, chunks, strict=True)):
+        raise BadRequest(f"{what}: chunks of 0 along an axis that is not empty")
+    nchunks = _count(obj, "nchunks", what)
+    expected = 1
+    for size, chunk in zip(shape, chunks, strict=True):
+        expected *= -(-size // chunk) if chunk else 0
+    if nchunks != expected:
+        raise BadRequest(f"{what}: nchunks {nchunks} does not match shape and chunks")
+    if _count(obj, "typesize", what) == 0:
+        raise BadRequest(f"{what}: typesize is 0")
+    _count(obj, "chunksize", what)
+    _count(obj, "nbytes", what)
+    _field(obj, "cparams", dict, what)
+    _field(obj, "vlmeta", dict, what)
+    _field(obj, "etag", str, what)
+    return obj
+
+
+def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
+    """Check the status of node `node_id` of `role` and return it."""
+    what = f"status of {role} {node_id!r}"
+    status = _field(obj, "status", str, what)
+    if status not in NODE_STATES:
+        raise BadRequest(f"{what}: status {status!r} is not one of {', '.join(NODE_STATES)}")
+    if status == "online":
+        _url(obj, "url", what)
+    return obj

@@ -1,0 +1,248 @@
+"""This module holds the Blosc2 side of datasets: reading, describing, storing.
+
+Shared by the publisher (which describes and serves its files) and the
+subscriber's cache (which rebuilds containers from chunk bytes). Chunks are
+always moved as the compressed bytes Blosc2 stored: never decompressed and
+recompressed on the way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
+from .errors import BadRequest
+
+BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
+# Plain files are cut into chunks of this many bytes.
+FILE_CHUNKSIZE = 1 << 20
+FILE_CPARAMS = blosc2.CParams(typesize=1, codec=blosc2.Codec.ZSTD, clevel=5)
+
+
+def file_etag(path: Path) -> str:
+    """Return a tag that changes whenever the file at `path` changes."""
+    st = path.stat()
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def cparams_to_json(cparams: blosc2.CParams) -> dict[str, Any]:
+    """Return `cparams` as JSON, with enum members by name."""
+
+    def name(value: Any) -> Any:
+        return getattr(value, "name", value)
+
+    return {
+        "codec": name(cparams.codec),
+        "codec_meta": cparams.codec_meta,
+        "clevel": cparams.clevel,
+        "typesize": cparams.typesize,
+        "blocksize": cparams.blocksize,
+        "splitmode": name(cparams.splitmode),
+        "filters": [name(f) for f in cparams.filters],
+        "filters_meta": list(cparams.filters_meta),
+        "use_dict": bool(cparams.use_dict),
+    }
+
+
+def cparams_from_json(obj: dict[str, Any]) -> blosc2.CParams:
+    """Return the CParams that `cparams_to_json` gave `obj` for."""
+
+    def member(enum: type, value: Any) -> Any:
+        return enum[value] if isinstance(value, str) else enum(value)
+
+    try:
+        return blosc2.CParams(
+            codec=member(blosc2.Codec, obj["codec"]),
+            codec_meta=int(obj.get("codec_meta", 0)),
+            clevel=int(obj["clevel"]),
+            typesize=int(obj["typesize"]),
+            blocksize=int(obj.get("blocksize", 0)),
+            splitmode=member(blosc2.SplitMode, obj.get("splitmode", "AUTO_SPLIT")),
+            filters=[member(blosc2.Filter, f) for f in obj["filters"]],
+            filters_meta=[int(m) for m in obj["filters_meta"]],
+            use_dict=bool(obj.get("use_dict", False)),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadRequest(f"invalid cparams {obj!r}: {exc}") from None
+
+
+def open_blosc2(path: Path) -> blosc2.NDArray | blosc2.SChunk | None:
+    """Open a Blosc2 file read-only; None if it is not one we can serve."""
+    try:
+        obj = blosc2.open(str(path), mode="r")
+    except (RuntimeError, ValueError, OSError, KeyError):
+        return None
+    return obj if isinstance(obj, blosc2.NDArray | blosc2.SChunk) else None
+
+
+def describe(
+    obj: blosc2.NDArray | blosc2.SChunk, path: str, etag: str, kind: str | None = None
+) -> dict[str, Any]:
+    """Return the metadata of an opened dataset, as announced and served."""
+    schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
+    meta: dict[str, Any] = {"path": path}
+    if isinstance(obj, blosc2.NDArray):
+        meta.update(
+            kind="ndarray",
+            shape=list(obj.shape),
+            dtype=dtype_to_json(obj.dtype),
+            chunks=list(obj.chunks),
+            blocks=list(obj.blocks),
+        )
+    else:
+        meta.update(
+            kind=kind or "schunk",
+            shape=[schunk.nbytes // schunk.typesize],
+            chunks=[schunk.chunksize // schunk.typesize],
+        )
+    meta.update(
+        nchunks=schunk.nchunks,
+        chunksize=schunk.chunksize,
+        typesize=schunk.typesize,
+        nbytes=schunk.nbytes,
+        cbytes=schunk.cbytes,
+        cratio=round(schunk.cratio, 3),
+        cparams=cparams_to_json(schunk.cparams),
+        vlmeta=to_jsonable(schunk.vlmeta.getall()),
+        etag=etag,
+    )
+    return meta
+
+
+def describe_file(path: str, size: int, etag: str) -> dict[str, Any]:
+    """Return the metadata of a plain file, before it is compressed."""
+    chunks = min(size, FILE_CHUNKSIZE) or FILE_CHUNKSIZE
+    return {
+        "path": path,
+        "kind": "file",
+        "shape": [size],
+        "chunks": [chunks],
+        "nchunks": -(-size // FILE_CHUNKSIZE),
+        "chunksize": chunks,
+        "typesize": 1,
+        "nbytes": size,
+        "cparams": cparams_to_json(FILE_CPARAMS),
+        "vlmeta": {},
+        "etag": etag,
+    }
+
+
+def compress_file(src: Path, dst: Path, etag: str) -> blosc2.SChunk:
+    """Compress the plain file `src` into the SChunk frame `dst`, atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{threading.get_ident()}.tmp")
+    schunk = blosc2.SChunk(
+        chunksize=FILE_CHUNKSIZE, urlpath=str(tmp), contiguous=True, cparams=FILE_CPARAMS, mode="w"
+    )
+    with open(src, "rb") as f:
+        while data := f.read(FILE_CHUNKSIZE):
+            schunk.append_data(data)
+    schunk.vlmeta["etag"] = etag
+    del schunk
+    os.replace(tmp, dst)
+    return blosc2.open(str(dst), mode="r")
+
+
+def create_sparse(meta: dict[str, Any], urlpath: Path) -> blosc2.NDArray | blosc2.SChunk:
+    """Create an empty sparse container (one file per chunk) shaped like `meta`."""
+    remove(urlpath)
+    urlpath.parent.mkdir(parents=True, exist_ok=True)
+    cparams = cparams_from_json(meta["cparams"])
+    if meta["kind"] == "ndarray":
+        return blosc2.empty(
+            tuple(meta["shape"]),
+            dtype=dtype_from_json(meta["dtype"]),
+            chunks=tuple(meta["chunks"]),
+            blocks=tuple(meta["blocks"]),
+            urlpath=str(urlpath),
+            contiguous=False,
+            cparams=cparams,
+            mode="w",
+        )
+    schunk = blosc2.SChunk(
+        chunksize=meta["chunksize"], urlpath=str(urlpath), contiguous=False, cparams=cparams, mode="w"
+    )
+    if meta["shape"][0]:
+        schunk.fill_special(meta["shape"][0], blosc2.SpecialValue.UNINIT)
+    return schunk
+
+
+def remove(urlpath: Path) -> None:
+    """Remove a Blosc2 container, sparse (a directory) or contiguous (a file)."""
+    if urlpath.is_dir():
+        shutil.rmtree(urlpath)
+    elif urlpath.exists():
+        urlpath.unlink()
+
+
+def schunk_of(obj: blosc2.NDArray | blosc2.SChunk) -> blosc2.SChunk:
+    return obj.schunk if isinstance(obj, blosc2.NDArray) else obj
+
+
+def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: dict[str, Any], dst: Path) -> None:
+    """Write `src` as one contiguous Blosc2 file, moving compressed chunks as they are."""
+    cparams = cparams_from_json(meta["cparams"])
+    if isinstance(src, blosc2.NDArray):
+        out = blosc2.empty(
+            src.shape,
+            dtype=src.dtype,
+            chunks=src.chunks,
+            blocks=src.blocks,
+            urlpath=str(dst),
+            contiguous=True,
+            cparams=cparams,
+            mode="w",
+        )
+        for n in range(src.schunk.nchunks):
+            out.schunk.update_chunk(n, src.schunk.get_chunk(n))
+        out_schunk = out.schunk
+    else:
+        out_schunk = blosc2.SChunk(
+            chunksize=src.chunksize, urlpath=str(dst), contiguous=True, cparams=cparams, mode="w"
+        )
+        for n in range(src.nchunks):
+            out_schunk.insert_chunk(n, src.get_chunk(n))
+    for key, value in meta["vlmeta"].items():
+        out_schunk.vlmeta[key] = value
+
+
+def chunk_nbytes(meta: dict[str, Any], nchunk: int) -> int:
+    """Return the uncompressed size of chunk `nchunk` of a dataset."""
+    if meta["kind"] == "ndarray":
+        return meta["chunksize"]
+    # The last chunk of a byte stream may be short.
+    return min(meta["chunksize"], meta["nbytes"] - nchunk * meta["chunksize"])
+
+
+def is_chunk(data: bytes, nbytes: int) -> bool:
+    """Tell whether `data` is one whole Blosc2 chunk of `nbytes` uncompressed bytes."""
+    try:
+        size, cbytes, _ = blosc2.get_cbuffer_sizes(data)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return cbytes == len(data) and size == nbytes
+
+
+def iter_bytes(schunk: blosc2.SChunk) -> Iterator[bytes]:
+    """Yield the decompressed bytes of `schunk`, one chunk at a time."""
+    for n in range(schunk.nchunks):
+        yield schunk.decompress_chunk(n)
+
+
+def read_items(schunk: blosc2.SChunk, start: int, stop: int) -> bytes:
+    """Return items ``start:stop`` of `schunk` as bytes."""
+    return bytes(schunk[start:stop]) if stop > start else b""
+
+
+def read_array(arr: blosc2.NDArray, key: tuple, flip: tuple[int, ...]) -> np.ndarray:
+    """Return ``arr[key]`` (ascending slices), then flip the axes in `flip`."""
+    out = arr[key] if key else arr[()]
+    return np.flip(out, axis=flip) if flip else out

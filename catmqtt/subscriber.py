@@ -1,0 +1,420 @@
+"""This module holds the subscriber: it follows roots announced on MQTT,
+fetches their chunks on demand into its cache and serves them over HTTP."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import quote
+
+import blosc2
+import numpy as np
+import requests
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from . import storage
+from .cache import Cache
+from .dtypes import dtype_from_json
+from .errors import BadRequest, NotFound, NotSubscribed, TooLarge, Unavailable
+from .mqtt import Node
+from .schema import loads, parse_dataset, parse_node, parse_root
+from .slices import chunks_touched, forward, parse_slice, result_shape, select
+from .topics import parse_path, parse_root_name, parse_topic, root_topic
+from .web import Server, arg_int, install_error_handlers
+
+log = logging.getLogger(__name__)
+
+NPY = "application/x-npy"
+# How long a subscription waits for the broker to replay a root's datasets.
+SNAPSHOT_WAIT = 10.0
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0
+
+
+class Fetcher:
+    """Fetches missing chunks from publishers, concurrently and each only once."""
+
+    def __init__(self, cache: Cache, workers: int) -> None:
+        self.cache = cache
+        self.session = requests.Session()
+        retry = Retry(total=2, connect=2, read=0, status=0, backoff_factor=0.1, allowed_methods=["GET"])
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers, max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        self._inflight: dict[tuple, Future] = {}
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
+        """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
+        cached = self.cache.cached_chunks(root, path, meta["etag"])
+        missing = [n for n in numbers if n not in cached]
+        if not missing:
+            return
+        futures = []
+        with self._lock:
+            for n in missing:
+                key = (root, path, meta["etag"], n)
+                future = self._inflight.get(key)
+                if future is None:
+                    future = self.pool.submit(self._fetch, root, path, meta, url, n)
+                    self._inflight[key] = future
+                    future.add_done_callback(lambda _, key=key: self._forget(key))
+                futures.append(future)
+        wait(futures)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+
+    def _forget(self, key: tuple) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
+        where = f"publisher of root {root!r} at {url}"
+        try:
+            response = self.session.get(
+                f"{url}/api/chunk/{quote(path)}",
+                params={"nchunk": nchunk},
+                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            )
+        except requests.Timeout:
+            raise Unavailable(f"{where} did not answer in time", status=504) from None
+        except requests.RequestException:
+            raise Unavailable(f"{where} is unreachable", status=503) from None
+        if response.status_code != 200:
+            raise Unavailable(f"{where} answered {response.status_code}: {_message(response)}", status=502)
+        changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
+        if response.headers.get("X-Catmqtt-Etag") != meta["etag"]:
+            raise changing
+        data = response.content
+        if not storage.is_chunk(data, storage.chunk_nbytes(meta, nchunk)):
+            raise Unavailable(f"{where} sent an invalid chunk {nchunk} of {path!r}", status=502)
+        if not self.cache.store_chunk(root, path, meta, nchunk, data):
+            raise changing
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason
+
+
+class Subscriber:
+    """A running subscriber: MQTT follower, chunk cache and HTTP server."""
+
+    def __init__(self, settings: dict[str, Any], node_id: str) -> None:
+        self.settings = settings
+        self.prefix = settings["prefix"]
+        self.max_fetch = settings["max_fetch_bytes"]
+        self.cache = Cache(settings["statedir"])
+        self.tmpdir = settings["statedir"] / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
+        self.fetcher = Fetcher(self.cache, settings["fetch_workers"])
+        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._subscribed = set(self.cache.subscribed())
+        self._seen: dict[str, set[str]] = {}
+        self._changed = threading.Condition()
+        host, port = settings["http"]
+        self.server = Server(create_app(self), host, port)
+        self.url = settings["urlbase"] or self.server.url
+        self.node = Node(
+            "subscriber",
+            node_id,
+            settings["broker"],
+            self.prefix,
+            self.url,
+            user=settings["mqtt_user"],
+            password=settings["mqtt_password"],
+            cafile=settings["cafile"],
+            on_connect=self._on_connect,
+            on_message=self._on_message,
+        )
+
+    def start(self) -> Subscriber:
+        self.server.start()
+        self.node.start()
+        log.info("subscriber serving at %s (state in %s)", self.url, self.settings["statedir"])
+        return self
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.server.stop()
+        self.fetcher.close()
+        self.cache.close()
+
+    # MQTT
+
+    def _on_connect(self) -> None:
+        self.node.subscribe(f"{self.prefix}/roots/+")
+        self.node.subscribe(f"{self.prefix}/nodes/#")
+        for name in sorted(self._subscribed):
+            self.node.subscribe(f"{root_topic(self.prefix, name)}/ds/#")
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            what = parse_topic(self.prefix, topic)
+            obj = loads(payload)
+            if what.kind == "root":
+                self.cache.set_root(what.name, None if obj is None else parse_root(obj, what.name))
+            elif what.kind == "dataset":
+                self._on_dataset(what.name, what.path, obj)
+            else:
+                key = (what.name, what.path)
+                if obj is None:
+                    self.nodes.pop(key, None)
+                else:
+                    self.nodes[key] = parse_node(obj, what.name, what.path)
+        except BadRequest as exc:
+            log.warning("ignoring the message on %r: %s", topic, exc)
+
+    def _on_dataset(self, root: str, path: str, obj: dict[str, Any] | None) -> None:
+        if root not in self._subscribed:
+            return
+        if obj is not None:
+            parse_dataset(obj, path)
+            if obj["kind"] == "ndarray":
+                dtype_from_json(obj["dtype"])
+            storage.cparams_from_json(obj["cparams"])
+        self.cache.set_dataset(root, path, obj)
+        with self._changed:
+            self._seen.setdefault(root, set()).add(path)
+            self._changed.notify_all()
+
+    # Operations behind the endpoints
+
+    def roots(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "name": name,
+                "url": root["info"]["url"],
+                "online": self._online(root["info"]),
+                "subscribed": root["subscribed"],
+            }
+            for name, root in self.cache.roots().items()
+        }
+
+    def _online(self, info: dict[str, Any]) -> bool:
+        status = self.nodes.get(("publisher", info["publisher"]))
+        return status is not None and status["status"] == "online"
+
+    def subscribe(self, name: str) -> None:
+        """Follow root `name`; returns once the broker replayed its datasets."""
+        root = self.cache.root(parse_root_name(name))
+        if name in self._subscribed:
+            return
+        with self._changed:
+            self._seen[name] = set()
+        self.cache.set_subscribed(name, True)
+        self._subscribed.add(name)
+        self.node.subscribe(f"{root_topic(self.prefix, name)}/ds/#")
+        if self.node.connected.is_set():
+            expected = root["info"]["datasets"]
+            with self._changed:
+                if not self._changed.wait_for(lambda: len(self._seen[name]) >= expected, SNAPSHOT_WAIT):
+                    log.warning(
+                        "root %r: %d of %d datasets announced so far", name, len(self._seen[name]), expected
+                    )
+
+    def unsubscribe(self, name: str) -> None:
+        self.cache.root(parse_root_name(name))
+        self.cache.set_subscribed(name, False)
+        self._subscribed.discard(name)
+        self.node.unsubscribe(f"{root_topic(self.prefix, name)}/ds/#")
+
+    def root_of(self, name: str) -> dict[str, Any]:
+        """Return the announcement of a subscribed root, or raise."""
+        root = self.cache.root(parse_root_name(name))
+        if not root["subscribed"]:
+            raise NotSubscribed(f"root {name!r} is not subscribed (run 'catmqtt subscribe {name}')")
+        return root["info"]
+
+    def list(self, name: str, directory: str | None) -> list[str]:
+        self.root_of(name)
+        paths = self.cache.datasets(name)
+        if directory is None:
+            return paths
+        prefix = parse_path(directory.rstrip("/")) + "/"
+        inside = [p for p in paths if p.startswith(prefix)]
+        if not inside and directory.rstrip("/") not in paths:
+            raise NotFound(f"no directory {directory!r} in root {name!r}")
+        return inside or [directory.rstrip("/")]
+
+    def lookup(self, fullpath: str) -> tuple[str, str, dict[str, Any], str]:
+        """Return (root, path, metadata, publisher URL) of ``root/path``."""
+        name, sep, path = fullpath.partition("/")
+        if not sep or not path:
+            raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
+        info = self.root_of(name)
+        return name, path, self.cache.dataset(name, parse_path(path)), info["url"]
+
+    def fetch(self, fullpath: str, slice_text: str) -> np.ndarray | bytes:
+        """Return the selection `slice_text` of a dataset, fetching what is missing."""
+        root, path, meta, url = self.lookup(fullpath)
+        sel = select(parse_slice(slice_text), meta["shape"])
+        itemsize = dtype_from_json(meta["dtype"]).itemsize if meta["kind"] == "ndarray" else meta["typesize"]
+        nbytes = math.prod(result_shape(sel)) * itemsize
+        if nbytes > self.max_fetch:
+            raise TooLarge(
+                f"the selection is {nbytes} bytes, over this subscriber's limit of {self.max_fetch}"
+                " (max_fetch_bytes): select less, or use download"
+            )
+        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        self.fetcher.ensure(root, path, meta, url, numbers)
+        key, flip = forward(sel)
+        with self.cache.reading(root, path, meta) as handle:
+            if handle is None:
+                raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+            if meta["kind"] == "ndarray":
+                result = storage.read_array(handle, key, flip)
+            else:
+                result = _read_items(handle, key[0], bool(flip), meta["typesize"])
+        self.cache.touch(root, path, numbers)
+        return result
+
+    def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
+        root, path, meta, url = self.lookup(fullpath)
+        if not 0 <= nchunk < meta["nchunks"]:
+            raise BadRequest(f"chunk {nchunk} is out of range: {fullpath!r} has {meta['nchunks']} chunks")
+        self.fetcher.ensure(root, path, meta, url, [nchunk])
+        with self.cache.reading(root, path, meta) as handle:
+            if handle is None:
+                raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+            data = storage.schunk_of(handle).get_chunk(nchunk)
+        self.cache.touch(root, path, [nchunk])
+        return data, meta["etag"]
+
+    def download(self, fullpath: str) -> tuple[io.BufferedReader, str]:
+        """Return an open, already unlinked file with the whole dataset, and its name."""
+        root, path, meta, url = self.lookup(fullpath)
+        numbers = list(range(meta["nchunks"]))
+        self.fetcher.ensure(root, path, meta, url, numbers)
+        fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
+        os.close(fd)
+        try:
+            with self.cache.reading(root, path, meta) as handle:
+                if handle is None:
+                    raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+                if meta["kind"] == "file":
+                    with open(tmp, "wb") as f:
+                        for data in storage.iter_bytes(handle):
+                            f.write(data)
+                else:
+                    storage.write_contiguous(handle, meta, tmp)
+            self.cache.touch(root, path, numbers)
+            return open(tmp, "rb"), path.rsplit("/", 1)[-1]
+        finally:
+            os.unlink(tmp)
+
+
+def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
+    """Return the items of a byte stream that a 1-D selection names."""
+    if isinstance(key, int):
+        return storage.read_items(schunk, key, key + 1)
+    stop = min(key.stop, key.start + (len(range(key.start, key.stop, key.step)) - 1) * key.step + 1)
+    data = storage.read_items(schunk, key.start, stop)
+    if key.step == 1 and not flip:
+        return data
+    items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+    return (items[::-1] if flip else items).tobytes()
+
+
+bp = Blueprint("subscriber", __name__)
+
+
+def _sub() -> Subscriber:
+    return current_app.config["CATMQTT_SUBSCRIBER"]
+
+
+@bp.get("/api/roots")
+def roots():
+    return jsonify(_sub().roots())
+
+
+@bp.post("/api/subscribe/<name>")
+def subscribe(name: str):
+    _sub().subscribe(name)
+    return jsonify("Ok")
+
+
+@bp.post("/api/unsubscribe/<name>")
+def unsubscribe(name: str):
+    _sub().unsubscribe(name)
+    return jsonify("Ok")
+
+
+@bp.get("/api/list/<name>")
+@bp.get("/api/list/<name>/<path:directory>")
+def list_datasets(name: str, directory: str | None = None):
+    return jsonify(_sub().list(name, directory))
+
+
+@bp.get("/api/info/<path:fullpath>")
+def info(fullpath: str):
+    meta = _sub().lookup(fullpath)[2]
+    response = jsonify(meta)
+    response.set_etag(meta["etag"])
+    return response.make_conditional(request)
+
+
+@bp.get("/api/fetch/<path:fullpath>")
+def fetch(fullpath: str):
+    result = _sub().fetch(fullpath, request.args.get("slice", ""))
+    if isinstance(result, bytes):
+        return Response(result, mimetype="application/octet-stream")
+    if request.accept_mimetypes.best_match([NPY, "application/octet-stream"]) == NPY:
+        buffer = io.BytesIO()
+        np.save(buffer, result, allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype=NPY)
+    return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype="application/x-blosc2")
+
+
+@bp.get("/api/chunk/<path:fullpath>")
+def chunk(fullpath: str):
+    data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
+    return Response(data, mimetype="application/octet-stream", headers={"X-Catmqtt-Etag": etag})
+
+
+@bp.get("/api/download/<path:fullpath>")
+def download(fullpath: str):
+    f, name = _sub().download(fullpath)
+    return send_file(f, as_attachment=True, download_name=name, mimetype="application/octet-stream")
+
+
+@bp.get("/")
+def index():
+    sub = _sub()
+    rows = "".join(
+        f"<li><b>{r['name']}</b> ({'online' if r['online'] else 'offline'},"
+        f" {'subscribed' if r['subscribed'] else 'not subscribed'})</li>"
+        for r in sub.roots().values()
+    )
+    page = (
+        "<!doctype html><title>catmqtt subscriber</title><h1>catmqtt subscriber</h1>"
+        f"<p>Roots known to this subscriber:</p><ul>{rows or '<li>none yet</li>'}</ul>"
+        "<p>API: <code>/api/roots</code>, <code>/api/list/ROOT</code>, <code>/api/info/PATH</code>,"
+        " <code>/api/fetch/PATH?slice=...</code>, <code>/api/download/PATH</code>.</p>"
+    )
+    return Response(page, mimetype="text/html")
+
+
+def create_app(subscriber: Subscriber) -> Flask:
+    """Return the subscriber's Flask app."""
+    app = Flask(__name__)
+    app.config["CATMQTT_SUBSCRIBER"] = subscriber
+    app.register_blueprint(bp)
+    install_error_handlers(app)
+    return app
