@@ -214,8 +214,19 @@ def _print(value: Any, as_json: bool) -> int:
 
 
 def _json(value: Any) -> int:
-    print(json.dumps(value, indent=2))
+    """Print `value` as indented JSON, with lists of plain values on one line."""
+    print(_layout(value, ""))
     return 0
+
+
+def _layout(value: Any, pad: str) -> str:
+    inner = pad + "  "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(str(k))}: {_layout(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(inner + _layout(v, inner) for v in value) + f"\n{pad}]"
+    return json.dumps(value)
 
 
 def _default_id(statedir: Path) -> str:
@@ -259,15 +270,21 @@ def _service_options(p: argparse.ArgumentParser) -> None:
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps a subcommand's parser from overwriting what was given
+    # before the subcommand name.
     p.add_argument(
-        "--sub", metavar="URL", help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)"
+        "--sub",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="catmqtt", description="Share Blosc2 datasets over MQTT.")
     parser.add_argument("--version", action="version", version=f"catmqtt {__version__}")
+    _client_options(parser)
     common = _Parser(add_help=False)
     common.add_argument(
         "--conf", metavar="FILE", help=f"config file (default ./{config.DEFAULT_FILE} if present)"
@@ -340,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args, conf)
         from .client import Client
 
-        with Client(config.client_sub(conf, args.sub)) as client:
+        args.json = getattr(args, "json", False)
+        with Client(config.client_sub(conf, getattr(args, "sub", None))) as client:
             return args.func(args, client)
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -17,8 +17,9 @@ import numpy as np
 import requests
 
 from .dtypes import dtype_from_json
-from .errors import Unavailable, from_status
+from .errors import BadRequest, Unavailable, from_status
 from .slices import as_key, format_key, parse_slice
+from .topics import parse_path, parse_root_name
 
 DEFAULT_URLBASE = "http://127.0.0.1:8002"
 NPY = "application/x-npy"
@@ -85,11 +86,11 @@ class Client:
 
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""
-        return self._request("GET", f"list/{quote(path.strip('/'))}").json()
+        return self._request("GET", f"list/{_quote(path.strip('/'), directory=True)}").json()
 
     def get_info(self, dataset: str) -> dict[str, Any]:
         """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
-        return self._request("GET", f"info/{quote(dataset)}").json()
+        return self._request("GET", f"info/{_quote(dataset)}").json()
 
     def fetch(self, dataset: str, slice_: Any = None) -> np.ndarray | bytes:
         """Return a selection of `dataset`.
@@ -101,7 +102,7 @@ class Client:
         """
         text = "" if slice_ is None else slice_ if isinstance(slice_, str) else format_key(as_key(slice_))
         response = self._request(
-            "GET", f"fetch/{quote(dataset)}", params={"slice": text}, headers={"Accept": NPY}
+            "GET", f"fetch/{_quote(dataset)}", params={"slice": text}, headers={"Accept": NPY}
         )
         if response.headers.get("Content-Type", "").startswith(NPY):
             return np.load(io.BytesIO(response.content), allow_pickle=False)
@@ -109,7 +110,7 @@ class Client:
 
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
         """Return the compressed bytes of chunk `nchunk` of `dataset`."""
-        return self._request("GET", f"chunk/{quote(dataset)}", params={"nchunk": nchunk}).content
+        return self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk}).content
 
     def download(self, dataset: str, localpath: str | os.PathLike = ".") -> Path:
         """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.
@@ -117,7 +118,7 @@ class Client:
         The file is streamed to disk, and appears only once complete.
         """
         dest = Path(localpath) / dataset
-        with self._request("GET", f"download/{quote(dataset)}", stream=True) as response:
+        with self._request("GET", f"download/{_quote(dataset)}", stream=True) as response:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.part")
             try:
@@ -132,6 +133,17 @@ class Client:
                 raise
             os.replace(tmp, dest)
         return dest
+
+
+def _quote(dataset: str, *, directory: bool = False) -> str:
+    """Check ``root/path`` (just ``root`` too if `directory`) and quote it for a URL."""
+    root, sep, path = dataset.partition("/")
+    parse_root_name(root)
+    if sep or not directory:
+        if not path:
+            raise BadRequest(f"invalid dataset path {dataset!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
+        parse_path(path)
+    return quote(dataset)
 
 
 def _client(urlbase: str | None) -> Client:

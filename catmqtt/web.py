@@ -25,6 +25,8 @@ def error_response(message: str, status: int):
 
 def install_error_handlers(app: Flask) -> None:
     """Map every error to ``{"error": ..., "status": ...}``, in one place."""
+    # Metadata reads best in the order it was built (path, kind, shape...).
+    app.json.sort_keys = False
 
     @app.errorhandler(CatmqttError)
     def catmqtt_error(exc: CatmqttError):
@@ -32,6 +34,8 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if exc.code == 404:
+            return error_response(f"no such endpoint: {request.method} {request.path}", 404)
         return error_response(f"{exc.name}: {exc.description}", exc.code or 500)
 
     @app.errorhandler(Exception)
