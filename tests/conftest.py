@@ -1,0 +1,230 @@
+"""Fixtures that start real things: brokers, publishers, subscribers, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from catmqtt.sample import write_sample
+
+MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
+DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
+    """Poll `predicate` until it returns something true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = predicate()
+        except (requests.RequestException, OSError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Proc:
+    """A catmqtt (or other) command run in the background, with its output in a file."""
+
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
+        self.args = args
+        self.log = log
+        self._out = open(log, "ab")
+        self.popen = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
+        """Send `sig`, wait for the exit (kill after `timeout`) and return the exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
+        return self.popen.returncode
+
+
+def catmqtt_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "catmqtt", *map(str, args)]
+
+
+def run_cli(*args: str, sub: str | None = None, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run one client command to completion."""
+    extra = ["--sub", sub] if sub else []
+    return subprocess.run(
+        catmqtt_cmd(*args, *extra), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class Broker:
+    """A running MQTT broker: the embedded amqtt one or a Mosquitto."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.proc: Proc | None = None
+
+    def start(self) -> Broker:
+        log = self.workdir / f"{self.kind}-broker.log"
+        if self.kind == "amqtt":
+            args = catmqtt_cmd("broker", "--listen", f"127.0.0.1:{self.port}", "--ws", "off")
+        else:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\n"
+                "allow_anonymous true\n"
+                "persistence false\n"
+                "max_queued_messages 100000\n"
+                "log_dest stdout\n"
+            )
+            args = [MOSQUITTO, "-c", str(conf)]
+        self.proc = Proc(args, log)
+        wait_for(lambda: port_open(self.port) or not self.proc.alive(), f"{self.kind} broker")
+        assert self.proc.alive(), self.proc.output
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.stop(sig)
+
+
+def _brokers() -> list:
+    return [
+        "amqtt",
+        pytest.param(
+            "mosquitto",
+            marks=[pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")],
+        ),
+    ]
+
+
+@pytest.fixture(params=_brokers())
+def broker(request, tmp_path) -> Iterator[Broker]:
+    """A fresh broker of each kind for each test."""
+    b = Broker(request.param, tmp_path).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module", params=_brokers())
+def module_broker(request, tmp_path_factory) -> Iterator[Broker]:
+    """A broker of each kind shared by the tests of a module."""
+    b = Broker(request.param, tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """The sample root, written once; tests must not change it."""
+    return write_sample(tmp_path_factory.mktemp("sample") / "root")
+
+
+class Deployment:
+    """Publishers and subscribers of one broker, each a real `catmqtt` process."""
+
+    def __init__(self, broker: Broker, workdir: Path) -> None:
+        self.broker = broker
+        self.workdir = workdir
+        self.procs: dict[str, Proc] = {}
+        self.ports: dict[str, int] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start_pub(self, name: str, root: Path, *extra: str, key: str | None = None) -> str:
+        key = key or f"pub-{name}"
+        port = self.ports.setdefault(key, free_port())
+        self._start(key, "pub", name, root, "--http", f"127.0.0.1:{port}", "--broker", self.broker.url,
+                    "--statedir", self.workdir / key, *extra)
+        return self.url(key)
+
+    def start_sub(self, key: str = "sub", *extra: str) -> str:
+        port = self.ports.setdefault(key, free_port())
+        self._start(key, "sub", "--http", f"127.0.0.1:{port}", "--broker", self.broker.url,
+                    "--statedir", self.workdir / key, *extra)
+        return self.url(key)
+
+    def _start(self, key: str, *args) -> None:
+        proc = self.procs[key] = Proc(catmqtt_cmd(*args), self.workdir / f"{key}.log")
+        port = self.ports[key]
+        wait_for(lambda: port_open(port) or not proc.alive(), f"{key} to listen")
+        assert proc.alive(), proc.output
+
+    def stop(self, key: str, sig: int = signal.SIGINT) -> int:
+        return self.procs.pop(key).stop(sig)
+
+    def stop_all(self) -> None:
+        for key in list(self.procs):
+            self.stop(key)
+
+    def cli(self, *args: str, key: str = "sub", cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return run_cli(*args, sub=self.url(key), cwd=cwd)
+
+    def wait_root(self, root: str, key: str = "sub", online: bool = True) -> None:
+        def ready():
+            roots = requests.get(f"{self.url(key)}/api/roots", timeout=5).json()
+            return root in roots and roots[root]["online"] == online
+
+        wait_for(ready, f"root {root!r} (online={online}) at {key}")
+
+
+@pytest.fixture
+def deployment(broker, tmp_path) -> Iterator[Deployment]:
+    """An empty deployment on a fresh broker; the test starts what it needs."""
+    d = Deployment(broker, tmp_path)
+    yield d
+    d.stop_all()
+
+
+@pytest.fixture(scope="module")
+def foo(module_broker, sample_root, tmp_path_factory) -> Iterator[Deployment]:
+    """The sample root published as ``foo`` and one subscriber following it, shared by a module."""
+    d = Deployment(module_broker, tmp_path_factory.mktemp("foo"))
+    d.start_pub("foo", sample_root)
+    d.start_sub()
+    d.wait_root("foo")
+    requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
+    yield d
+    d.stop_all()
