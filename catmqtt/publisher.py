@@ -20,7 +20,7 @@ from .errors import BadRequest, CatmqttError, NotFound
 from .mqtt import Node
 from .schema import dumps, loads
 from .topics import dataset_topic, parse_path, parse_topic, root_topic
-from .web import Server, arg_int, install_error_handlers
+from .web import Server, arg_int, configure_app
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def create_app(root: Root) -> Flask:
     app = Flask(__name__)
     app.config["CATMQTT_ROOT"] = root
     app.register_blueprint(bp)
-    install_error_handlers(app)
+    configure_app(app)
     return app
 
 

@@ -48,7 +48,7 @@ def parse_slice(text: str) -> Key:
         raise BadRequest(f"slice has more than {_MAX_ITEMS} items")
     key: list[int | slice | EllipsisType] = []
     for item in items:
-        match = _ITEM.fullmatch(item)
+        match = _ITEM.fullmatch(item.strip())
         if match is None:
             raise BadRequest(
                 f"malformed slice {text!r}: {item.strip()!r} is not an integer,"

@@ -28,11 +28,12 @@ from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
-from .web import Server, arg_int, install_error_handlers
+from .web import Server, arg_int, configure_app
 
 log = logging.getLogger(__name__)
 
 NPY = "application/x-npy"
+CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
 CONNECT_TIMEOUT = 5.0
@@ -375,11 +376,12 @@ def fetch(fullpath: str):
     result = _sub().fetch(fullpath, request.args.get("slice", ""))
     if isinstance(result, bytes):
         return Response(result, mimetype="application/octet-stream")
-    if request.accept_mimetypes.best_match([NPY, "application/octet-stream"]) == NPY:
+    # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
+    if request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY:
         buffer = io.BytesIO()
         np.save(buffer, result, allow_pickle=False)
         return Response(buffer.getvalue(), mimetype=NPY)
-    return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype="application/x-blosc2")
+    return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
 
 
 @bp.get("/api/chunk/<path:fullpath>")
@@ -416,5 +418,5 @@ def create_app(subscriber: Subscriber) -> Flask:
     app = Flask(__name__)
     app.config["CATMQTT_SUBSCRIBER"] = subscriber
     app.register_blueprint(bp)
-    install_error_handlers(app)
+    configure_app(app)
     return app

@@ -23,8 +23,10 @@ def error_response(message: str, status: int):
     return response
 
 
-def install_error_handlers(app: Flask) -> None:
-    """Map every error to ``{"error": ..., "status": ...}``, in one place."""
+def configure_app(app: Flask) -> None:
+    """Set what both apps share; map every error to ``{"error": ..., "status": ...}``."""
+    # A path like foo//x is refused rather than redirected to foo/x.
+    app.url_map.merge_slashes = False
     # Metadata reads best in the order it was built (path, kind, shape...).
     app.json.sort_keys = False
 

@@ -1,0 +1,144 @@
+"""The Python library against a real deployment: every sample dataset, compared with numpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import blosc2
+import numpy as np
+import pytest
+
+import catmqtt
+from catmqtt.errors import BadRequest, NotFound, NotSubscribed
+
+NDARRAYS = [
+    "ds-1d.b2nd",
+    "ds-1d-b.b2nd",
+    "ds-1d-fields.b2nd",
+    "ds-2d-fields.b2nd",
+    "ds-sc-attr.b2nd",
+    "dir1/ds-2d.b2nd",
+    "dir1/ds-3d.b2nd",
+    "dir2/ds-4d.b2nd",
+]
+
+
+def random_keys(shape: tuple[int, ...], rng: np.random.Generator, count: int) -> list:
+    """Basic-indexing keys of every form: ints, negative ints, steps of both signs, '...', fewer axes."""
+    keys: list = [(), Ellipsis]
+    for _ in range(count):
+        key = []
+        for size in shape[: rng.integers(0, len(shape) + 1)]:
+            kind = rng.integers(0, 4)
+            if kind == 0:
+                key.append(int(rng.integers(-size, size)))
+            else:
+                start, stop = (int(v) for v in rng.integers(-size - 2, size + 3, size=2))
+                step = int(rng.choice([1, 2, 3, 7, -1, -2, -5]))
+                key.append(slice(start if kind != 1 else None, stop if kind != 2 else None, step))
+        if len(key) < len(shape) and rng.integers(0, 3) == 0:
+            key.insert(int(rng.integers(0, len(key) + 1)), Ellipsis)
+        keys.append(tuple(key))
+    return keys
+
+
+@pytest.fixture(scope="module")
+def root(foo):
+    return catmqtt.Root("foo", urlbase=foo.url("sub"))
+
+
+@pytest.mark.parametrize("path", NDARRAYS)
+def test_dataset_slices_equal_numpy(root, sample_root, path):
+    src = blosc2.open(str(sample_root / path))
+    expected = src[()] if src.ndim == 0 else src[...]
+    ds = root[path]
+    assert isinstance(ds, catmqtt.Dataset)
+    assert ds.shape == src.shape and ds.dtype == src.dtype
+    assert ds.chunks == src.chunks and ds.blocks == src.blocks
+    rng = np.random.default_rng(sum(map(ord, path)))
+    for key in random_keys(src.shape, rng, 25):
+        want = expected[key]
+        got = ds[key]
+        assert type(got) is type(want), key
+        assert np.array_equal(got, want), key
+        if isinstance(want, np.ndarray):
+            assert got.shape == want.shape and got.dtype == want.dtype, key
+
+
+def test_bytes_datasets(root, sample_root):
+    hello = root["ds-hello.b2frame"]
+    assert isinstance(hello, catmqtt.File) and not isinstance(hello, catmqtt.Dataset)
+    data = b"Hello world!" * 100
+    assert hello[:12] == b"Hello world!"
+    for key in (slice(None), slice(5, 250, 7), slice(None, None, -3), slice(-20, None), 17, -1):
+        assert hello[key] == (data[key] if isinstance(key, slice) else data[key : key + 1] or data[key:])
+    readme = (sample_root / "README.md").read_bytes()
+    assert root["README.md"][:] == readme
+    assert root["README.md"][10:40:3] == readme[10:40:3]
+
+
+def test_module_helpers(foo, sample_root, tmp_path):
+    url = foo.url("sub")
+    assert catmqtt.get_roots(urlbase=url)["foo"]["subscribed"] is True
+    assert catmqtt.subscribe("foo", urlbase=url) == "Ok"
+    assert "dir2/ds-4d.b2nd" in catmqtt.get_list("foo", urlbase=url)
+    assert catmqtt.get_list("foo/dir1", urlbase=url) == ["dir1/ds-2d.b2nd", "dir1/ds-3d.b2nd"]
+    assert catmqtt.get_info("foo/ds-sc-attr.b2nd", urlbase=url)["vlmeta"] == {"a": 1, "b": "foo", "c": 123.456}
+    assert np.array_equal(catmqtt.fetch("foo/ds-1d.b2nd", urlbase=url, slice_="10:20"), np.arange(10, 20))
+    path = catmqtt.download("foo/dir1/ds-3d.b2nd", urlbase=url, localpath=tmp_path)
+    assert path == tmp_path / "foo/dir1/ds-3d.b2nd"
+    assert np.array_equal(blosc2.open(str(path))[...], blosc2.open(str(sample_root / "dir1/ds-3d.b2nd"))[...])
+    local = catmqtt.Root("foo", urlbase=url)["README.md"].download(tmp_path / "out")
+    assert local.read_bytes() == (sample_root / "README.md").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda c: c.get_info("foo/nope.b2nd"), NotFound, "no dataset 'nope.b2nd' in root 'foo'"),
+        (lambda c: c.get_list("bar"), NotFound, "no root 'bar' is known"),
+        (lambda c: c.subscribe("bar"), NotFound, "no root 'bar'"),
+        (lambda c: c.fetch("foo/ds-1d.b2nd", "0:10:0"), BadRequest, "step cannot be zero"),
+        (lambda c: c.fetch("foo/ds-1d.b2nd", "1000"), BadRequest, "index 1000 is out of range for axis 0"),
+        (lambda c: c.fetch("foo/ds-1d.b2nd", "1,2"), BadRequest, "too many indices"),
+        (lambda c: c.fetch("foo/ds-1d.b2nd", "a:b"), BadRequest, "malformed slice"),
+        (lambda c: c.fetch("foo/ds-1d.b2nd", "...,..."), BadRequest, "more than one"),
+        (lambda c: c.get_chunk("foo/ds-1d.b2nd", 10), BadRequest, "chunk 10 is out of range"),
+        (lambda c: c.get_info("foo/../etc/passwd"), BadRequest, "'..'"),
+        (lambda c: c.get_info("/etc/passwd"), BadRequest, "invalid root name"),
+    ],
+)
+def test_errors(foo, call, error, match):
+    with catmqtt.Client(foo.url("sub")) as client, pytest.raises(error, match=match):
+        call(client)
+
+
+def test_index_errors_in_getitem(root):
+    ds = root["dir2/ds-4d.b2nd"]
+    with pytest.raises(BadRequest, match="out of range"):
+        ds[2]
+    with pytest.raises(BadRequest, match="step cannot be zero"):
+        ds[::0]
+    with pytest.raises(BadRequest, match="basic indexing"):
+        ds[[0, 1]]
+
+
+def test_not_subscribed_is_409(foo):
+    client = catmqtt.Client(foo.url("sub"))
+    client.unsubscribe("foo")
+    try:
+        with pytest.raises(NotSubscribed, match="not subscribed"):
+            client.fetch("foo/ds-1d.b2nd", "0:1")
+    finally:
+        client.subscribe("foo")
+
+
+def test_import_stays_light():
+    code = (
+        "import sys, catmqtt;"
+        "heavy = [m for m in ('flask', 'amqtt', 'h5py', 'paho', 'blosc2') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
