@@ -8,6 +8,7 @@ needs an event loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .config import parse_hostport
+from .config import parse_hostport, yaml_problem
 from .errors import CatmqttError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | No
         except OSError as exc:
             raise ConfigError(f"cannot read amqtt config {os.fspath(path)!r}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"amqtt config {os.fspath(path)!r} is not valid YAML: {exc}") from None
+            raise ConfigError(
+                f"amqtt config {os.fspath(path)!r} is not valid YAML: {yaml_problem(exc)}"
+            ) from None
         if not isinstance(conf, dict) or not isinstance(conf.get("listeners"), dict):
             raise ConfigError(f"amqtt config {os.fspath(path)!r} has no 'listeners' mapping")
         if listen is not None:
@@ -63,10 +66,24 @@ def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | No
     return conf
 
 
+READY = "Broker listening on"
+
+
+def _binds(conf: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (v.get("type", "tcp"), v["bind"])
+        for v in conf["listeners"].values()
+        if isinstance(v, dict) and "bind" in v
+    ]
+
+
 def run(conf: dict[str, Any]) -> None:
-    """Run the broker until SIGINT or SIGTERM."""
+    """Run the broker until SIGINT or SIGTERM; print a READY line once it listens."""
     from amqtt.broker import Broker
     from amqtt.errors import BrokerError
+
+    for _, bind in _binds(conf):
+        _check_free(bind)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -77,30 +94,30 @@ def run(conf: dict[str, Any]) -> None:
         try:
             await broker.start()
         except BrokerError as exc:
-            cause = exc.__cause__
-            reason = (
-                "address already in use"
-                if isinstance(cause, OSError) and cause.errno == 98
-                else str(cause or exc)
-            )
-            binds = ", ".join(str(v.get("bind")) for v in conf["listeners"].values() if isinstance(v, dict))
-            raise CatmqttError(f"the broker cannot listen on {binds}: {reason}") from None
-        log.info(
-            "broker listening on %s",
-            ", ".join(
-                f"{v['type']}://{v['bind']}"
-                for v in conf["listeners"].values()
-                if isinstance(v, dict) and "bind" in v
-            ),
-        )
+            # Lost a race for a port that _check_free found free.
+            binds = ", ".join(bind for _, bind in _binds(conf))
+            raise CatmqttError(f"the broker cannot listen on {binds}: {exc.__cause__ or exc}") from None
+        print(f"{READY} " + ", ".join(f"{kind}://{bind}" for kind, bind in _binds(conf)), flush=True)
         parent = os.environ.get(PARENT_ENV)
         if parent:
-            asyncio.create_task(_watch_parent(int(parent), stop))
+            watcher = asyncio.create_task(_watch_parent(int(parent), stop))
         await stop.wait()
         log.info("broker stopping")
         await broker.shutdown()
+        if parent:
+            watcher.cancel()
 
     asyncio.run(main())
+
+
+def _check_free(bind: str) -> None:
+    """Raise a one-line error if `bind` cannot be listened on (amqtt would log a traceback)."""
+    host, port = parse_hostport(bind, "broker listen")
+    try:
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise CatmqttError(f"the broker cannot listen on {bind}: {reason}") from None
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
@@ -111,17 +128,6 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def wait_for_port(host: str, port: int, deadline: float) -> bool:
-    """Return True once something accepts TCP connections at host:port, False at `deadline`."""
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
 class BrokerProcess:
     """The embedded broker as a child process (``python -m catmqtt broker``)."""
 
@@ -129,22 +135,13 @@ class BrokerProcess:
         self, listen: str, ws: str | None, amqtt_conf: str | None, loglevel: str, statedir: Path
     ) -> None:
         self.listen = listen
-        args = [
-            sys.executable,
-            "-m",
-            "catmqtt",
-            "broker",
-            "--listen",
-            listen,
-            "--ws",
-            ws or "off",
-            "--loglevel",
-            loglevel,
-        ]
+        args = [sys.executable, "-m", "catmqtt", "broker", "--listen", listen, "--ws", ws or "off"]
+        args += ["--loglevel", loglevel]
         if amqtt_conf:
             args += ["--amqtt-conf", str(amqtt_conf)]
         statedir.mkdir(parents=True, exist_ok=True)
         self.logfile = statedir / "broker.log"
+        self._offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
         with open(self.logfile, "ab") as logfile:
             # A session of its own: Ctrl+C reaches only us, and we stop the
@@ -158,21 +155,24 @@ class BrokerProcess:
                 start_new_session=True,
             )
 
+    def _output(self) -> str:
+        with open(self.logfile, "rb") as f:
+            f.seek(self._offset)
+            return f.read().decode(errors="replace")
+
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Return once the broker accepts connections; raise if it died."""
-        host, port = parse_hostport(self.listen, "broker listen")
+        """Return once the broker says it listens; raise if it dies or takes too long."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if READY in self._output():
+                return
             if self.proc.poll() is not None:
-                lines = self.logfile.read_text(errors="replace").strip().splitlines()
+                lines = self._output().strip().splitlines()
                 reason = lines[-1] if lines else f"exit status {self.proc.returncode}"
                 raise CatmqttError(f"the embedded broker did not start: {reason.removeprefix('Error: ')}")
-            if wait_for_port(host, port, min(deadline, time.monotonic() + 0.5)):
-                return
+            time.sleep(0.05)
         self.stop()
-        raise CatmqttError(
-            f"the embedded broker did not accept connections on {self.listen} within {timeout:.0f} s"
-        )
+        raise CatmqttError(f"the embedded broker did not start within {timeout:.0f} s (see {self.logfile})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -83,7 +83,7 @@ def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     conf = {} if conf is None else conf
     if not isinstance(conf, dict):
         raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of sections")
@@ -107,6 +107,13 @@ def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
                 f" in section {name!r} (known: {', '.join(DEFAULTS[role])})"
             )
     return conf
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Return a one-line account of a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
 
 
 def section(conf: dict, role: str, node_id: str | None = None, **options: Any) -> dict[str, Any]:

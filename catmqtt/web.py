@@ -63,13 +63,18 @@ class Server:
     """A threaded WSGI server for `app`, run on a daemon thread."""
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
+        # We bind the socket ourselves: werkzeug would print and exit on errors.
         try:
-            self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+            sock = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+            )
         except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
             raise CatmqttError(f"cannot listen on {host}:{port}: {reason}") from None
+        with sock:
+            self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, fd=sock.fileno())
         self.host = host
-        self.port = self._server.server_port
+        self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"http-{self.port}", daemon=True
         )

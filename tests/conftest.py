@@ -56,11 +56,15 @@ class Proc:
     def __init__(self, args: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
         self.args = args
         self.log = log
-        self._out = open(log, "ab")
-        self.popen = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, cwd=cwd,
-            env={**os.environ, **(env or {})},
-        )
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+            )
 
     @property
     def output(self) -> str:
@@ -78,7 +82,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-        self._out.close()
         return self.popen.returncode
 
 
@@ -86,11 +89,17 @@ def catmqtt_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "catmqtt", *map(str, args)]
 
 
-def run_cli(*args: str, sub: str | None = None, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, sub: str | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run one client command to completion."""
     extra = ["--sub", sub] if sub else []
     return subprocess.run(
-        catmqtt_cmd(*args, *extra), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        catmqtt_cmd(*args, *extra),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
@@ -134,7 +143,10 @@ def _brokers() -> list:
         "amqtt",
         pytest.param(
             "mosquitto",
-            marks=[pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")],
+            marks=[
+                pytest.mark.mosquitto,
+                pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed"),
+            ],
         ),
     ]
 
@@ -176,14 +188,34 @@ class Deployment:
     def start_pub(self, name: str, root: Path, *extra: str, key: str | None = None) -> str:
         key = key or f"pub-{name}"
         port = self.ports.setdefault(key, free_port())
-        self._start(key, "pub", name, root, "--http", f"127.0.0.1:{port}", "--broker", self.broker.url,
-                    "--statedir", self.workdir / key, *extra)
+        self._start(
+            key,
+            "pub",
+            name,
+            root,
+            "--http",
+            f"127.0.0.1:{port}",
+            "--broker",
+            self.broker.url,
+            "--statedir",
+            self.workdir / key,
+            *extra,
+        )
         return self.url(key)
 
     def start_sub(self, key: str = "sub", *extra: str) -> str:
         port = self.ports.setdefault(key, free_port())
-        self._start(key, "sub", "--http", f"127.0.0.1:{port}", "--broker", self.broker.url,
-                    "--statedir", self.workdir / key, *extra)
+        self._start(
+            key,
+            "sub",
+            "--http",
+            f"127.0.0.1:{port}",
+            "--broker",
+            self.broker.url,
+            "--statedir",
+            self.workdir / key,
+            *extra,
+        )
         return self.url(key)
 
     def _start(self, key: str, *args) -> None:

@@ -84,7 +84,11 @@ def test_module_helpers(foo, sample_root, tmp_path):
     assert catmqtt.subscribe("foo", urlbase=url) == "Ok"
     assert "dir2/ds-4d.b2nd" in catmqtt.get_list("foo", urlbase=url)
     assert catmqtt.get_list("foo/dir1", urlbase=url) == ["dir1/ds-2d.b2nd", "dir1/ds-3d.b2nd"]
-    assert catmqtt.get_info("foo/ds-sc-attr.b2nd", urlbase=url)["vlmeta"] == {"a": 1, "b": "foo", "c": 123.456}
+    assert catmqtt.get_info("foo/ds-sc-attr.b2nd", urlbase=url)["vlmeta"] == {
+        "a": 1,
+        "b": "foo",
+        "c": 123.456,
+    }
     assert np.array_equal(catmqtt.fetch("foo/ds-1d.b2nd", urlbase=url, slice_="10:20"), np.arange(10, 20))
     path = catmqtt.download("foo/dir1/ds-3d.b2nd", urlbase=url, localpath=tmp_path)
     assert path == tmp_path / "foo/dir1/ds-3d.b2nd"

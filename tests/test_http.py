@@ -119,5 +119,7 @@ def test_fetch_formats(foo):
     assert cframe.headers["Content-Type"] == "application/x-blosc2", cframe.text
     expected = np.arange(200, dtype=np.uint16).reshape(10, 20)[1:3, ::-4]
     assert np.array_equal(blosc2.ndarray_from_cframe(cframe.content)[...], expected)
-    npy = requests.get(url, params={"slice": "1:3, ::-4"}, headers={"Accept": "application/x-npy"}, timeout=10)
+    npy = requests.get(
+        url, params={"slice": "1:3, ::-4"}, headers={"Accept": "application/x-npy"}, timeout=10
+    )
     assert np.array_equal(np.load(io.BytesIO(npy.content)), expected)
