@@ -198,7 +198,8 @@ class Publisher:
         self.root.scan()
         self.prefix = settings["prefix"]
         host, port = settings["http"]
-        self.server = Server(create_app(self.root), host, port)
+        self.app = create_app(self.root)
+        self.server = Server(self.app, host, port)
         self.url = settings["urlbase"] or self.server.url
         self.node_id = node_id or name
         self.node = Node(

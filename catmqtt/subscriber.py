@@ -130,7 +130,8 @@ class Subscriber:
         self._seen: dict[str, set[str]] = {}
         self._changed = threading.Condition()
         host, port = settings["http"]
-        self.server = Server(create_app(self), host, port)
+        self.app = create_app(self)
+        self.server = Server(self.app, host, port)
         self.url = settings["urlbase"] or self.server.url
         self.node = Node(
             "subscriber",

@@ -1,0 +1,193 @@
+"""Publisher and subscriber objects in this process, on a real broker and real HTTP servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import blosc2
+import numpy as np
+import pytest
+
+import catmqtt
+from catmqtt import config
+from catmqtt.errors import CatmqttError
+from catmqtt.publisher import Publisher, Root, create_app
+from catmqtt.subscriber import Subscriber
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def root_dir(tmp_path, sample_root):
+    """A private copy of the sample root, free to change."""
+    import shutil
+
+    return shutil.copytree(sample_root, tmp_path / "root")
+
+
+class ChunkCounter:
+    """Counts the chunk requests a publisher receives; can hold each one a while."""
+
+    def __init__(self, app, delay: float = 0.0) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+        @app.before_request
+        def count():
+            from flask import request
+
+            if request.path.startswith("/api/chunk/"):
+                with self.lock:
+                    self.requests.append((request.path.removeprefix("/api/chunk/"), request.args["nchunk"]))
+                time.sleep(delay)
+
+
+@pytest.fixture
+def services(broker, tmp_path, root_dir):
+    """A publisher of `root_dir` as foo, with chunk requests counted, and a subscriber."""
+    common = {"broker": broker.url, "http": "127.0.0.1:0"}
+    pub = Publisher(
+        "foo", root_dir, config.node_settings({}, "publisher", statedir=tmp_path / "pub", **common)
+    )
+    counter = ChunkCounter(pub.app, delay=0.2)
+    sub = Subscriber(config.node_settings({}, "subscriber", statedir=tmp_path / "sub", **common), "sub-test")
+    pub.start()
+    sub.start()
+    wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
+    sub.subscribe("foo")
+    yield pub, sub, counter
+    sub.stop()
+    pub.stop()
+
+
+def test_only_touched_chunks_are_fetched_once(services):
+    _, sub, counter = services
+    client = catmqtt.Client(sub.url)
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "250:260"), np.arange(250, 260))
+    assert counter.requests == [("ds-1d.b2nd", "2")]
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "199:301"), np.arange(199, 301))
+    assert sorted(counter.requests) == [("ds-1d.b2nd", "1"), ("ds-1d.b2nd", "2"), ("ds-1d.b2nd", "3")]
+    # Everything again: only the missing chunks cross the link.
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "::-1"), np.arange(1000)[::-1])
+    assert sorted(int(n) for _, n in counter.requests) == list(range(10))
+    client.fetch("foo/ds-1d.b2nd")
+    client.download("foo/ds-1d.b2nd", services[1].settings["statedir"].parent / "dl")
+    assert len(counter.requests) == 10
+
+
+def test_concurrent_requests_for_a_missing_chunk_cause_one_fetch(services):
+    _, sub, counter = services
+
+    def fetch(_):
+        with catmqtt.Client(sub.url) as client:
+            return client.fetch("foo/dir2/ds-4d.b2nd", "1, 0:2, 0:3, 0:4")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(fetch, range(8)))
+    expected = (np.arange(120) + np.arange(120) * 1j).reshape(2, 3, 4, 5)[1, 0:2, 0:3, 0:4]
+    assert all(np.array_equal(r, expected) for r in results)
+    # That selection is exactly chunk (1, 0, 0, 0) = 8 of the (2, 2, 2, 2) grid.
+    assert counter.requests == [("dir2/ds-4d.b2nd", "8")]
+
+
+def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
+    common = {"broker": broker.url, "http": "127.0.0.1:0"}
+    pub = Publisher(
+        "foo", root_dir, config.node_settings({}, "publisher", statedir=tmp_path / "pub", **common)
+    )
+    in_flight = []
+    active = [0]
+    lock = threading.Lock()
+
+    @pub.app.before_request
+    def track():
+        with lock:
+            active[0] += 1
+            in_flight.append(active[0])
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+
+    sub = Subscriber(config.node_settings({}, "subscriber", statedir=tmp_path / "sub", **common), "sub-test")
+    pub.start()
+    sub.start()
+    try:
+        wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
+        sub.subscribe("foo")
+        assert np.array_equal(sub.fetch("foo/ds-1d.b2nd", ""), np.arange(1000))
+        assert max(in_flight) > 1
+    finally:
+        sub.stop()
+        pub.stop()
+
+
+def test_changed_dataset_drops_cached_chunks(services, root_dir):
+    pub, sub, counter = services
+    client = catmqtt.Client(sub.url)
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "0:10"), np.arange(10))
+    blosc2.asarray(
+        np.arange(1000, dtype=np.int64) * 2,
+        urlpath=str(root_dir / "ds-1d.b2nd"),
+        mode="w",
+        chunks=(100,),
+        blocks=(10,),
+    )
+    # A publisher re-announces on reconnect; force it as a restart would.
+    pub._announce_all()
+    wait_for(
+        lambda: client.get_info("foo/ds-1d.b2nd")["etag"] == pub.root.entries["ds-1d.b2nd"].meta["etag"],
+        "the new etag at the subscriber",
+    )
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "0:10"), np.arange(10) * 2)
+    assert counter.requests.count(("ds-1d.b2nd", "0")) == 2
+
+
+def test_publisher_root_skips_what_it_must_not_serve(tmp_path, root_dir):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    os.symlink(outside, root_dir / "link-out.txt")
+    os.symlink(root_dir / "README.md", root_dir / "link-in.md")
+    os.symlink(tmp_path, root_dir / "dirlink")
+    (root_dir / ".hidden").write_text("x")
+    (root_dir / "bad.b2nd").write_bytes(b"not blosc2 at all")
+    root = Root("foo", root_dir, tmp_path / "state")
+    root.scan()
+    assert "link-out.txt" not in root.entries and "dirlink/secret.txt" not in root.entries
+    assert ".hidden" not in root.entries
+    assert root.entries["link-in.md"].meta["kind"] == "file"
+    assert root.entries["bad.b2nd"].meta["kind"] == "file"
+    client = create_app(root).test_client()
+    assert client.get("/api/download/link-out.txt").status_code == 404
+    assert client.get("/api/download/link-in.md").data == (root_dir / "README.md").read_bytes()
+    chunk = client.get("/api/chunk/dir1/ds-2d.b2nd?nchunk=3")
+    assert chunk.data == blosc2.open(str(root_dir / "dir1/ds-2d.b2nd")).schunk.get_chunk(3)
+    assert chunk.headers["X-Catmqtt-Etag"] == root.entries["dir1/ds-2d.b2nd"].meta["etag"]
+
+
+def test_publisher_compresses_plain_files_once(tmp_path, root_dir):
+    big = root_dir / "big.bin"
+    data = os.urandom(3 << 20) + b"tail"
+    big.write_bytes(data)
+    root = Root("foo", root_dir, tmp_path / "state")
+    root.scan()
+    meta = root.entries["big.bin"].meta
+    assert (meta["kind"], meta["nchunks"], meta["nbytes"]) == ("file", 4, len(data))
+    client = create_app(root).test_client()
+    pieces = [blosc2.decompress2(client.get(f"/api/chunk/big.bin?nchunk={n}").data) for n in range(4)]
+    assert b"".join(pieces) == data
+    frame = tmp_path / "state/files/big.bin.b2frame"
+    built = frame.stat().st_mtime_ns
+    Root("foo", root_dir, tmp_path / "state").scan()
+    again = Root("foo", root_dir, tmp_path / "state")
+    again.scan()
+    again.chunk("big.bin", 0)
+    assert frame.stat().st_mtime_ns == built
+
+
+def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CatmqttError, match="is not a directory"):
+        Root("foo", tmp_path / "file", tmp_path / "state")
