@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from catmqtt.sample import write_sample
 
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 DEADLINE = 30.0
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -119,14 +121,12 @@ class Broker:
         if self.kind == "amqtt":
             args = catmqtt_cmd("broker", "--listen", f"127.0.0.1:{self.port}", "--ws", "off")
         else:
+            # The shipped configuration, on a free port and without websockets.
+            shipped = (REPO / "brokerconf/mosquitto.conf").read_text()
+            listeners = re.compile(r"^listener 1883 .*$\n^listener 9001 .*$\n^protocol websockets$", re.M)
+            assert listeners.search(shipped), "brokerconf/mosquitto.conf changed: update this fixture"
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(
-                f"listener {self.port} 127.0.0.1\n"
-                "allow_anonymous true\n"
-                "persistence false\n"
-                "max_queued_messages 100000\n"
-                "log_dest stdout\n"
-            )
+            conf.write_text(listeners.sub(f"listener {self.port} 127.0.0.1", shipped))
             args = [MOSQUITTO, "-c", str(conf)]
         self.proc = Proc(args, log)
         wait_for(lambda: port_open(self.port) or not self.proc.alive(), f"{self.kind} broker")
