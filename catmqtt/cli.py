@@ -97,7 +97,8 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     listen = b["listen"]
     config.parse_hostport(listen, "broker listen")
     ws = None if b["ws"] in (None, "off") else b["ws"]
-    common = {"broker": f"mqtt://{listen}", "loglevel": args.loglevel, "prefix": b["prefix"]}
+    # A first look wants the addresses, not the chatter: WARNING unless asked.
+    common = {"broker": f"mqtt://{listen}", "loglevel": args.loglevel or "WARNING", "prefix": b["prefix"]}
     pub_s = config.node_settings(conf, "publisher", http=args.pub_http, statedir=base / "publisher", **common)
     sub_s = config.node_settings(
         conf, "subscriber", http=args.sub_http, statedir=base / "subscriber", **common
@@ -128,6 +129,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
         publisher.stop()
     finally:
         broker.stop()
+    print("Stopped.")
     return 0
 
 
