@@ -239,3 +239,29 @@ def test_statedir_with_foreign_database(tmp_path):
     )
     assert result.returncode == 1
     assert "is not a catmqtt cache; move it away or use another --statedir" in result.stderr
+
+
+def test_killed_publisher_is_lost_and_restart_clears_deleted_datasets(deployment, sample_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(sample_root, tmp_path / "root")
+    d = deployment
+    d.start_pub("foo", root)
+    d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    assert "foo/dir1/ds-3d.b2nd" in d.cli("list", "foo").stdout
+
+    d.stop("pub-foo", signal.SIGKILL)
+    # The broker publishes the last will: the root shows offline.
+    d.wait_root("foo", online=False)
+    status = requests.get(f"{d.url('sub')}/api/roots", timeout=5).json()["foo"]
+    assert status["online"] is False and status["subscribed"] is True
+
+    (root / "dir1/ds-3d.b2nd").unlink()
+    d.start_pub("foo", root)
+    d.wait_root("foo")
+    wait_for(lambda: "foo/dir1/ds-3d.b2nd" not in d.cli("list", "foo").stdout, "the deleted dataset to go")
+    result = d.cli("info", "foo/dir1/ds-3d.b2nd")
+    assert result.returncode == 1 and "no dataset 'dir1/ds-3d.b2nd' in root 'foo'" in result.stderr
+    assert "foo/dir1/ds-2d.b2nd" in d.cli("list", "foo").stdout

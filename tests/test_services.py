@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import blosc2
 import numpy as np
@@ -45,22 +46,39 @@ class ChunkCounter:
                 time.sleep(delay)
 
 
-@pytest.fixture
-def services(broker, tmp_path, root_dir):
-    """A publisher of `root_dir` as foo, with chunk requests counted, and a subscriber."""
+@contextmanager
+def running(broker, tmp_path, root_dir, instrument=None):
+    """Run a publisher of `root_dir` as foo and a subscriber following it, in this process.
+
+    `instrument(app)` may add hooks to the publisher's app before it serves.
+    """
     common = {"broker": broker.url, "http": "127.0.0.1:0"}
     pub = Publisher(
         "foo", root_dir, config.node_settings({}, "publisher", statedir=tmp_path / "pub", **common)
     )
-    counter = ChunkCounter(pub.app, delay=0.2)
+    if instrument is not None:
+        instrument(pub.app)
     sub = Subscriber(config.node_settings({}, "subscriber", statedir=tmp_path / "sub", **common), "sub-test")
     pub.start()
     sub.start()
-    wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
-    sub.subscribe("foo")
-    yield pub, sub, counter
-    sub.stop()
-    pub.stop()
+    try:
+        wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
+        sub.subscribe("foo")
+        yield pub, sub
+    finally:
+        sub.stop()
+        pub.stop()
+
+
+@pytest.fixture
+def services(broker, tmp_path, root_dir):
+    """The pair of `running`, with the publisher's chunk requests counted."""
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app, delay=0.2))) as (
+        pub,
+        sub,
+    ):
+        yield pub, sub, counters[0]
 
 
 def test_only_touched_chunks_are_fetched_once(services):
@@ -94,34 +112,23 @@ def test_concurrent_requests_for_a_missing_chunk_cause_one_fetch(services):
 
 
 def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
-    common = {"broker": broker.url, "http": "127.0.0.1:0"}
-    pub = Publisher(
-        "foo", root_dir, config.node_settings({}, "publisher", statedir=tmp_path / "pub", **common)
-    )
     in_flight = []
     active = [0]
     lock = threading.Lock()
 
-    @pub.app.before_request
-    def track():
-        with lock:
-            active[0] += 1
-            in_flight.append(active[0])
-        time.sleep(0.1)
-        with lock:
-            active[0] -= 1
+    def instrument(app):
+        @app.before_request
+        def track():
+            with lock:
+                active[0] += 1
+                in_flight.append(active[0])
+            time.sleep(0.1)
+            with lock:
+                active[0] -= 1
 
-    sub = Subscriber(config.node_settings({}, "subscriber", statedir=tmp_path / "sub", **common), "sub-test")
-    pub.start()
-    sub.start()
-    try:
-        wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
-        sub.subscribe("foo")
+    with running(broker, tmp_path, root_dir, instrument) as (_, sub):
         assert np.array_equal(sub.fetch("foo/ds-1d.b2nd", ""), np.arange(1000))
-        assert max(in_flight) > 1
-    finally:
-        sub.stop()
-        pub.stop()
+    assert max(in_flight) > 1
 
 
 def test_changed_dataset_drops_cached_chunks(services, root_dir):
@@ -191,3 +198,15 @@ def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CatmqttError, match="is not a directory"):
         Root("foo", tmp_path / "file", tmp_path / "state")
+
+
+def test_empty_datasets(broker, tmp_path, root_dir):
+    (root_dir / "empty.txt").write_bytes(b"")
+    blosc2.asarray(np.empty((0, 5)), urlpath=str(root_dir / "empty.b2nd"), mode="w")
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        assert client.fetch("foo/empty.txt") == b""
+        assert client.download("foo/empty.txt", tmp_path / "dl").read_bytes() == b""
+        assert client.fetch("foo/empty.b2nd").shape == (0, 5)
+        assert client.fetch("foo/empty.b2nd", "::-1, 2").shape == (0,)
+        assert blosc2.open(str(client.download("foo/empty.b2nd", tmp_path / "dl"))).shape == (0, 5)
