@@ -64,7 +64,8 @@ class BrokerAddress:
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
@@ -82,14 +83,16 @@ def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
             conf = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     conf = {} if conf is None else conf
     if not isinstance(conf, dict):
         raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of sections")
     for name, section in conf.items():
-        role, _, node_id = str(name).partition(".")
-        if role not in DEFAULTS or (node_id and role not in ("publisher", "subscriber")):
+        role, dot, node_id = str(name).partition(".")
+        if role not in DEFAULTS or (dot and role not in ("publisher", "subscriber")) or (dot and not node_id):
             raise ConfigError(
                 f"config file {os.fspath(path)!r}: unknown section {name!r}"
                 " (sections: broker, publisher[.<id>], subscriber[.<id>], client)"
@@ -180,7 +183,7 @@ def parse_hostport(value: object, what: str) -> tuple[str, int]:
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if sep and host and port.isdigit() and int(port) <= 65535:
+        if sep and host and port.isascii() and port.isdigit() and int(port) <= 65535:
             return host, int(port)
     raise ConfigError(f"invalid {what} address {value!r}: expected HOST:PORT, like 127.0.0.1:8001")
 
@@ -190,9 +193,11 @@ def parse_broker_url(value: object) -> BrokerAddress:
     if isinstance(value, str):
         parts = urlsplit(value if "://" in value else f"mqtt://{value}")
         port = _port(parts)
-        if parts.scheme in ("mqtt", "mqtts") and parts.hostname and port != -1 and not parts.path.strip("/"):
+        # Port 0 means "any free port" to a listener, and nothing to a client.
+        valid = parts.hostname and port not in (-1, 0) and not parts.path.strip("/")
+        if parts.scheme in ("mqtt", "mqtts") and valid:
             tls = parts.scheme == "mqtts"
-            return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+            return BrokerAddress(parts.hostname, (8883 if tls else 1883) if port is None else port, tls)
     raise ConfigError(f"invalid broker URL {value!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import BadRequest
 from .topics import parse_node_id, parse_path, parse_root_name
@@ -34,9 +35,11 @@ def loads(payload: bytes) -> dict[str, Any] | None:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("payload is not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest("payload is not a JSON object")
-    if obj.get("schema") != SCHEMA:
+    if type(obj.get("schema")) is not int or obj["schema"] != SCHEMA:
         raise BadRequest(f"payload has schema {obj.get('schema')!r}, expected {SCHEMA}")
     return obj
 
@@ -74,7 +77,13 @@ def _ints(obj: dict[str, Any], key: str, what: str, *, positive: bool) -> list[i
 
 def _url(obj: dict[str, Any], key: str, what: str) -> str:
     url = _field(obj, key, str, what)
-    if not url.startswith(("http://", "https://")) or len(url) > 2048:
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host or len(url) > 2048:
         raise BadRequest(f"{what}: field {key!r} is not an http(s) URL")
     return url.rstrip("/")
 

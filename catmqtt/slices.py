@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 from collections.abc import Sequence
 from types import EllipsisType
@@ -96,12 +97,12 @@ def as_key(key: object) -> Key:
             for v in (item.start, item.stop, item.step):
                 if v is not None and not _is_int(v):
                     raise BadRequest(f"slice bounds must be integers, not {v!r}")
-                parts.append(None if v is None else int(v))
+                parts.append(None if v is None else operator.index(v))
             if parts[2] == 0:
                 raise BadRequest("slice step cannot be zero")
             out.append(slice(*parts))
         elif _is_int(item):
-            out.append(int(item))
+            out.append(operator.index(item))
         else:
             raise BadRequest(
                 f"only integers, slices and '...' are valid indices (basic indexing), not {item!r}"
@@ -112,7 +113,14 @@ def as_key(key: object) -> Key:
 
 
 def _is_int(value: object) -> bool:
-    return hasattr(value, "__index__") and not isinstance(value, bool)
+    """Tell whether numpy takes `value` as an integer index (0-d integer arrays too)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def select(key: Key, shape: Sequence[int]) -> Selection:

@@ -17,8 +17,11 @@ ROLES = ("broker", "publisher", "subscriber")
 
 _ROOT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}")
-# Characters MQTT forbids or reserves in a topic level, and our own escape.
-_RESERVED = re.compile(r"[+#%\x00-\x1f\x7f]|^\$")
+# Characters MQTT forbids or reserves in a topic level, those brokers refuse
+# (C1 controls, non-characters), and our own escape.
+_NONCHARACTERS = "".join(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF))
+_RESERVED = re.compile(rf"[+#%\x00-\x1f\x7f-\x9f\ufdd0-\ufdef{_NONCHARACTERS}]|^\$")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_PATH = 4096
 
 
@@ -53,8 +56,12 @@ def parse_path(path: object) -> str:
     A path is relative, uses ``/`` as separator and has no empty, ``.`` or
     ``..`` component, so that it can never name anything outside its root.
     """
-    if not isinstance(path, str) or not path:
-        raise BadRequest(f"invalid dataset path {path!r}: it is empty")
+    if not isinstance(path, str):
+        raise BadRequest(f"invalid dataset path {path!r}: not a string")
+    if not path:
+        raise BadRequest("invalid dataset path '': it is empty")
+    if _SURROGATE.search(path):
+        raise BadRequest(f"invalid dataset path {path!r}: not valid UTF-8")
     if len(path) > _MAX_PATH:
         raise BadRequest(f"invalid dataset path: longer than {_MAX_PATH} characters")
     if path.startswith("/") or "\\" in path or "\x00" in path:
@@ -116,10 +123,14 @@ def parse_topic(prefix: str, topic: str) -> Topic:
         return Topic("root", parse_root_name(levels[1]), "")
     if levels[0] == "roots" and len(levels) > 3 and levels[2] == "ds":
         try:
-            path = "/".join(decode_level(level) for level in levels[3:])
+            parts = [decode_level(level) for level in levels[3:]]
         except UnicodeDecodeError:
             raise BadRequest(f"topic {topic!r} has a bad percent-encoding") from None
-        return Topic("dataset", parse_root_name(levels[1]), parse_path(path))
+        path = parse_path("/".join(parts))
+        # One dataset, one topic: anything but our own encoding is refused.
+        if [encode_level(part) for part in parts] != levels[3:]:
+            raise BadRequest(f"topic {topic!r} is not encoded as catmqtt encodes dataset paths")
+        return Topic("dataset", parse_root_name(levels[1]), path)
     if levels[0] == "nodes" and len(levels) == 3 and levels[1] in ROLES:
         return Topic("node", levels[1], parse_node_id(levels[2]))
     raise BadRequest(f"topic {topic!r} is not a catmqtt topic")

@@ -1,0 +1,365 @@
+"""Tables of good and bad payloads for catmqtt.schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+
+from catmqtt.errors import BadRequest
+from catmqtt.schema import MAX_PAYLOAD, SCHEMA, dumps, loads, parse_dataset, parse_node, parse_root
+
+DELETE = object()
+
+
+def changed(obj: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Return a deep copy of `obj` with `fields` set, or removed when DELETE."""
+    out = copy.deepcopy(obj)
+    for key, value in fields.items():
+        if value is DELETE:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+ROOT = {
+    "name": "r",
+    "url": "http://127.0.0.1:8001",
+    "publisher": "pub1",
+    "datasets": 3,
+    "etag": "e1",
+}
+
+NDARRAY = {
+    "path": "dir/a.b2nd",
+    "kind": "ndarray",
+    "shape": [10, 7],
+    "chunks": [4, 7],
+    "blocks": [2, 7],
+    "dtype": "float64",
+    "nchunks": 3,
+    "typesize": 8,
+    "chunksize": 1234,
+    "nbytes": 560,
+    "cparams": {"codec": "ZSTD", "clevel": 5},
+    "vlmeta": {"note": "x"},
+    "etag": "e2",
+}
+
+SCHUNK = {
+    "path": "s.b2frame",
+    "kind": "schunk",
+    "shape": [100],
+    "chunks": [30],
+    "nchunks": 4,
+    "typesize": 1,
+    "chunksize": 30,
+    "nbytes": 100,
+    "cparams": {},
+    "vlmeta": {},
+    "etag": "e3",
+}
+
+FILE = {
+    "path": "docs/README.md",
+    "kind": "file",
+    "shape": [5000],
+    "chunks": [4096],
+    "nchunks": 2,
+    "typesize": 1,
+    "chunksize": 4096,
+    "nbytes": 5000,
+    "cparams": {},
+    "vlmeta": {},
+    "etag": "e4",
+}
+
+NODE = {"status": "online", "url": "https://example.org:8443/"}
+
+
+# dumps / loads
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{}, {"a": 1}, {"name": "é", "list": [1, 2.5, None, True], "nested": {"x": {"y": []}}}, ROOT, NDARRAY],
+)
+def test_dumps_loads_round_trip(obj: dict[str, Any]) -> None:
+    payload = dumps(obj)
+    assert isinstance(payload, bytes)
+    assert json.loads(payload)["schema"] == SCHEMA
+    assert b", " not in payload and b": " not in payload  # compact
+    assert loads(payload) == {"schema": SCHEMA, **obj}
+
+
+def test_dumps_does_not_change_its_argument() -> None:
+    obj = {"a": 1}
+    dumps(obj)
+    assert obj == {"a": 1}
+
+
+def test_loads_empty_is_none() -> None:
+    assert loads(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (b"not json", "payload is not JSON: "),
+        (b"{", "payload is not JSON"),
+        (b" ", "payload is not JSON"),
+        (b'{"schema": 1, "a": "\xff"}', "payload is not JSON"),
+        (b"\xff\xfe\xfd", "payload is not JSON"),
+        (b"[1, 2]", "payload is not a JSON object"),
+        (b"null", "payload is not a JSON object"),
+        (b"1", "payload is not a JSON object"),
+        (b'"schema"', "payload is not a JSON object"),
+        (b"{}", "payload has schema None, expected 1"),
+        (b'{"name": "r"}', "payload has schema None, expected 1"),
+        (b'{"schema": 2}', "payload has schema 2, expected 1"),
+        (b'{"schema": "1"}', "payload has schema '1', expected 1"),
+        (b'{"schema": null}', "payload has schema None, expected 1"),
+        (
+            b" " * (MAX_PAYLOAD + 1),
+            f"payload of {MAX_PAYLOAD + 1} bytes is over the {MAX_PAYLOAD} byte limit",
+        ),
+    ],
+)
+def test_loads_bad(payload: bytes, match: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape(match)):
+        loads(payload)
+
+
+def test_loads_at_the_size_limit() -> None:
+    body = b'{"schema":1,"pad":""}'
+    payload = body + b" " * (MAX_PAYLOAD - len(body))
+    assert len(payload) == MAX_PAYLOAD
+    assert loads(payload) == {"schema": 1, "pad": ""}
+
+
+def test_loads_deeply_nested() -> None:
+    with pytest.raises(BadRequest, match="payload is not JSON"):
+        loads(b'{"schema": 1, "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+@pytest.mark.parametrize("schema", [b"true", b"1.0"])
+def test_loads_schema_must_be_the_integer_1(schema: bytes) -> None:
+    with pytest.raises(BadRequest, match="payload has schema"):
+        loads(b'{"schema": ' + schema + b"}")
+
+
+# parse_root
+
+
+def test_parse_root_good() -> None:
+    assert parse_root(copy.deepcopy(ROOT), "r") == ROOT
+    assert parse_root(changed(ROOT, url="https://h/x", datasets=0), "r")["datasets"] == 0
+
+
+ROOT_WHAT = re.escape("announcement of root 'r': ")
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"name": DELETE}, "field 'name' is missing or not str"),
+        ({"name": "other"}, "its name is 'other'"),
+        ({"name": 3}, "field 'name' is missing or not str"),
+        ({"url": DELETE}, "field 'url' is missing or not str"),
+        ({"url": 8001}, "field 'url' is missing or not str"),
+        ({"url": "ftp://h"}, "field 'url' is not an http(s) URL"),
+        ({"url": "127.0.0.1:8001"}, "field 'url' is not an http(s) URL"),
+        ({"url": "http://h/" + "x" * 2048}, "field 'url' is not an http(s) URL"),
+        ({"publisher": DELETE}, "field 'publisher' is missing or not str"),
+        ({"datasets": DELETE}, "field 'datasets' is missing or not int"),
+        ({"datasets": -1}, "field 'datasets' is negative"),
+        ({"datasets": True}, "field 'datasets' is missing or not int"),
+        ({"datasets": 1.0}, "field 'datasets' is missing or not int"),
+        ({"datasets": "3"}, "field 'datasets' is missing or not int"),
+        ({"etag": DELETE}, "field 'etag' is missing or not str"),
+        ({"etag": 1}, "field 'etag' is missing or not str"),
+    ],
+)
+def test_parse_root_bad(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(BadRequest, match=ROOT_WHAT + re.escape(match)):
+        parse_root(changed(ROOT, **fields), "r")
+
+
+def test_parse_root_bad_publisher() -> None:
+    with pytest.raises(BadRequest, match="invalid node id 'bad id'"):
+        parse_root(changed(ROOT, publisher="bad id"), "r")
+
+
+def test_parse_root_bad_name() -> None:
+    with pytest.raises(BadRequest, match="invalid root name '.r'"):
+        parse_root(changed(ROOT, name=".r"), ".r")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://",
+        "https:///path",
+        "http://:8001",
+    ],
+)
+def test_url_fields_need_a_host(url: str) -> None:
+    with pytest.raises(BadRequest, match="is not an http"):
+        parse_root(changed(ROOT, url=url), "r")
+
+
+# parse_dataset
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        NDARRAY,
+        SCHUNK,
+        FILE,
+        changed(NDARRAY, path="scalar", shape=[], chunks=[], blocks=[], nchunks=1),
+        changed(NDARRAY, path="empty", shape=[0, 5], chunks=[0, 5], blocks=[0, 5], nchunks=0),
+        changed(NDARRAY, path="empty2", shape=[3, 0], chunks=[2, 4], blocks=[1, 2], nchunks=0),
+        changed(NDARRAY, path="big-chunks", shape=[3, 4], chunks=[8, 8], blocks=[8, 8], nchunks=1),
+        changed(NDARRAY, dtype=[["a", "<i4"], ["b", "<f8", [2]]]),
+        changed(NDARRAY, shape=[1] * 64, chunks=[1] * 64, blocks=[1] * 64, nchunks=1),
+        changed(FILE, path="empty.txt", shape=[0], chunks=[0], nchunks=0, nbytes=0, chunksize=0),
+        changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3),
+        changed(FILE, path="é/日本 x+#.txt"),
+    ],
+)
+def test_parse_dataset_good(meta: dict[str, Any]) -> None:
+    assert parse_dataset(copy.deepcopy(meta), meta["path"]) == meta
+
+
+ND_WHAT = re.escape("metadata of 'dir/a.b2nd': ")
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"path": DELETE}, "field 'path' is missing or not str"),
+        ({"path": 3}, "field 'path' is missing or not str"),
+        ({"path": "other.b2nd"}, "its path is 'other.b2nd'"),
+        ({"kind": DELETE}, "field 'kind' is missing or not str"),
+        ({"kind": "table"}, "kind 'table' is not one of ndarray, schunk, file"),
+        ({"kind": "NDArray"}, "kind 'NDArray' is not one of"),
+        ({"shape": DELETE}, "field 'shape' is missing or not list"),
+        ({"shape": "10,7"}, "field 'shape' is missing or not list"),
+        ({"shape": (10, 7)}, "field 'shape' is missing or not list"),
+        ({"shape": [10, -7]}, "field 'shape' is not a list of integers >= 0"),
+        ({"shape": [10, True]}, "field 'shape' is not a list of integers >= 0"),
+        ({"shape": [10.0, 7]}, "field 'shape' is not a list of integers >= 0"),
+        ({"shape": [10, "7"]}, "field 'shape' is not a list of integers >= 0"),
+        ({"shape": [1] * 65}, "field 'shape' is not a list of integers >= 0"),
+        ({"chunks": DELETE}, "field 'chunks' is missing or not list"),
+        ({"chunks": [4, -1]}, "field 'chunks' is not a list of integers >= 0"),
+        ({"chunks": [0, 7]}, "chunks of 0 along an axis that is not empty"),
+        ({"chunks": [4]}, "shape, chunks and blocks differ in length"),
+        ({"chunks": [4, 7, 1]}, "shape, chunks and blocks differ in length"),
+        ({"blocks": DELETE}, "field 'blocks' is missing or not list"),
+        ({"blocks": [2]}, "shape, chunks and blocks differ in length"),
+        ({"blocks": [2, False]}, "field 'blocks' is not a list of integers >= 0"),
+        ({"shape": [10], "chunks": [4], "nchunks": 3}, "shape, chunks and blocks differ in length"),
+        ({"dtype": DELETE}, "field 'dtype' is missing or not str or list"),
+        ({"dtype": 8}, "field 'dtype' is missing or not str or list"),
+        ({"dtype": {"f": "i4"}}, "field 'dtype' is missing or not str or list"),
+        ({"nchunks": DELETE}, "field 'nchunks' is missing or not int"),
+        ({"nchunks": 4}, "nchunks 4 does not match shape and chunks"),
+        ({"nchunks": 2}, "nchunks 2 does not match shape and chunks"),
+        ({"nchunks": 0}, "nchunks 0 does not match shape and chunks"),
+        ({"nchunks": -1}, "field 'nchunks' is negative"),
+        ({"nchunks": True}, "field 'nchunks' is missing or not int"),
+        ({"nchunks": "3"}, "field 'nchunks' is missing or not int"),
+        ({"nchunks": 3.0}, "field 'nchunks' is missing or not int"),
+        ({"typesize": DELETE}, "field 'typesize' is missing or not int"),
+        ({"typesize": 0}, "typesize is 0"),
+        ({"typesize": True}, "field 'typesize' is missing or not int"),
+        ({"typesize": -8}, "field 'typesize' is negative"),
+        ({"chunksize": DELETE}, "field 'chunksize' is missing or not int"),
+        ({"chunksize": -1}, "field 'chunksize' is negative"),
+        ({"nbytes": 1.5}, "field 'nbytes' is missing or not int"),
+        ({"nbytes": None}, "field 'nbytes' is missing or not int"),
+        ({"cparams": DELETE}, "field 'cparams' is missing or not dict"),
+        ({"cparams": []}, "field 'cparams' is missing or not dict"),
+        ({"vlmeta": None}, "field 'vlmeta' is missing or not dict"),
+        ({"vlmeta": "x"}, "field 'vlmeta' is missing or not dict"),
+        ({"etag": DELETE}, "field 'etag' is missing or not str"),
+        ({"etag": 1}, "field 'etag' is missing or not str"),
+    ],
+)
+def test_parse_dataset_bad_ndarray(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(BadRequest, match=ND_WHAT + re.escape(match)):
+        parse_dataset(changed(NDARRAY, **fields), NDARRAY["path"])
+
+
+@pytest.mark.parametrize(
+    ("base", "fields", "match"),
+    [
+        (SCHUNK, {"shape": [10, 10], "chunks": [5, 5], "nchunks": 4}, "a schunk has a 1-D shape and chunks"),
+        (SCHUNK, {"shape": [], "chunks": [], "nchunks": 1}, "a schunk has a 1-D shape and chunks"),
+        (SCHUNK, {"chunks": [30, 1]}, "a schunk has a 1-D shape and chunks"),
+        (SCHUNK, {"chunks": [0]}, "chunks of 0 along an axis that is not empty"),
+        (SCHUNK, {"nchunks": 3}, "nchunks 3 does not match shape and chunks"),
+        (FILE, {"chunks": []}, "a file has a 1-D shape and chunks"),
+        (FILE, {"shape": [5], "chunks": [0], "nchunks": 0}, "chunks of 0 along an axis that is not empty"),
+        (FILE, {"shape": [0], "chunks": [0], "nchunks": 1}, "nchunks 1 does not match shape and chunks"),
+        (FILE, {"path": "docs/README.txt"}, "its path is 'docs/README.txt'"),
+        (FILE, {"kind": "File"}, "kind 'File' is not one of"),
+    ],
+)
+def test_parse_dataset_bad_other_kinds(base: dict[str, Any], fields: dict[str, Any], match: str) -> None:
+    what = re.escape(f"metadata of {base['path']!r}: ")
+    with pytest.raises(BadRequest, match=what + re.escape(match)):
+        parse_dataset(changed(base, **fields), base["path"])
+
+
+@pytest.mark.parametrize("path", ["", "/abs", "a/../b", "a//b"])
+def test_parse_dataset_bad_path(path: str) -> None:
+    with pytest.raises(BadRequest, match="invalid dataset path"):
+        parse_dataset(changed(NDARRAY, path=path), path)
+
+
+def test_parse_dataset_empty_axis_nchunks() -> None:
+    meta = changed(NDARRAY, shape=[0, 5], chunks=[0, 5], blocks=[0, 5], nchunks=1)
+    with pytest.raises(BadRequest, match="nchunks 1 does not match shape and chunks"):
+        parse_dataset(meta, meta["path"])
+
+
+# parse_node
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        NODE,
+        {"status": "online", "url": "http://127.0.0.1:8002"},
+        {"status": "offline"},
+        {"status": "lost"},
+        {"status": "offline", "url": "not checked when offline"},
+    ],
+)
+def test_parse_node_good(status: dict[str, Any]) -> None:
+    assert parse_node(copy.deepcopy(status), "publisher", "pub1") == status
+
+
+@pytest.mark.parametrize(
+    ("status", "match"),
+    [
+        ({}, "field 'status' is missing or not str"),
+        ({"status": 1}, "field 'status' is missing or not str"),
+        ({"status": "busy"}, "status 'busy' is not one of online, offline, lost"),
+        ({"status": "Online", "url": "http://h"}, "status 'Online' is not one of"),
+        ({"status": "online"}, "field 'url' is missing or not str"),
+        ({"status": "online", "url": None}, "field 'url' is missing or not str"),
+        ({"status": "online", "url": "ws://h:9001"}, "field 'url' is not an http(s) URL"),
+        ({"status": "online", "url": "h:8002"}, "field 'url' is not an http(s) URL"),
+    ],
+)
+def test_parse_node_bad(status: dict[str, Any], match: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape("status of subscriber 's1': ") + re.escape(match)):
+        parse_node(status, "subscriber", "s1")
