@@ -45,9 +45,12 @@ class Root:
     def __init__(self, name: str, path: str | os.PathLike, statedir: str | os.PathLike) -> None:
         self.name = name
         self.path = Path(path).resolve()
+        if not self.path.exists():
+            raise CatmqttError(f"root {os.fspath(path)!r} does not exist")
         if not self.path.is_dir():
-            what = "does not exist" if not self.path.exists() else "is not a directory"
-            raise CatmqttError(f"root {os.fspath(path)!r} {what}")
+            raise CatmqttError(
+                f"root {os.fspath(path)!r} is not a directory (publishing an HDF5 file is not supported yet)"
+            )
         self.statedir = Path(statedir).resolve()
         self.entries: dict[str, Entry] = {}
         self.etag = ""
