@@ -15,7 +15,8 @@ import pytest
 import catmqtt
 from catmqtt import config
 from catmqtt.errors import CatmqttError
-from catmqtt.publisher import Publisher, Root, create_app
+from catmqtt.publisher import Publisher, create_app
+from catmqtt.roots import open_root
 from catmqtt.subscriber import Subscriber
 
 from conftest import wait_for
@@ -160,7 +161,7 @@ def test_publisher_root_skips_what_it_must_not_serve(tmp_path, root_dir):
     os.symlink(tmp_path, root_dir / "dirlink")
     (root_dir / ".hidden").write_text("x")
     (root_dir / "bad.b2nd").write_bytes(b"not blosc2 at all")
-    root = Root("foo", root_dir, tmp_path / "state")
+    root = open_root("foo", root_dir, tmp_path / "state")
     root.scan()
     assert "link-out.txt" not in root.entries and "dirlink/secret.txt" not in root.entries
     assert ".hidden" not in root.entries
@@ -178,7 +179,7 @@ def test_publisher_compresses_plain_files_once(tmp_path, root_dir):
     big = root_dir / "big.bin"
     data = os.urandom(3 << 20) + b"tail"
     big.write_bytes(data)
-    root = Root("foo", root_dir, tmp_path / "state")
+    root = open_root("foo", root_dir, tmp_path / "state")
     root.scan()
     meta = root.entries["big.bin"].meta
     assert (meta["kind"], meta["nchunks"], meta["nbytes"]) == ("file", 4, len(data))
@@ -187,8 +188,8 @@ def test_publisher_compresses_plain_files_once(tmp_path, root_dir):
     assert b"".join(pieces) == data
     frame = tmp_path / "state/files/big.bin.b2frame"
     built = frame.stat().st_mtime_ns
-    Root("foo", root_dir, tmp_path / "state").scan()
-    again = Root("foo", root_dir, tmp_path / "state")
+    open_root("foo", root_dir, tmp_path / "state").scan()
+    again = open_root("foo", root_dir, tmp_path / "state")
     again.scan()
     again.chunk("big.bin", 0)
     assert frame.stat().st_mtime_ns == built
@@ -197,7 +198,7 @@ def test_publisher_compresses_plain_files_once(tmp_path, root_dir):
 def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CatmqttError, match="is not a directory"):
-        Root("foo", tmp_path / "file", tmp_path / "state")
+        open_root("foo", tmp_path / "file", tmp_path / "state")
 
 
 def test_empty_datasets(broker, tmp_path, root_dir):

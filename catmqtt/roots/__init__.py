@@ -1,0 +1,93 @@
+"""This package holds the kinds of root a publisher serves.
+
+A root is a set of datasets under one name: a directory of Blosc2 and plain
+files (:mod:`.directory`), or an HDF5 file (:mod:`.hdf5`). Each kind scans
+its source into entries carrying the metadata announced on MQTT, and serves
+their chunks as compressed Blosc2 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest, CatmqttError, NotFound
+from ..topics import parse_path
+
+
+@dataclass
+class Entry:
+    """One dataset of a root: where it comes from, its metadata and, once opened, its data."""
+
+    source: Any
+    meta: dict[str, Any]
+    handle: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Root:
+    """What every kind of root provides; subclasses fill in scanning and reading."""
+
+    def __init__(self, name: str, path: Path, statedir: str | os.PathLike) -> None:
+        self.name = name
+        self.path = path
+        self.statedir = Path(statedir).resolve()
+        self.entries: dict[str, Entry] = {}
+        # Items of the source that cannot be served: [{"path": ..., "reason": ...}].
+        self.skipped: list[dict[str, str]] = []
+        self.etag = ""
+        self._lock = threading.Lock()
+
+    def scan(self) -> dict[str, Entry]:
+        """Look at the source again, reusing what did not change; return the entries."""
+        raise NotImplementedError
+
+    def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
+        """Return the compressed bytes of one chunk of `entry` (entry.lock is held)."""
+        raise NotImplementedError
+
+    def download(self, path: str) -> tuple[Path, str]:
+        """Return a file holding the whole dataset `path`, and the name to give it."""
+        raise NotImplementedError
+
+    def _set_entries(self, found: dict[str, Entry]) -> None:
+        digest = hashlib.blake2b(digest_size=8)
+        for path in sorted(found):
+            digest.update(f"{path}\0{found[path].meta['etag']}\0".encode())
+        with self._lock:
+            self.entries = found
+            self.etag = digest.hexdigest()
+
+    def get(self, path: str) -> Entry:
+        """Return the entry of dataset `path`, or raise NotFound."""
+        entry = self.entries.get(parse_path(path))
+        if entry is None:
+            raise NotFound(f"no dataset {path!r} in root {self.name!r}")
+        return entry
+
+    def chunk(self, path: str, nchunk: int) -> tuple[bytes, str]:
+        """Return the compressed bytes of chunk `nchunk` of `path`, and the dataset's etag."""
+        entry = self.get(path)
+        nchunks = entry.meta["nchunks"]
+        if not 0 <= nchunk < nchunks:
+            raise BadRequest(f"chunk {nchunk} is out of range: {path!r} has {nchunks} chunks")
+        with entry.lock:
+            return self._read_chunk(entry, nchunk), entry.meta["etag"]
+
+
+def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike) -> Root:
+    """Return the root `name` of `path`: a directory, or an HDF5 file."""
+    resolved = Path(path).resolve()
+    if not resolved.exists():
+        raise CatmqttError(f"root {os.fspath(path)!r} does not exist")
+    if resolved.is_dir():
+        from .directory import DirectoryRoot
+
+        return DirectoryRoot(name, resolved, statedir)
+    raise CatmqttError(
+        f"root {os.fspath(path)!r} is not a directory (publishing an HDF5 file is not supported yet)"
+    )
