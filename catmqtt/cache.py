@@ -24,10 +24,11 @@ import blosc2
 
 from . import storage
 from .errors import ConfigError, NotFound
+from .slices import chunk_coords, chunk_grid, chunk_number
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roots (
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     path TEXT NOT NULL,
     nchunk INTEGER NOT NULL,
     etag TEXT NOT NULL,
+    digest TEXT NOT NULL,
     nbytes INTEGER NOT NULL,
     last_access REAL NOT NULL,
     PRIMARY KEY (root, path, nchunk)
@@ -60,6 +62,8 @@ class Slot:
 
     etag: str
     handle: blosc2.NDArray | blosc2.SChunk | None = None
+    # Chunks whose bytes were checked against their digest since this process started.
+    verified: set[int] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -150,19 +154,25 @@ class Cache:
 
     # Datasets
 
-    def set_dataset(self, root: str, path: str, meta: dict[str, Any] | None) -> bool:
-        """Record the metadata of a dataset (None: it is gone).
+    def set_dataset(self, root: str, path: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Record the metadata of a dataset (None: it is gone, and so are its chunks).
 
-        A changed etag drops the cached chunks. Returns whether anything changed.
+        When a dataset's etag changes, its old chunks stay in the index under
+        the old etag, invisible to readers of the new version, and the old
+        metadata is returned: the caller then keeps what the new manifest
+        confirms (`remap`) or drops them (`drop_chunks`). Returns None otherwise.
         """
-        old = self._query("SELECT etag FROM datasets WHERE root=? AND path=?", (root, path))
-        old_etag = old[0][0] if old else None
+        rows = self._query("SELECT etag, meta FROM datasets WHERE root=? AND path=?", (root, path))
+        old_etag, old_meta = (rows[0][0], json.loads(rows[0][1])) if rows else (None, None)
         new_etag = None if meta is None else meta["etag"]
         if old_etag == new_etag:
-            return False
+            if meta is not None and meta != old_meta:
+                self._query(
+                    "UPDATE datasets SET meta=? WHERE root=? AND path=?", (json.dumps(meta), root, path)
+                )
+            return None
         slot = self._slot(root, path)
         with slot.lock:
-            self._drop_chunks(root, path, slot)
             with self._transaction() as db:
                 if meta is None:
                     db.execute("DELETE FROM datasets WHERE root=? AND path=?", (root, path))
@@ -172,9 +182,9 @@ class Cache:
                         (root, path, new_etag, json.dumps(meta)),
                     )
             slot.etag = new_etag or ""
-        if old_etag is not None:
-            log.info("%s/%s changed (etag %s -> %s): cached chunks dropped", root, path, old_etag, new_etag)
-        return True
+            if meta is None or old_meta is None:
+                self._drop_chunks(root, path, slot)
+        return None if meta is None else old_meta
 
     def datasets(self, root: str) -> list[str]:
         """Return the sorted paths of the datasets of `root`."""
@@ -202,11 +212,74 @@ class Cache:
     def _urlpath(self, root: str, path: str) -> Path:
         return self.data_dir / root / path
 
+    def drop_chunks(self, root: str, path: str) -> None:
+        """Forget every cached chunk of a dataset."""
+        slot = self._slot(root, path)
+        with slot.lock:
+            self._drop_chunks(root, path, slot)
+
     def _drop_chunks(self, root: str, path: str, slot: Slot) -> None:
         # The index rows go first: a crash after this leaves chunks without rows.
         self._query("DELETE FROM chunks WHERE root=? AND path=?", (root, path))
         slot.handle = None
+        slot.verified.clear()
         storage.remove(self._urlpath(root, path))
+
+    def remap(
+        self, root: str, path: str, old: dict[str, Any], new: dict[str, Any], digests: list[str]
+    ) -> int:
+        """Keep the chunks of version `old` that the manifest of version `new` lists unchanged.
+
+        A chunk is kept when it stays at the same coordinates of the chunk
+        grid with the same digest (an array that grew keeps all its full
+        chunks). The rest is dropped. Returns how many chunks were kept.
+        """
+        slot = self._slot(root, path)
+        with slot.lock:
+            if slot.etag != new["etag"]:
+                return 0
+            if not _same_layout(old, new) or len(digests) != new["nchunks"]:
+                self._drop_chunks(root, path, slot)
+                return 0
+            old_grid = chunk_grid(old["shape"], old["chunks"])
+            new_grid = chunk_grid(new["shape"], new["chunks"])
+            keep = []
+            rows = self._query(
+                "SELECT nchunk, digest, nbytes FROM chunks WHERE root=? AND path=? AND etag=?",
+                (root, path, old["etag"]),
+            )
+            for nchunk, digest, nbytes in rows:
+                coords = chunk_coords(nchunk, old_grid)
+                if all(c < g for c, g in zip(coords, new_grid, strict=True)):
+                    moved = chunk_number(coords, new_grid)
+                    if digests[moved] == digest:
+                        keep.append((nchunk, moved, digest, nbytes))
+            if not keep:
+                self._drop_chunks(root, path, slot)
+                return 0
+            urlpath = self._urlpath(root, path)
+            staging = urlpath.with_name(urlpath.name + ".remap")
+            kept = []
+            try:
+                source = storage.schunk_of(slot.handle or blosc2.open(str(urlpath), mode="r"))
+                target = storage.create_sparse(new, staging)
+                for nchunk, moved, digest, nbytes in keep:
+                    data = source.get_chunk(nchunk)
+                    if storage.chunk_digest(data) == digest:
+                        storage.schunk_of(target).update_chunk(moved, data)
+                        kept.append((root, path, moved, new["etag"], digest, nbytes, time.time()))
+                del source, target
+            except (RuntimeError, ValueError, OSError) as exc:
+                log.warning("cannot keep the chunks of %s/%s (%s); dropping them", root, path, exc)
+                storage.remove(staging)
+                self._drop_chunks(root, path, slot)
+                return 0
+            self._drop_chunks(root, path, slot)
+            staging.rename(urlpath)
+            with self._transaction() as db:
+                db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
+            slot.verified.update(row[2] for row in kept)
+        return len(kept)
 
     def _container(self, root: str, path: str, meta: dict[str, Any], slot: Slot):
         """Return the open container of a dataset, opening or creating it (slot locked)."""
@@ -220,19 +293,54 @@ class Cache:
                     log.warning(
                         "cache container of %s/%s is unreadable (%s); starting it again", root, path, exc
                     )
+                else:
+                    if storage.nitems_shape(handle) != tuple(meta["shape"]):
+                        handle = None
             if handle is None:
                 self._query("DELETE FROM chunks WHERE root=? AND path=?", (root, path))
+                slot.verified.clear()
                 handle = storage.create_sparse(meta, urlpath)
             slot.handle = handle
         return slot.handle
 
-    def cached_chunks(self, root: str, path: str, etag: str) -> set[int]:
-        """Return the numbers of the chunks of a dataset at `etag` that are cached."""
-        rows = self._query("SELECT nchunk FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, etag))
-        return {r[0] for r in rows}
+    def cached_chunks(self, root: str, path: str, meta: dict[str, Any], wanted: Iterable[int]) -> set[int]:
+        """Return which of the chunks `wanted` of version ``meta["etag"]`` are cached and sound.
 
-    def store_chunk(self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes) -> bool:
-        """Store a chunk fetched for version ``meta["etag"]``.
+        A chunk read for the first time since this process started is checked
+        against its digest; one that fails (a crash, a disk error) is
+        forgotten, to be fetched again.
+        """
+        slot = self._slot(root, path)
+        rows = self._query(
+            "SELECT nchunk, digest FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, meta["etag"])
+        )
+        digests = dict(rows)
+        cached = {n for n in wanted if n in digests}
+        unchecked = cached - slot.verified
+        if unchecked:
+            with slot.lock:
+                if slot.etag != meta["etag"]:
+                    return set()
+                schunk = storage.schunk_of(self._container(root, path, meta, slot))
+                for n in sorted(unchecked):
+                    try:
+                        sound = storage.chunk_digest(schunk.get_chunk(n)) == digests[n]
+                    except (RuntimeError, ValueError):
+                        sound = False
+                    if sound:
+                        slot.verified.add(n)
+                    else:
+                        log.warning("cached chunk %d of %s/%s is damaged; fetching it again", n, root, path)
+                        self._query(
+                            "DELETE FROM chunks WHERE root=? AND path=? AND nchunk=?", (root, path, n)
+                        )
+                        cached.discard(n)
+        return cached
+
+    def store_chunk(
+        self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes, digest: str
+    ) -> bool:
+        """Store a chunk fetched for version ``meta["etag"]``, whose digest was checked.
 
         Returns False, storing nothing, if the dataset changed meanwhile.
         """
@@ -243,9 +351,10 @@ class Cache:
             handle = self._container(root, path, meta, slot)
             storage.schunk_of(handle).update_chunk(nchunk, data)
             self._query(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
-                (root, path, nchunk, meta["etag"], len(data), time.time()),
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (root, path, nchunk, meta["etag"], digest, len(data), time.time()),
             )
+            slot.verified.add(nchunk)
         return True
 
     @contextmanager
@@ -273,3 +382,9 @@ class Cache:
                 f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
                 (now, root, path, *batch),
             )
+
+
+def _same_layout(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Tell whether chunks of `old` can stand in `new` (same kind, dtype and chunk shape)."""
+    keys = ("kind", "dtype", "chunks", "blocks", "typesize", "chunksize")
+    return all(old.get(k) == new.get(k) for k in keys) and len(old["shape"]) == len(new["shape"])

@@ -22,6 +22,7 @@ DEFAULT_FILE = "catmqtt.yaml"
 PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+WATCH_MODES = ("auto", "poll", "off")
 
 _NODE_KEYS = {
     "http": None,
@@ -43,11 +44,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amqtt_conf": None,
         "loglevel": "INFO",
     },
-    "publisher": {**_NODE_KEYS, "http": "127.0.0.1:8001", "name": None, "root": None},
+    "publisher": {**_NODE_KEYS, "http": "127.0.0.1:8001", "name": None, "root": None, "watch": "auto"},
     "subscriber": {
         **_NODE_KEYS,
         "http": "127.0.0.1:8002",
         "fetch_workers": 8,
+        "fetch_timeout": 30,
         "max_fetch_bytes": 2 << 30,
     },
     "client": {"sub": "http://127.0.0.1:8002"},
@@ -146,10 +148,14 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         s["mqtt_password"] = os.environ.get(PASSWORD_ENV)
     if s["urlbase"] is not None:
         s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
-    if role == "publisher" and s["name"] is not None:
-        s["name"] = _check(parse_root_name, s["name"])
+    if role == "publisher":
+        if s["name"] is not None:
+            s["name"] = _check(parse_root_name, s["name"])
+        if s["watch"] not in WATCH_MODES:
+            raise ConfigError(f"invalid watch mode {s['watch']!r}: one of {', '.join(WATCH_MODES)}")
     if role == "subscriber":
         _int_in(s, "fetch_workers", 1, 256)
+        _int_in(s, "fetch_timeout", 1, 3600)
         _int_in(s, "max_fetch_bytes", 1, 1 << 50)
     return s
 

@@ -63,7 +63,8 @@ class Node:
             client.username_pw_set(user, password)
         if broker.tls:
             client.tls_set(ca_certs=cafile, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A short ceiling: after a broker restart, nodes are back within seconds.
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._connected
         client.on_connect_fail = self._connect_failed
         client.on_disconnect = self._disconnected

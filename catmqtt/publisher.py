@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
+from . import storage
 from .errors import BadRequest
 from .mqtt import Node
 from .roots import Root, open_root
 from .schema import dumps, loads
 from .topics import dataset_topic, parse_topic, root_topic
+from .watch import Watcher
 from .web import Server, arg_int, configure_app
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,13 @@ def info(path: str):
 @bp.get("/api/chunk/<path:path>")
 def chunk(path: str):
     data, etag = _root().chunk(path, arg_int("nchunk"))
-    return Response(data, mimetype="application/octet-stream", headers={"X-Catmqtt-Etag": etag})
+    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": storage.chunk_digest(data)}
+    return Response(data, mimetype="application/octet-stream", headers=headers)
+
+
+@bp.get("/api/manifest/<path:path>")
+def manifest(path: str):
+    return jsonify(_root().manifest(path))
 
 
 @bp.get("/api/download/<path:path>")
@@ -71,11 +80,12 @@ class Publisher:
         self.settings = settings
         settings["statedir"].mkdir(parents=True, exist_ok=True)
         self.root = open_root(name, root_path, settings["statedir"])
-        self.root.scan()
         self.prefix = settings["prefix"]
         host, port = settings["http"]
         self.app = create_app(self.root)
+        # Bind before scanning, which may take a while: a busy port fails at once.
         self.server = Server(self.app, host, port)
+        self.root.scan()
         self.url = settings["urlbase"] or self.server.url
         self.node_id = node_id or name
         self.node = Node(
@@ -90,11 +100,18 @@ class Publisher:
             on_connect=self._announce_all,
             on_message=self._message,
         )
-        self._announced: set[str] = set()
+        self._publish_lock = threading.Lock()
+        self.watcher = None
+        if settings["watch"] != "off":
+            self.watcher = Watcher(
+                self.root.path, self.refresh, mode=settings["watch"], ignore=[self.root.statedir]
+            )
 
     def start(self) -> Publisher:
         self.server.start()
         self.node.start()
+        if self.watcher is not None:
+            self.watcher.start()
         log.info(
             "publishing root %r (%d datasets) from %s at %s",
             self.root.name,
@@ -105,19 +122,36 @@ class Publisher:
         return self
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.node.stop()
         self.server.stop()
 
     def _announce_all(self) -> None:
         """Announce the root and every dataset; runs on every (re)connect."""
-        entries = self.root.scan()
-        # Retained topics of our root that we no longer serve are cleared in
-        # _message as the broker replays them.
-        self.node.subscribe(f"{root_topic(self.prefix, self.root.name)}/ds/#")
-        for path, entry in entries.items():
-            self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(entry.meta))
-        self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
-        self._announced = set(entries)
+        with self._publish_lock:
+            # Retained topics of our root that we no longer serve are cleared
+            # in _message as the broker replays them.
+            self.node.subscribe(f"{root_topic(self.prefix, self.root.name)}/ds/#")
+            for path, entry in self.root.entries.items():
+                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(entry.meta))
+            self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
+
+    def refresh(self) -> None:
+        """Scan the root again and announce what changed (the watcher calls this)."""
+        old = self.root.entries
+        new = self.root.scan()
+        changed = [p for p in new if p not in old or old[p].meta != new[p].meta]
+        gone = [p for p in old if p not in new]
+        if not changed and not gone:
+            return
+        log.info("root %r: %d datasets new or changed, %d gone", self.root.name, len(changed), len(gone))
+        with self._publish_lock:
+            for path in changed:
+                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(new[path].meta))
+            for path in gone:
+                self.node.publish(dataset_topic(self.prefix, self.root.name, path), b"")
+            self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
 
     def _root_payload(self) -> dict[str, Any]:
         return {

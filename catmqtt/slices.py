@@ -8,7 +8,6 @@ numpy returns them, so negative steps are ranges that count down).
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import re
 from collections.abc import Sequence
@@ -167,17 +166,33 @@ def _chunk_indices(sel: int | range, chunk: int) -> list[int]:
     return sorted({i // chunk for i in sel})
 
 
+def chunk_grid(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
+    """Return how many chunks there are along each axis."""
+    return tuple(-(-s // c) if c else 0 for s, c in zip(shape, chunks, strict=True))
+
+
+def chunk_number(coords: Sequence[int], grid: Sequence[int]) -> int:
+    """Return the linear (C-order) number of the chunk at `coords` of `grid`."""
+    n = 0
+    for coord, extent in zip(coords, grid, strict=True):
+        n = n * extent + coord
+    return n
+
+
+def chunk_coords(number: int, grid: Sequence[int]) -> tuple[int, ...]:
+    """Return the coordinates of chunk `number` of `grid` (the inverse of `chunk_number`)."""
+    coords = []
+    for extent in reversed(grid):
+        number, coord = divmod(number, extent)
+        coords.append(coord)
+    return tuple(reversed(coords))
+
+
 def chunks_touched(sel: Selection, shape: Sequence[int], chunks: Sequence[int]) -> list[int]:
     """Return the linear (C-order) numbers of the chunks that `sel` touches."""
-    grid = [math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks, strict=True)]
+    grid = chunk_grid(shape, chunks)
     per_axis = [_chunk_indices(s, c) for s, c in zip(sel, chunks, strict=True)]
-    numbers = []
-    for coords in itertools.product(*per_axis):
-        n = 0
-        for coord, extent in zip(coords, grid, strict=True):
-            n = n * extent + coord
-        numbers.append(n)
-    return numbers
+    return [chunk_number(coords, grid) for coords in itertools.product(*per_axis)]
 
 
 def forward(sel: Selection) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:

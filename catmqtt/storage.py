@@ -8,6 +8,7 @@ recompressed on the way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -25,6 +26,16 @@ BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
 # Plain files are cut into chunks of this many bytes.
 FILE_CHUNKSIZE = 1 << 20
 FILE_CPARAMS = blosc2.CParams(typesize=1, codec=blosc2.Codec.ZSTD, clevel=5)
+
+
+def chunk_digest(data: bytes) -> str:
+    """Return the digest of one compressed chunk, as manifests list it."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def manifest_digest(digests: list[str]) -> str:
+    """Return one digest standing for a whole manifest."""
+    return hashlib.blake2b("\n".join(digests).encode(), digest_size=16).hexdigest()
 
 
 def file_etag(path: Path) -> str:
@@ -181,6 +192,13 @@ def remove(urlpath: Path) -> None:
         shutil.rmtree(urlpath)
     elif urlpath.exists():
         urlpath.unlink()
+
+
+def nitems_shape(obj: blosc2.NDArray | blosc2.SChunk) -> tuple[int, ...]:
+    """Return the shape of a container as metadata gives it (items, for an SChunk)."""
+    if isinstance(obj, blosc2.NDArray):
+        return tuple(obj.shape)
+    return (obj.nbytes // obj.typesize,)
 
 
 def schunk_of(obj: blosc2.NDArray | blosc2.SChunk) -> blosc2.SChunk:

@@ -9,21 +9,19 @@ import math
 import os
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
-from urllib.parse import quote
 
 import blosc2
 import numpy as np
-import requests
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
-from requests.adapters import HTTPAdapter
-from urllib3.util import Retry
 
 from . import storage
 from .cache import Cache
 from .dtypes import dtype_from_json
-from .errors import BadRequest, NotFound, NotSubscribed, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, NotFound, NotSubscribed, TooLarge, Unavailable
+from .fetcher import Fetcher
 from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_slice, result_shape, select
@@ -36,82 +34,6 @@ NPY = "application/x-npy"
 CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
-CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 60.0
-
-
-class Fetcher:
-    """Fetches missing chunks from publishers, concurrently and each only once."""
-
-    def __init__(self, cache: Cache, workers: int) -> None:
-        self.cache = cache
-        self.session = requests.Session()
-        retry = Retry(total=2, connect=2, read=0, status=0, backoff_factor=0.1, allowed_methods=["GET"])
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers, max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
-        self._inflight: dict[tuple, Future] = {}
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.session.close()
-
-    def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
-        """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
-        cached = self.cache.cached_chunks(root, path, meta["etag"])
-        missing = [n for n in numbers if n not in cached]
-        if not missing:
-            return
-        futures = []
-        with self._lock:
-            for n in missing:
-                key = (root, path, meta["etag"], n)
-                future = self._inflight.get(key)
-                if future is None:
-                    future = self.pool.submit(self._fetch, root, path, meta, url, n)
-                    self._inflight[key] = future
-                    future.add_done_callback(lambda _, key=key: self._forget(key))
-                futures.append(future)
-        wait(futures)
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()
-
-    def _forget(self, key: tuple) -> None:
-        with self._lock:
-            self._inflight.pop(key, None)
-
-    def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
-        where = f"publisher of root {root!r} at {url}"
-        try:
-            response = self.session.get(
-                f"{url}/api/chunk/{quote(path)}",
-                params={"nchunk": nchunk},
-                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
-        except requests.Timeout:
-            raise Unavailable(f"{where} did not answer in time", status=504) from None
-        except requests.RequestException:
-            raise Unavailable(f"{where} is unreachable", status=503) from None
-        if response.status_code != 200:
-            raise Unavailable(f"{where} answered {response.status_code}: {_message(response)}", status=502)
-        changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
-        if response.headers.get("X-Catmqtt-Etag") != meta["etag"]:
-            raise changing
-        data = response.content
-        if not storage.is_chunk(data, storage.chunk_nbytes(meta, nchunk)):
-            raise Unavailable(f"{where} sent an invalid chunk {nchunk} of {path!r}", status=502)
-        if not self.cache.store_chunk(root, path, meta, nchunk, data):
-            raise changing
-
-
-def _message(response: requests.Response) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason
 
 
 class Subscriber:
@@ -124,10 +46,16 @@ class Subscriber:
         self.cache = Cache(settings["statedir"])
         self.tmpdir = settings["statedir"] / "tmp"
         self.tmpdir.mkdir(exist_ok=True)
-        self.fetcher = Fetcher(self.cache, settings["fetch_workers"])
+        self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
         self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self._subscribed = set(self.cache.subscribed())
+        # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
+        # Roots whose index awaits a check against the snapshot after (re)connecting.
+        self._unreconciled: set[str] = set()
+        # Datasets whose cached chunks are being matched with a new manifest.
+        self._reconciler = ThreadPoolExecutor(1, thread_name_prefix="reconcile")
+        self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
         host, port = settings["http"]
         self.app = create_app(self)
@@ -155,12 +83,16 @@ class Subscriber:
     def stop(self) -> None:
         self.node.stop()
         self.server.stop()
+        self._reconciler.shutdown(wait=True, cancel_futures=True)
         self.fetcher.close()
         self.cache.close()
 
     # MQTT
 
     def _on_connect(self) -> None:
+        with self._changed:
+            self._seen = {name: set() for name in self._subscribed}
+            self._unreconciled = set(self._subscribed)
         self.node.subscribe(f"{self.prefix}/roots/+")
         self.node.subscribe(f"{self.prefix}/nodes/#")
         for name in sorted(self._subscribed):
@@ -172,8 +104,10 @@ class Subscriber:
             obj = loads(payload)
             if what.kind == "root":
                 self.cache.set_root(what.name, None if obj is None else parse_root(obj, what.name))
+                self._reconcile_index(what.name)
             elif what.kind == "dataset":
                 self._on_dataset(what.name, what.path, obj)
+                self._reconcile_index(what.name)
             else:
                 key = (what.name, what.path)
                 if obj is None:
@@ -191,10 +125,69 @@ class Subscriber:
             if obj["kind"] == "ndarray":
                 dtype_from_json(obj["dtype"])
             storage.cparams_from_json(obj["cparams"])
-        self.cache.set_dataset(root, path, obj)
+        old = self.cache.set_dataset(root, path, obj)
+        if old is not None:
+            if "manifest" in old and "manifest" in obj:
+                self._pending[(root, path)] = self._reconciler.submit(
+                    self._keep_unchanged, root, path, old, obj
+                )
+            else:
+                log.info("%s/%s changed: its cached chunks are dropped", root, path)
+                self.cache.drop_chunks(root, path)
         with self._changed:
-            self._seen.setdefault(root, set()).add(path)
+            seen = self._seen.setdefault(root, set())
+            if obj is None:
+                seen.discard(path)
+            else:
+                seen.add(path)
             self._changed.notify_all()
+
+    def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Keep the cached chunks of a changed dataset that its new manifest confirms."""
+        try:
+            url = self.cache.root(root)["info"]["url"]
+            digests = self.fetcher.manifest(root, path, new, url)
+        except CatmqttError as exc:
+            log.warning("%s/%s changed and its manifest is unavailable (%s): chunks dropped", root, path, exc)
+            self.cache.drop_chunks(root, path)
+            return
+        kept = self.cache.remap(root, path, old, new, digests)
+        self.fetcher.count(f"{root}/{path}", kept_on_change=kept)
+        log.info("%s/%s changed: %d cached chunks still valid, kept", root, path, kept)
+
+    def _settled(self, root: str, path: str) -> None:
+        """Wait until the cached chunks of a dataset that just changed are sorted out."""
+        pending = self._pending.get((root, path))
+        if pending is None:
+            return
+        try:
+            pending.result(timeout=self.fetcher.timeout[1])
+        except FutureTimeout:
+            raise Unavailable(f"{root}/{path} is being updated; try again", status=503) from None
+        finally:
+            if pending.done():
+                self._pending.pop((root, path), None)
+
+    def _reconcile_index(self, name: str) -> None:
+        """Forget the datasets deleted while we were away, once the snapshot of a root is in.
+
+        The snapshot is complete when as many datasets were announced as the
+        root's own announcement counts.
+        """
+        if name not in self._unreconciled:
+            return
+        try:
+            expected = self.cache.root(name)["info"]["datasets"]
+        except NotFound:
+            return
+        with self._changed:
+            seen = set(self._seen.get(name, ()))
+            if len(seen) < expected:
+                return
+            self._unreconciled.discard(name)
+        for path in set(self.cache.datasets(name)) - seen:
+            log.info("%s/%s was deleted while we were away", name, path)
+            self.cache.set_dataset(name, path, None)
 
     # Operations behind the endpoints
 
@@ -220,6 +213,7 @@ class Subscriber:
             return
         with self._changed:
             self._seen[name] = set()
+            self._unreconciled.add(name)
         self.cache.set_subscribed(name, True)
         self._subscribed.add(name)
         self.node.subscribe(f"{root_topic(self.prefix, name)}/ds/#")
@@ -275,6 +269,7 @@ class Subscriber:
                 " (max_fetch_bytes): select less, or use download"
             )
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        self._settled(root, path)
         self.fetcher.ensure(root, path, meta, url, numbers)
         key, flip = forward(sel)
         with self.cache.reading(root, path, meta) as handle:
@@ -291,6 +286,7 @@ class Subscriber:
         root, path, meta, url = self.lookup(fullpath)
         if not 0 <= nchunk < meta["nchunks"]:
             raise BadRequest(f"chunk {nchunk} is out of range: {fullpath!r} has {meta['nchunks']} chunks")
+        self._settled(root, path)
         self.fetcher.ensure(root, path, meta, url, [nchunk])
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
@@ -303,6 +299,7 @@ class Subscriber:
         """Return an open, already unlinked file with the whole dataset, and its name."""
         root, path, meta, url = self.lookup(fullpath)
         numbers = list(range(meta["nchunks"]))
+        self._settled(root, path)
         self.fetcher.ensure(root, path, meta, url, numbers)
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
         os.close(fd)
@@ -388,7 +385,13 @@ def fetch(fullpath: str):
 @bp.get("/api/chunk/<path:fullpath>")
 def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
-    return Response(data, mimetype="application/octet-stream", headers={"X-Catmqtt-Etag": etag})
+    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": storage.chunk_digest(data)}
+    return Response(data, mimetype="application/octet-stream", headers=headers)
+
+
+@bp.get("/api/stats")
+def stats():
+    return jsonify(_sub().fetcher.stats())
 
 
 @bp.get("/api/download/<path:fullpath>")

@@ -9,14 +9,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
+from catmqtt import config
+from catmqtt.publisher import Publisher
 from catmqtt.sample import write_sample
+from catmqtt.subscriber import Subscriber
 
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 DEADLINE = 30.0
@@ -167,6 +172,59 @@ def module_broker(request, tmp_path_factory) -> Iterator[Broker]:
     b.stop()
 
 
+class ChunkCounter:
+    """Counts the chunk requests a publisher receives; can hold each one a while."""
+
+    def __init__(self, app, delay: float = 0.0) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+        @app.before_request
+        def count():
+            from flask import request
+
+            if request.path.startswith("/api/chunk/"):
+                with self.lock:
+                    self.requests.append((request.path.removeprefix("/api/chunk/"), request.args["nchunk"]))
+                time.sleep(delay)
+
+
+def start_publisher(broker, statedir, root_dir, instrument=None, **settings) -> Publisher:
+    """Start a publisher of `root_dir` as foo in this process; `instrument(app)` may add hooks."""
+    s = config.node_settings(
+        {}, "publisher", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
+    )
+    pub = Publisher("foo", root_dir, s)
+    if instrument is not None:
+        instrument(pub.app)
+    return pub.start()
+
+
+def start_subscriber(broker, statedir, **settings) -> Subscriber:
+    """Start a subscriber in this process and wait until it sees root foo online."""
+    s = config.node_settings(
+        {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
+    )
+    sub = Subscriber(s, "sub-test").start()
+    wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
+    return sub
+
+
+@contextmanager
+def running(broker, tmp_path, root_dir, instrument=None, **sub_settings):
+    """Run a publisher of `root_dir` as foo and a subscriber following it, in this process."""
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub", **sub_settings)
+        try:
+            sub.subscribe("foo")
+            yield pub, sub
+        finally:
+            sub.stop()
+    finally:
+        pub.stop()
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """The sample root, written once; tests must not change it."""
@@ -260,3 +318,9 @@ def foo(module_broker, sample_root, tmp_path_factory) -> Iterator[Deployment]:
     requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
     yield d
     d.stop_all()
+
+
+@pytest.fixture
+def root_dir(tmp_path, sample_root) -> Path:
+    """A private copy of the sample root, free to change."""
+    return Path(shutil.copytree(sample_root, tmp_path / "root"))

@@ -6,69 +6,17 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import blosc2
 import numpy as np
 import pytest
 
 import catmqtt
-from catmqtt import config
 from catmqtt.errors import CatmqttError
-from catmqtt.publisher import Publisher, create_app
+from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
-from catmqtt.subscriber import Subscriber
 
-from conftest import wait_for
-
-
-@pytest.fixture
-def root_dir(tmp_path, sample_root):
-    """A private copy of the sample root, free to change."""
-    import shutil
-
-    return shutil.copytree(sample_root, tmp_path / "root")
-
-
-class ChunkCounter:
-    """Counts the chunk requests a publisher receives; can hold each one a while."""
-
-    def __init__(self, app, delay: float = 0.0) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-        @app.before_request
-        def count():
-            from flask import request
-
-            if request.path.startswith("/api/chunk/"):
-                with self.lock:
-                    self.requests.append((request.path.removeprefix("/api/chunk/"), request.args["nchunk"]))
-                time.sleep(delay)
-
-
-@contextmanager
-def running(broker, tmp_path, root_dir, instrument=None):
-    """Run a publisher of `root_dir` as foo and a subscriber following it, in this process.
-
-    `instrument(app)` may add hooks to the publisher's app before it serves.
-    """
-    common = {"broker": broker.url, "http": "127.0.0.1:0"}
-    pub = Publisher(
-        "foo", root_dir, config.node_settings({}, "publisher", statedir=tmp_path / "pub", **common)
-    )
-    if instrument is not None:
-        instrument(pub.app)
-    sub = Subscriber(config.node_settings({}, "subscriber", statedir=tmp_path / "sub", **common), "sub-test")
-    pub.start()
-    sub.start()
-    try:
-        wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
-        sub.subscribe("foo")
-        yield pub, sub
-    finally:
-        sub.stop()
-        pub.stop()
+from conftest import ChunkCounter, running
 
 
 @pytest.fixture
@@ -130,27 +78,6 @@ def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
     with running(broker, tmp_path, root_dir, instrument) as (_, sub):
         assert np.array_equal(sub.fetch("foo/ds-1d.b2nd", ""), np.arange(1000))
     assert max(in_flight) > 1
-
-
-def test_changed_dataset_drops_cached_chunks(services, root_dir):
-    pub, sub, counter = services
-    client = catmqtt.Client(sub.url)
-    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "0:10"), np.arange(10))
-    blosc2.asarray(
-        np.arange(1000, dtype=np.int64) * 2,
-        urlpath=str(root_dir / "ds-1d.b2nd"),
-        mode="w",
-        chunks=(100,),
-        blocks=(10,),
-    )
-    # A publisher re-announces on reconnect; force it as a restart would.
-    pub._announce_all()
-    wait_for(
-        lambda: client.get_info("foo/ds-1d.b2nd")["etag"] == pub.root.entries["ds-1d.b2nd"].meta["etag"],
-        "the new etag at the subscriber",
-    )
-    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "0:10"), np.arange(10) * 2)
-    assert counter.requests.count(("ds-1d.b2nd", "0")) == 2
 
 
 def test_publisher_root_skips_what_it_must_not_serve(tmp_path, root_dir):

@@ -26,6 +26,8 @@ class Entry:
     source: Any
     meta: dict[str, Any]
     handle: Any = None
+    # The digest of each compressed chunk, for roots that keep manifests.
+    digests: list[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -68,6 +70,13 @@ class Root:
         if entry is None:
             raise NotFound(f"no dataset {path!r} in root {self.name!r}")
         return entry
+
+    def manifest(self, path: str) -> dict[str, Any]:
+        """Return the chunk manifest of `path`: its etag and the digest of every chunk."""
+        entry = self.get(path)
+        if entry.digests is None:
+            raise NotFound(f"root {self.name!r} keeps no chunk manifest for {path!r}")
+        return {"path": path, "etag": entry.meta["etag"], "digests": entry.digests}
 
     def chunk(self, path: str, nchunk: int) -> tuple[bytes, str]:
         """Return the compressed bytes of chunk `nchunk` of `path`, and the dataset's etag."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import blosc2
 
 from .. import storage
-from ..errors import BadRequest
+from ..errors import BadRequest, Unavailable
 from ..topics import parse_path
 from . import Entry, Root
 
@@ -73,17 +74,57 @@ class DirectoryRoot(Root):
                 yield file, path
 
     def _describe(self, file: Path, path: str, etag: str) -> Entry:
+        entry = None
         if file.suffix in storage.BLOSC2_SUFFIXES:
             handle = storage.open_blosc2(file)
             if handle is not None:
-                return Entry(file, storage.describe(handle, path, etag), handle)
-            log.warning("%s is not a readable Blosc2 file; serving it as a plain file", path)
-        return Entry(file, storage.describe_file(path, file.stat().st_size, etag))
+                entry = Entry(file, storage.describe(handle, path, etag), handle)
+            else:
+                log.warning("%s is not a readable Blosc2 file; serving it as a plain file", path)
+        if entry is None:
+            entry = Entry(file, storage.describe_file(path, file.stat().st_size, etag))
+        entry.digests = self._digests(entry)
+        entry.meta["manifest"] = storage.manifest_digest(entry.digests)
+        return entry
 
-    def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
+    def _digests(self, entry: Entry) -> list[str]:
+        """Return the digest of every chunk of `entry`, computed once per etag."""
+        saved = self.statedir / "manifests" / f"{entry.meta['path']}.json"
+        try:
+            manifest = json.loads(saved.read_text())
+            if manifest["etag"] == entry.meta["etag"] and len(manifest["digests"]) == entry.meta["nchunks"]:
+                return manifest["digests"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        with entry.lock:
+            schunk = storage.schunk_of(self._handle(entry))
+            digests = [storage.chunk_digest(schunk.get_chunk(n)) for n in range(schunk.nchunks)]
+        if not self._changed(entry):
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tmp = saved.with_name(f".{saved.name}.tmp")
+            tmp.write_text(json.dumps({"etag": entry.meta["etag"], "digests": digests}))
+            os.replace(tmp, saved)
+        return digests
+
+    def _handle(self, entry: Entry) -> blosc2.NDArray | blosc2.SChunk:
         if entry.handle is None:
             entry.handle = self._compressed(entry)
-        return storage.schunk_of(entry.handle).get_chunk(nchunk)
+        return entry.handle
+
+    def _changed(self, entry: Entry) -> bool:
+        """Tell whether the file of `entry` is no longer the version described."""
+        try:
+            return storage.file_etag(entry.source) != entry.meta["etag"]
+        except OSError:
+            return True
+
+    def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
+        data = storage.schunk_of(self._handle(entry)).get_chunk(nchunk)
+        # Blosc2 files are read in place: bytes read while the file changes
+        # may belong to neither version. (Plain files are read from a copy.)
+        if entry.meta["kind"] != "file" and self._changed(entry):
+            raise Unavailable(f"{entry.meta['path']!r} is changing; try again", status=503)
+        return data
 
     def _compressed(self, entry: Entry) -> blosc2.SChunk:
         """Return the SChunk of a plain file, compressing it once per etag."""

@@ -1,0 +1,141 @@
+"""This module fetches chunks and manifests from publishers into the cache.
+
+Missing chunks are fetched concurrently over one pooled keep-alive session,
+each only once even when many clients ask for it at the same time, and each
+checked against the digest its publisher sent before it is stored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from . import storage
+from .cache import Cache
+from .errors import Unavailable
+
+CONNECT_TIMEOUT = 5.0
+STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
+
+
+class Fetcher:
+    """Fetches what the cache lacks from publishers, and counts what it does."""
+
+    def __init__(self, cache: Cache, workers: int, timeout: float) -> None:
+        self.cache = cache
+        self.timeout = (CONNECT_TIMEOUT, timeout)
+        self.session = requests.Session()
+        # Bounded retries with backoff: a connection refused or reset, and a
+        # publisher saying it is busy or changing (503), are tried again.
+        retry = Retry(
+            total=3,
+            connect=2,
+            read=0,
+            status=2,
+            status_forcelist=(502, 503, 504),
+            backoff_factor=0.2,
+            allowed_methods=["GET"],
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers, max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        self._inflight: dict[tuple, Future] = {}
+        self._lock = threading.RLock()
+        self._stats: dict[str, Counter] = defaultdict(Counter)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def count(self, dataset: str, **counts: int) -> None:
+        with self._lock:
+            self._stats[dataset].update(counts)
+
+    def stats(self) -> dict[str, Any]:
+        """Return the counters since start: per dataset (``root/path``) and in total."""
+        with self._lock:
+            datasets = {name: {k: c[k] for k in STATS} for name, c in sorted(self._stats.items())}
+        total = {k: sum(d[k] for d in datasets.values()) for k in STATS}
+        return {"total": total, "datasets": datasets}
+
+    def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
+        """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
+        cached = self.cache.cached_chunks(root, path, meta, numbers)
+        missing = [n for n in numbers if n not in cached]
+        self.count(f"{root}/{path}", cache_hits=len(numbers) - len(missing))
+        if not missing:
+            return
+        futures = []
+        with self._lock:
+            for n in missing:
+                key = (root, path, meta["etag"], n)
+                future = self._inflight.get(key)
+                if future is None:
+                    future = self.pool.submit(self._fetch, root, path, meta, url, n)
+                    self._inflight[key] = future
+                    future.add_done_callback(lambda _, key=key: self._forget(key))
+                futures.append(future)
+        wait(futures)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+
+    def _forget(self, key: tuple) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def _get(self, root: str, url: str, endpoint: str, **params: Any) -> requests.Response:
+        """GET from a publisher; failures become Unavailable (502, 503 or 504) naming it."""
+        where = f"publisher of root {root!r} at {url}"
+        try:
+            response = self.session.get(f"{url}/api/{endpoint}", params=params, timeout=self.timeout)
+        except requests.Timeout:
+            raise Unavailable(f"{where} did not answer within {self.timeout[1]:g} s", status=504) from None
+        except requests.RequestException:
+            raise Unavailable(f"{where} is unreachable", status=503) from None
+        if response.status_code != 200:
+            status = 503 if response.status_code == 503 else 502
+            raise Unavailable(f"{where} answered {response.status_code}: {_message(response)}", status=status)
+        return response
+
+    def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
+        response = self._get(root, url, f"chunk/{quote(path)}", nchunk=nchunk)
+        changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
+        if response.headers.get("X-Catmqtt-Etag") != meta["etag"]:
+            raise changing
+        data = response.content
+        digest = storage.chunk_digest(data)
+        sent = response.headers.get("X-Catmqtt-Digest")
+        if (sent is not None and sent != digest) or not storage.is_chunk(
+            data, storage.chunk_nbytes(meta, nchunk)
+        ):
+            raise Unavailable(
+                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
+            )
+        if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
+            raise changing
+        self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=len(data))
+
+    def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
+        """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
+        manifest = self._get(root, url, f"manifest/{quote(path)}").json()
+        digests = manifest.get("digests") if isinstance(manifest, dict) else None
+        if manifest.get("etag") != meta["etag"] or not isinstance(digests, list):
+            raise Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
+        return [str(d) for d in digests]
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason
