@@ -261,14 +261,15 @@ class Cache:
             staging = urlpath.with_name(urlpath.name + ".remap")
             kept = []
             try:
-                source = storage.schunk_of(slot.handle or blosc2.open(str(urlpath), mode="r"))
+                handle = slot.handle if slot.handle is not None else blosc2.open(str(urlpath), mode="r")
+                source = storage.schunk_of(handle)
                 target = storage.create_sparse(new, staging)
                 for nchunk, moved, digest, nbytes in keep:
                     data = source.get_chunk(nchunk)
                     if storage.chunk_digest(data) == digest:
                         storage.schunk_of(target).update_chunk(moved, data)
                         kept.append((root, path, moved, new["etag"], digest, nbytes, time.time()))
-                del source, target
+                del handle, source, target
             except (RuntimeError, ValueError, OSError) as exc:
                 log.warning("cannot keep the chunks of %s/%s (%s); dropping them", root, path, exc)
                 storage.remove(staging)

@@ -44,7 +44,8 @@ class Fetcher:
             allowed_methods=["GET"],
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers, max_retries=retry)
+        # One connection per worker, and one for manifests.
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 1, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")

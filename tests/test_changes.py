@@ -1,0 +1,227 @@
+"""Live changes of a root reach subscribers, and only changed chunks cross the link again."""
+
+from __future__ import annotations
+
+import threading
+
+import blosc2
+import numpy as np
+import pytest
+import requests
+
+import catmqtt
+from catmqtt import storage
+from catmqtt.errors import Unavailable
+
+from conftest import ChunkCounter, running, start_publisher, start_subscriber, wait_for
+
+
+def etag_of(client: catmqtt.Client, path: str) -> str | None:
+    try:
+        return client.get_info(path)["etag"]
+    except catmqtt.errors.NotFound:
+        return None
+
+
+def wait_for_version(client, root_dir, name: str) -> None:
+    """Wait until the subscriber knows the version of `name` now on disk."""
+    expected = storage.file_etag(root_dir / name)
+    wait_for(lambda: etag_of(client, f"foo/{name}") == expected, f"the new version of {name}")
+
+
+def test_new_changed_and_deleted_files_propagate(broker, tmp_path, root_dir):
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        (root_dir / "dir1/new.txt").write_text("fresh\n")
+        wait_for(lambda: "dir1/new.txt" in client.get_list("foo"), "a new file to appear")
+        assert client.fetch("foo/dir1/new.txt") == b"fresh\n"
+        assert client.get_list("foo/dir1") == ["dir1/ds-2d.b2nd", "dir1/ds-3d.b2nd", "dir1/new.txt"]
+
+        (root_dir / "dir1/new.txt").write_text("changed\n")
+        wait_for(lambda: client.fetch("foo/dir1/new.txt") == b"changed\n", "the changed content")
+
+        (root_dir / "dir1/new.txt").rename(root_dir / "moved.txt")
+        wait_for(lambda: "moved.txt" in client.get_list("foo"), "the moved file")
+        assert "dir1/new.txt" not in client.get_list("foo")
+
+        (root_dir / "dir2/ds-4d.b2nd").unlink()
+        wait_for(lambda: "dir2/ds-4d.b2nd" not in client.get_list("foo"), "the deleted dataset to go")
+        with pytest.raises(catmqtt.errors.NotFound):
+            client.get_info("foo/dir2/ds-4d.b2nd")
+        assert client.get_roots()["foo"]["online"]
+
+
+def grow(path, extra: np.ndarray) -> None:
+    """Append `extra` along axis 0, as a field station does: resize, then write the new part."""
+    array = blosc2.open(str(path), mode="a")
+    old = array.shape[0]
+    array.resize((old + extra.shape[0], *array.shape[1:]))
+    array[old:] = extra
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "added", "refetched"),
+    [
+        # 1-D: 1050 items in chunks of 100; 130 more fill chunk 10 and add 11.
+        ((1050,), (100,), (130,), [10, 11]),
+        # 2-D: rows grow from 25 to 45 in chunks of (10, 8); the last partial
+        # chunk row (2) and the new one (3, 4) are fetched again, 3 chunks each.
+        ((25, 24), (10, 8), (20, 24), [6, 7, 8, 9, 10, 11, 12, 13, 14]),
+    ],
+)
+def test_append_refetches_only_the_last_and_new_chunks(
+    broker, tmp_path, root_dir, shape, chunks, added, refetched
+):
+    rng = np.random.default_rng(1)
+    data = rng.random(shape)
+    blosc2.asarray(data, urlpath=str(root_dir / "grow.b2nd"), mode="w", chunks=chunks)
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        assert np.array_equal(client.fetch("foo/grow.b2nd"), data)
+        nchunks = client.get_info("foo/grow.b2nd")["nchunks"]
+        assert len(counters[0].requests) == nchunks
+        counters[0].requests.clear()
+
+        extra = rng.random(added)
+        grow(root_dir / "grow.b2nd", extra)
+        wait_for_version(client, root_dir, "grow.b2nd")
+        assert np.array_equal(client.fetch("foo/grow.b2nd"), np.concatenate([data, extra]))
+        assert sorted(int(n) for _, n in counters[0].requests) == refetched
+        stats = client._request("GET", "stats").json()["datasets"]["foo/grow.b2nd"]
+        assert stats["kept_on_change"] == nchunks - (
+            len(refetched) - (client.get_info("foo/grow.b2nd")["nchunks"] - nchunks)
+        )
+        assert stats["fetched_chunks"] == nchunks + len(refetched)
+
+
+def test_rewritten_chunk_is_the_only_one_refetched(broker, tmp_path, root_dir):
+    data = np.arange(1000, dtype=np.int64)
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd"), data)
+        counters[0].requests.clear()
+        array = blosc2.open(str(root_dir / "ds-1d.b2nd"), mode="a")
+        array[420:430] = -1
+        data[420:430] = -1
+        wait_for_version(client, root_dir, "ds-1d.b2nd")
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd"), data)
+        assert counters[0].requests == [("ds-1d.b2nd", "4")]
+
+
+def test_plain_file_append_refetches_the_tail(broker, tmp_path, root_dir):
+    big = root_dir / "log.bin"
+    head = np.random.default_rng(2).bytes(3 * (1 << 20) + 1000)
+    big.write_bytes(head)
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        assert client.fetch("foo/log.bin") == head
+        counters[0].requests.clear()
+        with open(big, "ab") as f:
+            f.write(b"more lines\n" * 100)
+        wait_for_version(client, root_dir, "log.bin")
+        assert client.fetch("foo/log.bin") == head + b"more lines\n" * 100
+        assert counters[0].requests == [("log.bin", "3")]
+
+
+def test_a_fetch_never_mixes_two_versions(broker, tmp_path, root_dir):
+    path = root_dir / "flip.b2nd"
+    blosc2.full((2000,), 0, dtype=np.int32, urlpath=str(path), mode="w", chunks=(100,))
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        wait_for(lambda: "flip.b2nd" in client.get_list("foo"), "the dataset")
+        stop = threading.Event()
+
+        def writer():
+            for value in range(1, 5):
+                if stop.wait(1.0):
+                    return
+                blosc2.full((2000,), value, dtype=np.int32, urlpath=str(path), mode="w", chunks=(100,))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        seen = set()
+        try:
+            while thread.is_alive():
+                try:
+                    values = client.fetch("foo/flip.b2nd")
+                except Unavailable:
+                    # Refusing while a dataset changes under the read is fine.
+                    continue
+                assert len(np.unique(values)) == 1, "a fetch mixed two versions"
+                seen.add(int(values[0]))
+        finally:
+            stop.set()
+            thread.join()
+        assert len(seen) > 1
+
+
+def test_changes_while_subscriber_was_away(broker, tmp_path, root_dir):
+    pub = start_publisher(broker, tmp_path / "pub", root_dir)
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        sub.subscribe("foo")
+        client = catmqtt.Client(sub.url)
+        before = client.fetch("foo/dir1/ds-2d.b2nd")
+        sub.stop()
+
+        (root_dir / "dir1/ds-3d.b2nd").unlink()
+        array = blosc2.open(str(root_dir / "dir1/ds-2d.b2nd"), mode="a")
+        array[0, 0] = 999
+        wait_for(lambda: "dir1/ds-3d.b2nd" not in pub.root.entries, "the publisher to see the change")
+
+        sub = start_subscriber(broker, tmp_path / "sub")
+        client = catmqtt.Client(sub.url)
+        wait_for(lambda: "dir1/ds-3d.b2nd" not in client.get_list("foo"), "the deletion to be applied")
+        wait_for_version(client, root_dir, "dir1/ds-2d.b2nd")
+        after = client.fetch("foo/dir1/ds-2d.b2nd")
+        assert after[0, 0] == 999 and np.array_equal(after[1:], before[1:])
+        sub.stop()
+    finally:
+        pub.stop()
+
+
+def test_damaged_cache_chunk_is_fetched_again(broker, tmp_path, root_dir):
+    pub = start_publisher(broker, tmp_path / "pub", root_dir)
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        sub.subscribe("foo")
+        assert np.array_equal(catmqtt.Client(sub.url).fetch("foo/ds-1d.b2nd"), np.arange(1000))
+        sub.stop()
+        chunk_files = sorted((tmp_path / "sub/cache/foo/ds-1d.b2nd").glob("*.chunk"))
+        assert len(chunk_files) == 10
+        damaged = bytearray(chunk_files[3].read_bytes())
+        damaged[-5:] = b"\xff" * 5
+        chunk_files[3].write_bytes(bytes(damaged))
+
+        sub = start_subscriber(broker, tmp_path / "sub")
+        client = catmqtt.Client(sub.url)
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd"), np.arange(1000))
+        stats = requests.get(f"{sub.url}/api/stats", timeout=5).json()["total"]
+        assert stats == {
+            "fetched_chunks": 1,
+            "fetched_bytes": stats["fetched_bytes"],
+            "cache_hits": 9,
+            "kept_on_change": 0,
+        }
+        sub.stop()
+    finally:
+        pub.stop()
+
+
+def test_changes_while_publisher_was_down(deployment, root_dir):
+    d = deployment
+    d.start_pub("foo", root_dir)
+    d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    d.stop("pub-foo")
+    (root_dir / "added.txt").write_text("added while down\n")
+    blosc2.asarray(np.arange(5), urlpath=str(root_dir / "ds-1d.b2nd"), mode="w")
+    d.start_pub("foo", root_dir)
+    wait_for(lambda: "foo/added.txt" in d.cli("list", "foo").stdout, "the file added while down")
+    wait_for(
+        lambda: d.cli("show", "foo/ds-1d.b2nd").stdout == "[0 1 2 3 4]\n", "the dataset rewritten while down"
+    )
