@@ -33,11 +33,12 @@ class Fetcher:
         self.timeout = (CONNECT_TIMEOUT, timeout)
         self.session = requests.Session()
         # Bounded retries with backoff: a connection refused or reset, and a
-        # publisher saying it is busy or changing (503), are tried again.
+        # publisher saying it is busy or changing (503), are tried again. A
+        # read timeout is not (read=False raises it as it is: a 504).
         retry = Retry(
             total=3,
             connect=2,
-            read=0,
+            read=False,
             status=2,
             status_forcelist=(502, 503, 504),
             backoff_factor=0.2,
