@@ -110,6 +110,35 @@ def run(conf: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
+def set_password(path: str | os.PathLike, user: str, password: str) -> None:
+    """Add `user` to the amqtt password file `path`, or change their password.
+
+    The file holds ``user:hash`` lines with argon2 hashes (amqtt's FileAuthPlugin).
+    """
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    if not user or any(c in user for c in ":#") or user != user.strip() or not user.isprintable():
+        raise ConfigError(f"invalid user name {user!r}: no ':', '#' or surrounding spaces")
+    if not password:
+        raise ConfigError("the password is empty")
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read password file {os.fspath(path)!r}: {exc}") from None
+    entry = f"{user}:{PasswordHash((Argon2Hasher(),)).hash(password)}"
+    kept = [line for line in lines if line.split(":", 1)[0] != user]
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join([*kept, entry]) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write password file {os.fspath(path)!r}: {exc.strerror}") from None
+
+
 def _check_free(bind: str) -> None:
     """Raise a one-line error if `bind` cannot be listened on (amqtt would log a traceback)."""
     host, port = parse_hostport(bind, "broker listen")

@@ -128,6 +128,13 @@ class Node:
             self.connected.clear()
             if reason_code.is_failure:
                 log.warning("lost the broker %s (%s); reconnecting", self.broker.url, reason_code)
+        elif not self._unreachable_logged and reason_code.is_failure:
+            log.warning(
+                "broker %s closed the connection before accepting it (is it mqtts://, or mqtt://?);"
+                " retrying with backoff",
+                self.broker.url,
+            )
+            self._unreachable_logged = True
 
     def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
         if self._on_message is None:

@@ -243,7 +243,9 @@ class Deployment:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start_pub(self, name: str, root: Path, *extra: str, key: str | None = None) -> str:
+    def start_pub(
+        self, name: str, root: Path, *extra: str, key: str | None = None, env: dict | None = None
+    ) -> str:
         key = key or f"pub-{name}"
         port = self.ports.setdefault(key, free_port())
         self._start(
@@ -258,10 +260,11 @@ class Deployment:
             "--statedir",
             self.workdir / key,
             *extra,
+            env=env,
         )
         return self.url(key)
 
-    def start_sub(self, key: str = "sub", *extra: str) -> str:
+    def start_sub(self, key: str = "sub", *extra: str, env: dict | None = None) -> str:
         port = self.ports.setdefault(key, free_port())
         self._start(
             key,
@@ -273,11 +276,12 @@ class Deployment:
             "--statedir",
             self.workdir / key,
             *extra,
+            env=env,
         )
         return self.url(key)
 
-    def _start(self, key: str, *args) -> None:
-        proc = self.procs[key] = Proc(catmqtt_cmd(*args), self.workdir / f"{key}.log")
+    def _start(self, key: str, *args, env: dict | None = None) -> None:
+        proc = self.procs[key] = Proc(catmqtt_cmd(*args), self.workdir / f"{key}.log", env=env)
         port = self.ports[key]
         wait_for(lambda: port_open(port) or not proc.alive(), f"{key} to listen")
         assert proc.alive(), proc.output
