@@ -43,7 +43,7 @@ class Watcher:
         *,
         mode: str = "auto",
         ignore: Iterable[Path] = (),
-        quiet: float = 0.2,
+        quiet: float = 0.1,
         longest: float = 2.0,
         poll_interval: float = 1.0,
     ) -> None:
