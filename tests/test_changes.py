@@ -225,3 +225,34 @@ def test_changes_while_publisher_was_down(deployment, root_dir):
     wait_for(
         lambda: d.cli("show", "foo/ds-1d.b2nd").stdout == "[0 1 2 3 4]\n", "the dataset rewritten while down"
     )
+
+
+def test_polling_watcher(broker, tmp_path, root_dir):
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, watch="poll")
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        try:
+            sub.subscribe("foo")
+            client = catmqtt.Client(sub.url)
+            (root_dir / "polled.txt").write_text("seen by polling\n")
+            wait_for(lambda: "polled.txt" in client.get_list("foo"), "the new file, by polling")
+            assert client.fetch("foo/polled.txt") == b"seen by polling\n"
+        finally:
+            sub.stop()
+    finally:
+        pub.stop()
+
+
+def test_watching_off_leaves_changes_to_the_next_start(broker, tmp_path, root_dir):
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, watch="off")
+    try:
+        assert pub.watcher is None
+        (root_dir / "later.txt").write_text("later\n")
+        assert "later.txt" not in pub.root.entries
+    finally:
+        pub.stop()
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, watch="off")
+    try:
+        assert "later.txt" in pub.root.entries
+    finally:
+        pub.stop()
