@@ -1,0 +1,82 @@
+"""This module turns compressed Blosc2 chunks into the selection a client asked for.
+
+Chunks are decoded one at a time (Blosc2 releases the GIL, so several threads
+can decode at once) straight into the result, so that neither the client nor
+a server ever holds a whole dataset, compressed or not, beside the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from .dtypes import dtype_from_json
+from .slices import Selection, chunk_coords, chunk_grid, forward
+
+
+class Assembler:
+    """Build the result of selection `sel` of a dataset described by `meta`, chunk by chunk.
+
+    Arrays (``ndarray``) decode into their dtype; byte streams (``schunk``,
+    ``file``) into items of ``typesize`` bytes.
+    """
+
+    def __init__(self, meta: dict[str, Any], sel: Selection) -> None:
+        self.kind = meta["kind"]
+        self.shape = tuple(meta["shape"])
+        self.chunks = tuple(meta["chunks"])
+        if self.kind == "ndarray":
+            self.dtype = dtype_from_json(meta["dtype"])
+            self.blocks = tuple(meta["blocks"])
+        else:
+            self.dtype = np.dtype(f"V{meta['typesize']}")
+            self.blocks = self.chunks
+        self.grid = chunk_grid(self.shape, self.chunks)
+        self.key, self.flip = forward(sel)
+        out_shape = tuple(len(range(k.start, k.stop, k.step)) for k in self.key if isinstance(k, slice))
+        self.out = np.empty(out_shape, dtype=self.dtype)
+
+    def add(self, nchunk: int, data: bytes) -> None:
+        """Decode chunk `nchunk` and copy the part of it that the selection wants."""
+        coords = chunk_coords(nchunk, self.grid)
+        src: list[int | slice] = []
+        dst: list[slice] = []
+        for k, coord, size, extent in zip(self.key, coords, self.chunks, self.shape, strict=True):
+            low, high = coord * size, min(coord * size + size, extent)
+            if isinstance(k, int):
+                if not low <= k < high:
+                    return
+                src.append(k - low)
+                continue
+            first = k.start if k.start >= low else k.start + -(-(low - k.start) // k.step) * k.step
+            end = min(high, k.stop)
+            if first >= end:
+                return
+            count = len(range(first, end, k.step))
+            start = (first - k.start) // k.step
+            src.append(slice(first - low, first - low + (count - 1) * k.step + 1, k.step))
+            dst.append(slice(start, start + count))
+        self.out[tuple(dst)] = self._decode(data)[tuple(src)]
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        """Return the chunk as an array of the (padded) chunk shape, in C order."""
+        if self.kind != "ndarray":
+            return np.frombuffer(blosc2.decompress2(data), dtype=self.dtype)
+        bgrid = [-(-c // b) if b else 0 for c, b in zip(self.chunks, self.blocks, strict=True)]
+        padded = [g * b for g, b in zip(bgrid, self.blocks, strict=True)]
+        buffer = np.empty(math.prod(padded), dtype=self.dtype)
+        blosc2.decompress2(data, dst=buffer)
+        ndim = len(self.chunks)
+        if ndim == 0:
+            return buffer.reshape(())
+        # A chunk is stored block after block, each block in C order.
+        blocked = buffer.reshape(*bgrid, *self.blocks)
+        order = [axis for pair in zip(range(ndim), range(ndim, 2 * ndim), strict=True) for axis in pair]
+        return blocked.transpose(order).reshape(padded)
+
+    def result(self) -> np.ndarray:
+        """Return the selection, in numpy's order (negative steps flipped back)."""
+        return np.flip(self.out, axis=self.flip) if self.flip else self.out

@@ -1,0 +1,73 @@
+"""Chunk assembly against Blosc2's own slicing, for random shapes, chunkings and selections."""
+
+from __future__ import annotations
+
+import blosc2
+import numpy as np
+import pytest
+
+from catmqtt.assemble import Assembler
+from catmqtt.slices import chunks_touched, select
+from catmqtt.storage import describe
+
+
+def random_key(shape, rng):
+    key = []
+    for size in shape[: rng.integers(0, len(shape) + 1)]:
+        if rng.integers(0, 4) == 0:
+            key.append(int(rng.integers(-size, size)))
+        else:
+            start, stop = (int(v) for v in rng.integers(-size - 2, size + 3, size=2))
+            key.append(slice(start, stop, int(rng.choice([1, 2, 5, -1, -3]))))
+    return tuple(key)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_assembly_equals_numpy(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(15):
+        ndim = int(rng.integers(1, 5))
+        shape = tuple(int(s) for s in rng.integers(1, 13, size=ndim))
+        chunks = tuple(int(rng.integers(1, s + 1)) for s in shape)
+        blocks = tuple(int(rng.integers(1, c + 1)) for c in chunks)
+        dtype = rng.choice([np.int16, np.float64, np.complex128])
+        data = (rng.random(shape) * 1000).astype(dtype)
+        array = blosc2.asarray(data, chunks=chunks, blocks=blocks)
+        meta = describe(array, "x.b2nd", "etag")
+        for _ in range(6):
+            key = random_key(shape, rng)
+            sel = select(key, shape)
+            assembler = Assembler(meta, sel)
+            for n in chunks_touched(sel, shape, chunks):
+                assembler.add(n, array.schunk.get_chunk(n))
+            assert np.array_equal(assembler.result(), data[key]), (shape, chunks, blocks, key)
+
+
+def test_structured_and_scalar():
+    records = np.zeros(50, dtype=[("a", "<i4"), ("b", "S3")])
+    records["a"] = np.arange(50)
+    array = blosc2.asarray(records, chunks=(7,), blocks=(3,))
+    meta = describe(array, "r.b2nd", "e")
+    sel = select((slice(None, None, -4),), (50,))
+    assembler = Assembler(meta, sel)
+    for n in chunks_touched(sel, (50,), (7,)):
+        assembler.add(n, array.schunk.get_chunk(n))
+    assert np.array_equal(assembler.result(), records[::-4])
+
+    scalar = blosc2.asarray(np.array("foobar"))
+    assembler = Assembler(describe(scalar, "s.b2nd", "e"), select((), ()))
+    assembler.add(0, scalar.schunk.get_chunk(0))
+    assert assembler.result()[()] == "foobar"
+
+
+def test_byte_streams():
+    data = bytes(range(256)) * 40
+    schunk = blosc2.SChunk(chunksize=1000, data=data, cparams={"typesize": 1})
+    meta = describe(schunk, "h.b2frame", "e")
+    for key in [(slice(None),), (slice(5, 9000, 7),), (slice(None, None, -3),), (-1,)]:
+        sel = select(key, meta["shape"])
+        assembler = Assembler(meta, sel)
+        for n in chunks_touched(sel, meta["shape"], meta["chunks"]):
+            assembler.add(n, schunk.get_chunk(n))
+        expected = data[key[0]] if isinstance(key[0], slice) else data[key[0] :]
+        assert assembler.result().tobytes() == expected
