@@ -312,8 +312,13 @@ class Cache:
         forgotten, to be fetched again.
         """
         slot = self._slot(root, path)
+        wanted = set(wanted)
+        if not wanted:
+            return set()
+        # One query over the span of the request, not one per chunk nor over the whole dataset.
         rows = self._query(
-            "SELECT nchunk, digest FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, meta["etag"])
+            "SELECT nchunk, digest FROM chunks WHERE root=? AND path=? AND etag=? AND nchunk BETWEEN ? AND ?",
+            (root, path, meta["etag"], min(wanted), max(wanted)),
         )
         digests = dict(rows)
         cached = {n for n in wanted if n in digests}
@@ -357,6 +362,14 @@ class Cache:
             )
             slot.verified.add(nchunk)
         return True
+
+    def read_chunk(self, root: str, path: str, meta: dict[str, Any], nchunk: int) -> bytes | None:
+        """Return the compressed bytes of a cached chunk, or None if the dataset changed."""
+        slot = self._slot(root, path)
+        with slot.lock:
+            if slot.etag != meta["etag"]:
+                return None
+            return storage.schunk_of(self._container(root, path, meta, slot)).get_chunk(nchunk)
 
     @contextmanager
     def reading(self, root: str, path: str, meta: dict[str, Any]):

@@ -7,23 +7,28 @@ client API; :class:`Client` keeps one HTTP session for many calls, and
 
 from __future__ import annotations
 
-import io
+import json
 import os
+import struct
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import requests
+import urllib3
 
 from .dtypes import dtype_from_json
-from .errors import BadRequest, Unavailable, from_status
-from .slices import as_key, format_key, parse_slice
+from .errors import BadRequest, Changed, Unavailable, from_status
+from .slices import as_key, chunks_touched, format_chunk_list, parse_slice, select
 from .topics import parse_path, parse_root_name
 
 DEFAULT_URLBASE = "http://127.0.0.1:8002"
-NPY = "application/x-npy"
 TIMEOUT = (10, 600)
+FRAME = struct.Struct("<qq")
+DECODERS = min(8, os.cpu_count() or 2)
 
 
 class Client:
@@ -41,9 +46,12 @@ class Client:
         self.urlbase = urlbase.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        self._decoders: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
         self.session.close()
+        if self._decoders is not None:
+            self._decoders.shutdown()
 
     def __enter__(self) -> Client:
         return self
@@ -92,21 +100,50 @@ class Client:
         """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
         return self._request("GET", f"info/{_quote(dataset)}").json()
 
-    def fetch(self, dataset: str, slice_: Any = None) -> np.ndarray | bytes:
+    def fetch(
+        self, dataset: str, slice_: Any = None, *, meta: dict[str, Any] | None = None
+    ) -> np.ndarray | bytes:
         """Return a selection of `dataset`.
 
         `slice_` is a numpy basic-indexing expression, as a string
         (``"1, ::-2"``) or as what ``__getitem__`` receives (``(1, slice(None, None, -2))``).
         Arrays come back as numpy arrays; byte streams (``.b2frame`` and plain
-        files) as bytes.
+        files) as bytes. The compressed chunks the selection touches cross the
+        network as they are stored, and are decoded here with Blosc2's threads.
+        `meta`, the dataset's metadata if the caller has it, saves a request.
         """
-        text = "" if slice_ is None else slice_ if isinstance(slice_, str) else format_key(as_key(slice_))
-        response = self._request(
-            "GET", f"fetch/{_quote(dataset)}", params={"slice": text}, headers={"Accept": NPY}
-        )
-        if response.headers.get("Content-Type", "").startswith(NPY):
-            return np.load(io.BytesIO(response.content), allow_pickle=False)
-        return response.content
+        key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
+        meta = meta or self.get_info(dataset)
+        try:
+            result = self._fetch_chunks(dataset, meta, key)
+        except Changed:
+            # The dataset changed since `meta` was read: once more, with the new version.
+            result = self._fetch_chunks(dataset, self.get_info(dataset), key)
+        return result if meta["kind"] == "ndarray" else result.tobytes()
+
+    def _fetch_chunks(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
+        from .assemble import Assembler
+
+        sel = select(key, meta["shape"])
+        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        assembler = Assembler(meta, sel)
+        pending: list[Future] = []
+        for batch in _batches(numbers):
+            params = {"nchunks": format_chunk_list(batch), "etag": meta["etag"]}
+            with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
+                for n, data in _frames(response, self.urlbase):
+                    pending.append(self._decoder().submit(assembler.add, n, data))
+                    # Bound the compressed bytes waiting to be decoded.
+                    while len(pending) > 4 * DECODERS:
+                        pending.pop(0).result()
+        for future in pending:
+            future.result()
+        return assembler.result()
+
+    def _decoder(self) -> ThreadPoolExecutor:
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="catmqtt-decode")
+        return self._decoders
 
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
         """Return the compressed bytes of chunk `nchunk` of `dataset`."""
@@ -133,6 +170,49 @@ class Client:
                 raise
             os.replace(tmp, dest)
         return dest
+
+
+def _batches(numbers: list[int]) -> Iterator[list[int]]:
+    """Split chunk numbers into requests whose query stays short."""
+    batch: list[int] = []
+    for n in numbers:
+        batch.append(n)
+        if len(batch) >= 512 and len(format_chunk_list(batch)) > 2000:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _frames(response: requests.Response, urlbase: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (chunk number, bytes) from a chunks response; raise what an error frame says."""
+    raw = response.raw
+    while True:
+        header = _read_exact(raw, FRAME.size, urlbase, at_frame=True)
+        if header is None:
+            return
+        nchunk, size = FRAME.unpack(header)
+        data = _read_exact(raw, size, urlbase)
+        if nchunk == -1:
+            error = json.loads(data)
+            raise from_status(int(error["status"]), str(error["error"]))
+        yield nchunk, data
+
+
+def _read_exact(raw: Any, size: int, urlbase: str, *, at_frame: bool = False) -> bytes | None:
+    parts, left = [], size
+    try:
+        while left:
+            part = raw.read(left)
+            if not part:
+                if at_frame and left == size:
+                    return None
+                raise Unavailable(f"the transfer from the subscriber at {urlbase} was cut off")
+            parts.append(part)
+            left -= len(part)
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
+        raise Unavailable(f"the transfer from the subscriber at {urlbase} was cut off") from None
+    return b"".join(parts)
 
 
 def _quote(dataset: str, *, directory: bool = False) -> str:
@@ -242,7 +322,7 @@ class File:
 
     def fetch(self, key: Any = None) -> Any:
         """Return the selection `key` (an index, slice or slice string)."""
-        return self.root.client.fetch(self.path, key)
+        return self.root.client.fetch(self.path, key, meta=self.meta)
 
     def download(self, localpath: str | os.PathLike = ".") -> Path:
         """Save the whole dataset under `localpath`; return the path written."""

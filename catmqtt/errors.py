@@ -43,6 +43,12 @@ class NotSubscribed(CatmqttError):
     status = 409
 
 
+class Changed(CatmqttError):
+    """The dataset changed since the metadata a request relied on: read it again."""
+
+    status = 412
+
+
 class TooLarge(CatmqttError, ValueError):
     """The request asks for more data than the server is willing to build."""
 
@@ -65,6 +71,7 @@ _BY_STATUS = {
     400: BadRequest,
     404: NotFound,
     409: NotSubscribed,
+    412: Changed,
     413: TooLarge,
     502: Unavailable,
     503: Unavailable,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ from urllib3.util import Retry
 
 from . import storage
 from .cache import Cache
-from .errors import Unavailable
+from .errors import Changed, Unavailable
 
 CONNECT_TIMEOUT = 5.0
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
@@ -71,12 +72,43 @@ class Fetcher:
 
     def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
         """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
+        _, futures = self._start(root, path, meta, url, numbers)
+        wait(futures)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+
+    def stream(
+        self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        """Yield (number, compressed bytes) of chunks `numbers`: cached ones first, the
+        others as they arrive from the publisher. Raises Changed if the dataset changes."""
+        cached, futures = self._start(root, path, meta, url, numbers)
+        for n in sorted(cached):
+            yield n, self._read(root, path, meta, n)
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                raise future.exception()
+            n = futures[future]
+            yield n, self._read(root, path, meta, n)
+
+    def _read(self, root: str, path: str, meta: dict[str, Any], nchunk: int) -> bytes:
+        data = self.cache.read_chunk(root, path, meta, nchunk)
+        if data is None:
+            raise Changed(f"{root}/{path} changed while being read; read its metadata again")
+        return data
+
+    def _start(
+        self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]
+    ) -> tuple[set[int], dict[Future, int]]:
+        """Start fetching the chunks of `numbers` that are not cached (or being fetched).
+
+        Returns the cached chunks, and the futures of the others.
+        """
         cached = self.cache.cached_chunks(root, path, meta, numbers)
         missing = [n for n in numbers if n not in cached]
         self.count(f"{root}/{path}", cache_hits=len(numbers) - len(missing))
-        if not missing:
-            return
-        futures = []
+        futures: dict[Future, int] = {}
         with self._lock:
             for n in missing:
                 key = (root, path, meta["etag"], n)
@@ -85,11 +117,8 @@ class Fetcher:
                     future = self.pool.submit(self._fetch, root, path, meta, url, n)
                     self._inflight[key] = future
                     future.add_done_callback(lambda _, key=key: self._forget(key))
-                futures.append(future)
-        wait(futures)
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()
+                futures[future] = n
+        return cached, futures
 
     def _forget(self, key: tuple) -> None:
         with self._lock:

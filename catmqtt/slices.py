@@ -214,3 +214,41 @@ def forward(sel: Selection) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         key.append(slice(s.start, s.stop, s.step) if s else slice(0, 0, 1))
         out_axis += 1
     return tuple(key), tuple(flip)
+
+
+def format_chunk_list(numbers: Sequence[int]) -> str:
+    """Write chunk numbers compactly, runs as ranges: ``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts = []
+    run_start = prev = None
+    for n in list(numbers) + [None]:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if run_start is not None:
+            parts.append(str(run_start) if run_start == prev else f"{run_start}-{prev}")
+        run_start = prev = n
+    return ",".join(parts)
+
+
+def parse_chunk_list(text: str, nchunks: int) -> list[int]:
+    """Parse ``"0-15,20"`` into chunk numbers, each below `nchunks`; raise BadRequest."""
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("no chunks given: expected a list like 0-15,20")
+    numbers: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        if not _is_number(first) or (sep and not _is_number(last)):
+            raise BadRequest(f"malformed chunk list {text[:100]!r}: {part.strip()!r} is not N or N-M")
+        low, high = int(first), int(last) if sep else int(first)
+        if low > high:
+            raise BadRequest(f"malformed chunk list {text[:100]!r}: {part.strip()!r} runs backwards")
+        if high >= nchunks:
+            raise BadRequest(f"chunk {high} is out of range: the dataset has {nchunks} chunks")
+        numbers.extend(range(low, high + 1))
+        if len(numbers) > nchunks:
+            raise BadRequest(f"chunk list {text[:100]!r} names chunks more than once")
+    return numbers
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdecimal()

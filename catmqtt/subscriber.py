@@ -4,11 +4,14 @@ fetches their chunks on demand into its cache and serves them over HTTP."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
+import struct
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -20,17 +23,19 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from . import storage
 from .cache import Cache
 from .dtypes import dtype_from_json
-from .errors import BadRequest, CatmqttError, NotFound, NotSubscribed, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher
 from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
-from .slices import chunks_touched, forward, parse_slice, result_shape, select
+from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .web import Server, arg_int, configure_app
 
 log = logging.getLogger(__name__)
 
 NPY = "application/x-npy"
+FRAMES = "application/x-catmqtt-chunks"
+FRAME = struct.Struct("<qq")
 CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
@@ -295,6 +300,35 @@ class Subscriber:
         self.cache.touch(root, path, [nchunk])
         return data, meta["etag"]
 
+    def chunks(self, fullpath: str, numbers_text: str, etag: str | None) -> Iterator[bytes]:
+        """Return the frames of the compressed chunks `numbers_text` (``0-15,20``) of a dataset.
+
+        Each frame is a header of two little-endian int64, the chunk number and
+        the length of its bytes, then the bytes; chunks come as they are
+        available, in no particular order. A failure once streaming has begun
+        is sent as a frame numbered -1 holding ``{"error", "status"}``.
+        """
+        root, path, meta, url = self.lookup(fullpath)
+        if etag is not None and etag != meta["etag"]:
+            raise Changed(f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again")
+        numbers = parse_chunk_list(numbers_text, meta["nchunks"])
+        self._settled(root, path)
+        stream = self.fetcher.stream(root, path, meta, url, numbers)
+
+        def frames() -> Iterator[bytes]:
+            try:
+                for n, data in stream:
+                    yield FRAME.pack(n, len(data))
+                    yield data
+            except CatmqttError as exc:
+                error = json.dumps({"error": exc.message, "status": exc.status}).encode()
+                yield FRAME.pack(-1, len(error))
+                yield error
+                return
+            self.cache.touch(root, path, numbers)
+
+        return frames()
+
     def download(self, fullpath: str) -> tuple[io.BufferedReader, str]:
         """Return an open, already unlinked file with the whole dataset, and its name."""
         root, path, meta, url = self.lookup(fullpath)
@@ -387,6 +421,12 @@ def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
     headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": storage.chunk_digest(data)}
     return Response(data, mimetype="application/octet-stream", headers=headers)
+
+
+@bp.get("/api/chunks/<path:fullpath>")
+def chunks(fullpath: str):
+    frames = _sub().chunks(fullpath, request.args.get("nchunks", ""), request.args.get("etag"))
+    return Response(frames, mimetype=FRAMES)
 
 
 @bp.get("/api/stats")

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from catmqtt.errors import BadRequest
-from catmqtt.slices import as_key, chunks_touched, format_key, forward, parse_slice, result_shape, select
+from catmqtt.slices import (
+    as_key,
+    chunks_touched,
+    format_chunk_list,
+    format_key,
+    forward,
+    parse_chunk_list,
+    parse_slice,
+    result_shape,
+    select,
+)
 
 STEPS = (None, 1, 2, 3, 5, 13, -1, -2, -3, -5, -13)
 SEEDS = (0, 1, 2, 3)
@@ -445,3 +455,31 @@ def test_forward_flips(text: str, shape: tuple[int, ...], flips: tuple[int, ...]
     assert flip == flips
     read = a[fkey]
     assert np.array_equal(np.flip(read, axis=flip) if flip else read, a[key])
+
+
+@pytest.mark.parametrize(
+    ("numbers", "text"),
+    [([0], "0"), ([0, 1, 2, 5], "0-2,5"), ([3, 5, 7], "3,5,7"), ([9, 10, 11, 12], "9-12"), ([], "")],
+)
+def test_format_chunk_list(numbers, text):
+    assert format_chunk_list(numbers) == text
+    if numbers:
+        assert parse_chunk_list(text, 13) == numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "no chunks given"),
+        ("1,,2", "is not N or N-M"),
+        ("-1", "is not N or N-M"),
+        ("1-", "is not N or N-M"),
+        ("\u0661", "is not N or N-M"),
+        ("5-2", "runs backwards"),
+        ("13", "chunk 13 is out of range"),
+        ("0-12,0", "more than once"),
+    ],
+)
+def test_parse_chunk_list_bad(text, match):
+    with pytest.raises(BadRequest, match=match):
+        parse_chunk_list(text, 13)
