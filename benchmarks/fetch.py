@@ -1,0 +1,339 @@
+"""Fetch speed and memory through a subscriber, against the local-read and wire limits.
+
+Creates a root with two 1-D float64 arrays (`linspace`, which compresses
+well, and `random`, which does not; 4 MiB chunks), runs a broker, a publisher
+and subscribers as separate processes on loopback, and prints, per array,
+each figure with its reference measured in the same run:
+
+- local read: ``blosc2.open(path)[...]`` of the same selection;
+- wire: one plain loopback HTTP GET of the dataset's compressed bytes,
+  served from memory (the transfer floor).
+
+    python benchmarks/fetch.py [--size 100000000] [--reps 3] [--json out.json]
+
+`--size` is the number of elements per array (100 million: 800 MB each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import requests
+
+import catmqtt
+
+CHUNK = 4 << 20  # bytes
+WIRE_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+blobs = {name: open(path, "rb").read() for name, path in zip(sys.argv[2::2], sys.argv[3::2])}
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        blob = blobs[self.path.strip("/")]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def make_root(root: Path, size: int) -> dict[str, Path]:
+    root.mkdir(parents=True)
+    per_chunk = CHUNK // 8
+    paths = {}
+    rng = np.random.default_rng(0)
+    for name in ("linspace", "random"):
+        path = paths[name] = root / f"{name}.b2nd"
+        array = blosc2.empty((size,), dtype=np.float64, chunks=(per_chunk,), urlpath=str(path), mode="w")
+        for start in range(0, size, 8 * per_chunk):
+            stop = min(size, start + 8 * per_chunk)
+            if name == "linspace":
+                array[start:stop] = np.linspace(start / size, stop / size, stop - start, endpoint=False)
+            else:
+                array[start:stop] = rng.random(stop - start)
+    return paths
+
+
+class Run:
+    """The processes of the benchmark, and their peak memory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.rss: dict[str, float] = {}
+
+    def start(self, name: str, *args: str | Path) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        args = [str(a).replace("{port}", str(port)) for a in args]
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        wait_port(port)
+        return proc, port
+
+    def catmqtt(self, name: str, *args) -> tuple[subprocess.Popen, int]:
+        return self.start(name, sys.executable, "-m", "catmqtt", *args)
+
+    def note_rss(self, role: str, proc: subprocess.Popen) -> None:
+        self.rss[role] = max(self.rss.get(role, 0.0), peak_rss_mb(proc.pid))
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=100_000_000, help="elements per array")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each figure")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    n, reps = args.size, args.reps
+    per_chunk = CHUNK // 8
+
+    with tempfile.TemporaryDirectory(prefix="catmqtt-fetch-") as tmp:
+        workdir = Path(tmp)
+        print(f"creating two arrays of {n:,} float64 ({n * 8 / 1e6:,.0f} MB each)...", flush=True)
+        paths = make_root(workdir / "root", n)
+        run = Run(workdir)
+        try:
+            _, mqtt = run.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
+            broker = f"mqtt://127.0.0.1:{mqtt}"
+            pub, _ = run.catmqtt(
+                "publisher",
+                "pub",
+                "bench",
+                workdir / "root",
+                "--http",
+                "127.0.0.1:{port}",
+                "--broker",
+                broker,
+                "--statedir",
+                workdir / "pub",
+                "--loglevel",
+                "WARNING",
+            )
+            wire_args = [x for name, path in paths.items() for x in (name, path)]
+            _, wire = run.start("wire", sys.executable, "-c", WIRE_SERVER, "{port}", *wire_args)
+
+            def subscriber(tag: str) -> tuple[subprocess.Popen, catmqtt.Client]:
+                proc, port = run.catmqtt(
+                    f"sub-{tag}",
+                    "sub",
+                    "--http",
+                    "127.0.0.1:{port}",
+                    "--broker",
+                    broker,
+                    "--statedir",
+                    workdir / f"sub-{tag}",
+                    "--loglevel",
+                    "WARNING",
+                )
+                client = catmqtt.Client(f"http://127.0.0.1:{port}")
+                deadline = time.monotonic() + 600
+                while "bench" not in client.get_roots():
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the subscriber never saw the root")
+                    time.sleep(0.1)
+                client.subscribe("bench")
+                return proc, client
+
+            results = {}
+            for name, path in paths.items():
+                dataset = f"bench/{name}.b2nd"
+                local = blosc2.open(str(path))
+                r = results[name] = {}
+                r["cratio"] = round(local.schunk.cratio, 2)
+                session = requests.Session()
+                r["local_whole"] = timed(lambda local=local: local[...], reps)
+                r["wire_whole"] = timed(
+                    lambda name=name, s=session: s.get(f"http://127.0.0.1:{wire}/{name}").content, reps
+                )
+                r["local_slice"] = timed(lambda local=local: local[1_000:2_000], reps * 5)
+                r["local_near_whole"] = timed(lambda local=local: local[1 : n - 1], reps)
+
+                cold = []
+                for rep in range(reps):
+                    proc, client = subscriber(f"{name}-{rep}")
+                    if rep == 0:
+                        # Cold slices: each in a chunk nobody fetched yet.
+                        offsets = [k * per_chunk for k in range(1, min(reps * 5, n // per_chunk - 1) + 1)]
+                        r["slice_cold"] = []
+                        for offset in offsets:
+                            start = time.perf_counter()
+                            client.fetch(dataset, f"{offset + 1_000}:{offset + 2_000}")
+                            r["slice_cold"].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    whole = client.fetch(dataset)
+                    cold.append(time.perf_counter() - start)
+                    assert whole.shape == (n,)
+                    del whole
+                    if rep < reps - 1:
+                        run.note_rss("subscriber", proc)
+                        run.stop(proc)
+                r["whole_cold"] = cold
+                r["whole_warm"] = timed(lambda client=client, d=dataset: client.fetch(d), reps)
+                r["slice_warm"] = timed(
+                    lambda client=client, d=dataset: client.fetch(d, "1000:2000"), reps * 5
+                )
+                r["near_whole_warm"] = timed(
+                    lambda client=client, d=dataset: client.fetch(d, f"1:{n - 1}"), reps
+                )
+
+                tenth = n // 10
+                one = timed(lambda client=client, d=dataset, t=tenth: client.fetch(d, f"0:{t}"), reps)
+                r["one_client_mbps"] = tenth * 8 / statistics.median(one) / 1e6
+                aggregate = []
+                for _ in range(reps):
+                    clients = [catmqtt.Client(client.urlbase) for _ in range(8)]
+                    threads = [
+                        threading.Thread(target=c.fetch, args=(dataset, f"{i * tenth}:{(i + 1) * tenth}"))
+                        for i, c in enumerate(clients)
+                    ]
+                    start = time.perf_counter()
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    aggregate.append(8 * tenth * 8 / (time.perf_counter() - start) / 1e6)
+                r["eight_clients_mbps"] = statistics.median(aggregate)
+                run.note_rss("subscriber", proc)
+                run.stop(proc)
+            run.note_rss("publisher", pub)
+        finally:
+            run.stop_all()
+
+    report(results, run.rss, n, args.json)
+
+
+def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
+    med = statistics.median
+
+    def spread(times: list[float], unit: float = 1.0, fmt: str = "{:.3f}") -> str:
+        low, mid, high = (fmt.format(v * unit) for v in (min(times), med(times), max(times)))
+        return f"{mid} ({low}-{high})"
+
+    rows = []
+    for name, r in results.items():
+        ref = "local" if name == "linspace" else "wire"
+        whole_ref = med(r["local_whole"] if ref == "local" else r["wire_whole"])
+        near_ref = med(r["local_near_whole"] if ref == "local" else r["wire_whole"])
+        goals = {"linspace": (2.5, 1.5, 2.0), "random": (1.5, 1.2, 1.5)}[name]
+        rows += [
+            (name, "local read, whole (s)", spread(r["local_whole"]), "", ""),
+            (name, "wire, whole (s)", spread(r["wire_whole"]), "", ""),
+            (
+                name,
+                "whole, cold (s)",
+                spread(r["whole_cold"]),
+                f"{med(r['whole_cold']) / whole_ref:.2f}x {ref}",
+                f"<= {goals[0]}x",
+            ),
+            (
+                name,
+                "whole, warm (s)",
+                spread(r["whole_warm"]),
+                f"{med(r['whole_warm']) / whole_ref:.2f}x {ref}",
+                f"<= {goals[1]}x",
+            ),
+            (name, "slice 1000:2000, cold (ms)", spread(r["slice_cold"], 1e3, "{:.1f}"), "", "<= 10 ms"),
+            (name, "slice 1000:2000, warm (ms)", spread(r["slice_warm"], 1e3, "{:.1f}"), "", "<= 3 ms"),
+            (
+                name,
+                "slice 1:N-1, warm (s)",
+                spread(r["near_whole_warm"]),
+                f"{med(r['near_whole_warm']) / near_ref:.2f}x {ref}",
+                f"<= {goals[2]}x",
+            ),
+            (
+                name,
+                "8 clients / 1 client (MB/s)",
+                f"{r['eight_clients_mbps']:.0f} / {r['one_client_mbps']:.0f}",
+                f"{r['eight_clients_mbps'] / r['one_client_mbps']:.2f}x",
+                ">= 1.5x",
+            ),
+        ]
+    rows += [
+        ("all", "subscriber peak RSS (MB)", f"{rss.get('subscriber', 0):.0f}", "", "<= 300"),
+        ("all", "publisher peak RSS (MB)", f"{rss.get('publisher', 0):.0f}", "", "<= 200"),
+    ]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    print(
+        f"\n{n:,} float64 per array; median (min-max); cratio "
+        + ", ".join(f"{k} {r['cratio']}" for k, r in results.items())
+    )
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    if json_path:
+        Path(json_path).write_text(
+            json.dumps(
+                {
+                    "size": n,
+                    "machine": os.uname().machine,
+                    "cpus": os.cpu_count(),
+                    "results": results,
+                    "rss_mb": rss,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
