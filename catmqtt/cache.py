@@ -29,6 +29,8 @@ from .slices import chunk_coords, chunk_grid, chunk_number
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# Seconds between writes of chunk access times to the index.
+ACCESS_FLUSH = 5.0
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roots (
@@ -77,15 +79,21 @@ class Cache:
         dbpath = self.dir / "cache.sqlite"
         self._lock = threading.RLock()
         self._slots: dict[tuple[str, str], Slot] = {}
+        # What every request reads, kept in memory: the index is written through.
+        self._metas: dict[tuple[str, str], dict[str, Any]] = {}
+        self._accessed: dict[tuple[str, str], set[int]] = {}
+        self._flushed = time.monotonic()
         try:
             self._db = sqlite3.connect(dbpath, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_schema(dbpath)
+            rows = self._db.execute("SELECT name, info, subscribed FROM roots").fetchall()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"{dbpath} is not a catmqtt cache ({exc}); move it away or use another --statedir"
             ) from None
+        self._roots = {name: {"info": json.loads(info), "subscribed": bool(sub)} for name, info, sub in rows}
 
     def _check_schema(self, dbpath: Path) -> None:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -103,6 +111,7 @@ class Cache:
 
     def close(self) -> None:
         with self._lock:
+            self._flush_accesses()
             self._db.close()
 
     @contextmanager
@@ -127,30 +136,38 @@ class Cache:
         with self._transaction() as db:
             if info is None:
                 db.execute("DELETE FROM roots WHERE name=?", (name,))
+                self._roots.pop(name, None)
             else:
                 db.execute(
                     "INSERT INTO roots (name, info) VALUES (?, ?)"
                     " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
                     (name, json.dumps(info)),
                 )
+                subscribed = self._roots.get(name, {}).get("subscribed", False)
+                self._roots[name] = {"info": info, "subscribed": subscribed}
 
     def roots(self) -> dict[str, dict[str, Any]]:
-        """Return {name: {"info": announcement, "subscribed": bool}}."""
-        rows = self._query("SELECT name, info, subscribed FROM roots ORDER BY name")
-        return {name: {"info": json.loads(info), "subscribed": bool(sub)} for name, info, sub in rows}
+        """Return {name: {"info": announcement, "subscribed": bool}}, sorted by name."""
+        with self._lock:
+            return {name: dict(self._roots[name]) for name in sorted(self._roots)}
 
     def root(self, name: str) -> dict[str, Any]:
         """Return one root as `roots` does, or raise NotFound."""
-        rows = self._query("SELECT info, subscribed FROM roots WHERE name=?", (name,))
-        if not rows:
+        with self._lock:
+            root = self._roots.get(name)
+        if root is None:
             raise NotFound(f"no root {name!r} is known (see 'catmqtt roots')")
-        return {"info": json.loads(rows[0][0]), "subscribed": bool(rows[0][1])}
+        return dict(root)
 
     def set_subscribed(self, name: str, subscribed: bool) -> None:
-        self._query("UPDATE roots SET subscribed=? WHERE name=?", (int(subscribed), name))
+        with self._lock:
+            self._query("UPDATE roots SET subscribed=? WHERE name=?", (int(subscribed), name))
+            if name in self._roots:
+                self._roots[name]["subscribed"] = subscribed
 
     def subscribed(self) -> list[str]:
-        return [r[0] for r in self._query("SELECT name FROM roots WHERE subscribed=1 ORDER BY name")]
+        with self._lock:
+            return sorted(name for name, root in self._roots.items() if root["subscribed"])
 
     # Datasets
 
@@ -170,6 +187,7 @@ class Cache:
                 self._query(
                     "UPDATE datasets SET meta=? WHERE root=? AND path=?", (json.dumps(meta), root, path)
                 )
+                self._metas[(root, path)] = meta
             return None
         slot = self._slot(root, path)
         with slot.lock:
@@ -181,6 +199,10 @@ class Cache:
                         "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?)",
                         (root, path, new_etag, json.dumps(meta)),
                     )
+            if meta is None:
+                self._metas.pop((root, path), None)
+            else:
+                self._metas[(root, path)] = meta
             slot.etag = new_etag or ""
             if meta is None or old_meta is None:
                 self._drop_chunks(root, path, slot)
@@ -191,11 +213,14 @@ class Cache:
         return [r[0] for r in self._query("SELECT path FROM datasets WHERE root=? ORDER BY path", (root,))]
 
     def dataset(self, root: str, path: str) -> dict[str, Any]:
-        """Return the metadata of a dataset, or raise NotFound."""
-        rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
-        if not rows:
-            raise NotFound(f"no dataset {path!r} in root {root!r}")
-        return json.loads(rows[0][0])
+        """Return the metadata of a dataset (not to be modified), or raise NotFound."""
+        meta = self._metas.get((root, path))
+        if meta is None:
+            rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
+            if not rows:
+                raise NotFound(f"no dataset {path!r} in root {root!r}")
+            meta = self._metas[(root, path)] = json.loads(rows[0][0])
+        return meta
 
     # Chunks
 
@@ -385,17 +410,31 @@ class Cache:
                 yield self._container(root, path, meta, slot)
 
     def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
-        """Record that chunks were just read."""
-        numbers = list(nchunks)
+        """Record that chunks were just read.
+
+        Accesses are written to the index in batches, at most every few
+        seconds, rather than once per request on the read path.
+        """
+        with self._lock:
+            self._accessed.setdefault((root, path), set()).update(nchunks)
+            if time.monotonic() - self._flushed > ACCESS_FLUSH:
+                self._flush_accesses()
+
+    def _flush_accesses(self) -> None:
         now = time.time()
-        # Batches stay below SQLite's limit on bound parameters.
-        for i in range(0, len(numbers), 5000):
-            batch = numbers[i : i + 5000]
-            marks = ",".join("?" * len(batch))
-            self._query(
-                f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
-                (now, root, path, *batch),
-            )
+        with self._transaction() as db:
+            for (root, path), numbers in self._accessed.items():
+                ordered = sorted(numbers)
+                # Batches stay below SQLite's limit on bound parameters.
+                for i in range(0, len(ordered), 5000):
+                    batch = ordered[i : i + 5000]
+                    marks = ",".join("?" * len(batch))
+                    db.execute(
+                        f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
+                        (now, root, path, *batch),
+                    )
+        self._accessed.clear()
+        self._flushed = time.monotonic()
 
 
 def _same_layout(old: dict[str, Any], new: dict[str, Any]) -> bool:
