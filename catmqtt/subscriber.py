@@ -4,6 +4,7 @@ fetches their chunks on demand into its cache and serves them over HTTP."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 import blosc2
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 NPY = "application/x-npy"
 FRAMES = "application/x-catmqtt-chunks"
 FRAME = struct.Struct("<qq")
+# Selections larger than this many bytes are built and sent in pieces.
+SLAB = 64 << 20
 CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
@@ -262,30 +266,50 @@ class Subscriber:
         info = self.root_of(name)
         return name, path, self.cache.dataset(name, parse_path(path)), info["url"]
 
-    def fetch(self, fullpath: str, slice_text: str) -> np.ndarray | bytes:
-        """Return the selection `slice_text` of a dataset, fetching what is missing."""
+    def selection(self, fullpath: str, slice_text: str) -> Selection:
+        """Check the selection `slice_text` of a dataset; raise before anything is read."""
         root, path, meta, url = self.lookup(fullpath)
         sel = select(parse_slice(slice_text), meta["shape"])
         itemsize = dtype_from_json(meta["dtype"]).itemsize if meta["kind"] == "ndarray" else meta["typesize"]
-        nbytes = math.prod(result_shape(sel)) * itemsize
+        shape = result_shape(sel)
+        nbytes = math.prod(shape) * itemsize
         if nbytes > self.max_fetch:
             raise TooLarge(
                 f"the selection is {nbytes} bytes, over this subscriber's limit of {self.max_fetch}"
                 " (max_fetch_bytes): select less, or use download"
             )
+        return Selection(fullpath, root, path, meta, url, sel, shape, itemsize, nbytes)
+
+    def read(self, target: Selection, sel: tuple | None = None) -> np.ndarray | bytes:
+        """Return `sel` (by default the whole of `target`), fetching the chunks that are missing."""
+        sel = target.sel if sel is None else sel
+        root, path, meta = target.root, target.path, target.meta
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         self._settled(root, path)
-        self.fetcher.ensure(root, path, meta, url, numbers)
+        self.fetcher.ensure(root, path, meta, target.url, numbers)
         key, flip = forward(sel)
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
-                raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+                raise Unavailable(f"{target.fullpath} changed while being read; try again", status=503)
             if meta["kind"] == "ndarray":
                 result = storage.read_array(handle, key, flip)
             else:
                 result = _read_items(handle, key[0], bool(flip), meta["typesize"])
         self.cache.touch(root, path, numbers)
         return result
+
+    def fetch(self, fullpath: str, slice_text: str) -> np.ndarray | bytes:
+        """Return the selection `slice_text` of a dataset, fetching what is missing."""
+        return self.read(self.selection(fullpath, slice_text))
+
+    def slabs(self, target: Selection) -> Iterator[np.ndarray | bytes]:
+        """Yield the selection in pieces of about SLAB bytes along its first axis, in order."""
+        axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
+        rows = len(target.sel[axis])
+        step = max(1, SLAB * rows // max(target.nbytes, 1))
+        for start in range(0, rows, step):
+            piece = target.sel[axis][start : start + step]
+            yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
 
     def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
         root, path, meta, url = self.lookup(fullpath)
@@ -353,6 +377,21 @@ class Subscriber:
             os.unlink(tmp)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A checked selection of a dataset: where it is and what it will be."""
+
+    fullpath: str
+    root: str
+    path: str
+    meta: dict[str, Any]
+    url: str
+    sel: tuple
+    shape: tuple[int, ...]
+    itemsize: int
+    nbytes: int
+
+
 def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
     """Return the items of a byte stream that a 1-D selection names."""
     if isinstance(key, int):
@@ -405,15 +444,43 @@ def info(fullpath: str):
 
 @bp.get("/api/fetch/<path:fullpath>")
 def fetch(fullpath: str):
-    result = _sub().fetch(fullpath, request.args.get("slice", ""))
-    if isinstance(result, bytes):
-        return Response(result, mimetype="application/octet-stream")
+    sub = _sub()
+    target = sub.selection(fullpath, request.args.get("slice", ""))
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
-    if request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY:
-        buffer = io.BytesIO()
-        np.save(buffer, result, allow_pickle=False)
-        return Response(buffer.getvalue(), mimetype=NPY)
-    return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
+    npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
+    if target.nbytes <= SLAB or not target.shape:
+        result = sub.read(target)
+        if isinstance(result, bytes):
+            return Response(result, mimetype="application/octet-stream")
+        if npy:
+            buffer = io.BytesIO()
+            np.save(buffer, result, allow_pickle=False)
+            return Response(buffer.getvalue(), mimetype=NPY)
+        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
+    # A large selection is built and sent slab by slab: memory stays flat.
+    if target.meta["kind"] != "ndarray":
+        return Response(sub.slabs(target), mimetype="application/octet-stream")
+    dtype = dtype_from_json(target.meta["dtype"])
+    if npy:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": target.shape},
+        )
+        pieces = (np.ascontiguousarray(slab).tobytes() for slab in sub.slabs(target))
+        return Response(itertools.chain([header.getvalue()], pieces), mimetype=NPY)
+    fd, tmp = tempfile.mkstemp(dir=sub.tmpdir, suffix=".b2nd")
+    os.close(fd)
+    try:
+        out = blosc2.empty(target.shape, dtype=dtype, urlpath=tmp, contiguous=True, mode="w")
+        row = 0
+        for slab in sub.slabs(target):
+            out[row : row + len(slab)] = np.ascontiguousarray(slab)
+            row += len(slab)
+        del out
+        return send_file(open(tmp, "rb"), mimetype=CFRAME)
+    finally:
+        os.unlink(tmp)
 
 
 @bp.get("/api/chunk/<path:fullpath>")

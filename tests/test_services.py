@@ -138,3 +138,34 @@ def test_empty_datasets(broker, tmp_path, root_dir):
         assert client.fetch("foo/empty.b2nd").shape == (0, 5)
         assert client.fetch("foo/empty.b2nd", "::-1, 2").shape == (0,)
         assert blosc2.open(str(client.download("foo/empty.b2nd", tmp_path / "dl"))).shape == (0, 5)
+
+
+@pytest.mark.parametrize("accept", ["application/x-npy", "*/*"])
+def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, accept):
+    import io
+
+    import requests
+
+    from catmqtt import subscriber
+
+    data = np.random.default_rng(5).random((300, 70))
+    blosc2.asarray(data, urlpath=str(root_dir / "wide.b2nd"), mode="w", chunks=(32, 16))
+    (root_dir / "text.txt").write_bytes(b"0123456789" * 5000)
+    # Slabs of a few kilobytes stand in for the 64 MiB ones.
+    monkeypatch.setattr(subscriber, "SLAB", 4000)
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        for key, text in [((slice(None, None, -3), slice(5, 60)), "::-3, 5:60"), ((7,), "7"), ((), "")]:
+            response = requests.get(
+                f"{sub.url}/api/fetch/foo/wide.b2nd",
+                params={"slice": text},
+                headers={"Accept": accept},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            if accept == "*/*":
+                got = blosc2.ndarray_from_cframe(response.content)[()]
+            else:
+                got = np.load(io.BytesIO(response.content))
+            assert np.array_equal(got, data[key])
+        response = requests.get(f"{sub.url}/api/fetch/foo/text.txt", params={"slice": "::-7"}, timeout=30)
+        assert response.content == (b"0123456789" * 5000)[::-7]
