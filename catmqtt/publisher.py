@@ -45,8 +45,13 @@ def info(path: str):
 
 @bp.get("/api/chunk/<path:path>")
 def chunk(path: str):
-    data, etag = _root().chunk(path, arg_int("nchunk"))
-    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": storage.chunk_digest(data)}
+    nchunk = arg_int("nchunk")
+    entry = _root().get(path)
+    data, etag = _root().chunk(path, nchunk)
+    # The manifest has the digest already, unless the dataset changed meanwhile.
+    known = entry.digests is not None and entry.meta["etag"] == etag
+    digest = entry.digests[nchunk] if known else storage.chunk_digest(data)
+    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": digest}
     return Response(data, mimetype="application/octet-stream", headers=headers)
 
 
