@@ -203,7 +203,10 @@ def main() -> None:
                 session = requests.Session()
                 r["local_whole"] = timed(lambda local=local: local[...], reps)
                 r["wire_whole"] = timed(
-                    lambda name=name, s=session: s.get(f"http://127.0.0.1:{wire}/{name}").content, reps
+                    lambda name=name, s=session: s.get(
+                        f"http://127.0.0.1:{wire}/{name}", stream=True
+                    ).raw.read(),
+                    reps,
                 )
                 r["local_slice"] = timed(lambda local=local: local[1_000:2_000], reps * 5)
                 r["local_near_whole"] = timed(lambda local=local: local[1 : n - 1], reps)

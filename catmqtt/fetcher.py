@@ -7,6 +7,7 @@ checked against the digest its publisher sent before it is stored.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
@@ -124,28 +126,34 @@ class Fetcher:
         with self._lock:
             self._inflight.pop(key, None)
 
-    def _get(self, root: str, url: str, endpoint: str, **params: Any) -> requests.Response:
-        """GET from a publisher; failures become Unavailable (502, 503 or 504) naming it."""
+    def _get(self, root: str, url: str, endpoint: str, **params: Any) -> tuple[Any, bytes]:
+        """GET from a publisher: (headers, body). Failures become Unavailable (502, 503
+        or 504) naming the publisher."""
         where = f"publisher of root {root!r} at {url}"
         try:
-            response = self.session.get(f"{url}/api/{endpoint}", params=params, timeout=self.timeout)
-        except requests.Timeout:
+            response = self.session.get(
+                f"{url}/api/{endpoint}", params=params, timeout=self.timeout, stream=True
+            )
+            with response:
+                # One read of the whole body: requests' own .content reads 10 KiB
+                # at a time, which halves the speed of a 4 MiB chunk.
+                body = response.raw.read()
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
             raise Unavailable(f"{where} did not answer within {self.timeout[1]:g} s", status=504) from None
-        except requests.RequestException:
+        except (requests.RequestException, urllib3.exceptions.HTTPError):
             raise Unavailable(f"{where} is unreachable", status=503) from None
         if response.status_code != 200:
             status = 503 if response.status_code == 503 else 502
-            raise Unavailable(f"{where} answered {response.status_code}: {_message(response)}", status=status)
-        return response
+            raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
+        return response.headers, body
 
     def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
-        response = self._get(root, url, f"chunk/{quote(path)}", nchunk=nchunk)
+        headers, data = self._get(root, url, f"chunk/{quote(path)}", nchunk=nchunk)
         changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
-        if response.headers.get("X-Catmqtt-Etag") != meta["etag"]:
+        if headers.get("X-Catmqtt-Etag") != meta["etag"]:
             raise changing
-        data = response.content
         digest = storage.chunk_digest(data)
-        sent = response.headers.get("X-Catmqtt-Digest")
+        sent = headers.get("X-Catmqtt-Digest")
         if (sent is not None and sent != digest) or not storage.is_chunk(
             data, storage.chunk_nbytes(meta, nchunk)
         ):
@@ -158,15 +166,18 @@ class Fetcher:
 
     def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
-        manifest = self._get(root, url, f"manifest/{quote(path)}").json()
+        try:
+            manifest = json.loads(self._get(root, url, f"manifest/{quote(path)}")[1])
+        except ValueError:
+            manifest = None
         digests = manifest.get("digests") if isinstance(manifest, dict) else None
-        if manifest.get("etag") != meta["etag"] or not isinstance(digests, list):
+        if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
             raise Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
         return [str(d) for d in digests]
 
 
-def _message(response: requests.Response) -> str:
+def _message(body: bytes) -> str:
     try:
-        return str(response.json()["error"])
+        return str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason
+        return body[:200].decode(errors="replace")
