@@ -1,9 +1,10 @@
-"""This module is the ``catmqtt`` command: services (broker, pub, sub, up) and
-client commands (roots, subscribe, list, info, show, download)."""
+"""This module is the ``catmqtt`` command: services (broker, pub, sub, up), tools
+(sample, import, export) and client commands (roots, subscribe, list, info, show, download)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import logging
@@ -60,7 +61,7 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
     from .publisher import Publisher
 
     s = config.node_settings(
-        conf, "publisher", args.id, name=args.name, root=args.root, **_node_options(args)
+        conf, "publisher", args.id, name=args.name, root=args.root, watch=args.watch, **_node_options(args)
     )
     if not s["name"] or not s["root"]:
         raise ConfigError(
@@ -134,9 +135,58 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, conf: dict) -> int:
-    from .sample import write_sample
+    if args.dir is None and args.h5 is None:
+        raise ConfigError(
+            "give the DIR to write the sample root into, --h5 FILE for the sample HDF5 file, or both"
+        )
+    if args.dir is not None:
+        from .sample import write_sample
 
-    print(f"Sample root written to {write_sample(args.dir)}")
+        print(f"Sample root written to {write_sample(args.dir)}")
+    if args.h5 is not None:
+        from .hdf5io import write_sample_h5
+
+        print(f"Sample HDF5 file written to {write_sample_h5(args.h5)}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, conf: dict) -> int:
+    from .hdf5io import import_h5
+
+    # Skipped items are printed below rather than logged.
+    _logging(config.parse_loglevel(args.loglevel or "ERROR"))
+    count, skipped = import_h5(args.file, args.dir)
+    print(f"Imported {count} datasets from {args.file} into {args.dir}")
+    _print_skipped(skipped)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, conf: dict) -> int:
+    from .hdf5io import export_h5
+
+    _logging(config.parse_loglevel(args.loglevel or "ERROR"))
+    count, skipped = export_h5(args.dir, args.file)
+    print(f"Exported {count} datasets from {args.dir} to {args.file}")
+    _print_skipped(skipped)
+    return 0
+
+
+def _print_skipped(skipped: list[dict[str, str]]) -> None:
+    for item in skipped:
+        print(f"Skipped {item['path']}: {item['reason']}")
+
+
+def cmd_passwd(args: argparse.Namespace, conf: dict) -> int:
+    from .broker import set_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {args.user}: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    set_password(args.file, args.user, password)
+    print(f"Password of {args.user} set in {args.file}")
     return 0
 
 
@@ -242,7 +292,7 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         # amqtt and transitions narrate every connection at INFO.
-        for name in ("amqtt", "transitions", "werkzeug"):
+        for name in ("amqtt", "transitions", "werkzeug", "numexpr"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -301,7 +351,9 @@ def make_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "run a broker, a publisher and a subscriber together", True)
-    p.add_argument("root", nargs="?", help="the root directory to publish (default: the sample root)")
+    p.add_argument(
+        "root", nargs="?", help="the root directory or HDF5 file to publish (default: the sample root)"
+    )
     p.add_argument("--name", default="foo", help="the root's name (default foo)")
     p.add_argument("--listen", metavar="HOST:PORT", help="where the broker listens (default 127.0.0.1:1883)")
     p.add_argument("--ws", metavar="HOST:PORT", help="MQTT over websockets (default 127.0.0.1:9001; 'off')")
@@ -320,16 +372,34 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws", metavar="HOST:PORT", help="MQTT over websockets (default 127.0.0.1:9001; 'off')")
     p.add_argument("--amqtt-conf", metavar="FILE", help="an amqtt YAML configuration (see brokerconf/)")
 
-    p = add("pub", cmd_pub, "publish a root directory", True)
+    p = add("pub", cmd_pub, "publish a root directory or HDF5 file", True)
     p.add_argument("name", nargs="?", help="the root's name")
-    p.add_argument("root", nargs="?", help="the root directory")
+    p.add_argument("root", nargs="?", help="the root directory or HDF5 file")
+    p.add_argument(
+        "--watch",
+        choices=config.WATCH_MODES,
+        help="follow changes: auto (default: inotify, else polling), poll, off",
+    )
     _service_options(p)
 
     p = add("sub", cmd_sub, "run a subscriber", True)
     _service_options(p)
 
-    p = add("sample", cmd_sample, "write the sample root into a directory", True)
-    p.add_argument("dir", help="the directory to write")
+    p = add("passwd", cmd_passwd, "set a user's password in an amqtt password file", True)
+    p.add_argument("file", help="the password file (created if missing)")
+    p.add_argument("user", help="the MQTT user name")
+
+    p = add("sample", cmd_sample, "write the sample root into a directory, or the sample HDF5 file", True)
+    p.add_argument("dir", nargs="?", help="the directory to write")
+    p.add_argument("--h5", metavar="FILE", help="write the sample HDF5 file FILE")
+
+    p = add("import", cmd_import, "write an HDF5 file as a native root directory (needs catmqtt[hdf5])", True)
+    p.add_argument("file", metavar="FILE.h5", help="the HDF5 file to read")
+    p.add_argument("dir", metavar="DIR", help="the directory to write (new or empty)")
+
+    p = add("export", cmd_export, "write a native root directory as an HDF5 file (needs catmqtt[hdf5])", True)
+    p.add_argument("dir", metavar="DIR", help="the root directory to read")
+    p.add_argument("file", metavar="FILE.h5", help="the HDF5 file to write (replaced if it exists)")
 
     add("roots", cmd_roots, "list the roots the subscriber knows")
     for name, func, help in (

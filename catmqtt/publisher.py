@@ -166,6 +166,7 @@ class Publisher:
             "datasets": len(self.root.entries),
             "etag": self.root.etag,
             "skipped": self.root.skipped,
+            "groups": self.root.groups,
             "time": time.time(),
         }
 

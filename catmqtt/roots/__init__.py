@@ -41,6 +41,8 @@ class Root:
         self.entries: dict[str, Entry] = {}
         # Items of the source that cannot be served: [{"path": ..., "reason": ...}].
         self.skipped: list[dict[str, str]] = []
+        # Attributes of directories (HDF5 groups), keyed by directory path ("" is the top).
+        self.groups: dict[str, dict[str, Any]] = {}
         self.etag = ""
         self._lock = threading.Lock()
 
@@ -97,6 +99,7 @@ def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike) -
         from .directory import DirectoryRoot
 
         return DirectoryRoot(name, resolved, statedir)
-    raise CatmqttError(
-        f"root {os.fspath(path)!r} is not a directory (publishing an HDF5 file is not supported yet)"
-    )
+    # Imported here: h5py is needed by HDF5 roots only (a CatmqttError says so if it is missing).
+    from .hdf5 import HDF5Root
+
+    return HDF5Root(name, resolved, statedir)
