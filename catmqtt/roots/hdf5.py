@@ -602,6 +602,9 @@ class HDF5Root(Root):
     data in place without a trace in its metadata.
     """
 
+    # h5py calls hold self._io; chunks of one dataset inflate and compress in parallel.
+    lock_entries = False
+
     def __init__(self, name: str, path: Path, statedir: str | os.PathLike) -> None:
         super().__init__(name, path, statedir)
         if not h5py.is_hdf5(path):
@@ -712,15 +715,6 @@ class HDF5Root(Root):
             return source.stamp != self._stamp or storage.file_etag(self.path) != source.stamp
         except OSError:
             return True
-
-    def chunk(self, path: str, nchunk: int) -> tuple[bytes, str]:
-        # Unlike Root.chunk, no lock is held on the entry: h5py calls hold
-        # self._io, while chunks of one dataset inflate and compress in parallel.
-        entry = self.get(path)
-        nchunks = entry.meta["nchunks"]
-        if not 0 <= nchunk < nchunks:
-            raise BadRequest(f"chunk {nchunk} is out of range: {path!r} has {nchunks} chunks")
-        return self._read_chunk(entry, nchunk), entry.meta["etag"]
 
     def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
         source: Source = entry.source
