@@ -3,8 +3,9 @@ datasets and chunks, and one sparse Blosc2 container per dataset.
 
 A chunk is written to its container before its index row is committed, so a
 crash may leave an unindexed chunk (fetched again later) but never an index
-row without its chunk. A dataset whose etag changes loses its chunks at once,
-so the cache never serves a mix of two versions.
+row without its chunk. Chunks are indexed with the etag of their version:
+when a dataset changes, readers of the new version never see the old
+chunks, and those its new manifest confirms are kept (`remap`).
 """
 
 from __future__ import annotations
@@ -135,8 +136,11 @@ class Cache:
         """Record the announcement of root `name`; None forgets the root."""
         with self._transaction() as db:
             if info is None:
-                db.execute("DELETE FROM roots WHERE name=?", (name,))
-                self._roots.pop(name, None)
+                # A subscribed root stays known (offline), with its subscription
+                # and cache: a cleared announcement must not lose them.
+                if not self._roots.get(name, {}).get("subscribed"):
+                    db.execute("DELETE FROM roots WHERE name=?", (name,))
+                    self._roots.pop(name, None)
             else:
                 db.execute(
                     "INSERT INTO roots (name, info) VALUES (?, ?)"
@@ -174,39 +178,43 @@ class Cache:
     def set_dataset(self, root: str, path: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
         """Record the metadata of a dataset (None: it is gone, and so are its chunks).
 
-        When a dataset's etag changes, its old chunks stay in the index under
-        the old etag, invisible to readers of the new version, and the old
-        metadata is returned: the caller then keeps what the new manifest
-        confirms (`remap`) or drops them (`drop_chunks`). Returns None otherwise.
+        When a dataset's etag changes and its chunk layout stays, its old
+        chunks stay in the index under the old etag, invisible to readers of
+        the new version, and the old metadata is returned: the caller then
+        keeps what the new manifest confirms (`remap`) or drops them
+        (`drop_chunks`). Otherwise the old chunks are dropped at once and None
+        is returned.
         """
         rows = self._query("SELECT etag, meta FROM datasets WHERE root=? AND path=?", (root, path))
         old_etag, old_meta = (rows[0][0], json.loads(rows[0][1])) if rows else (None, None)
         new_etag = None if meta is None else meta["etag"]
         if old_etag == new_etag:
             if meta is not None and meta != old_meta:
-                self._query(
-                    "UPDATE datasets SET meta=? WHERE root=? AND path=?", (json.dumps(meta), root, path)
-                )
-                self._metas[(root, path)] = meta
+                with self._transaction() as db:
+                    db.execute(
+                        "UPDATE datasets SET meta=? WHERE root=? AND path=?", (json.dumps(meta), root, path)
+                    )
+                    self._metas[(root, path)] = meta
             return None
+        keep = meta is not None and old_meta is not None and _same_layout(old_meta, meta)
         slot = self._slot(root, path)
         with slot.lock:
             with self._transaction() as db:
                 if meta is None:
                     db.execute("DELETE FROM datasets WHERE root=? AND path=?", (root, path))
+                    self._metas.pop((root, path), None)
                 else:
                     db.execute(
                         "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?)",
                         (root, path, new_etag, json.dumps(meta)),
                     )
-            if meta is None:
-                self._metas.pop((root, path), None)
-            else:
-                self._metas[(root, path)] = meta
+                    self._metas[(root, path)] = meta
             slot.etag = new_etag or ""
-            if meta is None or old_meta is None:
+            # The open container is of the old version: never read or write it again.
+            slot.handle = None
+            if not keep:
                 self._drop_chunks(root, path, slot)
-        return None if meta is None else old_meta
+        return old_meta if keep else None
 
     def datasets(self, root: str) -> list[str]:
         """Return the sorted paths of the datasets of `root`."""
@@ -216,10 +224,14 @@ class Cache:
         """Return the metadata of a dataset (not to be modified), or raise NotFound."""
         meta = self._metas.get((root, path))
         if meta is None:
-            rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
-            if not rows:
-                raise NotFound(f"no dataset {path!r} in root {root!r}")
-            meta = self._metas[(root, path)] = json.loads(rows[0][0])
+            # Under the lock, so that a concurrent set_dataset cannot be undone here.
+            with self._lock:
+                meta = self._metas.get((root, path))
+                if meta is None:
+                    rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
+                    if not rows:
+                        raise NotFound(f"no dataset {path!r} in root {root!r}")
+                    meta = self._metas[(root, path)] = json.loads(rows[0][0])
         return meta
 
     # Chunks
@@ -301,7 +313,12 @@ class Cache:
                 self._drop_chunks(root, path, slot)
                 return 0
             self._drop_chunks(root, path, slot)
-            staging.rename(urlpath)
+            try:
+                staging.rename(urlpath)
+            except OSError as exc:
+                log.warning("cannot keep the chunks of %s/%s (%s); dropping them", root, path, exc)
+                storage.remove(staging)
+                return 0
             with self._transaction() as db:
                 db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
             slot.verified.update(row[2] for row in kept)
@@ -309,6 +326,8 @@ class Cache:
 
     def _container(self, root: str, path: str, meta: dict[str, Any], slot: Slot):
         """Return the open container of a dataset, opening or creating it (slot locked)."""
+        if slot.handle is not None and storage.nitems_shape(slot.handle) != tuple(meta["shape"]):
+            slot.handle = None
         if slot.handle is None:
             urlpath = self._urlpath(root, path)
             handle = None

@@ -62,8 +62,8 @@ class Subscriber:
         self._seen: dict[str, set[str]] = {}
         # Roots whose index awaits a check against the snapshot after (re)connecting.
         self._unreconciled: set[str] = set()
-        # Datasets whose cached chunks are being matched with a new manifest.
-        self._reconciler = ThreadPoolExecutor(1, thread_name_prefix="reconcile")
+        # Dataset updates, applied in order on one worker; the latest per dataset.
+        self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
         host, port = settings["http"]
@@ -92,7 +92,7 @@ class Subscriber:
     def stop(self) -> None:
         self.node.stop()
         self.server.stop()
-        self._reconciler.shutdown(wait=True, cancel_futures=True)
+        self._updates.shutdown(wait=True, cancel_futures=True)
         self.fetcher.close()
         self.cache.close()
 
@@ -113,11 +113,18 @@ class Subscriber:
             obj = loads(payload)
             if what.kind == "root":
                 self.cache.set_root(what.name, None if obj is None else parse_root(obj, what.name))
-                self._reconcile_index(what.name)
-            elif what.kind == "dataset":
-                self._on_dataset(what.name, what.path, obj)
-                self._reconcile_index(what.name)
-            else:
+                self._updates.submit(self._guarded, self._reconcile_index, what.name)
+            elif what.kind == "dataset" and what.name in self._subscribed:
+                if obj is not None:
+                    parse_dataset(obj, what.path)
+                    if obj["kind"] == "ndarray":
+                        dtype_from_json(obj["dtype"])
+                    storage.cparams_from_json(obj["cparams"])
+                # Applied on a worker of its own: the MQTT thread never waits
+                # on a dataset's lock (a long download holds it).
+                key = (what.name, what.path)
+                self._pending[key] = self._updates.submit(self._guarded, self._apply_dataset, *key, obj)
+            elif what.kind == "node":
                 key = (what.name, what.path)
                 if obj is None:
                     self.nodes.pop(key, None)
@@ -126,20 +133,19 @@ class Subscriber:
         except BadRequest as exc:
             log.warning("ignoring the message on %r: %s", topic, exc)
 
-    def _on_dataset(self, root: str, path: str, obj: dict[str, Any] | None) -> None:
-        if root not in self._subscribed:
-            return
-        if obj is not None:
-            parse_dataset(obj, path)
-            if obj["kind"] == "ndarray":
-                dtype_from_json(obj["dtype"])
-            storage.cparams_from_json(obj["cparams"])
+    @staticmethod
+    def _guarded(func, *args) -> None:
+        try:
+            func(*args)
+        except Exception:
+            log.exception("error applying an update of %s", "/".join(map(str, args[:2])))
+
+    def _apply_dataset(self, root: str, path: str, obj: dict[str, Any] | None) -> None:
+        """Record a dataset's new metadata, and sort out its cached chunks."""
         old = self.cache.set_dataset(root, path, obj)
         if old is not None:
             if "manifest" in old and "manifest" in obj:
-                self._pending[(root, path)] = self._reconciler.submit(
-                    self._keep_unchanged, root, path, old, obj
-                )
+                self._keep_unchanged(root, path, old, obj)
             else:
                 log.info("%s/%s changed: its cached chunks are dropped", root, path)
                 self.cache.drop_chunks(root, path)
@@ -150,6 +156,7 @@ class Subscriber:
             else:
                 seen.add(path)
             self._changed.notify_all()
+        self._reconcile_index(root)
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -165,7 +172,7 @@ class Subscriber:
         log.info("%s/%s changed: %d cached chunks still valid, kept", root, path, kept)
 
     def _settled(self, root: str, path: str) -> None:
-        """Wait until the cached chunks of a dataset that just changed are sorted out."""
+        """Wait until the latest update of a dataset is applied, its cached chunks sorted out."""
         pending = self._pending.get((root, path))
         if pending is None:
             return
@@ -173,9 +180,9 @@ class Subscriber:
             pending.result(timeout=self.fetcher.timeout[1])
         except FutureTimeout:
             raise Unavailable(f"{root}/{path} is being updated; try again", status=503) from None
-        finally:
-            if pending.done():
-                self._pending.pop((root, path), None)
+        # Forget it unless a newer update came meanwhile.
+        if self._pending.get((root, path)) is pending:
+            self._pending.pop((root, path), None)
 
     def _reconcile_index(self, name: str) -> None:
         """Forget the datasets deleted while we were away, once the snapshot of a root is in.
@@ -218,7 +225,7 @@ class Subscriber:
     def subscribe(self, name: str) -> None:
         """Follow root `name`; returns once the broker replayed its datasets."""
         root = self.cache.root(parse_root_name(name))
-        if name in self._subscribed:
+        if name in self._subscribed and root["subscribed"]:
             return
         with self._changed:
             self._seen[name] = set()

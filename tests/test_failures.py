@@ -194,3 +194,23 @@ def test_hung_publisher_gives_504(deployment, tmp_path):
         rogue.loop_stop()
         rogue.disconnect()
         hung.close()
+
+
+def test_cleared_root_announcement_keeps_the_subscription(deployment, root_dir):
+    d = deployment
+    d.start_pub("foo", root_dir)
+    d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    rogue = rogue_client(d.broker)
+    try:
+        publish(rogue, "catmqtt/v1/roots/foo", b"")
+    finally:
+        rogue.loop_stop()
+        rogue.disconnect()
+    # The publisher announces its root again when it restarts.
+    d.stop("pub-foo")
+    d.start_pub("foo", root_dir)
+    d.wait_root("foo")
+    assert d.cli("roots").stdout == "foo (subscribed)\n"
+    assert d.cli("show", "foo/ds-1d.b2nd[3:6]").stdout == "[3 4 5]\n"
