@@ -23,6 +23,7 @@ import yaml
 
 from .config import parse_hostport, yaml_problem
 from .errors import CatmqttError, ConfigError
+from .storage import make_statedir
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class BrokerProcess:
         args += ["--loglevel", loglevel]
         if amqtt_conf:
             args += ["--amqtt-conf", str(amqtt_conf)]
-        statedir.mkdir(parents=True, exist_ok=True)
+        make_statedir(statedir)
         self.logfile = statedir / "broker.log"
         self._offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         env = {**os.environ, PARENT_ENV: str(os.getpid())}

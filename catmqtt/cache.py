@@ -75,7 +75,7 @@ class Cache:
 
     def __init__(self, statedir: str | Path) -> None:
         self.dir = Path(statedir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        storage.make_statedir(self.dir)
         self.data_dir = self.dir / "cache"
         dbpath = self.dir / "cache.sqlite"
         self._lock = threading.RLock()

@@ -157,9 +157,13 @@ class Client:
     def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
         params = {"slice": format_key(key)}
         response = self._request("GET", f"fetch/{_quote(dataset)}", params=params, headers={"Accept": NPY})
-        if meta["kind"] != "ndarray":
-            return np.frombuffer(response.content, dtype=dtype)
-        return np.load(io.BytesIO(response.content), allow_pickle=False)
+        try:
+            if meta["kind"] != "ndarray":
+                return np.frombuffer(response.content, dtype=dtype)
+            return np.load(io.BytesIO(response.content), allow_pickle=False)
+        except (ValueError, requests.RequestException):
+            # A stream that ended early: the subscriber lost its publisher midway.
+            raise Unavailable(f"the transfer of {dataset} from {self.urlbase} was cut off") from None
 
     def _decoder(self) -> ThreadPoolExecutor:
         if self._decoders is None:

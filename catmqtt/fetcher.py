@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 from urllib.parse import quote
 
+import blosc2
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -126,9 +127,9 @@ class Fetcher:
         with self._lock:
             self._inflight.pop(key, None)
 
-    def _get(self, root: str, url: str, endpoint: str, **params: Any) -> tuple[Any, bytes]:
-        """GET from a publisher: (headers, body). Failures become Unavailable (502, 503
-        or 504) naming the publisher."""
+    def _get(self, root: str, url: str, endpoint: str, limit: int, **params: Any) -> tuple[Any, bytes]:
+        """GET from a publisher: (headers, body of at most `limit` bytes). Failures become
+        Unavailable (502, 503 or 504) naming the publisher."""
         where = f"publisher of root {root!r} at {url}"
         try:
             response = self.session.get(
@@ -137,18 +138,21 @@ class Fetcher:
             with response:
                 # One read of the whole body: requests' own .content reads 10 KiB
                 # at a time, which halves the speed of a 4 MiB chunk.
-                body = response.raw.read()
+                body = response.raw.read(limit + 1)
         except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
             raise Unavailable(f"{where} did not answer within {self.timeout[1]:g} s", status=504) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError):
             raise Unavailable(f"{where} is unreachable", status=503) from None
+        if len(body) > limit:
+            raise Unavailable(f"{where} sent more than the {limit} bytes expected", status=502)
         if response.status_code != 200:
             status = 503 if response.status_code == 503 else 502
             raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
         return response.headers, body
 
     def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
-        headers, data = self._get(root, url, f"chunk/{quote(path)}", nchunk=nchunk)
+        limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
+        headers, data = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
         changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
         if headers.get("X-Catmqtt-Etag") != meta["etag"]:
             raise changing
@@ -167,7 +171,8 @@ class Fetcher:
     def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
         try:
-            manifest = json.loads(self._get(root, url, f"manifest/{quote(path)}")[1])
+            limit = 64 * meta["nchunks"] + 4096
+            manifest = json.loads(self._get(root, url, f"manifest/{quote(path)}", limit)[1])
         except ValueError:
             manifest = None
         digests = manifest.get("digests") if isinstance(manifest, dict) else None

@@ -83,7 +83,7 @@ class Publisher:
         self, name: str, root_path: str | os.PathLike, settings: dict[str, Any], node_id: str | None = None
     ) -> None:
         self.settings = settings
-        settings["statedir"].mkdir(parents=True, exist_ok=True)
+        storage.make_statedir(settings["statedir"])
         self.root = open_root(name, root_path, settings["statedir"])
         self.prefix = settings["prefix"]
         host, port = settings["http"]

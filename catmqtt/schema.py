@@ -8,6 +8,7 @@ BadRequest instead of breaking a node later.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +17,10 @@ from .topics import parse_node_id, parse_path, parse_root_name
 
 SCHEMA = 1
 MAX_PAYLOAD = 4 * 1024 * 1024
+# Blosc2's limit on dimensions, and bounds that keep a node's work finite.
+MAX_DIM = 16
+MAX_CHUNKS = 1 << 32
+_ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
 
@@ -70,7 +75,9 @@ def _count(obj: dict[str, Any], key: str, what: str) -> int:
 def _ints(obj: dict[str, Any], key: str, what: str, *, positive: bool) -> list[int]:
     value = _field(obj, key, list, what)
     low = 1 if positive else 0
-    if len(value) > 64 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+    if len(value) > MAX_DIM or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value
+    ):
         raise BadRequest(f"{what}: field {key!r} is not a list of integers >= {low}")
     return value
 
@@ -122,7 +129,11 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
         raise BadRequest(f"{what}: a {kind} has a 1-D shape and chunks")
     if any(c == 0 < size for size, c in zip(shape, chunks, strict=True)):
         raise BadRequest(f"{what}: chunks of 0 along an axis that is not empty")
+    if kind == "ndarray" and any(b == 0 < c for c, b in zip(chunks, blocks, strict=True)):
+        raise BadRequest(f"{what}: blocks of 0 along an axis whose chunks are not empty")
     nchunks = _count(obj, "nchunks", what)
+    if nchunks > MAX_CHUNKS:
+        raise BadRequest(f"{what}: {nchunks} chunks is more than {MAX_CHUNKS}")
     expected = 1
     for size, chunk in zip(shape, chunks, strict=True):
         expected *= -(-size // chunk) if chunk else 0
@@ -134,7 +145,8 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
     _count(obj, "nbytes", what)
     _field(obj, "cparams", dict, what)
     _field(obj, "vlmeta", dict, what)
-    _field(obj, "etag", str, what)
+    if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
+        raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
     return obj
 
 

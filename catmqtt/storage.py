@@ -20,12 +20,21 @@ import blosc2
 import numpy as np
 
 from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
-from .errors import BadRequest
+from .errors import BadRequest, Unavailable
 
 BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
+# Marks a directory holding a catmqtt node's state (caches, logs, databases).
+STATE_MARKER = ".catmqtt-state"
 # Plain files are cut into chunks of this many bytes.
 FILE_CHUNKSIZE = 1 << 20
 FILE_CPARAMS = blosc2.CParams(typesize=1, codec=blosc2.Codec.ZSTD, clevel=5)
+
+
+def make_statedir(path: Path) -> Path:
+    """Create a node's state directory, marked so that no publisher serves it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / STATE_MARKER).touch()
+    return path
 
 
 def chunk_digest(data: bytes) -> str:
@@ -40,7 +49,11 @@ def manifest_digest(digests: list[str]) -> str:
 
 def file_etag(path: Path) -> str:
     """Return a tag that changes whenever the file at `path` changes."""
-    st = path.stat()
+    return stat_etag(path.stat())
+
+
+def stat_etag(st: os.stat_result) -> str:
+    """Return the tag of a file from its stat: modification time and size."""
     return f"{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
@@ -158,6 +171,10 @@ def compress_file(src: Path, dst: Path, etag: str) -> blosc2.SChunk:
             schunk.append_data(data)
     schunk.vlmeta["etag"] = etag
     del schunk
+    # A file written while being read would give a frame of neither version.
+    if file_etag(src) != etag:
+        remove(tmp)
+        raise Unavailable(f"{src.name!r} is changing; try again", status=503)
     os.replace(tmp, dst)
     return blosc2.open(str(dst), mode="r")
 

@@ -40,6 +40,7 @@ FRAMES = "application/x-catmqtt-chunks"
 FRAME = struct.Struct("<qq")
 # Selections larger than this many bytes are built and sent in pieces.
 SLAB = 64 << 20
+MAX_CHUNKS_PER_REQUEST = 4096
 CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
@@ -343,6 +344,11 @@ class Subscriber:
         if etag is not None and etag != meta["etag"]:
             raise Changed(f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again")
         numbers = parse_chunk_list(numbers_text, meta["nchunks"])
+        if len(numbers) > MAX_CHUNKS_PER_REQUEST or len(numbers) * meta["chunksize"] > self.max_fetch:
+            raise TooLarge(
+                f"{len(numbers)} chunks of {meta['chunksize']} bytes is more than one request may ask for (at"
+                f" most {MAX_CHUNKS_PER_REQUEST} chunks and max_fetch_bytes {self.max_fetch}): ask in parts"
+            )
         self._settled(root, path)
         stream = self.fetcher.stream(root, path, meta, url, numbers)
 
@@ -403,11 +409,20 @@ def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: i
     """Return the items of a byte stream that a 1-D selection names."""
     if isinstance(key, int):
         return storage.read_items(schunk, key, key + 1)
-    stop = min(key.stop, key.start + (len(range(key.start, key.stop, key.step)) - 1) * key.step + 1)
-    data = storage.read_items(schunk, key.start, stop)
+    count = len(range(key.start, key.stop, key.step))
+    stop = key.start + (count - 1) * key.step + 1 if count else key.start
+    per_chunk = schunk.chunksize // typesize
+    if key.step <= per_chunk:
+        data = storage.read_items(schunk, key.start, stop)
+        items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+    else:
+        # A step past the chunk length: one item per chunk, never the span between.
+        items = np.frombuffer(
+            b"".join(storage.read_items(schunk, i, i + 1) for i in range(key.start, stop, key.step)),
+            dtype=f"V{typesize}",
+        )
     if key.step == 1 and not flip:
-        return data
-    items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+        return items.tobytes()
     return (items[::-1] if flip else items).tobytes()
 
 

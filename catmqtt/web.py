@@ -42,8 +42,9 @@ def configure_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
+        # The details (paths, internals) go to the log, not to the client.
         log.exception("internal error serving %s %s", request.method, request.full_path)
-        return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+        return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
 
 
 def arg_int(name: str, *, default: int | None = None) -> int:

@@ -169,3 +169,41 @@ def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, 
             assert np.array_equal(got, data[key])
         response = requests.get(f"{sub.url}/api/fetch/foo/text.txt", params={"slice": "::-7"}, timeout=30)
         assert response.content == (b"0123456789" * 5000)[::-7]
+
+
+def test_limits_of_one_request(broker, tmp_path, root_dir):
+    import requests
+
+    with running(broker, tmp_path, root_dir, max_fetch_bytes=2000) as (_, sub):
+        chunks = requests.get(f"{sub.url}/api/chunks/foo/ds-1d.b2nd", params={"nchunks": "0-9"}, timeout=10)
+        assert chunks.status_code == 413 and "ask in parts" in chunks.json()["error"]
+        whole = requests.get(f"{sub.url}/api/fetch/foo/ds-1d.b2nd", timeout=10)
+        assert whole.status_code == 413 and "max_fetch_bytes" in whole.json()["error"]
+        part = requests.get(f"{sub.url}/api/fetch/foo/ds-1d.b2nd", params={"slice": "::10"}, timeout=10)
+        assert part.status_code == 200
+
+
+def test_state_directories_are_never_published(tmp_path, root_dir):
+    from catmqtt import storage
+
+    storage.make_statedir(root_dir / "_catmqtt" / "subscriber")
+    (root_dir / "_catmqtt" / "subscriber" / "cache.sqlite").write_bytes(b"private")
+    root = open_root("foo", root_dir, tmp_path / "state")
+    root.scan()
+    assert not any(path.startswith("_catmqtt/subscriber") for path in root.entries)
+
+
+def test_stepped_reads_of_byte_streams(broker, tmp_path, root_dir):
+    data = bytes(range(256)) * 1_000
+    blosc2.SChunk(
+        chunksize=1000, data=data, urlpath=str(root_dir / "big.b2frame"), mode="w", cparams={"typesize": 1}
+    )
+    cases = [
+        ("::123457", slice(None, None, 123457)),
+        ("5::-99999", slice(5, None, -99999)),
+        ("::3", slice(None, None, 3)),
+        ("17", slice(17, 18)),
+    ]
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        for text, key in cases:
+            assert sub.fetch("foo/big.b2frame", text) == data[key], text

@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import BadRequest, CatmqttError, NotFound
 from ..topics import parse_path
@@ -58,8 +58,9 @@ class Root:
         """Return the compressed bytes of one chunk of `entry` (entry.lock is held)."""
         raise NotImplementedError
 
-    def download(self, path: str) -> tuple[Path, str]:
-        """Return a file holding the whole dataset `path`, and the name to give it."""
+    def download(self, path: str) -> tuple[Path | BinaryIO, str]:
+        """Return a file (a path, or an open binary file) holding the whole dataset
+        `path`, and the name to give it."""
         raise NotImplementedError
 
     def _set_entries(self, found: dict[str, Entry]) -> None:

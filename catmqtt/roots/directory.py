@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import blosc2
 
@@ -48,6 +49,9 @@ class DirectoryRoot(Root):
             for d in sorted(dirnames):
                 full = top / d
                 if d.startswith(".") or full == self.statedir or full.is_symlink():
+                    continue
+                if (full / storage.STATE_MARKER).exists():
+                    log.info("skipping %s: a catmqtt node's state directory", full)
                     continue
                 if d.endswith(storage.BLOSC2_SUFFIXES):
                     log.warning("skipping %s: sparse Blosc2 containers are not served", full)
@@ -119,7 +123,12 @@ class DirectoryRoot(Root):
             return True
 
     def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
-        data = storage.schunk_of(self._handle(entry)).get_chunk(nchunk)
+        try:
+            data = storage.schunk_of(self._handle(entry)).get_chunk(nchunk)
+        except (RuntimeError, ValueError, OSError):
+            if self._changed(entry):
+                raise Unavailable(f"{entry.meta['path']!r} is changing; try again", status=503) from None
+            raise
         # Blosc2 files are read in place: bytes read while the file changes
         # may belong to neither version. (Plain files are read from a copy.)
         if entry.meta["kind"] != "file" and self._changed(entry):
@@ -136,6 +145,14 @@ class DirectoryRoot(Root):
         log.info("compressing %s", entry.meta["path"])
         return storage.compress_file(entry.source, frame, entry.meta["etag"])
 
-    def download(self, path: str) -> tuple[Path, str]:
+    def download(self, path: str) -> tuple[Any, str]:
         entry = self.get(path)
-        return entry.source, entry.source.name
+        # Opened, then checked, so that what is sent is the version described,
+        # and inside the root. send_file closes it.
+        f = open(entry.source.resolve(), "rb")  # noqa: SIM115
+        if storage.stat_etag(os.fstat(f.fileno())) != entry.meta["etag"] or not Path(f.name).is_relative_to(
+            self.path
+        ):
+            f.close()
+            raise Unavailable(f"{path!r} is changing; try again", status=503)
+        return f, entry.source.name
