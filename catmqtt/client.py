@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,11 +24,10 @@ from .dtypes import dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
+from .wire import FRAME, NPY
 
 DEFAULT_URLBASE = "http://127.0.0.1:8002"
 TIMEOUT = (10, 600)
-NPY = "application/x-npy"
-FRAME = struct.Struct("<qq")
 DECODERS = min(8, os.cpu_count() or 2)
 
 

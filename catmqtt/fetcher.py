@@ -24,6 +24,7 @@ from urllib3.util import Retry
 from . import storage
 from .cache import Cache
 from .errors import Changed, Unavailable
+from .wire import DIGEST, ETAG
 
 CONNECT_TIMEOUT = 5.0
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
@@ -154,10 +155,10 @@ class Fetcher:
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
         headers, data = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
         changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
-        if headers.get("X-Catmqtt-Etag") != meta["etag"]:
+        if headers.get(ETAG) != meta["etag"]:
             raise changing
         digest = storage.chunk_digest(data)
-        sent = headers.get("X-Catmqtt-Digest")
+        sent = headers.get(DIGEST)
         if (sent is not None and sent != digest) or not storage.is_chunk(
             data, storage.chunk_nbytes(meta, nchunk)
         ):

@@ -19,6 +19,7 @@ from .schema import dumps, loads
 from .topics import dataset_topic, parse_topic, root_topic
 from .watch import Watcher
 from .web import Server, arg_int, configure_app
+from .wire import DIGEST, ETAG
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def chunk(path: str):
     # The manifest has the digest already, unless the dataset changed meanwhile.
     known = entry.digests is not None and entry.meta["etag"] == etag
     digest = entry.digests[nchunk] if known else storage.chunk_digest(data)
-    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": digest}
+    headers = {ETAG: etag, DIGEST: digest}
     return Response(data, mimetype="application/octet-stream", headers=headers)
 
 

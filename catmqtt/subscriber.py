@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import struct
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,16 +31,13 @@ from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .web import Server, arg_int, configure_app
+from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
 log = logging.getLogger(__name__)
 
-NPY = "application/x-npy"
-FRAMES = "application/x-catmqtt-chunks"
-FRAME = struct.Struct("<qq")
 # Selections larger than this many bytes are built and sent in pieces.
 SLAB = 64 << 20
 MAX_CHUNKS_PER_REQUEST = 4096
-CFRAME = "application/x-blosc2"
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
 
@@ -274,7 +270,7 @@ class Subscriber:
         info = self.root_of(name)
         return name, path, self.cache.dataset(name, parse_path(path)), info["url"]
 
-    def selection(self, fullpath: str, slice_text: str) -> Selection:
+    def selection(self, fullpath: str, slice_text: str) -> Target:
         """Check the selection `slice_text` of a dataset; raise before anything is read."""
         root, path, meta, url = self.lookup(fullpath)
         sel = select(parse_slice(slice_text), meta["shape"])
@@ -286,9 +282,9 @@ class Subscriber:
                 f"the selection is {nbytes} bytes, over this subscriber's limit of {self.max_fetch}"
                 " (max_fetch_bytes): select less, or use download"
             )
-        return Selection(fullpath, root, path, meta, url, sel, shape, itemsize, nbytes)
+        return Target(fullpath, root, path, meta, url, sel, shape, itemsize, nbytes)
 
-    def read(self, target: Selection, sel: tuple | None = None) -> np.ndarray | bytes:
+    def read(self, target: Target, sel: tuple | None = None) -> np.ndarray | bytes:
         """Return `sel` (by default the whole of `target`), fetching the chunks that are missing."""
         sel = target.sel if sel is None else sel
         root, path, meta = target.root, target.path, target.meta
@@ -310,7 +306,7 @@ class Subscriber:
         """Return the selection `slice_text` of a dataset, fetching what is missing."""
         return self.read(self.selection(fullpath, slice_text))
 
-    def slabs(self, target: Selection) -> Iterator[np.ndarray | bytes]:
+    def slabs(self, target: Target) -> Iterator[np.ndarray | bytes]:
         """Yield the selection in pieces of about SLAB bytes along its first axis, in order."""
         axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
         rows = len(target.sel[axis])
@@ -391,7 +387,7 @@ class Subscriber:
 
 
 @dataclass(frozen=True)
-class Selection:
+class Target:
     """A checked selection of a dataset: where it is and what it will be."""
 
     fullpath: str
@@ -508,7 +504,7 @@ def fetch(fullpath: str):
 @bp.get("/api/chunk/<path:fullpath>")
 def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
-    headers = {"X-Catmqtt-Etag": etag, "X-Catmqtt-Digest": storage.chunk_digest(data)}
+    headers = {ETAG: etag, DIGEST: storage.chunk_digest(data)}
     return Response(data, mimetype="application/octet-stream", headers=headers)
 
 

@@ -47,13 +47,11 @@ def configure_app(app: Flask) -> None:
         return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
 
 
-def arg_int(name: str, *, default: int | None = None) -> int:
+def arg_int(name: str) -> int:
     """Return the integer query argument `name`, or raise BadRequest."""
     value = request.args.get(name)
     if value is None:
-        if default is None:
-            raise BadRequest(f"missing query argument {name!r}")
-        return default
+        raise BadRequest(f"missing query argument {name!r}")
     try:
         return int(value)
     except ValueError:
