@@ -296,6 +296,14 @@ class Deployment:
     def cli(self, *args: str, key: str = "sub", cwd: Path | None = None) -> subprocess.CompletedProcess:
         return run_cli(*args, sub=self.url(key), cwd=cwd)
 
+    def serve_foo(self, root: Path) -> None:
+        """Publish `root` as foo, start a subscriber, and subscribe it to foo."""
+        self.start_pub("foo", root)
+        self.start_sub()
+        self.wait_root("foo")
+        result = self.cli("subscribe", "foo")
+        assert result.stdout == "Ok\n", result.stderr
+
     def wait_root(self, root: str, key: str = "sub", online: bool = True) -> None:
         def ready():
             roots = requests.get(f"{self.url(key)}/api/roots", timeout=5).json()

@@ -213,10 +213,7 @@ def test_damaged_cache_chunk_is_fetched_again(broker, tmp_path, root_dir):
 
 def test_changes_while_publisher_was_down(deployment, root_dir):
     d = deployment
-    d.start_pub("foo", root_dir)
-    d.start_sub()
-    d.wait_root("foo")
-    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    d.serve_foo(root_dir)
     d.stop("pub-foo")
     (root_dir / "added.txt").write_text("added while down\n")
     blosc2.asarray(np.arange(5), urlpath=str(root_dir / "ds-1d.b2nd"), mode="w")

@@ -8,6 +8,8 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import blosc2
 import numpy as np
@@ -22,11 +24,17 @@ from catmqtt.errors import Unavailable
 from conftest import free_port, wait_for
 
 
-def rogue_client(broker) -> paho.Client:
+@contextmanager
+def rogue_client(broker) -> Iterator[paho.Client]:
+    """An MQTT client that anyone could run against an anonymous broker."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="rogue", protocol=paho.MQTTv311)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    return client
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def publish(client: paho.Client, topic: str, payload: bytes | str) -> None:
@@ -128,12 +136,8 @@ def test_subscriber_killed_while_fetching(deployment, tmp_path, root_dir):
 
 def test_junk_on_the_topics(deployment, root_dir):
     d = deployment
-    d.start_pub("foo", root_dir)
-    d.start_sub()
-    d.wait_root("foo")
-    assert d.cli("subscribe", "foo").stdout == "Ok\n"
-    rogue = rogue_client(d.broker)
-    try:
+    d.serve_foo(root_dir)
+    with rogue_client(d.broker) as rogue:
         publish(rogue, "catmqtt/v1/roots/junk1", b"{not json")
         publish(rogue, "catmqtt/v1/roots/junk2", json.dumps({"schema": 1, "name": "junk2", "url": 5}))
         publish(rogue, "catmqtt/v1/roots/junk3", json.dumps([1, 2, 3]))
@@ -165,9 +169,6 @@ def test_junk_on_the_topics(deployment, root_dir):
         assert all(proc.alive() for proc in d.procs.values())
         assert "ignoring the message on 'catmqtt/v1/roots/junk1'" in d.procs["sub"].output
         assert "Traceback" not in d.procs["sub"].output + d.procs["pub-foo"].output
-    finally:
-        rogue.loop_stop()
-        rogue.disconnect()
 
 
 def test_hung_publisher_gives_504(deployment, tmp_path):
@@ -178,9 +179,9 @@ def test_hung_publisher_gives_504(deployment, tmp_path):
     conf.write_text("subscriber:\n  fetch_timeout: 2\n")
     d = deployment
     sub_url = d.start_sub("sub", "--conf", conf)
-    rogue = rogue_client(d.broker)
     try:
-        announce_rogue_root(rogue, "hung", f"http://127.0.0.1:{hung.getsockname()[1]}")
+        with rogue_client(d.broker) as rogue:
+            announce_rogue_root(rogue, "hung", f"http://127.0.0.1:{hung.getsockname()[1]}")
         wait_for(lambda: "hung" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the hung root")
         assert d.cli("subscribe", "hung").stdout == "Ok\n"
         start = time.monotonic()
@@ -191,23 +192,14 @@ def test_hung_publisher_gives_504(deployment, tmp_path):
         result = d.cli("show", "hung/x.b2nd")
         assert result.returncode == 1 and "did not answer within 2 s" in result.stderr
     finally:
-        rogue.loop_stop()
-        rogue.disconnect()
         hung.close()
 
 
 def test_cleared_root_announcement_keeps_the_subscription(deployment, root_dir):
     d = deployment
-    d.start_pub("foo", root_dir)
-    d.start_sub()
-    d.wait_root("foo")
-    assert d.cli("subscribe", "foo").stdout == "Ok\n"
-    rogue = rogue_client(d.broker)
-    try:
+    d.serve_foo(root_dir)
+    with rogue_client(d.broker) as rogue:
         publish(rogue, "catmqtt/v1/roots/foo", b"")
-    finally:
-        rogue.loop_stop()
-        rogue.disconnect()
     # The publisher announces its root again when it restarts.
     d.stop("pub-foo")
     d.start_pub("foo", root_dir)

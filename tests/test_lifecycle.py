@@ -246,10 +246,7 @@ def test_killed_publisher_is_lost_and_restart_clears_deleted_datasets(deployment
 
     root = shutil.copytree(sample_root, tmp_path / "root")
     d = deployment
-    d.start_pub("foo", root)
-    d.start_sub()
-    d.wait_root("foo")
-    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    d.serve_foo(root)
     assert "foo/dir1/ds-3d.b2nd" in d.cli("list", "foo").stdout
 
     d.stop("pub-foo", signal.SIGKILL)
