@@ -42,9 +42,12 @@ def default_config(listen: str, ws: str | None) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | None) -> dict[str, Any]:
-    """Return the amqtt configuration: file `path` or the default, with the given listeners."""
+    """Return the amqtt configuration: file `path` or the default, with the given listeners.
+
+    `listen` and `ws` (``"off"``: no websockets) override the file's; None keeps them.
+    """
     if path is None:
-        conf = default_config(listen or "127.0.0.1:1883", ws)
+        conf = default_config(listen or "127.0.0.1:1883", None if ws in (None, "off") else ws)
     else:
         try:
             with open(path, encoding="utf-8") as f:
@@ -59,7 +62,13 @@ def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | No
             raise ConfigError(f"amqtt config {os.fspath(path)!r} has no 'listeners' mapping")
         if listen is not None:
             conf["listeners"].setdefault("default", {"type": "tcp"})["bind"] = listen
-        if ws is not None:
+        if ws == "off":
+            conf["listeners"] = {
+                name: v
+                for name, v in conf["listeners"].items()
+                if not (isinstance(v, dict) and v.get("type") == "ws")
+            }
+        elif ws is not None:
             conf["listeners"].setdefault("ws", {"type": "ws"})["bind"] = ws
     for listener in conf["listeners"].values():
         if isinstance(listener, dict) and "bind" in listener:

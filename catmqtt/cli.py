@@ -39,8 +39,12 @@ def cmd_broker(args: argparse.Namespace, conf: dict) -> int:
         conf, "broker", listen=args.listen, ws=args.ws, amqtt_conf=args.amqtt_conf, loglevel=args.loglevel
     )
     _logging(config.parse_loglevel(s["loglevel"]))
-    ws = None if s["ws"] in (None, "off") else s["ws"]
-    broker.run(broker.load_config(s["amqtt_conf"], s["listen"], ws))
+    if s["amqtt_conf"]:
+        # An amqtt configuration file has its listeners; only options override them.
+        listen, ws = args.listen, args.ws
+    else:
+        listen, ws = s["listen"], s["ws"]
+    broker.run(broker.load_config(s["amqtt_conf"], listen, ws))
     return 0
 
 

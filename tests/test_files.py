@@ -51,3 +51,11 @@ def test_client_example_runs(foo):
     assert "ds[1, 2, 3] = [115.+115.j 116.+116.j 117.+117.j 118.+118.j 119.+119.j]" in result.stdout
     assert "hello: Hello world!" in result.stdout
     assert "downloaded README.md" in result.stdout
+
+
+def test_broker_options_override_an_amqtt_file():
+    path = REPO / "brokerconf/amqtt.yaml"
+    assert set(broker.load_config(path, None, None)["listeners"]) == {"default", "ws"}
+    assert set(broker.load_config(path, None, "off")["listeners"]) == {"default"}
+    assert broker.load_config(path, None, "127.0.0.1:2")["listeners"]["ws"]["bind"] == "127.0.0.1:2"
+    assert set(broker.load_config(None, "127.0.0.1:3", "off")["listeners"]) == {"default"}
