@@ -186,6 +186,7 @@ class ChunkCounter:
             if request.path.startswith("/api/chunk/"):
                 with self.lock:
                     self.requests.append((request.path.removeprefix("/api/chunk/"), request.args["nchunk"]))
+                # A slow link, not a wait: it keeps requests in flight long enough to overlap.
                 time.sleep(delay)
 
 

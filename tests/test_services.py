@@ -71,6 +71,7 @@ def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
             with lock:
                 active[0] += 1
                 in_flight.append(active[0])
+            # A slow link, not a wait: concurrent fetches overlap here.
             time.sleep(0.1)
             with lock:
                 active[0] -= 1
