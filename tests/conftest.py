@@ -247,45 +247,24 @@ class Deployment:
     def start_pub(
         self, name: str, root: Path, *extra: str, key: str | None = None, env: dict | None = None
     ) -> str:
-        key = key or f"pub-{name}"
-        port = self.ports.setdefault(key, free_port())
-        self._start(
-            key,
-            "pub",
-            name,
-            root,
-            "--http",
-            f"127.0.0.1:{port}",
-            "--broker",
-            self.broker.url,
-            "--statedir",
-            self.workdir / key,
-            *extra,
-            env=env,
-        )
-        return self.url(key)
+        return self._start(key or f"pub-{name}", ("pub", name, root), extra, env)
 
     def start_sub(self, key: str = "sub", *extra: str, env: dict | None = None) -> str:
-        port = self.ports.setdefault(key, free_port())
-        self._start(
-            key,
-            "sub",
-            "--http",
-            f"127.0.0.1:{port}",
-            "--broker",
-            self.broker.url,
-            "--statedir",
-            self.workdir / key,
-            *extra,
-            env=env,
-        )
-        return self.url(key)
+        return self._start(key, ("sub",), extra, env)
 
-    def _start(self, key: str, *args, env: dict | None = None) -> None:
-        proc = self.procs[key] = Proc(catmqtt_cmd(*args), self.workdir / f"{key}.log", env=env)
-        port = self.ports[key]
+    def _start(self, key: str, command: tuple, extra: tuple, env: dict | None) -> str:
+        """Start a node on its own port and state directory (a restart reuses both); return its URL.
+
+        `extra` options come last, so that they override the node's.
+        """
+        port = self.ports.setdefault(key, free_port())
+        node = ("--http", f"127.0.0.1:{port}", "--broker", self.broker.url, "--statedir", self.workdir / key)
+        proc = self.procs[key] = Proc(
+            catmqtt_cmd(*command, *node, *extra), self.workdir / f"{key}.log", env=env
+        )
         wait_for(lambda: port_open(port) or not proc.alive(), f"{key} to listen")
         assert proc.alive(), proc.output
+        return self.url(key)
 
     def stop(self, key: str, sig: int = signal.SIGINT) -> int:
         return self.procs.pop(key).stop(sig)
