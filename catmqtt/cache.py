@@ -29,7 +29,7 @@ from .slices import chunk_coords, chunk_grid, chunk_number
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Seconds between writes of chunk access times to the index.
 ACCESS_FLUSH = 5.0
 _TABLES = """

@@ -8,7 +8,6 @@ recompressed on the way.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 import blosc2
 import numpy as np
+import xxhash
 
 from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
 from .errors import BadRequest, Unavailable
@@ -27,6 +27,8 @@ BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
 STATE_MARKER = ".catmqtt-state"
 # Plain files are cut into chunks of this many bytes.
 FILE_CHUNKSIZE = 1 << 20
+# How chunk digests are computed; saved manifests name it, so a change recomputes them.
+DIGEST_ALGORITHM = "xxh3-128"
 FILE_CPARAMS = blosc2.CParams(typesize=1, codec=blosc2.Codec.ZSTD, clevel=5)
 
 
@@ -38,13 +40,17 @@ def make_statedir(path: Path) -> Path:
 
 
 def chunk_digest(data: bytes) -> str:
-    """Return the digest of one compressed chunk, as manifests list it."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    """Return the digest of one compressed chunk, as manifests list it.
+
+    XXH3 (128 bits) checks integrity and identity, not authenticity: it runs
+    at memory speed (~20 GB/s), where BLAKE2b took as long as the transfer.
+    """
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def manifest_digest(digests: list[str]) -> str:
     """Return one digest standing for a whole manifest."""
-    return hashlib.blake2b("\n".join(digests).encode(), digest_size=16).hexdigest()
+    return xxhash.xxh3_128_hexdigest("\n".join(digests).encode())
 
 
 def file_etag(path: Path) -> str:

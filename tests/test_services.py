@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import catmqtt
+from catmqtt import storage
 from catmqtt.errors import CatmqttError
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
@@ -208,3 +210,23 @@ def test_stepped_reads_of_byte_streams(broker, tmp_path, root_dir):
     with running(broker, tmp_path, root_dir) as (_, sub):
         for text, key in cases:
             assert sub.fetch("foo/big.b2frame", text) == data[key], text
+
+
+def test_publisher_keeps_manifests_per_etag_and_digest_algorithm(tmp_path, root_dir):
+    root = open_root("foo", root_dir, tmp_path / "state")
+    root.scan()
+    entry = root.entries["dir1/ds-2d.b2nd"]
+    array = blosc2.open(str(root_dir / "dir1/ds-2d.b2nd"))
+    assert entry.digests == [storage.chunk_digest(array.get_chunk(n)) for n in range(array.schunk.nchunks)]
+    saved = tmp_path / "state/manifests/dir1/ds-2d.b2nd.json"
+    manifest = json.loads(saved.read_text())
+    assert manifest["algorithm"] == storage.DIGEST_ALGORITHM
+    # Saved digests of the same etag are reused...
+    manifest["digests"][0] = "0" * 32
+    saved.write_text(json.dumps(manifest))
+    assert open_root("foo", root_dir, tmp_path / "state").scan()["dir1/ds-2d.b2nd"].digests[0] == "0" * 32
+    # ...but not those of another algorithm (an older catmqtt's): they are computed again.
+    manifest["algorithm"] = "blake2b-128"
+    saved.write_text(json.dumps(manifest))
+    again = open_root("foo", root_dir, tmp_path / "state").scan()["dir1/ds-2d.b2nd"]
+    assert again.digests == entry.digests

@@ -96,7 +96,11 @@ class DirectoryRoot(Root):
         saved = self.statedir / "manifests" / f"{entry.meta['path']}.json"
         try:
             manifest = json.loads(saved.read_text())
-            if manifest["etag"] == entry.meta["etag"] and len(manifest["digests"]) == entry.meta["nchunks"]:
+            if (
+                manifest["etag"] == entry.meta["etag"]
+                and manifest.get("algorithm") == storage.DIGEST_ALGORITHM
+                and len(manifest["digests"]) == entry.meta["nchunks"]
+            ):
                 return manifest["digests"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -106,7 +110,11 @@ class DirectoryRoot(Root):
         if not self._changed(entry):
             saved.parent.mkdir(parents=True, exist_ok=True)
             tmp = saved.with_name(f".{saved.name}.tmp")
-            tmp.write_text(json.dumps({"etag": entry.meta["etag"], "digests": digests}))
+            tmp.write_text(
+                json.dumps(
+                    {"etag": entry.meta["etag"], "algorithm": storage.DIGEST_ALGORITHM, "digests": digests}
+                )
+            )
             os.replace(tmp, saved)
         return digests
 
