@@ -2,16 +2,21 @@
 
 Missing chunks are fetched concurrently over one pooled keep-alive session,
 each only once even when many clients ask for it at the same time, and each
-checked against the digest its publisher sent before it is stored.
+checked against the digest its publisher sent. A client streaming chunks gets
+them from memory as they arrive, while one writer stores them in the cache
+behind it (a bounded backlog).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,10 +28,14 @@ from urllib3.util import Retry
 
 from . import storage
 from .cache import Cache
-from .errors import Changed, Unavailable
+from .errors import CatmqttError, Changed, Unavailable
 from .wire import DIGEST, ETAG
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT = 5.0
+# Bytes of fetched chunks that may wait to be written to the cache.
+WRITE_BEHIND = 64 << 20
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
 
 
@@ -54,13 +63,20 @@ class Fetcher:
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 1, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.workers = workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
-        self._inflight: dict[tuple, Future] = {}
+        # One writer: a dataset's container takes one write at a time anyway.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
+        self._writing = 0
+        self._backlog = threading.Condition()
+        self._inflight: dict[tuple, _Pending] = {}
         self._lock = threading.RLock()
         self._stats: dict[str, Counter] = defaultdict(Counter)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        # What was fetched is written before the cache closes.
+        self.writer.shutdown(wait=True)
         self.session.close()
 
     def count(self, dataset: str, **counts: int) -> None:
@@ -76,9 +92,11 @@ class Fetcher:
 
     def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
         """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
-        _, futures = self._start(root, path, meta, url, numbers)
-        wait(futures)
-        for future in futures:
+        missing = self._missing(root, path, meta, numbers)
+        # Only the `stored` futures are kept: fetched bytes are freed once written.
+        stored = [self._pending(root, path, meta, url, n).stored for n in missing]
+        wait(stored)
+        for future in stored:
             if future.exception() is not None:
                 raise future.exception()
 
@@ -86,15 +104,30 @@ class Fetcher:
         self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (number, compressed bytes) of chunks `numbers`: cached ones first, the
-        others as they arrive from the publisher. Raises Changed if the dataset changes."""
-        cached, futures = self._start(root, path, meta, url, numbers)
-        for n in sorted(cached):
+        others as they arrive from the publisher, straight from memory (their
+        write to the cache goes on behind). Raises Changed if the dataset changes."""
+        missing = self._missing(root, path, meta, numbers)
+        cached = sorted(set(numbers).difference(missing))
+        todo = iter(missing)
+        # A window of fetches per stream: a slow reader holds at most this many chunks.
+        window: dict[Future, int] = {}
+
+        def refill() -> None:
+            for n in itertools.islice(todo, self.workers - len(window)):
+                window[self._pending(root, path, meta, url, n).fetched] = n
+
+        refill()
+        for n in cached:
             yield n, self._read(root, path, meta, n)
-        for future in as_completed(futures):
-            if future.exception() is not None:
-                raise future.exception()
-            n = futures[future]
-            yield n, self._read(root, path, meta, n)
+        while window:
+            done, _ = wait(window, return_when=FIRST_COMPLETED)
+            for future in done:
+                n = window.pop(future)
+                if future.exception() is not None:
+                    raise future.exception()
+                data = future.result()
+                refill()
+                yield n, data
 
     def _read(self, root: str, path: str, meta: dict[str, Any], nchunk: int) -> bytes:
         data = self.cache.read_chunk(root, path, meta, nchunk)
@@ -102,27 +135,33 @@ class Fetcher:
             raise Changed(f"{root}/{path} changed while being read; read its metadata again")
         return data
 
-    def _start(
-        self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]
-    ) -> tuple[set[int], dict[Future, int]]:
-        """Start fetching the chunks of `numbers` that are not cached (or being fetched).
-
-        Returns the cached chunks, and the futures of the others.
-        """
+    def _missing(self, root: str, path: str, meta: dict[str, Any], numbers: list[int]) -> list[int]:
+        """Return the chunks of `numbers` that are not cached, and count the others as hits."""
         cached = self.cache.cached_chunks(root, path, meta, numbers)
-        missing = [n for n in numbers if n not in cached]
-        self.count(f"{root}/{path}", cache_hits=len(numbers) - len(missing))
-        futures: dict[Future, int] = {}
+        self.count(f"{root}/{path}", cache_hits=len(cached))
+        return [n for n in numbers if n not in cached]
+
+    def _pending(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> _Pending:
+        """Return the fetch of a chunk, started now unless one is under way (or being stored)."""
+        key = (root, path, meta["etag"], nchunk)
         with self._lock:
-            for n in missing:
-                key = (root, path, meta["etag"], n)
-                future = self._inflight.get(key)
-                if future is None:
-                    future = self.pool.submit(self._fetch, root, path, meta, url, n)
-                    self._inflight[key] = future
-                    future.add_done_callback(lambda _, key=key: self._forget(key))
-                futures[future] = n
-        return cached, futures
+            pending = self._inflight.get(key)
+            if pending is None:
+                stored: Future = Future()
+                fetched = self.pool.submit(self._fetch, key, stored, meta, url)
+                pending = self._inflight[key] = _Pending(fetched, stored)
+                fetched.add_done_callback(lambda f: self._fetched(key, f, stored))
+        return pending
+
+    def _fetched(self, key: tuple, fetched: Future, stored: Future) -> None:
+        """Pass a failed (or cancelled) fetch on to those waiting for the chunk's storing."""
+        if fetched.cancelled():
+            stored.cancel()
+        elif fetched.exception() is not None:
+            stored.set_exception(fetched.exception())
+        else:
+            return
+        self._forget(key)
 
     def _forget(self, key: tuple) -> None:
         with self._lock:
@@ -151,12 +190,13 @@ class Fetcher:
             raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
         return response.headers, body
 
-    def _fetch(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> None:
+    def _fetch(self, key: tuple, stored: Future, meta: dict[str, Any], url: str) -> bytes:
+        """Fetch and check one chunk, hand its writing to the cache writer, return its bytes."""
+        root, path, _, nchunk = key
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
         headers, data = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
-        changing = Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
         if headers.get(ETAG) != meta["etag"]:
-            raise changing
+            raise _changing(root, path)
         digest = storage.chunk_digest(data)
         sent = headers.get(DIGEST)
         if (sent is not None and sent != digest) or not storage.is_chunk(
@@ -165,9 +205,30 @@ class Fetcher:
             raise Unavailable(
                 f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
             )
-        if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
-            raise changing
         self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=len(data))
+        # Bounded write-behind: wait while the writer is this far behind.
+        with self._backlog:
+            self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
+            self._writing += len(data)
+        self.writer.submit(self._store, key, stored, meta, data, digest)
+        return data
+
+    def _store(self, key: tuple, stored: Future, meta: dict[str, Any], data: bytes, digest: str) -> None:
+        root, path, _, nchunk = key
+        try:
+            if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
+                raise _changing(root, path)
+        except BaseException as exc:
+            if not isinstance(exc, CatmqttError):
+                log.exception("cannot store chunk %d of %s/%s in the cache", nchunk, root, path)
+            stored.set_exception(exc)
+        else:
+            stored.set_result(None)
+        finally:
+            self._forget(key)
+            with self._backlog:
+                self._writing -= len(data)
+                self._backlog.notify_all()
 
     def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
@@ -178,8 +239,20 @@ class Fetcher:
             manifest = None
         digests = manifest.get("digests") if isinstance(manifest, dict) else None
         if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
-            raise Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
+            raise _changing(root, path)
         return [str(d) for d in digests]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A chunk on its way: its checked bytes (`fetched`), then its write to the cache (`stored`)."""
+
+    fetched: Future
+    stored: Future
+
+
+def _changing(root: str, path: str) -> Unavailable:
+    return Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
 
 
 def _message(body: bytes) -> str:
