@@ -34,6 +34,7 @@ _NODE_KEYS = {
     "mqtt_password": None,
     "cafile": None,
     "loglevel": "INFO",
+    "http_threads": 16,
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "broker": {
@@ -148,6 +149,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         s["mqtt_password"] = os.environ.get(PASSWORD_ENV)
     if s["urlbase"] is not None:
         s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
+    _int_in(s, "http_threads", 1, 1024)
     if role == "publisher":
         if s["name"] is not None:
             s["name"] = _check(parse_root_name, s["name"])

@@ -65,7 +65,7 @@ class Subscriber:
         self._changed = threading.Condition()
         host, port = settings["http"]
         self.app = create_app(self)
-        self.server = Server(self.app, host, port)
+        self.server = Server(self.app, host, port, settings["http_threads"])
         self.url = settings["urlbase"] or self.server.url
         self.node = Node(
             "subscriber",

@@ -483,6 +483,7 @@ def test_node_settings_defaults() -> None:
     sub = node_settings({}, "subscriber", "s1")
     assert sub["http"] == ("127.0.0.1", 8002)
     assert sub["fetch_workers"] == 8
+    assert pub["http_threads"] == sub["http_threads"] == 16
 
 
 @pytest.mark.parametrize(
@@ -525,6 +526,9 @@ def test_node_settings_password(
         ("subscriber", {"fetch_workers": "8"}, "fetch_workers must be an integer from 1 to 256, not '8'"),
         ("subscriber", {"fetch_workers": 2.0}, "fetch_workers must be an integer"),
         ("subscriber", {"max_fetch_bytes": 0}, "max_fetch_bytes must be an integer from 1 to"),
+        ("publisher", {"http_threads": 0}, "http_threads must be an integer from 1 to 1024, not 0"),
+        ("subscriber", {"http_threads": 1025}, "http_threads must be an integer from 1 to 1024, not 1025"),
+        ("subscriber", {"http_threads": "4"}, "http_threads must be an integer from 1 to 1024, not '4'"),
         ("subscriber", {"max_fetch_bytes": (1 << 50) + 1}, "max_fetch_bytes must be an integer from 1 to"),
     ],
 )
@@ -548,6 +552,8 @@ def test_node_settings_bad_value_from_file() -> None:
         ("subscriber", {"fetch_workers": 1}, "fetch_workers", 1),
         ("subscriber", {"fetch_workers": 256}, "fetch_workers", 256),
         ("subscriber", {"max_fetch_bytes": 1}, "max_fetch_bytes", 1),
+        ("publisher", {"http_threads": 1}, "http_threads", 1),
+        ("subscriber", {"http_threads": 1024}, "http_threads", 1024),
         ("subscriber", {"http": "[::1]:0"}, "http", ("::1", 0)),
     ],
 )
