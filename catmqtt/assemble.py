@@ -35,6 +35,12 @@ class Assembler:
             self.dtype = np.dtype(f"V{meta['typesize']}")
             self.blocks = self.chunks
         self.grid = chunk_grid(self.shape, self.chunks)
+        # Whether a chunk's bytes, block after block, are its elements in C order.
+        self.c_ordered = (
+            len(self.chunks) > 0
+            and all(c % b == 0 for c, b in zip(self.chunks, self.blocks, strict=True))
+            and self.blocks[1:] == self.chunks[1:]
+        )
         self.key, self.flip = forward(sel)
         out_shape = tuple(len(range(k.start, k.stop, k.step)) for k in self.key if isinstance(k, slice))
         self.out = np.empty(out_shape, dtype=self.dtype)
@@ -59,7 +65,12 @@ class Assembler:
             start = (first - k.start) // k.step
             src.append(slice(first - low, first - low + (count - 1) * k.step + 1, k.step))
             dst.append(slice(start, start + count))
-        self.out[tuple(dst)] = self._decode(data)[tuple(src)]
+        target = self.out[(*dst, ...)]
+        if self.c_ordered and target.shape == self.chunks and target.flags.c_contiguous:
+            # A whole chunk into a contiguous place: decoded right there, no copy.
+            blosc2.decompress2(data, dst=target)
+            return
+        target[...] = self._decode(data)[tuple(src)]
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Return the chunk as an array of the (padded) chunk shape, in C order."""

@@ -71,3 +71,40 @@ def test_byte_streams():
             assembler.add(n, schunk.get_chunk(n))
         expected = data[key[0]] if isinstance(key[0], slice) else data[key[0] :]
         assert assembler.result().tobytes() == expected
+
+
+class CountingAssembler(Assembler):
+    """Counts the chunks decoded apart (and copied), not in place."""
+
+    decoded = 0
+
+    def _decode(self, data):
+        self.decoded += 1
+        return super()._decode(data)
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks", "key", "copied"),
+    [
+        ((100,), (10,), (5,), (), 0),
+        ((100,), (10,), (3,), (), 10),  # blocks do not divide the chunk: padded
+        ((95,), (10,), (5,), (slice(0, 95),), 1),  # the last chunk is cut
+        ((100,), (10,), (5,), (slice(10, 30),), 0),
+        ((100,), (10,), (5,), (slice(None, None, -1),), 0),
+        ((40, 6), (10, 6), (5, 6), (), 0),
+        ((40, 6), (10, 6), (5, 3), (), 4),  # blocks are not rows of the chunk
+        ((40, 6), (10, 3), (5, 3), (), 8),  # not a contiguous place in the result
+        ((40, 6, 2), (10, 6, 2), (2, 6, 2), (slice(10, 40),), 0),
+        ((40, 6), (10, 6), (5, 6), (slice(0, 40), slice(0, 5)), 4),  # part of each chunk
+        ((40, 6), (10, 6), (5, 6), (3,), 1),
+    ],
+)
+def test_whole_chunks_decode_in_place(shape, chunks, blocks, key, copied):
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    array = blosc2.asarray(data, chunks=chunks, blocks=blocks)
+    sel = select(key, shape)
+    assembler = CountingAssembler(describe(array, "x.b2nd", "e"), sel)
+    for n in chunks_touched(sel, shape, chunks):
+        assembler.add(n, array.schunk.get_chunk(n))
+    assert np.array_equal(assembler.result(), data[key])
+    assert assembler.decoded == copied
