@@ -88,13 +88,13 @@ class Server:
             outbuf_overflow=64 << 20,
             outbuf_high_watermark=16 << 20,
             send_bytes=1,
-            asyncore_loop_timeout=0.2,
             channel_timeout=300,
             ident="catmqtt",
         )
         self.host = host
         self.port = sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.run, name=f"http-{self.port}", daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
@@ -107,8 +107,14 @@ class Server:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        self._server.task_dispatcher.shutdown(timeout=5)
-        # The I/O loop ends once its map is empty.
+    def _run(self) -> None:
+        # The I/O loop, one turn at a time, so that its own thread closes the sockets it polls.
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=0.2, map=self._map, count=1)
         wasyncore.close_all(self._map)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.pull_trigger()
         self._thread.join(timeout=5)
+        self._server.task_dispatcher.shutdown(timeout=5)
