@@ -159,6 +159,8 @@ def main() -> None:
         workdir = Path(tmp)
         print(f"creating two arrays of {n:,} float64 ({n * 8 / 1e6:,.0f} MB each)...", flush=True)
         paths = make_root(workdir / "root", n)
+        # Setup writes must not be written back to disk during the timed fetches.
+        os.sync()
         run = Run(workdir)
         try:
             _, mqtt = run.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
@@ -221,6 +223,8 @@ def main() -> None:
 
                 cold = []
                 for rep in range(reps):
+                    # Nor the cache files of the previous repetition.
+                    os.sync()
                     proc, client = subscriber(f"{name}-{rep}")
                     if rep == 0:
                         # Cold slices: each in a chunk nobody fetched yet.
