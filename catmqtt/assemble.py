@@ -38,7 +38,7 @@ class Assembler:
         # Whether a chunk's bytes, block after block, are its elements in C order.
         self.c_ordered = (
             len(self.chunks) > 0
-            and all(c % b == 0 for c, b in zip(self.chunks, self.blocks, strict=True))
+            and all(b > 0 and c % b == 0 for c, b in zip(self.chunks, self.blocks, strict=True))
             and self.blocks[1:] == self.chunks[1:]
         )
         self.key, self.flip = forward(sel)
