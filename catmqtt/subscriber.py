@@ -30,7 +30,7 @@ from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
-from .web import Server, arg_int, configure_app
+from .web import Server, arg_int, configure_app, octets
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
 log = logging.getLogger(__name__)
@@ -469,15 +469,15 @@ def fetch(fullpath: str):
     if target.nbytes <= SLAB or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
-            return Response(result, mimetype="application/octet-stream")
+            return octets(result, "application/octet-stream")
         if npy:
             buffer = io.BytesIO()
             np.save(buffer, result, allow_pickle=False)
-            return Response(buffer.getvalue(), mimetype=NPY)
-        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
+            return octets(buffer.getvalue(), NPY)
+        return octets(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), CFRAME)
     # A large selection is built and sent slab by slab: memory stays flat.
     if target.meta["kind"] != "ndarray":
-        return Response(sub.slabs(target), mimetype="application/octet-stream")
+        return octets(sub.slabs(target), "application/octet-stream")
     dtype = dtype_from_json(target.meta["dtype"])
     if npy:
         header = io.BytesIO()
@@ -486,7 +486,7 @@ def fetch(fullpath: str):
             {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": target.shape},
         )
         pieces = (np.ascontiguousarray(slab).tobytes() for slab in sub.slabs(target))
-        return Response(itertools.chain([header.getvalue()], pieces), mimetype=NPY)
+        return octets(itertools.chain([header.getvalue()], pieces), NPY)
     fd, tmp = tempfile.mkstemp(dir=sub.tmpdir, suffix=".b2nd")
     os.close(fd)
     try:
@@ -505,13 +505,13 @@ def fetch(fullpath: str):
 def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
     headers = {ETAG: etag, DIGEST: storage.chunk_digest(data)}
-    return Response(data, mimetype="application/octet-stream", headers=headers)
+    return octets(data, "application/octet-stream", headers)
 
 
 @bp.get("/api/chunks/<path:fullpath>")
 def chunks(fullpath: str):
     frames = _sub().chunks(fullpath, request.args.get("nchunks", ""), request.args.get("etag"))
-    return Response(frames, mimetype=FRAMES)
+    return octets(frames, FRAMES)
 
 
 @bp.get("/api/stats")
