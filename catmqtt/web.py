@@ -19,7 +19,7 @@ from .errors import BadRequest, CatmqttError
 log = logging.getLogger(__name__)
 
 # The most bytes handed to the server at once.
-PIECE = 4 << 20
+PIECE = 1 << 20
 
 
 def error_response(message: str, status: int):
@@ -62,14 +62,14 @@ def octets(body: bytes | Iterable[bytes], mimetype: str, headers: dict[str, str]
     return Response(_pieces(body), mimetype=mimetype, headers=headers)
 
 
-def _pieces(body: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+def _pieces(body: Iterable[bytes]) -> Iterator[bytes]:
     for data in body:
         if len(data) <= PIECE:
             yield data
             continue
-        view = memoryview(data)
-        for start in range(0, len(view), PIECE):
-            yield view[start : start + PIECE]
+        # Bytes, not memoryviews: waitress adds to what it is given.
+        for start in range(0, len(data), PIECE):
+            yield data[start : start + PIECE]
 
 
 def arg_int(name: str) -> int:
