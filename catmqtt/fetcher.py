@@ -90,9 +90,19 @@ class Fetcher:
         total = {k: sum(d[k] for d in datasets.values()) for k in STATS}
         return {"total": total, "datasets": datasets}
 
-    def ensure(self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]) -> None:
-        """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones."""
-        missing = self._missing(root, path, meta, numbers)
+    def ensure(
+        self,
+        root: str,
+        path: str,
+        meta: dict[str, Any],
+        url: str,
+        numbers: list[int],
+        missing: list[int] | None = None,
+    ) -> None:
+        """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones
+        (`missing`, when the caller asked `missing` already)."""
+        if missing is None:
+            missing = self.missing(root, path, meta, numbers)
         # Only the `stored` futures are kept: fetched bytes are freed once written.
         stored = [self._pending(root, path, meta, url, n).stored for n in missing]
         wait(stored)
@@ -101,12 +111,20 @@ class Fetcher:
                 raise future.exception()
 
     def stream(
-        self, root: str, path: str, meta: dict[str, Any], url: str, numbers: list[int]
+        self,
+        root: str,
+        path: str,
+        meta: dict[str, Any],
+        url: str,
+        numbers: list[int],
+        missing: list[int] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (number, compressed bytes) of chunks `numbers`: cached ones first, the
-        others as they arrive from the publisher, straight from memory (their
-        write to the cache goes on behind). Raises Changed if the dataset changes."""
-        missing = self._missing(root, path, meta, numbers)
+        others (`missing`, as in `ensure`) as they arrive from the publisher, straight
+        from memory (their write to the cache goes on behind). Raises Changed if the
+        dataset changes."""
+        if missing is None:
+            missing = self.missing(root, path, meta, numbers)
         cached = sorted(set(numbers).difference(missing))
         todo = iter(missing)
         # A window of fetches per stream: a slow reader holds at most this many chunks.
@@ -135,7 +153,7 @@ class Fetcher:
             raise Changed(f"{root}/{path} changed while being read; read its metadata again")
         return data
 
-    def _missing(self, root: str, path: str, meta: dict[str, Any], numbers: list[int]) -> list[int]:
+    def missing(self, root: str, path: str, meta: dict[str, Any], numbers: list[int]) -> list[int]:
         """Return the chunks of `numbers` that are not cached, and count the others as hits."""
         cached = self.cache.cached_chunks(root, path, meta, numbers)
         self.count(f"{root}/{path}", cache_hits=len(cached))

@@ -22,6 +22,7 @@ import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from . import storage
+from .assemble import Assembler
 from .cache import Cache
 from .dtypes import dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
@@ -290,11 +291,22 @@ class Subscriber:
         root, path, meta = target.root, target.path, target.meta
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         self._settled(root, path)
-        self.fetcher.ensure(root, path, meta, target.url, numbers)
+        missing = self.fetcher.missing(root, path, meta, numbers)
+        if missing and meta["kind"] == "ndarray":
+            # Decoded from the chunks as they arrive, not after their write to the cache.
+            assembler = Assembler(meta, sel)
+            try:
+                for n, data in self.fetcher.stream(root, path, meta, target.url, numbers, missing):
+                    assembler.add(n, data)
+            except Changed:
+                raise _changed_while_read(target.fullpath) from None
+            self.cache.touch(root, path, numbers)
+            return assembler.result()
+        self.fetcher.ensure(root, path, meta, target.url, numbers, missing)
         key, flip = forward(sel)
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
-                raise Unavailable(f"{target.fullpath} changed while being read; try again", status=503)
+                raise _changed_while_read(target.fullpath)
             if meta["kind"] == "ndarray":
                 result = storage.read_array(handle, key, flip)
             else:
@@ -323,7 +335,7 @@ class Subscriber:
         self.fetcher.ensure(root, path, meta, url, [nchunk])
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
-                raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+                raise _changed_while_read(fullpath)
             data = storage.schunk_of(handle).get_chunk(nchunk)
         self.cache.touch(root, path, [nchunk])
         return data, meta["etag"]
@@ -373,7 +385,7 @@ class Subscriber:
         try:
             with self.cache.reading(root, path, meta) as handle:
                 if handle is None:
-                    raise Unavailable(f"{fullpath} changed while being read; try again", status=503)
+                    raise _changed_while_read(fullpath)
                 if meta["kind"] == "file":
                     with open(tmp, "wb") as f:
                         for data in storage.iter_bytes(handle):
@@ -399,6 +411,10 @@ class Target:
     shape: tuple[int, ...]
     itemsize: int
     nbytes: int
+
+
+def _changed_while_read(fullpath: str) -> Unavailable:
+    return Unavailable(f"{fullpath} changed while being read; try again", status=503)
 
 
 def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
