@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import blosc2
 import numpy as np
 import pytest
+import requests
 
 import catmqtt
 from catmqtt import storage
@@ -18,7 +19,7 @@ from catmqtt.errors import CatmqttError
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
 
-from conftest import ChunkCounter, running
+from conftest import ChunkCounter, running, wait_for
 
 
 @pytest.fixture
@@ -45,6 +46,36 @@ def test_only_touched_chunks_are_fetched_once(services):
     client.fetch("foo/ds-1d.b2nd")
     client.download("foo/ds-1d.b2nd", services[1].settings["statedir"].parent / "dl")
     assert len(counter.requests) == 10
+
+
+def test_chunks_are_served_before_their_write_to_the_cache_and_fetched_once(services):
+    _, sub, counter = services
+    meta = sub.cache.dataset("foo", "ds-1d.b2nd")
+    release = threading.Event()
+    store = sub.cache.store_chunk
+
+    def held_store(*args, **kwargs):
+        release.wait(30)
+        return store(*args, **kwargs)
+
+    sub.cache.store_chunk = held_store
+    try:
+        client = catmqtt.Client(sub.url)
+        # Served from memory while every write to the cache waits...
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd"), np.arange(1000))
+        assert sub.cache.cached_chunks("foo", "ds-1d.b2nd", meta, range(10)) == set()
+        # ...and asked again meanwhile, from the chunks on their way to the cache.
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "::-3"), np.arange(1000)[::-3])
+        assert sorted(int(n) for _, n in counter.requests) == list(range(10))
+    finally:
+        release.set()
+    wait_for(
+        lambda: sub.cache.cached_chunks("foo", "ds-1d.b2nd", meta, range(10)) == set(range(10)),
+        "the chunks written to the cache",
+    )
+    assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "5:7"), [5, 6])
+    assert len(counter.requests) == 10
+    assert requests.get(f"{sub.url}/api/stats", timeout=5).json()["total"]["fetched_chunks"] == 10
 
 
 def test_concurrent_requests_for_a_missing_chunk_cause_one_fetch(services):
@@ -163,8 +194,6 @@ def test_chunks_larger_than_a_server_piece(broker, tmp_path, root_dir):
 def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, accept):
     import io
 
-    import requests
-
     from catmqtt import subscriber
 
     data = np.random.default_rng(5).random((300, 70))
@@ -191,7 +220,6 @@ def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, 
 
 
 def test_limits_of_one_request(broker, tmp_path, root_dir):
-    import requests
 
     with running(broker, tmp_path, root_dir, max_fetch_bytes=2000) as (_, sub):
         chunks = requests.get(f"{sub.url}/api/chunks/foo/ds-1d.b2nd", params={"nchunks": "0-9"}, timeout=10)
