@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import blosc2
@@ -96,17 +95,17 @@ def test_concurrent_requests_for_a_missing_chunk_cause_one_fetch(services):
 def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
     in_flight = []
     active = [0]
-    lock = threading.Lock()
+    overlap = threading.Condition()
 
     def instrument(app):
         @app.before_request
         def track():
-            with lock:
+            with overlap:
                 active[0] += 1
                 in_flight.append(active[0])
-            # A slow link, not a wait: concurrent fetches overlap here.
-            time.sleep(0.1)
-            with lock:
+                overlap.notify_all()
+                # Each request is held until two were seen at once (or a deadline passes).
+                overlap.wait_for(lambda: max(in_flight) > 1, timeout=5)
                 active[0] -= 1
 
     with running(broker, tmp_path, root_dir, instrument) as (_, sub):
