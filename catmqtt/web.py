@@ -118,6 +118,8 @@ class Server:
         self.host = host
         self.port = sock.getsockname()[1]
         self._stopping = threading.Event()
+        # Held while the trigger is pulled, so that the loop cannot close it meanwhile.
+        self._trigger_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 
     @property
@@ -135,10 +137,19 @@ class Server:
         # The I/O loop, one turn at a time, so that its own thread closes the sockets it polls.
         while not self._stopping.is_set():
             wasyncore.loop(timeout=0.2, map=self._map, count=1)
-        wasyncore.close_all(self._map)
+        with self._trigger_lock:
+            wasyncore.close_all(self._map)
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._server.pull_trigger()
-        self._thread.join(timeout=5)
+        """Stop serving and close every socket; calling it again does nothing."""
+        with self._trigger_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            if self._thread.is_alive():
+                self._server.pull_trigger()
+        if self._thread.ident is None:
+            wasyncore.close_all(self._map)
+        else:
+            self._thread.join(timeout=5)
         self._server.task_dispatcher.shutdown(timeout=5)

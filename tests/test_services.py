@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,9 +12,10 @@ import blosc2
 import numpy as np
 import pytest
 import requests
+from flask import Flask
 
 import catmqtt
-from catmqtt import storage
+from catmqtt import storage, web
 from catmqtt.errors import CatmqttError
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
@@ -174,8 +176,6 @@ def test_empty_datasets(broker, tmp_path, root_dir):
 
 
 def test_chunks_larger_than_a_server_piece(broker, tmp_path, root_dir):
-    from catmqtt import web
-
     # Incompressible chunks of 1.5 pieces: every hop sends each one in parts.
     per_chunk = 3 * web.PIECE // 2 // 8
     data = np.random.default_rng(6).random(3 * per_chunk + 5)
@@ -230,8 +230,6 @@ def test_limits_of_one_request(broker, tmp_path, root_dir):
 
 
 def test_state_directories_are_never_published(tmp_path, root_dir):
-    from catmqtt import storage
-
     storage.make_statedir(root_dir / "_catmqtt" / "subscriber")
     (root_dir / "_catmqtt" / "subscriber" / "cache.sqlite").write_bytes(b"private")
     root = open_root("foo", root_dir, tmp_path / "state")
@@ -273,3 +271,15 @@ def test_publisher_keeps_manifests_per_etag_and_digest_algorithm(tmp_path, root_
     saved.write_text(json.dumps(manifest))
     again = open_root("foo", root_dir, tmp_path / "state").scan()["dir1/ds-2d.b2nd"]
     assert again.digests == entry.digests
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_server_stops_once_and_frees_its_port(started):
+    server = web.Server(Flask(__name__), "127.0.0.1", 0, threads=2)
+    if started:
+        server.start()
+        assert requests.get(f"{server.url}/nothing", timeout=5).status_code == 404
+    server.stop()
+    server.stop()
+    with socket.create_server(("127.0.0.1", server.port)):
+        pass
