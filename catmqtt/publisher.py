@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from . import storage
 from .errors import BadRequest
@@ -18,7 +18,7 @@ from .roots import Root, open_root
 from .schema import dumps, loads
 from .topics import dataset_topic, parse_topic, root_topic
 from .watch import Watcher
-from .web import Server, arg_int, configure_app, octets
+from .web import Server, arg_int, configure_app
 from .wire import DIGEST, ETAG
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def chunk(path: str):
     known = entry.digests is not None and entry.meta["etag"] == etag
     digest = entry.digests[nchunk] if known else storage.chunk_digest(data)
     headers = {ETAG: etag, DIGEST: digest}
-    return octets(data, "application/octet-stream", headers)
+    return Response(data, mimetype="application/octet-stream", headers=headers)
 
 
 @bp.get("/api/manifest/<path:path>")

@@ -31,7 +31,7 @@ from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
-from .web import Server, arg_int, configure_app, octets
+from .web import Server, arg_int, configure_app
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
 log = logging.getLogger(__name__)
@@ -485,15 +485,15 @@ def fetch(fullpath: str):
     if target.nbytes <= SLAB or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
-            return octets(result, "application/octet-stream")
+            return Response(result, mimetype="application/octet-stream")
         if npy:
             buffer = io.BytesIO()
             np.save(buffer, result, allow_pickle=False)
-            return octets(buffer.getvalue(), NPY)
-        return octets(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), CFRAME)
+            return Response(buffer.getvalue(), mimetype=NPY)
+        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
     # A large selection is built and sent slab by slab: memory stays flat.
     if target.meta["kind"] != "ndarray":
-        return octets(sub.slabs(target), "application/octet-stream")
+        return Response(sub.slabs(target), mimetype="application/octet-stream")
     dtype = dtype_from_json(target.meta["dtype"])
     if npy:
         header = io.BytesIO()
@@ -502,7 +502,7 @@ def fetch(fullpath: str):
             {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": target.shape},
         )
         pieces = (np.ascontiguousarray(slab).tobytes() for slab in sub.slabs(target))
-        return octets(itertools.chain([header.getvalue()], pieces), NPY)
+        return Response(itertools.chain([header.getvalue()], pieces), mimetype=NPY)
     fd, tmp = tempfile.mkstemp(dir=sub.tmpdir, suffix=".b2nd")
     os.close(fd)
     try:
@@ -521,13 +521,13 @@ def fetch(fullpath: str):
 def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
     headers = {ETAG: etag, DIGEST: storage.chunk_digest(data)}
-    return octets(data, "application/octet-stream", headers)
+    return Response(data, mimetype="application/octet-stream", headers=headers)
 
 
 @bp.get("/api/chunks/<path:fullpath>")
 def chunks(fullpath: str):
     frames = _sub().chunks(fullpath, request.args.get("nchunks", ""), request.args.get("etag"))
-    return octets(frames, FRAMES)
+    return Response(frames, mimetype=FRAMES)
 
 
 @bp.get("/api/stats")

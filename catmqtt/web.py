@@ -8,20 +8,23 @@ import io
 import logging
 import socket
 import threading
-from collections.abc import Iterable, Iterator
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, jsonify, request
 from waitress import wasyncore
+from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
+from waitress.task import WSGITask
 from werkzeug.exceptions import HTTPException
-from werkzeug.wsgi import wrap_file
 
 from .errors import BadRequest, CatmqttError
 
 log = logging.getLogger(__name__)
 
-# The most bytes handed to the server at once.
-PIECE = 1 << 20
+# Pieces of a response body at least this big are sent from where they are, not copied.
+BY_REFERENCE = 64 << 10
+# The unsent bytes a connection may hold before its worker waits.
+HIGH_WATERMARK = 4 << 20
 
 
 def error_response(message: str, status: int):
@@ -54,21 +57,6 @@ def configure_app(app: Flask) -> None:
         return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
 
 
-def octets(body: bytes | Iterable[bytes], mimetype: str, headers: dict[str, str] | None = None) -> Response:
-    """Return a response of `body`: bytes, or an iterable of bytes streamed as it comes.
-
-    Bytes go to the server as a file over them (wsgi.file_wrapper), which
-    waitress sends from without copying; a stream goes in pieces of at most
-    PIECE bytes, so that the server's buffers stay small.
-    """
-    headers = dict(headers or {})
-    if isinstance(body, bytes):
-        headers["Content-Length"] = str(len(body))
-        wrapped = wrap_file(request.environ, _BytesFile(body), PIECE)
-        return Response(wrapped, mimetype=mimetype, headers=headers, direct_passthrough=True)
-    return Response(_pieces(body), mimetype=mimetype, headers=headers)
-
-
 class _BytesFile(io.RawIOBase):
     """A read-only file over bytes whose reads are views of them, not copies."""
 
@@ -97,14 +85,36 @@ class _BytesFile(io.RawIOBase):
         return piece
 
 
-def _pieces(body: Iterable[bytes]) -> Iterator[bytes]:
-    for data in body:
-        if len(data) <= PIECE:
-            yield data
-            continue
-        # Bytes, not memoryviews: waitress adds to what it is given.
-        for start in range(0, len(data), PIECE):
-            yield data[start : start + PIECE]
+class _Task(WSGITask):
+    """waitress's WSGI task, except that a large piece of a body is queued by
+    reference, as waitress queues a wsgi.file_wrapper, and sent from where it
+    is. waitress itself copies every piece into its buffer and out again, and
+    twice more to frame it in a chunked response."""
+
+    def write(self, data: bytes) -> None:
+        if len(data) < BY_REFERENCE or not self.complete:
+            return super().write(data)
+        if not self.wrote_header:
+            super().write(b"")
+        left = None if self.content_length is None else self.content_length - self.content_bytes_written
+        if not self.has_body or (left is not None and left < len(data)):
+            # waitress warns and drops what does not belong.
+            return super().write(data)
+        body = ReadOnlyFileBasedBuffer(_BytesFile(data))
+        body.prepare()
+        if self.chunked_response:
+            self.channel.write_soon(b"%X\r\n" % len(data))
+            self.channel.write_soon(body)
+            self.channel.write_soon(b"\r\n")
+            return None
+        if left is not None:
+            self.content_bytes_written += len(data)
+        self.channel.write_soon(body)
+        return None
+
+
+class _Channel(HTTPChannel):
+    task_class = _Task
 
 
 def arg_int(name: str) -> int:
@@ -121,14 +131,13 @@ def arg_int(name: str) -> int:
 class Server:
     """A waitress server for `app` with `threads` worker threads, run on a daemon thread.
 
-    Waitress is tuned for chunk traffic: bytes responses are sent from
-    without a copy, streamed ones come in pieces of at most PIECE bytes (see
-    `octets`), and a connection's unsent bytes are kept in
-    memory (waitress's default is a temporary file above 1 MB, which made
-    4 MiB chunks 1.3x to 1.5x slower on loopback) and stay below about four
-    pieces, its worker waiting meanwhile (at one piece, the worker and the
-    I/O thread took turns so often that warm streaming was 1.6x slower).
-    Connections are kept alive.
+    Waitress is tuned for chunk traffic: large pieces of response bodies are
+    sent without a copy (see `_Task`), and a connection's unsent bytes are
+    kept in memory (waitress's default is a temporary file above 1 MB, which
+    made 4 MiB chunks 1.3x to 1.5x slower on loopback) and stay below about
+    HIGH_WATERMARK bytes, its worker waiting meanwhile (at 1 MiB, the worker
+    and the I/O thread took turns so often that warm streaming was 1.6x
+    slower). Connections are kept alive.
     """
 
     def __init__(self, app: Flask, host: str, port: int, threads: int) -> None:
@@ -146,11 +155,12 @@ class Server:
             map=self._map,
             sockets=[sock],
             threads=threads,
-            outbuf_overflow=8 * PIECE,
-            outbuf_high_watermark=4 * PIECE,
+            outbuf_overflow=2 * HIGH_WATERMARK,
+            outbuf_high_watermark=HIGH_WATERMARK,
             channel_timeout=300,
             ident="catmqtt",
         )
+        self._server.channel_class = _Channel
         self.host = host
         self.port = sock.getsockname()[1]
         self._stopping = threading.Event()

@@ -175,18 +175,23 @@ def test_empty_datasets(broker, tmp_path, root_dir):
         assert blosc2.open(str(client.download("foo/empty.b2nd", tmp_path / "dl"))).shape == (0, 5)
 
 
-def test_chunks_larger_than_a_server_piece(broker, tmp_path, root_dir):
-    # Incompressible chunks of 1.5 pieces: every hop sends each one in parts.
-    per_chunk = 3 * web.PIECE // 2 // 8
+def test_chunks_sent_by_reference_arrive_whole(broker, tmp_path, root_dir):
+    # Incompressible chunks of 1.5 MiB, sent without a copy, with a Content-Length
+    # (one chunk) and chunk-framed (a frames stream); a small one is copied as before.
+    per_chunk = 3 * 2**20 // 2 // 8
     data = np.random.default_rng(6).random(3 * per_chunk + 5)
     blosc2.asarray(data, urlpath=str(root_dir / "big.b2nd"), mode="w", chunks=(per_chunk,))
     with running(broker, tmp_path, root_dir) as (_, sub):
         client = catmqtt.Client(sub.url)
         assert np.array_equal(client.fetch("foo/big.b2nd"), data)
         assert np.array_equal(client.fetch("foo/big.b2nd", "10:20"), data[10:20])
-        chunk = client.get_chunk("foo/big.b2nd", 1)
-        assert len(chunk) > web.PIECE
-        assert np.array_equal(np.frombuffer(blosc2.decompress2(chunk)), data[per_chunk : 2 * per_chunk])
+        assert np.array_equal(client.fetch("foo/big.b2nd", "-3:"), data[-3:])
+        for n in (1, 3):
+            chunk = client.get_chunk("foo/big.b2nd", n)
+            assert (len(chunk) > web.BY_REFERENCE) == (n == 1)
+            # The last chunk is padded to the chunk size.
+            expected = data[n * per_chunk : (n + 1) * per_chunk]
+            assert np.array_equal(np.frombuffer(blosc2.decompress2(chunk))[: len(expected)], expected)
 
 
 @pytest.mark.parametrize("accept", ["application/x-npy", "*/*"])
