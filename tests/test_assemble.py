@@ -74,32 +74,43 @@ def test_byte_streams():
 
 
 class CountingAssembler(Assembler):
-    """Counts the chunks decoded apart (and copied), not in place."""
+    """Counts the chunks decoded apart (and copied) whole, and those decoded in part."""
 
     decoded = 0
+    partly = 0
 
     def _decode(self, data):
         self.decoded += 1
         return super()._decode(data)
 
+    def _decode_rows(self, data, rows):
+        self.partly += 1
+        return super()._decode_rows(data, rows)
+
 
 @pytest.mark.parametrize(
-    ("shape", "chunks", "blocks", "key", "copied"),
+    ("shape", "chunks", "blocks", "key", "copied", "partly"),
     [
-        ((100,), (10,), (5,), (), 0),
-        ((100,), (10,), (3,), (), 10),  # blocks do not divide the chunk: padded
-        ((95,), (10,), (5,), (slice(0, 95),), 1),  # the last chunk is cut
-        ((100,), (10,), (5,), (slice(10, 30),), 0),
-        ((100,), (10,), (5,), (slice(None, None, -1),), 0),
-        ((40, 6), (10, 6), (5, 6), (), 0),
-        ((40, 6), (10, 6), (5, 3), (), 4),  # blocks are not rows of the chunk
-        ((40, 6), (10, 3), (5, 3), (), 8),  # not a contiguous place in the result
-        ((40, 6, 2), (10, 6, 2), (2, 6, 2), (slice(10, 40),), 0),
-        ((40, 6), (10, 6), (5, 6), (slice(0, 40), slice(0, 5)), 4),  # part of each chunk
-        ((40, 6), (10, 6), (5, 6), (3,), 1),
+        ((100,), (10,), (5,), (), 0, 0),
+        ((100,), (10,), (3,), (), 10, 0),  # blocks do not divide the chunk: padded
+        ((95,), (10,), (5,), (slice(0, 95),), 0, 1),  # the last chunk is cut: its first half
+        ((97,), (10,), (5,), (slice(0, 97),), 1, 0),  # ...and more than half
+        ((100,), (10,), (5,), (slice(10, 30),), 0, 0),
+        ((100,), (10,), (5,), (slice(12, 14),), 0, 1),  # a few items: only their block
+        ((100,), (10,), (3,), (slice(12, 14),), 1, 0),  # ...unless blocks are padded
+        ((100,), (20,), (5,), (slice(22, 27),), 0, 1),  # one block's length, across two blocks
+        ((100,), (10,), (5,), (slice(None, None, -1),), 0, 0),
+        ((40, 6), (10, 6), (5, 6), (), 0, 0),
+        ((40, 6), (10, 6), (5, 3), (), 4, 0),  # blocks are not rows of the chunk
+        ((40, 6), (10, 3), (5, 3), (), 8, 0),  # not a contiguous place in the result
+        ((40, 6, 2), (10, 6, 2), (2, 6, 2), (slice(10, 40),), 0, 0),
+        ((40, 6), (10, 6), (5, 6), (slice(0, 40), slice(0, 5)), 4, 0),  # part of each chunk
+        ((40, 6), (10, 6), (5, 6), (3,), 0, 1),  # one row
+        ((40, 6), (10, 6), (5, 6), (slice(11, 17, 2), 4), 0, 1),
+        ((80, 6), (20, 6), (5, 6), (slice(21, 26),), 0, 1),
     ],
 )
-def test_whole_chunks_decode_in_place(shape, chunks, blocks, key, copied):
+def test_chunks_decode_in_place_or_in_part(shape, chunks, blocks, key, copied, partly):
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     array = blosc2.asarray(data, chunks=chunks, blocks=blocks)
     sel = select(key, shape)
@@ -107,4 +118,4 @@ def test_whole_chunks_decode_in_place(shape, chunks, blocks, key, copied):
     for n in chunks_touched(sel, shape, chunks):
         assembler.add(n, array.schunk.get_chunk(n))
     assert np.array_equal(assembler.result(), data[key])
-    assert assembler.decoded == copied
+    assert (assembler.decoded, assembler.partly) == (copied, partly)
