@@ -22,6 +22,7 @@ import urllib3
 
 from .dtypes import dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
+from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
 from .wire import FRAME, NPY
@@ -46,6 +47,8 @@ class Client:
         self.urlbase = urlbase.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        self.session.trust_env = False
+        self._environment = environment(self.urlbase)
         self._decoders: ThreadPoolExecutor | None = None
         # Metadata as last read; a chunk request names its etag, so a stale
         # entry costs a 412 and one more request, never wrong data.
@@ -66,7 +69,7 @@ class Client:
         """Send a request; turn every failure into a catmqtt.errors exception."""
         url = f"{self.urlbase}/api/{endpoint}"
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, url, timeout=self.timeout, **self._environment, **kwargs)
         except requests.Timeout:
             raise Unavailable(
                 f"the subscriber at {self.urlbase} did not answer in time", status=504

@@ -29,6 +29,7 @@ from urllib3.util import Retry
 from . import storage
 from .cache import Cache
 from .errors import CatmqttError, Changed, Unavailable
+from .sessions import environment
 from .wire import DIGEST, ETAG
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class Fetcher:
         self.cache = cache
         self.timeout = (CONNECT_TIMEOUT, timeout)
         self.session = requests.Session()
+        self.session.trust_env = False
+        # What the environment says for each publisher's URL.
+        self._environments: dict[str, dict[str, Any]] = {}
         # Bounded retries with backoff: a connection refused or reset, and a
         # publisher saying it is busy or changing (503), are tried again. A
         # read timeout is not (read=False raises it as it is: a 504).
@@ -190,8 +194,14 @@ class Fetcher:
         Unavailable (502, 503 or 504) naming the publisher."""
         where = f"publisher of root {root!r} at {url}"
         try:
+            if url not in self._environments:
+                self._environments[url] = environment(url)
             response = self.session.get(
-                f"{url}/api/{endpoint}", params=params, timeout=self.timeout, stream=True
+                f"{url}/api/{endpoint}",
+                params=params,
+                timeout=self.timeout,
+                stream=True,
+                **self._environments[url],
             )
             with response:
                 # One read of the whole body: requests' own .content reads 10 KiB

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import catmqtt
-from catmqtt.errors import BadRequest, NotFound, NotSubscribed
+from catmqtt.errors import BadRequest, NotFound, NotSubscribed, Unavailable
+
+from conftest import free_port
 
 NDARRAYS = [
     "ds-1d.b2nd",
@@ -146,3 +148,18 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("no_proxy", "reached"), [("", False), ("127.0.0.1", True)])
+def test_the_client_takes_proxies_from_the_environment(foo, monkeypatch, no_proxy, reached):
+    # A proxy that nobody listens on: a request sent through it fails.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, no_proxy)
+    client = catmqtt.Client(foo.url("sub"))
+    if reached:
+        assert "foo" in client.get_roots()
+    else:
+        with pytest.raises(Unavailable, match="cannot reach the subscriber"):
+            client.get_roots()

@@ -16,11 +16,11 @@ from flask import Flask
 
 import catmqtt
 from catmqtt import storage, web
-from catmqtt.errors import CatmqttError
+from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
 
-from conftest import ChunkCounter, running, wait_for
+from conftest import ChunkCounter, free_port, running, wait_for
 
 
 @pytest.fixture
@@ -288,3 +288,17 @@ def test_a_server_stops_once_and_frees_its_port(started):
     server.stop()
     with socket.create_server(("127.0.0.1", server.port)):
         pass
+
+
+def test_fetches_from_publishers_take_proxies_from_the_environment(broker, tmp_path, root_dir, monkeypatch):
+    # Publishers are at 127.0.0.1, behind a proxy that nobody listens on; the
+    # client reaches the subscriber as localhost, which bypasses it.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "localhost")
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        client = catmqtt.Client(sub.url.replace("127.0.0.1", "localhost"))
+        assert "foo" in client.get_roots()
+        with pytest.raises(Unavailable, match="publisher of root 'foo' at .* is unreachable"):
+            client.fetch("foo/ds-1d.b2nd", "0:10")
