@@ -119,3 +119,8 @@ def test_chunks_decode_in_place_or_in_part(shape, chunks, blocks, key, copied, p
         assembler.add(n, array.schunk.get_chunk(n))
     assert np.array_equal(assembler.result(), data[key])
     assert (assembler.decoded, assembler.partly) == (copied, partly)
+
+
+def test_decoding_releases_the_gil():
+    # Set when catmqtt.assemble was imported; the client's decoder threads rely on it.
+    assert blosc2.set_releasegil(True) is True
