@@ -19,6 +19,7 @@ from catmqtt import storage, web
 from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
+from catmqtt.wire import FRAME
 
 from conftest import ChunkCounter, free_port, running, wait_for
 
@@ -192,6 +193,29 @@ def test_chunks_sent_by_reference_arrive_whole(broker, tmp_path, root_dir):
             # The last chunk is padded to the chunk size.
             expected = data[n * per_chunk : (n + 1) * per_chunk]
             assert np.array_equal(np.frombuffer(blosc2.decompress2(chunk))[: len(expected)], expected)
+        # HTTP/1.0 has no chunked framing: the stream ends when the connection closes.
+        status, body = http10_get(sub.server.port, "/api/chunks/foo/big.b2nd?nchunks=0-3")
+        assert status == 200
+        frames = {}
+        while body:
+            n, size = FRAME.unpack(body[: FRAME.size])
+            frames[n], body = body[FRAME.size : FRAME.size + size], body[FRAME.size + size :]
+        assert frames == {n: client.get_chunk("foo/big.b2nd", n) for n in range(4)}
+        # HEAD: the headers only.
+        head = requests.head(f"{sub.url}/api/chunk/foo/big.b2nd", params={"nchunk": 1}, timeout=30)
+        assert (head.status_code, head.content) == (200, b"")
+        assert int(head.headers["Content-Length"]) == len(client.get_chunk("foo/big.b2nd", 1))
+
+
+def http10_get(port: int, target: str) -> tuple[int, bytes]:
+    """Send an HTTP/1.0 GET; return the status and the body read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        response = b""
+        while part := conn.recv(1 << 20):
+            response += part
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 @pytest.mark.parametrize("accept", ["application/x-npy", "*/*"])
