@@ -132,12 +132,12 @@ class Server:
     """A waitress server for `app` with `threads` worker threads, run on a daemon thread.
 
     Waitress is tuned for chunk traffic: large pieces of response bodies are
-    sent without a copy (see `_Task`), and a connection's unsent bytes are
-    kept in memory (waitress's default is a temporary file above 1 MB, which
-    made 4 MiB chunks 1.3x to 1.5x slower on loopback) and stay below about
-    HIGH_WATERMARK bytes, its worker waiting meanwhile (at 1 MiB, the worker
-    and the I/O thread took turns so often that warm streaming was 1.6x
-    slower). Connections are kept alive.
+    sent without a copy (see `_Task`); what waitress buffers stays in memory
+    (its default is a temporary file above 1 MB, which made 4 MiB chunks 1.3x
+    to 1.5x slower on loopback); a connection's worker waits while more than
+    HIGH_WATERMARK bytes are unsent (at 1 MiB, the worker and the I/O thread
+    took turns so often that warm streaming was 1.6x slower). Connections are
+    kept alive.
     """
 
     def __init__(self, app: Flask, host: str, port: int, threads: int) -> None:
