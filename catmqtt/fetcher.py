@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import blosc2
@@ -94,41 +94,27 @@ class Fetcher:
         total = {k: sum(d[k] for d in datasets.values()) for k in STATS}
         return {"total": total, "datasets": datasets}
 
-    def ensure(
-        self,
-        root: str,
-        path: str,
-        meta: dict[str, Any],
-        url: str,
-        numbers: list[int],
-        missing: list[int] | None = None,
-    ) -> None:
+    def ensure(self, source: Source, numbers: list[int], missing: list[int] | None = None) -> None:
         """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones
         (`missing`, when the caller asked `missing` already)."""
         if missing is None:
-            missing = self.missing(root, path, meta, numbers)
+            missing = self.missing(source, numbers)
         # Only the `stored` futures are kept: fetched bytes are freed once written.
-        stored = [self._pending(root, path, meta, url, n).stored for n in missing]
+        stored = [self._pending(source, n).stored for n in missing]
         wait(stored)
         for future in stored:
             if future.exception() is not None:
                 raise future.exception()
 
     def stream(
-        self,
-        root: str,
-        path: str,
-        meta: dict[str, Any],
-        url: str,
-        numbers: list[int],
-        missing: list[int] | None = None,
+        self, source: Source, numbers: list[int], missing: list[int] | None = None
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (number, compressed bytes) of chunks `numbers`: cached ones first, the
         others (`missing`, as in `ensure`) as they arrive from the publisher, straight
         from memory (their write to the cache goes on behind). Raises Changed if the
         dataset changes."""
         if missing is None:
-            missing = self.missing(root, path, meta, numbers)
+            missing = self.missing(source, numbers)
         cached = sorted(set(numbers).difference(missing))
         todo = iter(missing)
         # A window of fetches per stream: a slow reader holds at most this many chunks.
@@ -136,11 +122,11 @@ class Fetcher:
 
         def refill() -> None:
             for n in itertools.islice(todo, self.workers - len(window)):
-                window[self._pending(root, path, meta, url, n).fetched] = n
+                window[self._pending(source, n).fetched] = n
 
         refill()
         for n in cached:
-            yield n, self._read(root, path, meta, n)
+            yield n, self._read(source, n)
         while window:
             done, _ = wait(window, return_when=FIRST_COMPLETED)
             for future in done:
@@ -151,20 +137,22 @@ class Fetcher:
                 refill()
                 yield n, data
 
-    def _read(self, root: str, path: str, meta: dict[str, Any], nchunk: int) -> bytes:
-        data = self.cache.read_chunk(root, path, meta, nchunk)
+    def _read(self, source: Source, nchunk: int) -> bytes:
+        data = self.cache.read_chunk(source.root, source.path, source.meta, nchunk)
         if data is None:
-            raise Changed(f"{root}/{path} changed while being read; read its metadata again")
+            raise Changed(f"{source.root}/{source.path} changed while being read; read its metadata again")
         return data
 
-    def missing(self, root: str, path: str, meta: dict[str, Any], numbers: list[int]) -> list[int]:
+    def missing(self, source: Source, numbers: list[int]) -> list[int]:
         """Return the chunks of `numbers` that are not cached, and count the others as hits."""
+        root, path, meta, _ = source
         cached = self.cache.cached_chunks(root, path, meta, numbers)
         self.count(f"{root}/{path}", cache_hits=len(cached))
         return [n for n in numbers if n not in cached]
 
-    def _pending(self, root: str, path: str, meta: dict[str, Any], url: str, nchunk: int) -> _Pending:
+    def _pending(self, source: Source, nchunk: int) -> _Pending:
         """Return the fetch of a chunk, started now unless one is under way (or being stored)."""
+        root, path, meta, url = source
         key = (root, path, meta["etag"], nchunk)
         with self._lock:
             pending = self._inflight.get(key)
@@ -269,6 +257,15 @@ class Fetcher:
         if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
             raise _changing(root, path)
         return [str(d) for d in digests]
+
+
+class Source(NamedTuple):
+    """A version of a dataset (its metadata) and the publisher to fetch its chunks from."""
+
+    root: str
+    path: str
+    meta: dict[str, Any]
+    url: str
 
 
 @dataclass(frozen=True)

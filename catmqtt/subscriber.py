@@ -26,7 +26,7 @@ from .assemble import Assembler
 from .cache import Cache
 from .dtypes import dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
-from .fetcher import Fetcher
+from .fetcher import Fetcher, Source
 from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
@@ -291,18 +291,19 @@ class Subscriber:
         root, path, meta = target.root, target.path, target.meta
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         self._settled(root, path)
-        missing = self.fetcher.missing(root, path, meta, numbers)
+        source = Source(root, path, meta, target.url)
+        missing = self.fetcher.missing(source, numbers)
         if missing and meta["kind"] == "ndarray":
             # Decoded from the chunks as they arrive, not after their write to the cache.
             assembler = Assembler(meta, sel)
             try:
-                for n, data in self.fetcher.stream(root, path, meta, target.url, numbers, missing):
+                for n, data in self.fetcher.stream(source, numbers, missing):
                     assembler.add(n, data)
             except Changed:
                 raise _changed_while_read(target.fullpath) from None
             self.cache.touch(root, path, numbers)
             return assembler.result()
-        self.fetcher.ensure(root, path, meta, target.url, numbers, missing)
+        self.fetcher.ensure(source, numbers, missing)
         key, flip = forward(sel)
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
@@ -332,7 +333,7 @@ class Subscriber:
         if not 0 <= nchunk < meta["nchunks"]:
             raise BadRequest(f"chunk {nchunk} is out of range: {fullpath!r} has {meta['nchunks']} chunks")
         self._settled(root, path)
-        self.fetcher.ensure(root, path, meta, url, [nchunk])
+        self.fetcher.ensure(Source(root, path, meta, url), [nchunk])
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
                 raise _changed_while_read(fullpath)
@@ -358,7 +359,7 @@ class Subscriber:
                 f" most {MAX_CHUNKS_PER_REQUEST} chunks and max_fetch_bytes {self.max_fetch}): ask in parts"
             )
         self._settled(root, path)
-        stream = self.fetcher.stream(root, path, meta, url, numbers)
+        stream = self.fetcher.stream(Source(root, path, meta, url), numbers)
 
         def frames() -> Iterator[bytes]:
             try:
@@ -379,7 +380,7 @@ class Subscriber:
         root, path, meta, url = self.lookup(fullpath)
         numbers = list(range(meta["nchunks"]))
         self._settled(root, path)
-        self.fetcher.ensure(root, path, meta, url, numbers)
+        self.fetcher.ensure(Source(root, path, meta, url), numbers)
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
         os.close(fd)
         try:
