@@ -263,17 +263,18 @@ class Subscriber:
             raise NotFound(f"no directory {directory!r} in root {name!r}")
         return inside or [directory.rstrip("/")]
 
-    def lookup(self, fullpath: str) -> tuple[str, str, dict[str, Any], str]:
+    def lookup(self, fullpath: str) -> Source:
         """Return (root, path, metadata, publisher URL) of ``root/path``."""
         name, sep, path = fullpath.partition("/")
         if not sep or not path:
             raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
         info = self.root_of(name)
-        return name, path, self.cache.dataset(name, parse_path(path)), info["url"]
+        return Source(name, path, self.cache.dataset(name, parse_path(path)), info["url"])
 
     def selection(self, fullpath: str, slice_text: str) -> Target:
         """Check the selection `slice_text` of a dataset; raise before anything is read."""
-        root, path, meta, url = self.lookup(fullpath)
+        source = self.lookup(fullpath)
+        meta = source.meta
         sel = select(parse_slice(slice_text), meta["shape"])
         itemsize = dtype_from_json(meta["dtype"]).itemsize if meta["kind"] == "ndarray" else meta["typesize"]
         shape = result_shape(sel)
@@ -283,15 +284,15 @@ class Subscriber:
                 f"the selection is {nbytes} bytes, over this subscriber's limit of {self.max_fetch}"
                 " (max_fetch_bytes): select less, or use download"
             )
-        return Target(fullpath, root, path, meta, url, sel, shape, itemsize, nbytes)
+        return Target(fullpath, source, sel, shape, itemsize, nbytes)
 
     def read(self, target: Target, sel: tuple | None = None) -> np.ndarray | bytes:
         """Return `sel` (by default the whole of `target`), fetching the chunks that are missing."""
         sel = target.sel if sel is None else sel
-        root, path, meta = target.root, target.path, target.meta
+        source = target.source
+        root, path, meta, _ = source
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         self._settled(root, path)
-        source = Source(root, path, meta, target.url)
         missing = self.fetcher.missing(source, numbers)
         if missing and meta["kind"] == "ndarray":
             # Decoded from the chunks as they arrive, not after their write to the cache.
@@ -329,11 +330,12 @@ class Subscriber:
             yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
 
     def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
-        root, path, meta, url = self.lookup(fullpath)
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
         if not 0 <= nchunk < meta["nchunks"]:
             raise BadRequest(f"chunk {nchunk} is out of range: {fullpath!r} has {meta['nchunks']} chunks")
         self._settled(root, path)
-        self.fetcher.ensure(Source(root, path, meta, url), [nchunk])
+        self.fetcher.ensure(source, [nchunk])
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
                 raise _changed_while_read(fullpath)
@@ -349,7 +351,8 @@ class Subscriber:
         available, in no particular order. A failure once streaming has begun
         is sent as a frame numbered -1 holding ``{"error", "status"}``.
         """
-        root, path, meta, url = self.lookup(fullpath)
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
         if etag is not None and etag != meta["etag"]:
             raise Changed(f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again")
         numbers = parse_chunk_list(numbers_text, meta["nchunks"])
@@ -359,7 +362,7 @@ class Subscriber:
                 f" most {MAX_CHUNKS_PER_REQUEST} chunks and max_fetch_bytes {self.max_fetch}): ask in parts"
             )
         self._settled(root, path)
-        stream = self.fetcher.stream(Source(root, path, meta, url), numbers)
+        stream = self.fetcher.stream(source, numbers)
 
         def frames() -> Iterator[bytes]:
             try:
@@ -377,10 +380,11 @@ class Subscriber:
 
     def download(self, fullpath: str) -> tuple[io.BufferedReader, str]:
         """Return an open, already unlinked file with the whole dataset, and its name."""
-        root, path, meta, url = self.lookup(fullpath)
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
         numbers = list(range(meta["nchunks"]))
         self._settled(root, path)
-        self.fetcher.ensure(Source(root, path, meta, url), numbers)
+        self.fetcher.ensure(source, numbers)
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
         os.close(fd)
         try:
@@ -404,10 +408,7 @@ class Target:
     """A checked selection of a dataset: where it is and what it will be."""
 
     fullpath: str
-    root: str
-    path: str
-    meta: dict[str, Any]
-    url: str
+    source: Source
     sel: tuple
     shape: tuple[int, ...]
     itemsize: int
@@ -493,9 +494,9 @@ def fetch(fullpath: str):
             return Response(buffer.getvalue(), mimetype=NPY)
         return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
     # A large selection is built and sent slab by slab: memory stays flat.
-    if target.meta["kind"] != "ndarray":
+    if target.source.meta["kind"] != "ndarray":
         return Response(sub.slabs(target), mimetype="application/octet-stream")
-    dtype = dtype_from_json(target.meta["dtype"])
+    dtype = dtype_from_json(target.source.meta["dtype"])
     if npy:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
