@@ -17,6 +17,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
+from .blocks import cut
 from .dtypes import dtype_from_json
 from .slices import Selection, chunk_coords, chunk_grid, forward
 
@@ -52,7 +53,36 @@ class Assembler:
         self.out = np.empty(out_shape, dtype=self.dtype)
 
     def add(self, nchunk: int, data: bytes) -> None:
-        """Decode chunk `nchunk` and copy the part of it that the selection wants."""
+        """Decode chunk `nchunk` and copy the part of it that the selection wants.
+
+        Where `partial_blocks` names some blocks of the chunk, only those are decoded: the
+        other bytes of `data` may be anything (zeros, while they are on their way).
+        """
+        place = self._place(nchunk)
+        if place is None:
+            return
+        src, dst = place
+        target = self.out[(*dst, ...)]
+        if self.c_ordered and target.shape == self.chunks and target.flags.c_contiguous:
+            # A whole chunk into a contiguous place: decoded right there, no copy.
+            blosc2.decompress2(data, dst=target)
+            return
+        rows = self._rows(src)
+        part = None if rows is None else self._decode_rows(data, rows)
+        if part is not None:
+            target[...] = part[(_shift(src[0], rows.start), *src[1:])]
+            return
+        target[...] = self._decode(data)[tuple(src)]
+
+    def partial_blocks(self, nchunk: int) -> range | None:
+        """Return the blocks of chunk `nchunk` that `add` decodes, if not all of them."""
+        place = self._place(nchunk)
+        rows = None if place is None else self._rows(place[0])
+        return None if rows is None else self._blocks_of(rows)
+
+    def _place(self, nchunk: int) -> tuple[list[int | slice], list[slice]] | None:
+        """Return where the selection's part of chunk `nchunk` is, in the chunk and in
+        the result; None if the selection misses the chunk."""
         coords = chunk_coords(nchunk, self.grid)
         src: list[int | slice] = []
         dst: list[slice] = []
@@ -60,47 +90,39 @@ class Assembler:
             low, high = coord * size, min(coord * size + size, extent)
             if isinstance(k, int):
                 if not low <= k < high:
-                    return
+                    return None
                 src.append(k - low)
                 continue
             first = k.start if k.start >= low else k.start + -(-(low - k.start) // k.step) * k.step
             end = min(high, k.stop)
             if first >= end:
-                return
+                return None
             count = len(range(first, end, k.step))
             start = (first - k.start) // k.step
             src.append(slice(first - low, first - low + (count - 1) * k.step + 1, k.step))
             dst.append(slice(start, start + count))
-        target = self.out[(*dst, ...)]
-        if self.c_ordered and target.shape == self.chunks and target.flags.c_contiguous:
-            # A whole chunk into a contiguous place: decoded right there, no copy.
-            blosc2.decompress2(data, dst=target)
-            return
-        rows = _rows(src[0]) if self.c_ordered else None
-        if rows is not None and 2 * (rows.stop - rows.start) <= self.chunks[0]:
-            # Whole blocks: Blosc2 4.14 returns the wrong items for a range of exactly
-            # one block's size that does not start on a block boundary.
-            block = self.blocks[0]
-            rows = range(rows.start // block * block, min(-(-rows.stop // block) * block, self.chunks[0]))
-            decoded = self._decode_rows(data, rows)
-            if decoded is not None:
-                target[...] = decoded[(_shift(src[0], rows.start), *src[1:])]
-                return
-        target[...] = self._decode(data)[tuple(src)]
+        return src, dst
+
+    def _rows(self, src: list[int | slice]) -> range | None:
+        """Return the rows of an array's C-ordered chunk to decode for `src`, in whole
+        blocks, if they are at most half the chunk's; None to decode it all."""
+        rows = _rows(src[0]) if self.c_ordered and self.kind == "ndarray" else None
+        if rows is None or 2 * (rows.stop - rows.start) > self.chunks[0]:
+            return None
+        block = self.blocks[0]
+        return range(rows.start // block * block, min(-(-rows.stop // block) * block, self.chunks[0]))
+
+    def _blocks_of(self, rows: range) -> range:
+        return range(rows.start // self.blocks[0], -(-rows.stop // self.blocks[0]))
 
     def _decode_rows(self, data: bytes, rows: range) -> np.ndarray | None:
-        """Return rows `rows` (along the first axis) of a C-ordered chunk, decoding
-        only the blocks that hold them; None if the chunk's item size is not the
-        dtype's (Blosc2 caps it at 255)."""
-        if data[3] != self.dtype.itemsize:
+        """Return rows `rows` (whole blocks along the first axis) of a C-ordered chunk,
+        decoding only the blocks that hold them; None if they cannot be read apart."""
+        part = cut(data, self._blocks_of(rows), self.out.itemsize * math.prod(self.chunks))
+        if part is None:
             return None
-        row_items = math.prod(self.chunks[1:])
-        schunk = blosc2.SChunk(
-            chunksize=math.prod(self.chunks) * self.dtype.itemsize, cparams={"typesize": data[3]}
-        )
-        schunk.append_chunk(data)
         out = np.empty((len(rows), *self.chunks[1:]), dtype=self.dtype)
-        schunk.get_slice(rows.start * row_items, rows.stop * row_items, out=out)
+        blosc2.decompress2(part, dst=out)
         return out
 
     def _decode(self, data: bytes) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""This module reads the layout of a compressed Blosc2 chunk: where its blocks
+lie, so that a publisher can send the blocks a selection needs before the
+rest of the chunk, and how to cut a chunk down to some of its blocks, so that
+only those are decoded.
+
+A chunk starts with a 32-byte header (sizes, flags, filters). Then come
+either its bytes as they are (a chunk that did not compress), or the offset
+of each block as a little-endian int32 followed by the blocks, each
+compressed on its own (or nothing more, for a chunk of one special value).
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+
+HEADER = 32
+# Flags (byte 2): an extended header (bits 0 and 2), bytes stored as they are (bit 1).
+EXTENDED, COPIED = 0x05, 0x02
+# The delta filter (its Blosc2 code) decodes every block against the first one.
+DELTA = 3
+
+
+def head_size(nblocks: int) -> int:
+    return HEADER + 4 * nblocks
+
+
+def block_bounds(head: bytes, nbytes: int, cbytes: int) -> tuple[list[int], list[int]] | None:
+    """Return the start and end (in bytes) of each block of a chunk of `nbytes`
+    bytes, `cbytes` compressed, from its first bytes (`head`: at least its header
+    and block offsets); None if its blocks cannot be read apart: a chunk of one
+    special value, with a dictionary or the delta filter, or `head` not the
+    start of such a chunk.
+
+    Blocks are not always stored in order (Blosc2's threads write them as
+    they finish): a block ends where the next one in the chunk's bytes begins.
+    """
+    if len(head) < HEADER:
+        return None
+    size, blocksize, csize = struct.unpack_from("<iii", head, 4)
+    # No Blosc2 flags (byte 31): no special value, no dictionary.
+    plain = head[2] & EXTENDED == EXTENDED and head[31] == 0 and DELTA not in head[16:22]
+    if not plain or (size, csize) != (nbytes, cbytes) or nbytes <= 0 or blocksize <= 0:
+        return None
+    nblocks = -(-nbytes // blocksize)
+    if head[2] & COPIED:
+        if cbytes != HEADER + nbytes:
+            return None
+        starts = [HEADER + b * blocksize for b in range(nblocks)]
+        return starts, [min(s + blocksize, cbytes) for s in starts]
+    if len(head) < head_size(nblocks):
+        return None
+    starts = list(struct.unpack_from(f"<{nblocks}i", head, HEADER))
+    if len(set(starts)) != nblocks or not all(head_size(nblocks) <= s < cbytes for s in starts):
+        return None
+    bounds = [*sorted(starts), cbytes]
+    return starts, [bounds[bisect.bisect_right(bounds, s)] for s in starts]
+
+
+def block_parts(chunk: bytes, blocks: range, nbytes: int) -> list[tuple[int, int]] | None:
+    """Return the spans of bytes ``(start, stop)`` of `chunk` (`nbytes` bytes
+    uncompressed) that `cut` needs for `blocks`: its header and block offsets,
+    and the bytes of those blocks (maybe of others too, stored among them);
+    None if the blocks cannot be read apart."""
+    bounds = block_bounds(chunk, nbytes, len(chunk))
+    if bounds is None or not 0 <= blocks.start < blocks.stop <= len(bounds[0]):
+        return None
+    starts, ends = bounds
+    head = min(starts)
+    start, stop = min(starts[b] for b in blocks), max(ends[b] for b in blocks)
+    return [(0, stop)] if start == head else [(0, head), (start, stop)]
+
+
+def format_parts(spans: list[tuple[int, int]], size: int) -> str:
+    """Return spans ``(start, stop)`` of a chunk of `size` bytes as ``"0-159,4000-9999/3529755"``."""
+    return ",".join(f"{start}-{stop - 1}" for start, stop in spans) + f"/{size}"
+
+
+def parse_parts(text: str) -> tuple[list[tuple[int, int]], int] | None:
+    """Parse what `format_parts` returns; None unless the spans are in order, apart
+    and within the size."""
+    spans_text, sep, size_text = text.partition("/")
+    try:
+        size = int(size_text)
+        spans = [(int(a), int(b) + 1) for a, _, b in (span.partition("-") for span in spans_text.split(","))]
+    except ValueError:
+        return None
+    ends = [x for span in spans for x in span]
+    if not sep or ends != sorted(ends) or ends[0] < 0 or ends[-1] > size or any(a >= b for a, b in spans):
+        return None
+    return spans, size
+
+
+def gaps(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Return the spans of ``range(size)`` that ordered, disjoint `spans` leave out."""
+    bounds = [0, *(x for span in spans for x in span), size]
+    return [(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if b > a]
+
+
+def cut(chunk: bytes, blocks: range, nbytes: int) -> bytes | None:
+    """Return a chunk of just `blocks` of `chunk` (`nbytes` bytes uncompressed),
+    which decodes to their bytes; None if the blocks cannot be read apart.
+
+    Only the header, the offsets and `blocks` of `chunk` are read: its other
+    bytes may be anything.
+    """
+    bounds = block_bounds(chunk, nbytes, len(chunk))
+    if bounds is None or not 0 <= blocks.start < blocks.stop <= len(bounds[0]):
+        return None
+    starts, ends = bounds
+    blocksize = struct.unpack_from("<i", chunk, 8)[0]
+    view = memoryview(chunk)
+    header = bytearray(view[:HEADER])
+    struct.pack_into("<i", header, 4, min(blocks.stop * blocksize, nbytes) - blocks.start * blocksize)
+    if chunk[2] & COPIED:
+        body = view[starts[blocks.start] : ends[blocks.stop - 1]]
+        struct.pack_into("<i", header, 12, HEADER + len(body))
+        return b"".join([header, body])
+    pieces = [view[starts[b] : ends[b]] for b in blocks]
+    offsets = [head_size(len(blocks))]
+    for piece in pieces[:-1]:
+        offsets.append(offsets[-1] + len(piece))
+    struct.pack_into("<i", header, 12, offsets[-1] + len(pieces[-1]))
+    return b"".join([header, struct.pack(f"<{len(blocks)}i", *offsets), *pieces])
