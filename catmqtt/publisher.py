@@ -12,14 +12,16 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from . import storage
+from .blocks import block_parts, format_parts
 from .errors import BadRequest
 from .mqtt import Node
 from .roots import Root, open_root
 from .schema import dumps, loads
+from .slices import parse_block_range
 from .topics import dataset_topic, parse_topic, root_topic
 from .watch import Watcher
-from .web import Server, arg_int, configure_app
-from .wire import DIGEST, ETAG
+from .web import OCTETS, Server, arg_int, chunk_response, configure_app
+from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,22 @@ def info(path: str):
 @bp.get("/api/chunk/<path:path>")
 def chunk(path: str):
     nchunk = arg_int("nchunk")
+    blocks = request.args.get("blocks")
+    wanted = None if blocks is None else parse_block_range(blocks)
     entry = _root().get(path)
-    data, etag = _root().chunk(path, nchunk)
+    data, etag = _root().chunk(path, nchunk, part=wanted is not None or "Range" in request.headers)
     # The manifest has the digest already, unless the dataset changed meanwhile.
     known = entry.digests is not None and entry.meta["etag"] == etag
     digest = entry.digests[nchunk] if known else storage.chunk_digest(data)
     headers = {ETAG: etag, DIGEST: digest}
-    return Response(data, mimetype="application/octet-stream", headers=headers)
+    # Some blocks first: the chunk's header, block offsets and those blocks.
+    # (The whole chunk if its blocks cannot be sent apart.)
+    spans = None if wanted is None else block_parts(data, wanted, storage.chunk_nbytes(entry.meta, nchunk))
+    if spans is not None:
+        view = memoryview(data)
+        body = b"".join(view[start:stop] for start, stop in spans)
+        return Response(body, mimetype=OCTETS, headers={**headers, PARTS: format_parts(spans, len(data))})
+    return chunk_response(data, headers)
 
 
 @bp.get("/api/manifest/<path:path>")

@@ -250,5 +250,13 @@ def parse_chunk_list(text: str, nchunks: int) -> list[int]:
     return numbers
 
 
+def parse_block_range(text: str) -> range:
+    """Parse ``"A-B"`` (or ``"A"``) into the blocks A to B of a chunk; raise BadRequest."""
+    first, sep, last = text.strip().partition("-")
+    if not _is_number(first) or (sep and not _is_number(last)) or int(first) > int(last if sep else first):
+        raise BadRequest(f"malformed block range {text[:100]!r}: expected A-B, like 0-3")
+    return range(int(first), int(last if sep else first) + 1)
+
+
 def _is_number(text: str) -> bool:
     return text.isascii() and text.isdecimal()

@@ -31,7 +31,7 @@ from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
-from .web import Server, arg_int, configure_app
+from .web import Server, arg_int, chunk_response, configure_app
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
 log = logging.getLogger(__name__)
@@ -522,8 +522,7 @@ def fetch(fullpath: str):
 @bp.get("/api/chunk/<path:fullpath>")
 def chunk(fullpath: str):
     data, etag = _sub().chunk(fullpath, arg_int("nchunk"))
-    headers = {ETAG: etag, DIGEST: storage.chunk_digest(data)}
-    return Response(data, mimetype="application/octet-stream", headers=headers)
+    return chunk_response(data, {ETAG: etag, DIGEST: storage.chunk_digest(data)})
 
 
 @bp.get("/api/chunks/<path:fullpath>")

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from waitress import wasyncore
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # Pieces of a response body at least this big are sent from where they are, not copied.
 BY_REFERENCE = 64 << 10
+OCTETS = "application/octet-stream"
 # The unsent bytes a connection may hold before its worker waits.
 HIGH_WATERMARK = 4 << 20
 
@@ -31,6 +32,33 @@ def error_response(message: str, status: int):
     response = jsonify({"error": message, "status": status})
     response.status_code = status
     return response
+
+
+def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
+    """Return a chunk's bytes, or only the byte range a ``Range`` header asks for.
+
+    One range gets a 206 (a subscriber reads a chunk's header, then the blocks
+    it needs first); a range past the end, a 416. Several ranges, or an
+    ``If-Range``, get the whole chunk, as HTTP allows.
+    """
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    wanted = request.range if "If-Range" not in request.headers else None
+    if wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1:
+        return Response(data, mimetype=OCTETS, headers=headers)
+    span = wanted.range_for_length(len(data))
+    if span is None:
+        response = error_response(
+            f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
+        )
+        response.headers["Content-Range"] = f"bytes */{len(data)}"
+        return response
+    start, stop = span
+    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+    headers["Content-Length"] = str(stop - start)
+    # A large part is sent from where it is (see _Task), a small one copied.
+    part = memoryview(data)[start:stop]
+    body = [part] if len(part) >= BY_REFERENCE else bytes(part)
+    return Response(body, status=206, mimetype=OCTETS, headers=headers)
 
 
 def configure_app(app: Flask) -> None:

@@ -105,6 +105,69 @@ def test_publisher_bad_requests(foo, endpoint, status, message):
     assert message in response.json()["error"]
 
 
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize(
+    ("range_", "if_range", "status", "part"),
+    [
+        ("bytes=0-9", None, 206, slice(0, 10)),
+        ("bytes=10-", None, 206, slice(10, None)),
+        ("bytes=-5", None, 206, slice(-5, None)),
+        ("bytes=3-100000", None, 206, slice(3, None)),  # cut at the end
+        ("bytes=0-1,5-6", None, 200, slice(None)),  # several ranges: the whole chunk
+        ("bytes=0-9", '"x"', 200, slice(None)),  # If-Range: the whole chunk
+        ("bytes=9-3", None, 200, slice(None)),  # malformed: ignored
+        ("items=0-9", None, 200, slice(None)),  # another unit: ignored
+        ("bytes=100000-", None, 416, None),
+    ],
+)
+def test_chunk_ranges(foo, node, range_, if_range, status, part):
+    path = "ds-1d.b2nd" if node == "pub-foo" else "foo/ds-1d.b2nd"
+    url = f"{foo.url(node)}/api/chunk/{path}"
+    whole = requests.get(url, params={"nchunk": 3}, timeout=10)
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    headers = {"Range": range_} | ({"If-Range": if_range} if if_range else {})
+    response = requests.get(url, params={"nchunk": 3}, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    size = len(whole.content)
+    if status == 416:
+        assert response.headers["Content-Range"] == f"bytes */{size}"
+        assert "outside the chunk's" in response.json()["error"]
+        return
+    assert response.content == whole.content[part]
+    assert response.headers["X-Catmqtt-Digest"] == whole.headers["X-Catmqtt-Digest"]
+    if status == 206:
+        first = range(size)[part][0]
+        last = first + len(response.content) - 1
+        assert response.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+
+
+def test_publisher_sends_some_blocks_first(foo):
+    import blosc2
+    import numpy as np
+
+    from catmqtt import blocks
+
+    url = f"{foo.url('pub-foo')}/api/chunk/ds-1d.b2nd"
+    whole = requests.get(url, params={"nchunk": 3}, timeout=10).content
+    response = requests.get(url, params={"nchunk": 3, "blocks": "2-3"}, timeout=10)
+    assert response.status_code == 200
+    spans, size = blocks.parse_parts(response.headers["X-Catmqtt-Parts"])
+    assert size == len(whole) and len(response.content) < size
+    chunk, body = bytearray(size), memoryview(response.content)
+    for start, stop in spans:
+        assert bytes(body[: stop - start]) == whole[start:stop]
+        chunk[start:stop], body = body[: stop - start], body[stop - start :]
+    assert len(body) == 0
+    # Blocks 2 and 3 of chunk 3 are items 320 to 339 of ds-1d (blocks of 10).
+    decoded = np.frombuffer(blosc2.decompress2(blocks.cut(chunk, range(2, 4), 800)), dtype=np.int64)
+    assert np.array_equal(decoded, np.arange(320, 340))
+    # Blocks the chunk does not have: the whole chunk, as without `blocks`.
+    beyond = requests.get(url, params={"nchunk": 3, "blocks": "10-12"}, timeout=10)
+    assert beyond.content == whole and "X-Catmqtt-Parts" not in beyond.headers
+    bad = requests.get(url, params={"nchunk": 3, "blocks": "3-1"}, timeout=10)
+    assert bad.status_code == 400 and "malformed block range '3-1'" in bad.json()["error"]
+
+
 def test_info_etag(foo):
     for url in (f"{foo.url('sub')}/api/info/foo/ds-1d.b2nd", f"{foo.url('pub-foo')}/api/info/ds-1d.b2nd"):
         first = requests.get(url, timeout=10)

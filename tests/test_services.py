@@ -158,6 +158,32 @@ def test_publisher_compresses_plain_files_once(tmp_path, root_dir):
     assert frame.stat().st_mtime_ns == built
 
 
+def test_publisher_keeps_chunks_read_for_parts_a_moment(tmp_path, root_dir):
+    root = open_root("foo", root_dir, tmp_path / "state")
+    root.scan()
+    root.recent_bytes = 3 * len(root.chunk("ds-1d.b2nd", 0)[0])
+    reads = []
+    read = root._read_chunk
+    root._read_chunk = lambda entry, n: reads.append(n) or read(entry, n)
+    client = create_app(root).test_client()
+    for n in (1, 2, 1, 2):
+        # The blocks first, then the rest.
+        first = client.get(f"/api/chunk/ds-1d.b2nd?nchunk={n}&blocks=0-0")
+        rest = client.get(f"/api/chunk/ds-1d.b2nd?nchunk={n}", headers={"Range": "bytes=40-"})
+        assert "X-Catmqtt-Parts" in first.headers and rest.status_code == 206
+    assert reads == [1, 2]
+    # A bounded number of bytes: the oldest go first.
+    for n in range(3, 10):
+        client.get(f"/api/chunk/ds-1d.b2nd?nchunk={n}", headers={"Range": "bytes=0-9"})
+    client.get("/api/chunk/ds-1d.b2nd?nchunk=9", headers={"Range": "bytes=0-9"})
+    client.get("/api/chunk/ds-1d.b2nd?nchunk=1", headers={"Range": "bytes=0-9"})
+    assert reads == [1, 2, *range(3, 10), 1]
+    # Whole chunks are not kept.
+    client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
+    client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
+    assert reads[-2:] == [0, 0]
+
+
 def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CatmqttError, match="is not a directory"):

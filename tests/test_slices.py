@@ -14,6 +14,7 @@ from catmqtt.slices import (
     format_chunk_list,
     format_key,
     forward,
+    parse_block_range,
     parse_chunk_list,
     parse_slice,
     result_shape,
@@ -483,3 +484,17 @@ def test_format_chunk_list(numbers, text):
 def test_parse_chunk_list_bad(text, match):
     with pytest.raises(BadRequest, match=match):
         parse_chunk_list(text, 13)
+
+
+@pytest.mark.parametrize(
+    ("text", "blocks"),
+    [("0-3", range(0, 4)), ("5", range(5, 6)), (" 2-2 ", range(2, 3)), ("10-11", range(10, 12))],
+)
+def test_parse_block_range(text, blocks):
+    assert parse_block_range(text) == blocks
+
+
+@pytest.mark.parametrize("text", ["", "-1", "3-1", "a-b", "1-", "1--2", "0,2", "\u0661"])
+def test_parse_block_range_bad(text):
+    with pytest.raises(BadRequest, match="malformed block range"):
+        parse_block_range(text)

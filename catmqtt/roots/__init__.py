@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +38,9 @@ class Root:
     # Whether reading a chunk holds its entry's lock (False: the subclass
     # guards its own I/O, so that chunks of one dataset are read in parallel).
     lock_entries = True
+    # Chunks read for a part of their bytes are kept, up to this many bytes: a
+    # subscriber asks for a chunk's header, then some of its blocks, then the rest.
+    recent_bytes = 16 << 20
 
     def __init__(self, name: str, path: Path, statedir: str | os.PathLike) -> None:
         self.name = name
@@ -49,6 +53,9 @@ class Root:
         self.groups: dict[str, dict[str, Any]] = {}
         self.etag = ""
         self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple, bytes] = OrderedDict()
+        self._recent_size = 0
+        self._recent_lock = threading.Lock()
 
     def scan(self) -> dict[str, Entry]:
         """Look at the source again, reusing what did not change; return the entries."""
@@ -85,16 +92,38 @@ class Root:
             raise NotFound(f"root {self.name!r} keeps no chunk manifest for {path!r}")
         return {"path": path, "etag": entry.meta["etag"], "digests": entry.digests}
 
-    def chunk(self, path: str, nchunk: int) -> tuple[bytes, str]:
-        """Return the compressed bytes of chunk `nchunk` of `path`, and the dataset's etag."""
+    def chunk(self, path: str, nchunk: int, *, part: bool = False) -> tuple[bytes, str]:
+        """Return the compressed bytes of chunk `nchunk` of `path`, and the dataset's etag.
+
+        With `part` (only part of the bytes will be sent), the chunk is kept a
+        moment for the next parts.
+        """
         entry = self.get(path)
         nchunks = entry.meta["nchunks"]
         if not 0 <= nchunk < nchunks:
             raise BadRequest(f"chunk {nchunk} is out of range: {path!r} has {nchunks} chunks")
+        etag = entry.meta["etag"]
+        key = (entry.meta["path"], etag, nchunk)
+        with self._recent_lock:
+            data = self._recent.get(key)
+        if data is not None:
+            return data, etag
         if not self.lock_entries:
-            return self._read_chunk(entry, nchunk), entry.meta["etag"]
-        with entry.lock:
-            return self._read_chunk(entry, nchunk), entry.meta["etag"]
+            data = self._read_chunk(entry, nchunk)
+        else:
+            with entry.lock:
+                data = self._read_chunk(entry, nchunk)
+        if part:
+            self._keep(key, data)
+        return data, etag
+
+    def _keep(self, key: tuple, data: bytes) -> None:
+        with self._recent_lock:
+            if key not in self._recent:
+                self._recent[key] = data
+                self._recent_size += len(data)
+            while self._recent_size > self.recent_bytes:
+                self._recent_size -= len(self._recent.popitem(last=False)[1])
 
 
 def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike) -> Root:
