@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -27,10 +28,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from . import storage
+from .blocks import gaps, parse_parts
 from .cache import Cache
 from .errors import CatmqttError, Changed, Unavailable
 from .sessions import environment
-from .wire import DIGEST, ETAG
+from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ CONNECT_TIMEOUT = 5.0
 # Bytes of fetched chunks that may wait to be written to the cache.
 WRITE_BEHIND = 64 << 20
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
+CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
 class Fetcher:
@@ -107,14 +110,24 @@ class Fetcher:
                 raise future.exception()
 
     def stream(
-        self, source: Source, numbers: list[int], missing: list[int] | None = None
+        self,
+        source: Source,
+        numbers: list[int],
+        missing: list[int] | None = None,
+        parts: dict[int, range] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (number, compressed bytes) of chunks `numbers`: cached ones first, the
         others (`missing`, as in `ensure`) as they arrive from the publisher, straight
         from memory (their write to the cache goes on behind). Raises Changed if the
-        dataset changes."""
+        dataset changes.
+
+        `parts` maps chunks of which only some blocks are needed to those blocks: a
+        missing one is fetched in parts, and yielded as soon as those blocks are in
+        (the chunk's size, its other bytes zeros), while the rest follows into the cache.
+        """
         if missing is None:
             missing = self.missing(source, numbers)
+        parts = parts or {}
         cached = sorted(set(numbers).difference(missing))
         todo = iter(missing)
         # A window of fetches per stream: a slow reader holds at most this many chunks.
@@ -122,7 +135,7 @@ class Fetcher:
 
         def refill() -> None:
             for n in itertools.islice(todo, self.workers - len(window)):
-                window[self._pending(source, n).fetched] = n
+                window[self._pending(source, n, parts.get(n)).first(parts.get(n))] = n
 
         refill()
         for n in cached:
@@ -150,36 +163,53 @@ class Fetcher:
         self.count(f"{root}/{path}", cache_hits=len(cached))
         return [n for n in numbers if n not in cached]
 
-    def _pending(self, source: Source, nchunk: int) -> _Pending:
-        """Return the fetch of a chunk, started now unless one is under way (or being stored)."""
+    def _pending(self, source: Source, nchunk: int, blocks: range | None = None) -> _Pending:
+        """Return the fetch of a chunk, started now unless one is under way (or being
+        stored); in parts, `blocks` first, if given and the chunk is an array's."""
         root, path, meta, url = source
         key = (root, path, meta["etag"], nchunk)
         with self._lock:
             pending = self._inflight.get(key)
             if pending is None:
                 stored: Future = Future()
-                fetched = self.pool.submit(self._fetch, key, stored, meta, url)
-                pending = self._inflight[key] = _Pending(fetched, stored)
-                fetched.add_done_callback(lambda f: self._fetched(key, f, stored))
+                early: Future | None = None if blocks is None else Future()
+                fetched = self.pool.submit(self._fetch, key, stored, meta, url, blocks, early)
+                pending = self._inflight[key] = _Pending(fetched, stored, early, blocks)
+                fetched.add_done_callback(lambda f: self._fetched(key, f, stored, early))
         return pending
 
-    def _fetched(self, key: tuple, fetched: Future, stored: Future) -> None:
-        """Pass a failed (or cancelled) fetch on to those waiting for the chunk's storing."""
-        if fetched.cancelled():
-            stored.cancel()
-        elif fetched.exception() is not None:
-            stored.set_exception(fetched.exception())
-        else:
-            return
-        self._forget(key)
+    def _fetched(self, key: tuple, fetched: Future, stored: Future, early: Future | None) -> None:
+        """Pass a failed (or cancelled) fetch on to those waiting for its first blocks or
+        for the chunk's storing."""
+        for waiting in (early, stored):
+            if waiting is None or waiting.done():
+                continue
+            if fetched.cancelled():
+                waiting.cancel()
+            elif fetched.exception() is not None:
+                waiting.set_exception(fetched.exception())
+            elif waiting is early:
+                waiting.set_result(fetched.result())
+        if fetched.cancelled() or fetched.exception() is not None:
+            self._forget(key)
 
     def _forget(self, key: tuple) -> None:
         with self._lock:
             self._inflight.pop(key, None)
 
-    def _get(self, root: str, url: str, endpoint: str, limit: int, **params: Any) -> tuple[Any, bytes]:
-        """GET from a publisher: (headers, body of at most `limit` bytes). Failures become
-        Unavailable (502, 503 or 504) naming the publisher."""
+    def _get(
+        self,
+        root: str,
+        url: str,
+        endpoint: str,
+        limit: int,
+        span: tuple[int, int] | None = None,
+        **params: Any,
+    ) -> tuple[Any, bytes, int | None]:
+        """GET from a publisher: (headers, body of at most `limit` bytes, None). With
+        `span` (start, stop), only those bytes are asked for; if they alone came, the
+        third item is the size of the whole. Failures become Unavailable (502, 503 or
+        504) naming the publisher."""
         where = f"publisher of root {root!r} at {url}"
         try:
             if url not in self._environments:
@@ -187,6 +217,7 @@ class Fetcher:
             response = self.session.get(
                 f"{url}/api/{endpoint}",
                 params=params,
+                headers=None if span is None else {"Range": f"bytes={span[0]}-{span[1] - 1}"},
                 timeout=self.timeout,
                 stream=True,
                 **self._environments[url],
@@ -201,16 +232,36 @@ class Fetcher:
             raise Unavailable(f"{where} is unreachable", status=503) from None
         if len(body) > limit:
             raise Unavailable(f"{where} sent more than the {limit} bytes expected", status=502)
+        if response.status_code == 206 and span is not None:
+            # Those bytes, or fewer if the whole ends before `stop`.
+            found = CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            first, last, size = (int(x) for x in found.groups()) if found else (-1, -1, 0)
+            if (first, last + 1) != (span[0], min(span[1], size)) or len(body) != last + 1 - first:
+                raise Unavailable(f"{where} sent other bytes than the range asked for", status=502)
+            return response.headers, body, size
         if response.status_code != 200:
             status = 503 if response.status_code == 503 else 502
             raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
-        return response.headers, body
+        return response.headers, body, None
 
-    def _fetch(self, key: tuple, stored: Future, meta: dict[str, Any], url: str) -> bytes:
-        """Fetch and check one chunk, hand its writing to the cache writer, return its bytes."""
+    def _fetch(
+        self,
+        key: tuple,
+        stored: Future,
+        meta: dict[str, Any],
+        url: str,
+        blocks: range | None = None,
+        early: Future | None = None,
+    ) -> bytes:
+        """Fetch and check one chunk (`blocks` first, into `early`, if given), hand its
+        writing to the cache writer, return its bytes."""
         root, path, _, nchunk = key
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
-        headers, data = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
+        if blocks is None or early is None:
+            headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
+            received = len(data)
+        else:
+            headers, data, received = self._fetch_parts(key, meta, url, limit, blocks, early)
         if headers.get(ETAG) != meta["etag"]:
             raise _changing(root, path)
         digest = storage.chunk_digest(data)
@@ -221,13 +272,51 @@ class Fetcher:
             raise Unavailable(
                 f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
             )
-        self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=len(data))
+        self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
         # Bounded write-behind: wait while the writer is this far behind.
         with self._backlog:
             self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
             self._writing += len(data)
         self.writer.submit(self._store, key, stored, meta, data, digest)
         return data
+
+    def _fetch_parts(
+        self, key: tuple, meta: dict[str, Any], url: str, limit: int, blocks: range, early: Future
+    ) -> tuple[Any, bytes, int]:
+        """Fetch a chunk in parts: what decoding `blocks` needs first (set into `early`:
+        the chunk, its other bytes zeros), then the rest, in byte ranges. Return the
+        headers of the first response, the whole chunk and the bytes received."""
+        root, path, _, nchunk = key
+        endpoint = f"chunk/{quote(path)}"
+        blocks_text = f"{blocks.start}-{blocks.stop - 1}"
+        headers, body, _ = self._get(root, url, endpoint, limit, nchunk=nchunk, blocks=blocks_text)
+        if PARTS not in headers:
+            # The whole chunk came.
+            return headers, body, len(body)
+        if headers.get(ETAG) != meta["etag"]:
+            raise _changing(root, path)
+        parts = parse_parts(headers[PARTS])
+        if parts is None or parts[1] > limit or sum(b - a for a, b in parts[0]) != len(body):
+            raise Unavailable(
+                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
+            )
+        spans, size = parts
+        data = bytearray(size)
+        view = memoryview(body)
+        for start, stop in spans:
+            data[start:stop], view = view[: stop - start], view[stop - start :]
+        early.set_result(data)
+        received = len(body)
+        for start, stop in gaps(spans, size):
+            more, part, whole = self._get(root, url, endpoint, limit, (start, stop), nchunk=nchunk)
+            received += len(part)
+            if more.get(ETAG) != headers.get(ETAG) or whole not in (size, None):
+                raise _changing(root, path)
+            if whole is None:
+                # The whole chunk came this time.
+                return more, part, received
+            data[start:stop] = part
+        return headers, data, received
 
     def _store(self, key: tuple, stored: Future, meta: dict[str, Any], data: bytes, digest: str) -> None:
         root, path, _, nchunk = key
@@ -270,10 +359,20 @@ class Source(NamedTuple):
 
 @dataclass(frozen=True)
 class _Pending:
-    """A chunk on its way: its checked bytes (`fetched`), then its write to the cache (`stored`)."""
+    """A chunk on its way: its checked bytes (`fetched`), then its write to the cache
+    (`stored`); when fetched in parts, the bytes of `blocks` come first (`early`)."""
 
     fetched: Future
     stored: Future
+    early: Future | None = None
+    blocks: range | None = None
+
+    def first(self, blocks: range | None) -> Future:
+        """Return what to wait for to have `blocks` of the chunk (None: all of it)."""
+        if blocks is None or self.early is None or self.blocks is None:
+            return self.fetched
+        within = self.blocks.start <= blocks.start and blocks.stop <= self.blocks.stop
+        return self.early if within else self.fetched
 
 
 def _changing(root: str, path: str) -> Unavailable:

@@ -297,8 +297,10 @@ class Subscriber:
         if missing and meta["kind"] == "ndarray":
             # Decoded from the chunks as they arrive, not after their write to the cache.
             assembler = Assembler(meta, sel)
+            # Of a chunk the selection needs only some blocks of, those come first.
+            parts = {n: blocks for n in missing if (blocks := assembler.partial_blocks(n)) is not None}
             try:
-                for n, data in self.fetcher.stream(source, numbers, missing):
+                for n, data in self.fetcher.stream(source, numbers, missing, parts):
                     assembler.add(n, data)
             except Changed:
                 raise _changed_while_read(target.fullpath) from None

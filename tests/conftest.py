@@ -173,10 +173,13 @@ def module_broker(request, tmp_path_factory) -> Iterator[Broker]:
 
 
 class ChunkCounter:
-    """Counts the chunk requests a publisher receives; can hold each one a while."""
+    """Counts the chunk fetches a publisher receives (requests for a whole chunk,
+    or for some of its blocks first), and apart the byte ranges asked for to
+    complete chunks; can hold each request a while."""
 
     def __init__(self, app, delay: float = 0.0) -> None:
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
 
         @app.before_request
@@ -184,8 +187,12 @@ class ChunkCounter:
             from flask import request
 
             if request.path.startswith("/api/chunk/"):
+                chunk = (request.path.removeprefix("/api/chunk/"), request.args["nchunk"])
                 with self.lock:
-                    self.requests.append((request.path.removeprefix("/api/chunk/"), request.args["nchunk"]))
+                    if "Range" in request.headers:
+                        self.ranges.append((*chunk, request.headers["Range"]))
+                    else:
+                        self.requests.append(chunk)
                 # A slow link, not a wait: it keeps requests in flight long enough to overlap.
                 time.sleep(delay)
 

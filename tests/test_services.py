@@ -95,6 +95,95 @@ def test_concurrent_requests_for_a_missing_chunk_cause_one_fetch(services):
     assert counter.requests == [("dir2/ds-4d.b2nd", "8")]
 
 
+def fetched_bytes(sub) -> int:
+    return requests.get(f"{sub.url}/api/stats", timeout=5).json()["total"]["fetched_bytes"]
+
+
+def cached(sub, path: str, numbers: list[int]) -> set[int]:
+    return sub.cache.cached_chunks("foo", path, sub.cache.dataset("foo", path), numbers)
+
+
+def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker, tmp_path, root_dir):
+    release = threading.Event()
+    counters = []
+
+    def instrument(app):
+        counters.append(ChunkCounter(app))
+
+        @app.before_request
+        def hold_the_rest():
+            from flask import request
+
+            if "Range" in request.headers:
+                release.wait(30)
+
+    with running(broker, tmp_path, root_dir, instrument) as (pub, sub), ThreadPoolExecutor(1) as pool:
+        client = catmqtt.Client(sub.url)
+        # Items 321-322 are in block 2 (blocks of 10) of chunk 3 (chunks of 100).
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "321:323"), [321, 322])
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "325:329"), np.arange(325, 329))
+        assert cached(sub, "ds-1d.b2nd", [3]) == set()
+        # Another block of the chunk waits for the rest of it.
+        other = pool.submit(client.fetch, "foo/ds-1d.b2nd", "350:352")
+        release.set()
+        assert np.array_equal(other.result(timeout=30), [350, 351])
+        wait_for(lambda: cached(sub, "ds-1d.b2nd", [3]) == {3}, "chunk 3 in the cache")
+        counter = counters[0]
+        assert counter.requests == [("ds-1d.b2nd", "3")]
+        assert counter.ranges and all(r[:2] == ("ds-1d.b2nd", "3") for r in counter.ranges)
+        # Each byte of the chunk crossed once.
+        assert fetched_bytes(sub) == len(pub.root.chunk("ds-1d.b2nd", 3)[0])
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "300:400"), np.arange(300, 400))
+        assert len(counter.requests) == 1
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_a_publisher_may_send_whole_chunks(broker, tmp_path, root_dir, blocks):
+    counters = []
+
+    def instrument(app):
+        counters.append(ChunkCounter(app))
+        inner = app.wsgi_app
+
+        def whole_chunks(environ, start_response):
+            # As a publisher that does not know Range (nor ?blocks=, unless `blocks`).
+            query = environ["QUERY_STRING"].split("&")
+            environ["QUERY_STRING"] = "&".join(p for p in query if blocks or not p.startswith("blocks="))
+            environ.pop("HTTP_RANGE", None)
+            return inner(environ, start_response)
+
+        app.wsgi_app = whole_chunks
+
+    with running(broker, tmp_path, root_dir, instrument) as (pub, sub):
+        client = catmqtt.Client(sub.url)
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "321:323"), [321, 322])
+        wait_for(lambda: cached(sub, "ds-1d.b2nd", [3]) == {3}, "chunk 3 in the cache")
+        size = len(pub.root.chunk("ds-1d.b2nd", 3)[0])
+        if not blocks:
+            assert counters[0].requests == [("ds-1d.b2nd", "3")] and counters[0].ranges == []
+            assert fetched_bytes(sub) == size
+        else:
+            # The rest came as the whole chunk: the stats count every byte received.
+            assert counters[0].requests == [("ds-1d.b2nd", "3")] * 2
+            assert size < fetched_bytes(sub) < 2 * size
+
+
+@pytest.mark.parametrize("parts", ["0-9/10", "0-1,0-5/800", "junk", "0-999999999/999999999"])
+def test_damaged_parts_of_a_chunk_are_refused(broker, tmp_path, root_dir, parts):
+    def instrument(app):
+        @app.after_request
+        def damage(response):
+            if "X-Catmqtt-Parts" in response.headers:
+                response.headers["X-Catmqtt-Parts"] = parts
+            return response
+
+    with running(broker, tmp_path, root_dir, instrument) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        with pytest.raises(Unavailable, match="sent a damaged chunk 3 of 'ds-1d.b2nd'"):
+            client.fetch("foo/ds-1d.b2nd", "321:323")
+        assert cached(sub, "ds-1d.b2nd", [3]) == set()
+
+
 def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
     in_flight = []
     active = [0]
