@@ -64,6 +64,7 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
     from .publisher import Publisher
+    from .web import tune_allocator
 
     s = config.node_settings(
         conf, "publisher", args.id, name=args.name, root=args.root, watch=args.watch, **_node_options(args)
@@ -73,6 +74,7 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
             "give the root's NAME and ROOT directory, or --id of a config section with 'name' and 'root'"
         )
     _logging(s["loglevel"])
+    tune_allocator()
     publisher = Publisher(s["name"], s["root"], s, args.id).start()
     print(f"Publishing root {s['name']!r} from {s['root']} at {publisher.url}", flush=True)
     _wait_for_signal()
@@ -82,9 +84,11 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
 
 def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
     from .subscriber import Subscriber
+    from .web import tune_allocator
 
     s = config.node_settings(conf, "subscriber", args.id, **_node_options(args))
     _logging(s["loglevel"])
+    tune_allocator()
     subscriber = Subscriber(s, args.id or _default_id(s["statedir"])).start()
     print(f"Subscriber at {subscriber.url} (broker {s['broker'].url})", flush=True)
     _wait_for_signal()
@@ -97,6 +101,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     from .publisher import Publisher
     from .sample import write_sample
     from .subscriber import Subscriber
+    from .web import tune_allocator
 
     base = Path(args.statedir)
     b = config.section(conf, "broker", listen=args.listen, ws=args.ws, loglevel=args.loglevel)
@@ -110,6 +115,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
         conf, "subscriber", http=args.sub_http, statedir=base / "subscriber", **common
     )
     _logging(pub_s["loglevel"])
+    tune_allocator()
     root = args.root
     if root is None:
         root = base / "sample"

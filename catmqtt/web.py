@@ -3,6 +3,7 @@ JSON errors, path checks and a threaded server that can be stopped."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import logging
@@ -24,8 +25,28 @@ log = logging.getLogger(__name__)
 # Pieces of a response body at least this big are sent from where they are, not copied.
 BY_REFERENCE = 64 << 10
 OCTETS = "application/octet-stream"
+# glibc's mallopt options.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # The unsent bytes a connection may hold before its worker waits.
 HIGH_WATERMARK = 4 << 20
+
+
+def tune_allocator() -> None:
+    """Have glibc's malloc reuse freed chunk-sized buffers, in a server process.
+
+    By default glibc maps each buffer over a moving threshold afresh and
+    unmaps it when freed, and a server's threads each get an arena of their
+    own: every 3.5 MB chunk a publisher read then cost about 1,000 page
+    faults, and a request for some of its blocks 7.5 ms instead of 4. Here
+    buffers of up to 32 MiB come from two arenas that keep up to 64 MiB of
+    freed memory. Nothing changes where malloc is not glibc's.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    for option, value in ((M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 64 << 20)):
+        mallopt(ctypes.c_int(option), ctypes.c_int(value))
 
 
 def error_response(message: str, status: int):
