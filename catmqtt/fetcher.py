@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,6 +42,13 @@ CONNECT_TIMEOUT = 5.0
 WRITE_BEHIND = 64 << 20
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+# Some blocks of a chunk are fetched first where the rest of it would take
+# longer than this to come: over a fast link (loopback, a LAN) the whole
+# chunk comes about as soon, and the rest, following, would only compete
+# with the next requests.
+PARTS_WORTH = 0.02
+# Responses at least this big measure how fast a publisher's bytes come.
+SAMPLE = 1 << 20
 
 
 class Fetcher:
@@ -79,6 +87,9 @@ class Fetcher:
         self._inflight: dict[tuple, _Pending] = {}
         self._lock = threading.RLock()
         self._stats: dict[str, Counter] = defaultdict(Counter)
+        # Bytes per second of each publisher's large responses, lately.
+        self._speeds: dict[str, float] = {}
+        self.parts_worth = PARTS_WORTH
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -127,7 +138,7 @@ class Fetcher:
         """
         if missing is None:
             missing = self.missing(source, numbers)
-        parts = parts or {}
+        parts = parts if parts and self._parts_pay(source) else {}
         cached = sorted(set(numbers).difference(missing))
         todo = iter(missing)
         # A window of fetches per stream: a slow reader holds at most this many chunks.
@@ -149,6 +160,14 @@ class Fetcher:
                 data = future.result()
                 refill()
                 yield n, data
+
+    def _parts_pay(self, source: Source) -> bool:
+        """Tell whether fetching some blocks of a chunk first is worth it: if the
+        publisher's link is slow, or not known yet."""
+        meta = source.meta
+        speed = self._speeds.get(source.url)
+        chunk = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
+        return speed is None or chunk / speed > self.parts_worth
 
     def _read(self, source: Source, nchunk: int) -> bytes:
         data = self.cache.read_chunk(source.root, source.path, source.meta, nchunk)
@@ -211,6 +230,7 @@ class Fetcher:
         third item is the size of the whole. Failures become Unavailable (502, 503 or
         504) naming the publisher."""
         where = f"publisher of root {root!r} at {url}"
+        started = time.monotonic()
         try:
             if url not in self._environments:
                 self._environments[url] = environment(url)
@@ -232,6 +252,10 @@ class Fetcher:
             raise Unavailable(f"{where} is unreachable", status=503) from None
         if len(body) > limit:
             raise Unavailable(f"{where} sent more than the {limit} bytes expected", status=502)
+        if len(body) >= SAMPLE:
+            speed = len(body) / max(time.monotonic() - started, 1e-6)
+            with self._lock:
+                self._speeds[url] = (self._speeds.get(url, speed) + speed) / 2
         if response.status_code == 206 and span is not None:
             # Those bytes, or fewer if the whole ends before `stop`.
             found = CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))

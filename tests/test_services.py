@@ -140,6 +140,25 @@ def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker,
         assert len(counter.requests) == 1
 
 
+def test_blocks_come_first_only_over_a_slow_link(broker, tmp_path, root_dir):
+    data = np.random.default_rng(3).random(1 << 20)
+    # Chunks of 2 MiB (large enough to measure the link), blocks of 128 KiB.
+    blosc2.asarray(data, chunks=(1 << 18,), blocks=(1 << 14,), urlpath=str(root_dir / "big.b2nd"), mode="w")
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        counter = counters[0]
+        # Chunk 0 whole: its bytes tell how fast the link is.
+        assert np.array_equal(client.fetch("foo/big.b2nd", "0:262144"), data[:262144])
+        sub.fetcher.parts_worth = 3600.0  # seconds: any link is fast
+        assert np.array_equal(client.fetch("foo/big.b2nd", "262145:262150"), data[262145:262150])
+        sub.fetcher.parts_worth = 0.0  # any link is slow
+        assert np.array_equal(client.fetch("foo/big.b2nd", "524289:524300"), data[524289:524300])
+        wait_for(lambda: cached(sub, "big.b2nd", [0, 1, 2]) == {0, 1, 2}, "chunks 0-2 in the cache")
+        assert sorted(counter.requests) == [("big.b2nd", "0"), ("big.b2nd", "1"), ("big.b2nd", "2")]
+        assert {r[:2] for r in counter.ranges} == {("big.b2nd", "2")}
+
+
 @pytest.mark.parametrize("blocks", [False, True])
 def test_a_publisher_may_send_whole_chunks(broker, tmp_path, root_dir, blocks):
     counters = []
