@@ -9,6 +9,7 @@ behind it (a bounded backlog).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -49,6 +50,10 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 PARTS_WORTH = 0.02
 # Responses at least this big measure how fast a publisher's bytes come.
 SAMPLE = 1 << 20
+# The rest of a chunk fetched in parts comes in ranges of at most this many
+# bytes, each once no other fetch from its publisher is under way: on a slow
+# link a request waits for one such range at most, not for a whole rest.
+REST_PIECE = 1 << 20
 
 
 class Fetcher:
@@ -89,6 +94,10 @@ class Fetcher:
         self._stats: dict[str, Counter] = defaultdict(Counter)
         # Bytes per second of each publisher's large responses, lately.
         self._speeds: dict[str, float] = {}
+        # Requests for chunks, and for pieces of their rests, under way per publisher.
+        self._foreground: Counter[str] = Counter()
+        self._resting: Counter[str] = Counter()
+        self._quiet = threading.Condition()
         self.parts_worth = PARTS_WORTH
 
     def close(self) -> None:
@@ -282,7 +291,8 @@ class Fetcher:
         root, path, _, nchunk = key
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
         if blocks is None or early is None:
-            headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
+            with self._in_foreground(url):
+                headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
             received = len(data)
         else:
             headers, data, received = self._fetch_parts(key, meta, url, limit, blocks, early)
@@ -313,7 +323,8 @@ class Fetcher:
         root, path, _, nchunk = key
         endpoint = f"chunk/{quote(path)}"
         blocks_text = f"{blocks.start}-{blocks.stop - 1}"
-        headers, body, _ = self._get(root, url, endpoint, limit, nchunk=nchunk, blocks=blocks_text)
+        with self._in_foreground(url):
+            headers, body, _ = self._get(root, url, endpoint, limit, nchunk=nchunk, blocks=blocks_text)
         if PARTS not in headers:
             # The whole chunk came.
             return headers, body, len(body)
@@ -331,8 +342,10 @@ class Fetcher:
             data[start:stop], view = view[: stop - start], view[stop - start :]
         early.set_result(data)
         received = len(body)
-        for start, stop in gaps(spans, size):
-            more, part, whole = self._get(root, url, endpoint, limit, (start, stop), nchunk=nchunk)
+        gap_pieces = (range(a, b, REST_PIECE) for a, b in gaps(spans, size))
+        for start, stop in ((a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r):
+            with self._rest_piece(url):
+                more, part, whole = self._get(root, url, endpoint, limit, (start, stop), nchunk=nchunk)
             received += len(part)
             if more.get(ETAG) != headers.get(ETAG) or whole not in (size, None):
                 raise _changing(root, path)
@@ -341,6 +354,31 @@ class Fetcher:
                 return more, part, received
             data[start:stop] = part
         return headers, data, received
+
+    @contextlib.contextmanager
+    def _in_foreground(self, url: str) -> Iterator[None]:
+        with self._quiet:
+            self._foreground[url] += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._foreground[url] -= 1
+                self._quiet.notify_all()
+
+    @contextlib.contextmanager
+    def _rest_piece(self, url: str) -> Iterator[None]:
+        """Wait until nothing else is fetched from publisher `url`, then hold it for
+        one piece of a rest."""
+        with self._quiet:
+            self._quiet.wait_for(lambda: not self._foreground[url] and not self._resting[url])
+            self._resting[url] += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._resting[url] -= 1
+                self._quiet.notify_all()
 
     def _store(self, key: tuple, stored: Future, meta: dict[str, Any], data: bytes, digest: str) -> None:
         root, path, _, nchunk = key

@@ -140,6 +140,40 @@ def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker,
         assert len(counter.requests) == 1
 
 
+def test_the_rest_of_a_chunk_waits_for_other_fetches(broker, tmp_path, root_dir):
+    release = threading.Event()
+    log = []
+
+    def instrument(app):
+        from flask import request
+
+        @app.before_request
+        def hold_chunk_5():
+            if request.path == "/api/chunk/ds-1d.b2nd":
+                log.append((request.args["nchunk"], "Range" in request.headers))
+                if request.args["nchunk"] == "5":
+                    release.wait(30)
+
+        @app.after_request
+        def sent(response):
+            if request.path == "/api/chunk/ds-1d.b2nd":
+                log.append((request.args["nchunk"], "sent"))
+            return response
+
+    with running(broker, tmp_path, root_dir, instrument) as (_, sub), ThreadPoolExecutor(1) as pool:
+        client = catmqtt.Client(sub.url)
+        # A whole chunk (5), held at the publisher; meanwhile a few items of chunk 3.
+        whole = pool.submit(client.fetch, "foo/ds-1d.b2nd", "500:600")
+        wait_for(lambda: ("5", False) in log, "the request for chunk 5")
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "321:323"), [321, 322])
+        release.set()
+        assert np.array_equal(whole.result(timeout=30), np.arange(500, 600))
+        wait_for(lambda: cached(sub, "ds-1d.b2nd", [3]) == {3}, "chunk 3 in the cache")
+    # The rest of chunk 3 was asked for only once chunk 5 was sent.
+    rest = [i for i, entry in enumerate(log) if entry == ("3", True)]
+    assert rest and min(rest) > log.index(("5", "sent")), log
+
+
 def test_blocks_come_first_only_over_a_slow_link(broker, tmp_path, root_dir):
     data = np.random.default_rng(3).random(1 << 20)
     # Chunks of 2 MiB (large enough to measure the link), blocks of 128 KiB.
