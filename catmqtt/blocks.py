@@ -15,6 +15,8 @@ import bisect
 import struct
 
 HEADER = 32
+# Chunks of more blocks are decoded whole (a damaged header could claim millions).
+MAX_BLOCKS = 1 << 16
 # Flags (byte 2): an extended header (bits 0 and 2), bytes stored as they are (bit 1).
 EXTENDED, COPIED = 0x05, 0x02
 # The delta filter (its Blosc2 code) decodes every block against the first one.
@@ -38,11 +40,14 @@ def block_bounds(head: bytes, nbytes: int, cbytes: int) -> tuple[list[int], list
     if len(head) < HEADER:
         return None
     size, blocksize, csize = struct.unpack_from("<iii", head, 4)
-    # No Blosc2 flags (byte 31): no special value, no dictionary.
-    plain = head[2] & EXTENDED == EXTENDED and head[31] == 0 and DELTA not in head[16:22]
+    # No Blosc2 flags (bytes 30 and 31): no special value, no dictionary, no
+    # blocks of variable length.
+    plain = head[2] & EXTENDED == EXTENDED and head[30:32] == b"\0\0" and DELTA not in head[16:22]
     if not plain or (size, csize) != (nbytes, cbytes) or nbytes <= 0 or blocksize <= 0:
         return None
     nblocks = -(-nbytes // blocksize)
+    if nblocks > MAX_BLOCKS:
+        return None
     if head[2] & COPIED:
         if cbytes != HEADER + nbytes:
             return None
