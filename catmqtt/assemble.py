@@ -56,7 +56,8 @@ class Assembler:
         """Decode chunk `nchunk` and copy the part of it that the selection wants.
 
         Where `partial_blocks` names some blocks of the chunk, only those are decoded: the
-        other bytes of `data` may be anything (zeros, while they are on their way).
+        other bytes of `data` may be anything (zeros, while they are on their way) if
+        its blocks can be read apart (`blocks.block_parts`); else it is decoded whole.
         """
         place = self._place(nchunk)
         if place is None:

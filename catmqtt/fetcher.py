@@ -4,7 +4,9 @@ Missing chunks are fetched concurrently over one pooled keep-alive session,
 each only once even when many clients ask for it at the same time, and each
 checked against the digest its publisher sent. A client streaming chunks gets
 them from memory as they arrive, while one writer stores them in the cache
-behind it (a bounded backlog).
+behind it (a bounded backlog). Over a slow link, a selection that needs a few
+blocks of a chunk is answered from those blocks as soon as they are in, before
+the rest of the chunk comes and the digest of the whole is checked.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from . import storage
-from .blocks import gaps, parse_parts
+from .blocks import block_parts, gaps, parse_parts
 from .cache import Cache
 from .errors import CatmqttError, Changed, Unavailable
 from .sessions import environment
@@ -209,6 +211,14 @@ class Fetcher:
     def _fetched(self, key: tuple, fetched: Future, stored: Future, early: Future | None) -> None:
         """Pass a failed (or cancelled) fetch on to those waiting for its first blocks or
         for the chunk's storing."""
+        if early is not None and early.done() and not fetched.cancelled() and fetched.exception() is not None:
+            log.warning(
+                "chunk %d of %s/%s failed after its first blocks were sent on: %s",
+                key[3],
+                key[0],
+                key[1],
+                fetched.exception(),
+            )
         for waiting in (early, stored):
             if waiting is None or waiting.done():
                 continue
@@ -319,7 +329,8 @@ class Fetcher:
     ) -> tuple[Any, bytes, int]:
         """Fetch a chunk in parts: what decoding `blocks` needs first (set into `early`:
         the chunk, its other bytes zeros), then the rest, in byte ranges. Return the
-        headers of the first response, the whole chunk and the bytes received."""
+        headers of the response that held the chunk's first bytes (or the whole of
+        it), the whole chunk and the bytes received."""
         root, path, _, nchunk = key
         endpoint = f"chunk/{quote(path)}"
         blocks_text = f"{blocks.start}-{blocks.stop - 1}"
@@ -340,7 +351,11 @@ class Fetcher:
         view = memoryview(body)
         for start, stop in spans:
             data[start:stop], view = view[: stop - start], view[stop - start :]
-        early.set_result(data)
+        # Early only if what came holds all that decoding the blocks reads:
+        # Blosc2 would decode missing (zero) bytes as zeros, without a word.
+        needed = block_parts(data, blocks, storage.chunk_nbytes(meta, nchunk))
+        if needed is not None and all(any(a <= c and d <= b for a, b in spans) for c, d in needed):
+            early.set_result(data)
         received = len(body)
         gap_pieces = (range(a, b, REST_PIECE) for a, b in gaps(spans, size))
         for start, stop in ((a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r):
@@ -431,7 +446,7 @@ class _Pending:
 
     def first(self, blocks: range | None) -> Future:
         """Return what to wait for to have `blocks` of the chunk (None: all of it)."""
-        if blocks is None or self.early is None or self.blocks is None:
+        if blocks is None or self.early is None or self.blocks is None or self.fetched.done():
             return self.fetched
         within = self.blocks.start <= blocks.start and blocks.stop <= self.blocks.stop
         return self.early if within else self.fetched

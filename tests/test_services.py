@@ -18,7 +18,7 @@ import requests
 from flask import Flask
 
 import catmqtt
-from catmqtt import storage, web
+from catmqtt import blocks, storage, web
 from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
@@ -128,6 +128,8 @@ def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker,
         assert cached(sub, "ds-1d.b2nd", [3]) == set()
         # Another block of the chunk waits for the rest of it.
         other = pool.submit(client.fetch, "foo/ds-1d.b2nd", "350:352")
+        with pytest.raises(TimeoutError):
+            other.result(timeout=0.5)
         release.set()
         assert np.array_equal(other.result(timeout=30), [350, 351])
         wait_for(lambda: cached(sub, "ds-1d.b2nd", [3]) == {3}, "chunk 3 in the cache")
@@ -222,6 +224,25 @@ def test_a_publisher_may_send_whole_chunks(broker, tmp_path, root_dir, blocks):
             # The rest came as the whole chunk: the stats count every byte received.
             assert counters[0].requests == [("ds-1d.b2nd", "3")] * 2
             assert size < fetched_bytes(sub) < 2 * size
+
+
+def test_parts_without_the_blocks_asked_for_are_not_used_early(broker, tmp_path, root_dir):
+    def instrument(app):
+        @app.after_request
+        def only_the_head(response):
+            # A publisher that sends the header and block offsets, not the blocks.
+            parts = response.headers.get("X-Catmqtt-Parts")
+            if parts:
+                spans, size = blocks.parse_parts(parts)
+                response.set_data(response.get_data()[: spans[0][1] - spans[0][0]])
+                response.headers["X-Catmqtt-Parts"] = blocks.format_parts(spans[:1], size)
+            return response
+
+    with running(broker, tmp_path, root_dir, instrument) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        # Zeros would decode silently; the whole chunk comes first instead.
+        assert np.array_equal(client.fetch("foo/ds-1d.b2nd", "321:323"), [321, 322])
+        wait_for(lambda: cached(sub, "ds-1d.b2nd", [3]) == {3}, "chunk 3 in the cache")
 
 
 @pytest.mark.parametrize("parts", ["0-9/10", "0-1,0-5/800", "junk", "0-999999999/999999999"])
@@ -519,8 +540,13 @@ print(heaps, faults)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tune_allocator tunes glibc's malloc")
 def test_servers_reuse_freed_chunk_buffers():
+    # glibc's defaults, whatever this environment sets.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
     def run(mode: str) -> list[int]:
-        done = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True, env=env
+        )
         return [int(x) for x in done.stdout.split()]
 
     (heaps, faults), (tuned_heaps, tuned_faults) = run("default"), run("tuned")
