@@ -7,6 +7,7 @@ import ctypes
 import errno
 import io
 import logging
+import platform
 import socket
 import threading
 
@@ -38,13 +39,12 @@ def tune_allocator() -> None:
     unmaps it when freed, and a server's threads each get an arena of their
     own: every 3.5 MB chunk a publisher read then cost about 1,000 page
     faults, and a request for some of its blocks 7.5 ms instead of 4. Here
-    buffers of up to 32 MiB come from two arenas that keep up to 64 MiB of
-    freed memory. Nothing changes where malloc is not glibc's.
+    buffers of up to 32 MiB come from two arenas that each keep up to 64 MiB
+    of freed memory. Nothing changes where malloc is not glibc's.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    if platform.libc_ver()[0] != "glibc":
         return
+    mallopt = ctypes.CDLL(None).mallopt
     for option, value in ((M_ARENA_MAX, 2), (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 64 << 20)):
         mallopt(ctypes.c_int(option), ctypes.c_int(value))
 
@@ -58,22 +58,25 @@ def error_response(message: str, status: int):
 def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     """Return a chunk's bytes, or only the byte range a ``Range`` header asks for.
 
-    One range gets a 206 (a subscriber reads a chunk's header, then the blocks
-    it needs first); a range past the end, a 416. Several ranges, or an
+    One range gets a 206 (a subscriber completes a chunk it got some blocks
+    of first); a range past the end, a 416. Several ranges, or an
     ``If-Range``, get the whole chunk, as HTTP allows.
     """
     headers = {**headers, "Accept-Ranges": "bytes"}
     wanted = request.range if "If-Range" not in request.headers else None
     if wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1:
         return Response(data, mimetype=OCTETS, headers=headers)
-    span = wanted.range_for_length(len(data))
-    if span is None:
+    start, stop = wanted.ranges[0]
+    if start < 0:
+        # The last -start bytes (all of them if there are fewer).
+        start, stop = max(len(data) + start, 0), len(data)
+    stop = len(data) if stop is None else min(stop, len(data))
+    if start >= stop:
         response = error_response(
             f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
         )
         response.headers["Content-Range"] = f"bytes */{len(data)}"
         return response
-    start, stop = span
     headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
     headers["Content-Length"] = str(stop - start)
     # A large part is sent from where it is (see _Task), a small one copied.

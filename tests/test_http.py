@@ -113,6 +113,7 @@ def test_publisher_bad_requests(foo, endpoint, status, message):
         ("bytes=10-", None, 206, slice(10, None)),
         ("bytes=-5", None, 206, slice(-5, None)),
         ("bytes=3-100000", None, 206, slice(3, None)),  # cut at the end
+        ("bytes=-100000", None, 206, slice(None)),  # more than all: all
         ("bytes=0-1,5-6", None, 200, slice(None)),  # several ranges: the whole chunk
         ("bytes=0-9", '"x"', 200, slice(None)),  # If-Range: the whole chunk
         ("bytes=9-3", None, 200, slice(None)),  # malformed: ignored

@@ -39,7 +39,7 @@ class Root:
     # guards its own I/O, so that chunks of one dataset are read in parallel).
     lock_entries = True
     # Chunks read for a part of their bytes are kept, up to this many bytes: a
-    # subscriber asks for a chunk's header, then some of its blocks, then the rest.
+    # subscriber asks for some blocks of a chunk, then for the rest in ranges.
     recent_bytes = 16 << 20
 
     def __init__(self, name: str, path: Path, statedir: str | os.PathLike) -> None:
@@ -118,6 +118,8 @@ class Root:
         return data, etag
 
     def _keep(self, key: tuple, data: bytes) -> None:
+        if len(data) > self.recent_bytes:
+            return
         with self._recent_lock:
             if key not in self._recent:
                 self._recent[key] = data
