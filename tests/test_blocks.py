@@ -82,7 +82,13 @@ def test_the_parts_of_a_chunk_are_enough_to_cut_it(name, wanted):
 def test_blocks_that_cannot_be_read_apart():
     smooth = chunk_of(SMOOTH)
     nbytes = SMOOTH.nbytes
+    variable = bytearray(smooth)
+    variable[30] = 1  # Blosc2's flag for blocks of variable length
+    tiny = bytearray(chunk_of(RANDOM, clevel=0))
+    struct.pack_into("<i", tiny, 8, 1)  # blocks of one byte: more than MAX_BLOCKS
     cases = {
+        "blocks of variable length": bytes(variable),
+        "too many blocks": bytes(tiny),
         "delta filter": chunk_of(SMOOTH, filters=[blosc2.Filter.DELTA]),
         "dictionary": chunk_of(SMOOTH, codec=blosc2.Codec.ZSTD, use_dict=True),
         "one special value": blosc2.compress2(np.zeros(N).tobytes(), typesize=8),
