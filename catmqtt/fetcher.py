@@ -370,29 +370,27 @@ class Fetcher:
             data[start:stop] = part
         return headers, data, received
 
-    @contextlib.contextmanager
-    def _in_foreground(self, url: str) -> Iterator[None]:
-        with self._quiet:
-            self._foreground[url] += 1
-        try:
-            yield
-        finally:
-            with self._quiet:
-                self._foreground[url] -= 1
-                self._quiet.notify_all()
+    def _in_foreground(self, url: str) -> contextlib.AbstractContextManager[None]:
+        return self._under_way(url, self._foreground)
 
-    @contextlib.contextmanager
-    def _rest_piece(self, url: str) -> Iterator[None]:
+    def _rest_piece(self, url: str) -> contextlib.AbstractContextManager[None]:
         """Wait until nothing else is fetched from publisher `url`, then hold it for
         one piece of a rest."""
+        return self._under_way(url, self._resting, quiet=True)
+
+    @contextlib.contextmanager
+    def _under_way(self, url: str, requests: Counter[str], quiet: bool = False) -> Iterator[None]:
+        """Count a request to publisher `url` in `requests` while it is under way,
+        once nothing else is if `quiet`."""
         with self._quiet:
-            self._quiet.wait_for(lambda: not self._foreground[url] and not self._resting[url])
-            self._resting[url] += 1
+            if quiet:
+                self._quiet.wait_for(lambda: not self._foreground[url] and not self._resting[url])
+            requests[url] += 1
         try:
             yield
         finally:
             with self._quiet:
-                self._resting[url] -= 1
+                requests[url] -= 1
                 self._quiet.notify_all()
 
     def _store(self, key: tuple, stored: Future, meta: dict[str, Any], data: bytes, digest: str) -> None:
