@@ -70,6 +70,15 @@ def wait_port(port: int, timeout: float = 120) -> None:
     raise SystemExit(f"nothing listens on port {port}")
 
 
+def wait_until(predicate, failure: str, timeout: float = 600) -> None:
+    """Poll `predicate` until it is true; exit with `failure` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(failure)
+        time.sleep(0.05)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -130,6 +139,17 @@ class Run:
     def catmqtt(self, name: str, *args) -> tuple[subprocess.Popen, int]:
         return self.start(name, sys.executable, "-m", "catmqtt", *args)
 
+    def subscriber(self, name: str, broker: str, statedir: Path) -> tuple[subprocess.Popen, catmqtt.Client]:
+        """Start a subscriber, wait until it sees root bench, and subscribe it."""
+        proc, port = self.catmqtt(
+            name, "sub", "--http", "127.0.0.1:{port}", "--broker", broker,
+            "--statedir", statedir, "--loglevel", "WARNING",
+        )  # fmt: skip
+        client = catmqtt.Client(f"http://127.0.0.1:{port}")
+        wait_until(lambda: "bench" in client.get_roots(), "the subscriber never saw the root")
+        client.subscribe("bench")
+        return proc, client
+
     def note_rss(self, role: str, proc: subprocess.Popen) -> None:
         self.rss[role] = max(self.rss.get(role, 0.0), peak_rss_mb(proc.pid))
 
@@ -183,26 +203,7 @@ def main() -> None:
             _, wire = run.start("wire", sys.executable, "-c", WIRE_SERVER, "{port}", *wire_args)
 
             def subscriber(tag: str) -> tuple[subprocess.Popen, catmqtt.Client]:
-                proc, port = run.catmqtt(
-                    f"sub-{tag}",
-                    "sub",
-                    "--http",
-                    "127.0.0.1:{port}",
-                    "--broker",
-                    broker,
-                    "--statedir",
-                    workdir / f"sub-{tag}",
-                    "--loglevel",
-                    "WARNING",
-                )
-                client = catmqtt.Client(f"http://127.0.0.1:{port}")
-                deadline = time.monotonic() + 600
-                while "bench" not in client.get_roots():
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the subscriber never saw the root")
-                    time.sleep(0.1)
-                client.subscribe("bench")
-                return proc, client
+                return run.subscriber(f"sub-{tag}", broker, workdir / f"sub-{tag}")
 
             results = {}
             for name, path in paths.items():

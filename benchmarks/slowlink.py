@@ -27,9 +27,7 @@ from pathlib import Path
 import blosc2
 import numpy as np
 import requests
-from fetch import CHUNK, Run, free_port, wait_port
-
-import catmqtt
+from fetch import CHUNK, Run, free_port, wait_port, wait_until
 
 LINK_PROXY = """
 import asyncio, sys
@@ -121,17 +119,7 @@ def main() -> None:
             )
             run.procs.append(proxy)
             wait_port(link_port)
-            _, port = run.catmqtt(
-                "sub", "sub", "--http", "127.0.0.1:{port}", "--broker", broker,
-                "--statedir", workdir / "sub", "--loglevel", "WARNING",
-            )  # fmt: skip
-            client = catmqtt.Client(f"http://127.0.0.1:{port}")
-            deadline = time.monotonic() + 120
-            while "bench" not in client.get_roots():
-                if time.monotonic() > deadline:
-                    raise SystemExit("the subscriber never saw the root")
-                time.sleep(0.1)
-            client.subscribe("bench")
+            _, client = run.subscriber("sub", broker, workdir / "sub")
             dataset = "bench/random.b2nd"
             client.get_info(dataset)
             session = requests.Session()
@@ -157,12 +145,8 @@ def main() -> None:
                     assert np.array_equal(got, data[offset : offset + 1_000])
                     if kind == "paused":
                         count = len(slices)
-                        deadline = time.monotonic() + 120
-                        while fetched() < count and time.monotonic() < deadline:
-                            time.sleep(0.01)
-            deadline = time.monotonic() + 120
-            while fetched() < 2 * args.slices and time.monotonic() < deadline:
-                time.sleep(0.05)
+                        wait_until(lambda count=count: fetched() >= count, "a chunk never came whole")
+            wait_until(lambda: fetched() >= 2 * args.slices, "the chunks never came whole")
             stats = requests.get(f"{client.urlbase}/api/stats", timeout=10).json()["total"]
         finally:
             run.stop_all()
