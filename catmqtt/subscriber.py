@@ -31,7 +31,7 @@ from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
-from .web import Server, arg_int, chunk_response, configure_app
+from .web import OCTETS, Server, arg_int, chunk_response, configure_app
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
 log = logging.getLogger(__name__)
@@ -489,7 +489,7 @@ def fetch(fullpath: str):
     if target.nbytes <= SLAB or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
-            return Response(result, mimetype="application/octet-stream")
+            return Response(result, mimetype=OCTETS)
         if npy:
             buffer = io.BytesIO()
             np.save(buffer, result, allow_pickle=False)
@@ -497,7 +497,7 @@ def fetch(fullpath: str):
         return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
     # A large selection is built and sent slab by slab: memory stays flat.
     if target.source.meta["kind"] != "ndarray":
-        return Response(sub.slabs(target), mimetype="application/octet-stream")
+        return Response(sub.slabs(target), mimetype=OCTETS)
     dtype = dtype_from_json(target.source.meta["dtype"])
     if npy:
         header = io.BytesIO()
@@ -541,7 +541,7 @@ def stats():
 @bp.get("/api/download/<path:fullpath>")
 def download(fullpath: str):
     f, name = _sub().download(fullpath)
-    return send_file(f, as_attachment=True, download_name=name, mimetype="application/octet-stream")
+    return send_file(f, as_attachment=True, download_name=name, mimetype=OCTETS)
 
 
 @bp.get("/")
