@@ -164,10 +164,11 @@ class Publisher:
             return
         log.info("root %r: %d datasets new or changed, %d gone", self.root.name, len(changed), len(gone))
         with self._publish_lock:
-            for path in changed:
-                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(new[path].meta))
+            # Removals first: a renamed file is never listed under both names.
             for path in gone:
                 self.node.publish(dataset_topic(self.prefix, self.root.name, path), b"")
+            for path in changed:
+                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(new[path].meta))
             self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
 
     def _root_payload(self) -> dict[str, Any]:
