@@ -31,7 +31,10 @@ class Assembler:
     ``file``) into items of ``typesize`` bytes.
     """
 
-    def __init__(self, meta: dict[str, Any], sel: Selection) -> None:
+    def __init__(self, meta: dict[str, Any], sel: Selection, *, nthreads: int | None = None) -> None:
+        # Blosc2 threads for each chunk: callers that decode several chunks at once
+        # in threads of their own ask for one, else each call starts Blosc2's threads.
+        self.dparams = {} if nthreads is None else {"nthreads": nthreads}
         self.kind = meta["kind"]
         self.shape = tuple(meta["shape"])
         self.chunks = tuple(meta["chunks"])
@@ -66,7 +69,7 @@ class Assembler:
         target = self.out[(*dst, ...)]
         if self.c_ordered and target.shape == self.chunks and target.flags.c_contiguous:
             # A whole chunk into a contiguous place: decoded right there, no copy.
-            blosc2.decompress2(data, dst=target)
+            blosc2.decompress2(data, dst=target, **self.dparams)
             return
         rows = self._rows(src)
         part = None if rows is None else self._decode_rows(data, rows)
@@ -123,17 +126,17 @@ class Assembler:
         if part is None:
             return None
         out = np.empty((len(rows), *self.chunks[1:]), dtype=self.dtype)
-        blosc2.decompress2(part, dst=out)
+        blosc2.decompress2(part, dst=out, **self.dparams)
         return out
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Return the chunk as an array of the (padded) chunk shape, in C order."""
         if self.kind != "ndarray":
-            return np.frombuffer(blosc2.decompress2(data), dtype=self.dtype)
+            return np.frombuffer(blosc2.decompress2(data, **self.dparams), dtype=self.dtype)
         bgrid = [-(-c // b) if b else 0 for c, b in zip(self.chunks, self.blocks, strict=True)]
         padded = [g * b for g, b in zip(bgrid, self.blocks, strict=True)]
         buffer = np.empty(math.prod(padded), dtype=self.dtype)
-        blosc2.decompress2(data, dst=buffer)
+        blosc2.decompress2(data, dst=buffer, **self.dparams)
         ndim = len(self.chunks)
         if ndim == 0:
             return buffer.reshape(())

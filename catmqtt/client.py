@@ -133,7 +133,10 @@ class Client:
 
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
-        assembler = Assembler(meta, sel)
+        # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
+        # pool of threads as they arrive, each chunk with one.
+        threaded = len(numbers) > 2
+        assembler = Assembler(meta, sel, nthreads=1 if threaded else None)
         # A small part of big chunks: let the subscriber slice, and send only that.
         chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
         if 4 * assembler.out.nbytes < len(numbers) * chunk_bytes:
@@ -143,8 +146,7 @@ class Client:
             params = {"nchunks": format_chunk_list(batch), "etag": meta["etag"]}
             with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
                 for n, data in _frames(response, self.urlbase):
-                    if len(numbers) <= 2:
-                        # Threads would cost more than they save.
+                    if not threaded:
                         assembler.add(n, data)
                         continue
                     pending.append(self._decoder().submit(assembler.add, n, data))

@@ -22,8 +22,9 @@ def random_key(shape, rng):
     return tuple(key)
 
 
+@pytest.mark.parametrize("nthreads", [None, 1])
 @pytest.mark.parametrize("seed", range(6))
-def test_assembly_equals_numpy(seed):
+def test_assembly_equals_numpy(seed, nthreads):
     rng = np.random.default_rng(seed)
     for _ in range(15):
         ndim = int(rng.integers(1, 5))
@@ -37,7 +38,7 @@ def test_assembly_equals_numpy(seed):
         for _ in range(6):
             key = random_key(shape, rng)
             sel = select(key, shape)
-            assembler = Assembler(meta, sel)
+            assembler = Assembler(meta, sel, nthreads=nthreads)
             for n in chunks_touched(sel, shape, chunks):
                 assembler.add(n, array.schunk.get_chunk(n))
             assert np.array_equal(assembler.result(), data[key]), (shape, chunks, blocks, key)
