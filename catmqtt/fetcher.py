@@ -50,7 +50,9 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # chunk comes about as soon, and the rest, following, would only compete
 # with the next requests.
 PARTS_WORTH = 0.02
-# Responses at least this big measure how fast a publisher's bytes come.
+# How fast a publisher's bytes come is measured over this many bytes: one
+# response, or smaller ones in a row (their latency counts then, as it does
+# for a chunk asked for whole).
 SAMPLE = 1 << 20
 # The rest of a chunk fetched in parts comes in ranges of at most this many
 # bytes, each once no other fetch from its publisher is under way: on a slow
@@ -96,6 +98,8 @@ class Fetcher:
         self._stats: dict[str, Counter] = defaultdict(Counter)
         # Bytes per second of each publisher's large responses, lately.
         self._speeds: dict[str, float] = {}
+        # Bytes and seconds of each publisher's responses since its last sample.
+        self._gathered: dict[str, tuple[int, float]] = {}
         # Requests for chunks, and for pieces of their rests, under way per publisher.
         self._foreground: Counter[str] = Counter()
         self._resting: Counter[str] = Counter()
@@ -174,7 +178,7 @@ class Fetcher:
 
     def _parts_pay(self, source: Source) -> bool:
         """Tell whether fetching some blocks of a chunk first is worth it: if the
-        publisher's link is slow, or not known yet."""
+        publisher's link is slow, or not measured yet."""
         meta = source.meta
         speed = self._speeds.get(source.url)
         chunk = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
@@ -271,10 +275,8 @@ class Fetcher:
             raise Unavailable(f"{where} is unreachable", status=503) from None
         if len(body) > limit:
             raise Unavailable(f"{where} sent more than the {limit} bytes expected", status=502)
-        if len(body) >= SAMPLE:
-            speed = len(body) / max(time.monotonic() - started, 1e-6)
-            with self._lock:
-                self._speeds[url] = (self._speeds.get(url, speed) + speed) / 2
+        if response.status_code in (200, 206):
+            self._measure(url, len(body), time.monotonic() - started)
         if response.status_code == 206 and span is not None:
             # Those bytes, or fewer if the whole ends before `stop`.
             found = CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
@@ -286,6 +288,18 @@ class Fetcher:
             status = 503 if response.status_code == 503 else 502
             raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
         return response.headers, body, None
+
+    def _measure(self, url: str, size: int, seconds: float) -> None:
+        """Count a response of `size` bytes that took `seconds` towards the speed of `url`."""
+        with self._lock:
+            got, took = self._gathered.get(url, (0, 0.0))
+            got, took = got + size, took + seconds
+            if got < SAMPLE:
+                self._gathered[url] = (got, took)
+                return
+            self._gathered.pop(url, None)
+            speed = got / max(took, 1e-6)
+            self._speeds[url] = (self._speeds.get(url, speed) + speed) / 2
 
     def _fetch(
         self,

@@ -195,6 +195,24 @@ def test_blocks_come_first_only_over_a_slow_link(broker, tmp_path, root_dir):
         assert {r[:2] for r in counter.ranges} == {("big.b2nd", "2")}
 
 
+def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
+    data = np.random.default_rng(4).random(1 << 19)
+    # Chunks of 64 KiB: none alone is large enough to measure the link.
+    blosc2.asarray(data, chunks=(1 << 13,), blocks=(1 << 10,), urlpath=str(root_dir / "small.b2nd"), mode="w")
+    counters = []
+    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        ranged = []
+        for n in range(40):
+            start = n * (1 << 13) + 5
+            got = client.fetch("foo/small.b2nd", f"{start}:{start + 3}")
+            assert np.array_equal(got, data[start : start + 3])
+            wait_for(lambda n=n: cached(sub, "small.b2nd", [n]) == {n}, f"chunk {n} in the cache")
+            ranged.append(any(r[:2] == ("small.b2nd", str(n)) for r in counters[0].ranges))
+    # In parts until 1 MiB of responses measured the link (loopback: fast), then whole.
+    assert ranged[0] and not any(ranged[-10:]), ranged
+
+
 @pytest.mark.parametrize("blocks", [False, True])
 def test_a_publisher_may_send_whole_chunks(broker, tmp_path, root_dir, blocks):
     counters = []
