@@ -6,7 +6,8 @@ checked against the digest its publisher sent. A client streaming chunks gets
 them from memory as they arrive, while one writer stores them in the cache
 behind it (a bounded backlog). Over a slow link, a selection that needs a few
 blocks of a chunk is answered from those blocks as soon as they are in, before
-the rest of the chunk comes and the digest of the whole is checked.
+the rest of the chunk comes (on threads of its own, leaving the fetch workers
+to other chunks) and the digest of the whole is checked.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -58,6 +60,9 @@ SAMPLE = 1 << 20
 # bytes, each once no other fetch from its publisher is under way: on a slow
 # link a request waits for one such range at most, not for a whole rest.
 REST_PIECE = 1 << 20
+# Bytes of chunks fetched in parts that may wait for their rests: beyond, a
+# fetch worker waits before taking another chunk.
+REST_BACKLOG = 64 << 20
 
 
 class Fetcher:
@@ -89,9 +94,14 @@ class Fetcher:
         self.session.mount("https://", adapter)
         self.workers = workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        # The rests of chunks fetched in parts come on threads of their own, so
+        # that the fetch workers are free for other chunks meanwhile.
+        self.rests = ThreadPoolExecutor(workers, thread_name_prefix="rest")
+        self._closing = threading.Event()
         # One writer: a dataset's container takes one write at a time anyway.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
         self._writing = 0
+        self._partial = 0
         self._backlog = threading.Condition()
         self._inflight: dict[tuple, _Pending] = {}
         self._lock = threading.RLock()
@@ -107,7 +117,9 @@ class Fetcher:
         self.parts_worth = PARTS_WORTH
 
     def close(self) -> None:
+        self._closing.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.rests.shutdown(wait=False, cancel_futures=True)
         # What was fetched is written before the cache closes.
         self.writer.shutdown(wait=True)
         self.session.close()
@@ -205,11 +217,12 @@ class Fetcher:
         with self._lock:
             pending = self._inflight.get(key)
             if pending is None:
+                fetched: Future = Future()
                 stored: Future = Future()
                 early: Future | None = None if blocks is None else Future()
-                fetched = self.pool.submit(self._fetch, key, stored, meta, url, blocks, early)
                 pending = self._inflight[key] = _Pending(fetched, stored, early, blocks)
                 fetched.add_done_callback(lambda f: self._fetched(key, f, stored, early))
+                _run(self.pool, fetched, partial(self._fetch, key, fetched, stored, meta, url, blocks, early))
         return pending
 
     def _fetched(self, key: tuple, fetched: Future, stored: Future, early: Future | None) -> None:
@@ -304,55 +317,50 @@ class Fetcher:
     def _fetch(
         self,
         key: tuple,
+        fetched: Future,
         stored: Future,
         meta: dict[str, Any],
         url: str,
         blocks: range | None = None,
         early: Future | None = None,
-    ) -> bytes:
-        """Fetch and check one chunk (`blocks` first, into `early`, if given), hand its
-        writing to the cache writer, return its bytes."""
+    ) -> None:
+        """Fetch one chunk for `fetched`: whole, or `blocks` first (into `early`), then
+        the rest on a thread of `rests`."""
         root, path, _, nchunk = key
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
         if blocks is None or early is None:
             with self._in_foreground(url):
                 headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
-            received = len(data)
-        else:
-            headers, data, received = self._fetch_parts(key, meta, url, limit, blocks, early)
-        if headers.get(ETAG) != meta["etag"]:
-            raise _changing(root, path)
-        digest = storage.chunk_digest(data)
-        sent = headers.get(DIGEST)
-        if (sent is not None and sent != digest) or not storage.is_chunk(
-            data, storage.chunk_nbytes(meta, nchunk)
-        ):
-            raise Unavailable(
-                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
-            )
-        self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
-        # Bounded write-behind: wait while the writer is this far behind.
+            self._finish(key, fetched, stored, meta, url, headers, data, len(data))
+            return
+        headers, data, pieces = self._first_parts(key, meta, url, limit, blocks, early)
+        if not pieces:
+            self._finish(key, fetched, stored, meta, url, headers, data, len(data))
+            return
+        # Bounded: wait while this many bytes of chunks wait for their rests.
         with self._backlog:
-            self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
-            self._writing += len(data)
-        self.writer.submit(self._store, key, stored, meta, data, digest)
-        return data
+            self._backlog.wait_for(lambda: not self._partial or self._partial + len(data) <= REST_BACKLOG)
+            self._partial += len(data)
+        try:
+            rest = partial(self._rest, key, fetched, stored, meta, url, limit, headers, data, pieces)
+            _run(self.rests, fetched, rest)
+        except RuntimeError:
+            # The rests' threads were shut down meanwhile.
+            self._rested(len(data))
+            raise Unavailable("the subscriber is stopping", status=503) from None
 
-    def _fetch_parts(
+    def _first_parts(
         self, key: tuple, meta: dict[str, Any], url: str, limit: int, blocks: range, early: Future
-    ) -> tuple[Any, bytes, int]:
-        """Fetch a chunk in parts: what decoding `blocks` needs first (set into `early`:
-        the chunk, its other bytes zeros), then the rest, in byte ranges. Return the
-        headers of the response that held the chunk's first bytes (or the whole of
-        it), the whole chunk and the bytes received."""
+    ) -> tuple[Any, bytes | bytearray, list[tuple[int, int]]]:
+        """Fetch what decoding `blocks` of a chunk needs, and set it into `early` (the
+        chunk, its other bytes zeros). Return the response's headers, the chunk, and
+        the byte ranges still to fetch (none if the whole chunk came)."""
         root, path, _, nchunk = key
-        endpoint = f"chunk/{quote(path)}"
-        blocks_text = f"{blocks.start}-{blocks.stop - 1}"
+        endpoint, blocks_text = f"chunk/{quote(path)}", f"{blocks.start}-{blocks.stop - 1}"
         with self._in_foreground(url):
             headers, body, _ = self._get(root, url, endpoint, limit, nchunk=nchunk, blocks=blocks_text)
         if PARTS not in headers:
-            # The whole chunk came.
-            return headers, body, len(body)
+            return headers, body, []
         if headers.get(ETAG) != meta["etag"]:
             raise _changing(root, path)
         parts = parse_parts(headers[PARTS])
@@ -370,19 +378,80 @@ class Fetcher:
         needed = block_parts(data, blocks, storage.chunk_nbytes(meta, nchunk))
         if needed is not None and all(any(a <= c and d <= b for a, b in spans) for c, d in needed):
             early.set_result(data)
-        received = len(body)
         gap_pieces = (range(a, b, REST_PIECE) for a, b in gaps(spans, size))
-        for start, stop in ((a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r):
-            with self._rest_piece(url):
-                more, part, whole = self._get(root, url, endpoint, limit, (start, stop), nchunk=nchunk)
-            received += len(part)
-            if more.get(ETAG) != headers.get(ETAG) or whole not in (size, None):
-                raise _changing(root, path)
-            if whole is None:
-                # The whole chunk came this time.
-                return more, part, received
-            data[start:stop] = part
-        return headers, data, received
+        return headers, data, [(a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r]
+
+    def _rest(
+        self,
+        key: tuple,
+        fetched: Future,
+        stored: Future,
+        meta: dict[str, Any],
+        url: str,
+        limit: int,
+        headers: Any,
+        data: bytearray,
+        pieces: list[tuple[int, int]],
+    ) -> None:
+        """Fetch byte ranges `pieces` of a chunk that came in part, then finish it."""
+        root, path, _, nchunk = key
+        received = len(data) - sum(stop - start for start, stop in pieces)
+        try:
+            for start, stop in pieces:
+                if self._closing.is_set():
+                    raise Unavailable("the subscriber is stopping", status=503)
+                with self._rest_piece(url):
+                    more, part, whole = self._get(
+                        root, url, f"chunk/{quote(path)}", limit, (start, stop), nchunk=nchunk
+                    )
+                received += len(part)
+                if more.get(ETAG) != headers.get(ETAG) or whole not in (len(data), None):
+                    raise _changing(root, path)
+                if whole is None:
+                    # The whole chunk came this time.
+                    self._finish(key, fetched, stored, meta, url, more, part, received)
+                    return
+                data[start:stop] = part
+        finally:
+            self._rested(len(data))
+        self._finish(key, fetched, stored, meta, url, headers, data, received)
+
+    def _rested(self, size: int) -> None:
+        with self._backlog:
+            self._partial -= size
+            self._backlog.notify_all()
+
+    def _finish(
+        self,
+        key: tuple,
+        fetched: Future,
+        stored: Future,
+        meta: dict[str, Any],
+        url: str,
+        headers: Any,
+        data: bytes | bytearray,
+        received: int,
+    ) -> None:
+        """Check a chunk that came whole, hand its writing to the cache writer, and
+        set it into `fetched`."""
+        root, path, _, nchunk = key
+        if headers.get(ETAG) != meta["etag"]:
+            raise _changing(root, path)
+        digest = storage.chunk_digest(data)
+        sent = headers.get(DIGEST)
+        if (sent is not None and sent != digest) or not storage.is_chunk(
+            data, storage.chunk_nbytes(meta, nchunk)
+        ):
+            raise Unavailable(
+                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
+            )
+        self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
+        # Bounded write-behind: wait while the writer is this far behind.
+        with self._backlog:
+            self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
+            self._writing += len(data)
+        self.writer.submit(self._store, key, stored, meta, data, digest)
+        fetched.set_result(data)
 
     def _in_foreground(self, url: str) -> contextlib.AbstractContextManager[None]:
         return self._under_way(url, self._foreground)
@@ -435,6 +504,24 @@ class Fetcher:
         if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
             raise _changing(root, path)
         return [str(d) for d in digests]
+
+
+def _run(executor: ThreadPoolExecutor, fetched: Future, work: Callable[[], None]) -> None:
+    """Run `work` on `executor`; `fetched`, which it sets when it succeeds, gets its
+    exception if it fails, or is cancelled with it."""
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            if not fetched.done():
+                fetched.set_exception(exc)
+
+    def cancelled(task: Future) -> None:
+        if task.cancelled():
+            fetched.cancel()
+
+    executor.submit(run).add_done_callback(cancelled)
 
 
 class Source(NamedTuple):

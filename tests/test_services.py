@@ -142,6 +142,37 @@ def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker,
         assert len(counter.requests) == 1
 
 
+def test_rests_under_way_leave_the_fetch_workers_free(broker, tmp_path, root_dir):
+    release = threading.Event()
+
+    def instrument(app):
+        @app.before_request
+        def hold_the_rests():
+            from flask import request
+
+            if "Range" in request.headers:
+                release.wait(30)
+
+    with (
+        running(broker, tmp_path, root_dir, instrument, fetch_workers=2) as (_, sub),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        client = catmqtt.Client(sub.url)
+        try:
+            # A few items of each of five chunks, then a whole chunk, with two fetch
+            # workers and the rests of the first five held back at the publisher.
+            for start in (21, 121, 221, 321, 421):
+                got = pool.submit(client.fetch, "foo/ds-1d.b2nd", f"{start}:{start + 2}").result(timeout=10)
+                assert np.array_equal(got, [start, start + 1])
+            got = pool.submit(client.fetch, "foo/ds-1d.b2nd", "700:800").result(timeout=10)
+            assert np.array_equal(got, np.arange(700, 800))
+            assert cached(sub, "ds-1d.b2nd", list(range(5))) == set()
+        finally:
+            release.set()
+        first = list(range(5))
+        wait_for(lambda: cached(sub, "ds-1d.b2nd", first) == set(first), "chunks 0-4 in the cache")
+
+
 def test_the_rest_of_a_chunk_waits_for_other_fetches(broker, tmp_path, root_dir):
     release = threading.Event()
     log = []
