@@ -52,9 +52,9 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # chunk comes about as soon, and the rest, following, would only compete
 # with the next requests.
 PARTS_WORTH = 0.02
-# How fast a publisher's bytes come is measured over this many bytes: one
-# response, or smaller ones in a row (their latency counts then, as it does
-# for a chunk asked for whole).
+# How fast a publisher's bytes come is measured by responses of this many
+# bytes or more; until one came, by smaller ones adding up to as many (their
+# latency weighs more: a publisher of small chunks only is measured too).
 SAMPLE = 1 << 20
 # The rest of a chunk fetched in parts comes in ranges of at most this many
 # bytes, each once no other fetch from its publisher is under way: on a slow
@@ -108,8 +108,9 @@ class Fetcher:
         self._stats: dict[str, Counter] = defaultdict(Counter)
         # Bytes per second of each publisher's large responses, lately.
         self._speeds: dict[str, float] = {}
-        # Bytes and seconds of each publisher's responses since its last sample.
-        self._gathered: dict[str, tuple[int, float]] = {}
+        # Bytes and seconds of each publisher's small responses since the last
+        # sample they made; None once a large response came.
+        self._gathered: dict[str, tuple[int, float] | None] = {}
         # Requests for chunks, and for pieces of their rests, under way per publisher.
         self._foreground: Counter[str] = Counter()
         self._resting: Counter[str] = Counter()
@@ -305,13 +306,17 @@ class Fetcher:
     def _measure(self, url: str, size: int, seconds: float) -> None:
         """Count a response of `size` bytes that took `seconds` towards the speed of `url`."""
         with self._lock:
-            got, took = self._gathered.get(url, (0, 0.0))
-            got, took = got + size, took + seconds
-            if got < SAMPLE:
-                self._gathered[url] = (got, took)
+            gathered = self._gathered.get(url, (0, 0.0))
+            if size >= SAMPLE:
+                self._gathered[url] = None
+            elif gathered is None:
                 return
-            self._gathered.pop(url, None)
-            speed = got / max(took, 1e-6)
+            else:
+                size, seconds = gathered[0] + size, gathered[1] + seconds
+                self._gathered[url] = (0, 0.0) if size >= SAMPLE else (size, seconds)
+                if size < SAMPLE:
+                    return
+            speed = size / max(seconds, 1e-6)
             self._speeds[url] = (self._speeds.get(url, speed) + speed) / 2
 
     def _fetch(
