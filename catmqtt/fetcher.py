@@ -403,9 +403,9 @@ class Fetcher:
         received = len(data) - sum(stop - start for start, stop in pieces)
         try:
             for start, stop in pieces:
-                if self._closing.is_set():
-                    raise Unavailable("the subscriber is stopping", status=503)
                 with self._rest_piece(url):
+                    if self._closing.is_set():
+                        raise Unavailable("the subscriber is stopping", status=503)
                     more, part, whole = self._get(
                         root, url, f"chunk/{quote(path)}", limit, (start, stop), nchunk=nchunk
                     )

@@ -24,7 +24,7 @@ from catmqtt.publisher import create_app
 from catmqtt.roots import open_root
 from catmqtt.wire import FRAME
 
-from conftest import ChunkCounter, free_port, running, wait_for
+from conftest import ChunkCounter, free_port, running, start_publisher, start_subscriber, wait_for
 
 
 @pytest.fixture
@@ -171,6 +171,43 @@ def test_rests_under_way_leave_the_fetch_workers_free(broker, tmp_path, root_dir
             release.set()
         first = list(range(5))
         wait_for(lambda: cached(sub, "ds-1d.b2nd", first) == set(first), "chunks 0-4 in the cache")
+
+
+def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir):
+    release = threading.Event()
+    ranges = []
+
+    def instrument(app):
+        @app.before_request
+        def hold_the_rests():
+            from flask import request
+
+            if "Range" in request.headers:
+                ranges.append(request.args["nchunk"])
+                release.wait(30)
+
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        try:
+            sub.subscribe("foo")
+            client = catmqtt.Client(sub.url)
+            # The rest of chunk 0 is held at the publisher; that of chunk 1 waits for it.
+            for start in (21, 121):
+                got = client.fetch("foo/ds-1d.b2nd", f"{start}:{start + 2}")
+                assert np.array_equal(got, [start, start + 1])
+            wait_for(lambda: ranges == ["0"], "the rest of chunk 0 asked for")
+        finally:
+            sub.stop()
+            release.set()
+
+        def resting() -> bool:
+            return any(t.name.startswith("rest") for t in threading.enumerate())
+
+        wait_for(lambda: not resting(), "the rests' threads to end")
+        assert ranges == ["0"]
+    finally:
+        pub.stop()
 
 
 def test_the_rest_of_a_chunk_waits_for_other_fetches(broker, tmp_path, root_dir):
