@@ -88,8 +88,8 @@ class Fetcher:
             allowed_methods=["GET"],
             raise_on_status=False,
         )
-        # One connection per worker, and one for manifests.
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 1, max_retries=retry)
+        # One connection per worker, one for a piece of a rest, one for manifests.
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 2, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.workers = workers
@@ -119,6 +119,8 @@ class Fetcher:
 
     def close(self) -> None:
         self._closing.set()
+        with self._backlog:
+            self._backlog.notify_all()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.rests.shutdown(wait=False, cancel_futures=True)
         # What was fetched is written before the cache closes.
@@ -227,26 +229,26 @@ class Fetcher:
         return pending
 
     def _fetched(self, key: tuple, fetched: Future, stored: Future, early: Future | None) -> None:
-        """Pass a failed (or cancelled) fetch on to those waiting for its first blocks or
-        for the chunk's storing."""
-        if early is not None and early.done() and not fetched.cancelled() and fetched.exception() is not None:
-            log.warning(
+        """Pass a failed fetch on to those waiting for its first blocks or for the
+        chunk's storing (`fetched` is never cancelled: see `_run`)."""
+        failure = fetched.exception()
+        if early is not None and early.done() and failure is not None:
+            log.log(
+                logging.DEBUG if self._closing.is_set() else logging.WARNING,
                 "chunk %d of %s/%s failed after its first blocks were sent on: %s",
                 key[3],
                 key[0],
                 key[1],
-                fetched.exception(),
+                failure,
             )
         for waiting in (early, stored):
             if waiting is None or waiting.done():
                 continue
-            if fetched.cancelled():
-                waiting.cancel()
-            elif fetched.exception() is not None:
-                waiting.set_exception(fetched.exception())
+            if failure is not None:
+                waiting.set_exception(failure)
             elif waiting is early:
                 waiting.set_result(fetched.result())
-        if fetched.cancelled() or fetched.exception() is not None:
+        if failure is not None:
             self._forget(key)
 
     def _forget(self, key: tuple) -> None:
@@ -342,17 +344,18 @@ class Fetcher:
         if not pieces:
             self._finish(key, fetched, stored, meta, url, headers, data, len(data))
             return
+
         # Bounded: wait while this many bytes of chunks wait for their rests.
+        def room() -> bool:
+            return self._closing.is_set() or not self._partial or self._partial + len(data) <= REST_BACKLOG
+
         with self._backlog:
-            self._backlog.wait_for(lambda: not self._partial or self._partial + len(data) <= REST_BACKLOG)
+            self._backlog.wait_for(room)
+            if self._closing.is_set():
+                raise _stopping()
             self._partial += len(data)
-        try:
-            rest = partial(self._rest, key, fetched, stored, meta, url, limit, headers, data, pieces)
-            _run(self.rests, fetched, rest)
-        except RuntimeError:
-            # The rests' threads were shut down meanwhile.
-            self._rested(len(data))
-            raise Unavailable("the subscriber is stopping", status=503) from None
+        rest = partial(self._rest, key, fetched, stored, meta, url, limit, headers, data, pieces)
+        _run(self.rests, fetched, rest, lambda: self._rested(len(data)))
 
     def _first_parts(
         self, key: tuple, meta: dict[str, Any], url: str, limit: int, blocks: range, early: Future
@@ -405,7 +408,7 @@ class Fetcher:
             for start, stop in pieces:
                 with self._rest_piece(url):
                     if self._closing.is_set():
-                        raise Unavailable("the subscriber is stopping", status=503)
+                        raise _stopping()
                     more, part, whole = self._get(
                         root, url, f"chunk/{quote(path)}", limit, (start, stop), nchunk=nchunk
                     )
@@ -455,7 +458,14 @@ class Fetcher:
         with self._backlog:
             self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
             self._writing += len(data)
-        self.writer.submit(self._store, key, stored, meta, data, digest)
+        try:
+            self.writer.submit(self._store, key, stored, meta, data, digest)
+        except RuntimeError:
+            # The writer was shut down: the subscriber is stopping.
+            with self._backlog:
+                self._writing -= len(data)
+                self._backlog.notify_all()
+            raise _stopping() from None
         fetched.set_result(data)
 
     def _in_foreground(self, url: str) -> contextlib.AbstractContextManager[None]:
@@ -511,9 +521,15 @@ class Fetcher:
         return [str(d) for d in digests]
 
 
-def _run(executor: ThreadPoolExecutor, fetched: Future, work: Callable[[], None]) -> None:
-    """Run `work` on `executor`; `fetched`, which it sets when it succeeds, gets its
-    exception if it fails, or is cancelled with it."""
+def _run(
+    executor: ThreadPoolExecutor,
+    fetched: Future,
+    work: Callable[[], None],
+    never_ran: Callable[[], None] | None = None,
+) -> None:
+    """Run `work` on `executor`. `fetched`, which `work` sets when it succeeds, gets
+    its exception if it fails; if it never runs (the executor was shut down, or
+    cancelled it), `never_ran` is called and `fetched` says the subscriber is stopping."""
 
     def run() -> None:
         try:
@@ -522,11 +538,18 @@ def _run(executor: ThreadPoolExecutor, fetched: Future, work: Callable[[], None]
             if not fetched.done():
                 fetched.set_exception(exc)
 
-    def cancelled(task: Future) -> None:
-        if task.cancelled():
-            fetched.cancel()
+    def stopped() -> None:
+        if never_ran is not None:
+            never_ran()
+        if not fetched.done():
+            fetched.set_exception(_stopping())
 
-    executor.submit(run).add_done_callback(cancelled)
+    try:
+        task = executor.submit(run)
+    except RuntimeError:
+        stopped()
+        return
+    task.add_done_callback(lambda task: stopped() if task.cancelled() else None)
 
 
 class Source(NamedTuple):
@@ -554,6 +577,10 @@ class _Pending:
             return self.fetched
         within = self.blocks.start <= blocks.start and blocks.stop <= self.blocks.stop
         return self.early if within else self.fetched
+
+
+def _stopping() -> Unavailable:
+    return Unavailable("the subscriber is stopping", status=503)
 
 
 def _changing(root: str, path: str) -> Unavailable:
