@@ -135,6 +135,8 @@ def main() -> None:
                 return stats["total"]["fetched_chunks"]
 
             times: dict[str, list[float]] = {"paused": [], "back to back": []}
+            # When each paused slice's chunk was whole in the cache.
+            complete: list[float] = []
             chunks = iter(range(1, 2 * args.slices + 1))
             for kind, slices in times.items():
                 for _ in range(args.slices):
@@ -146,6 +148,7 @@ def main() -> None:
                     if kind == "paused":
                         count = len(slices)
                         wait_until(lambda count=count: fetched() >= count, "a chunk never came whole")
+                        complete.append(time.perf_counter() - start)
             wait_until(lambda: fetched() >= 2 * args.slices, "the chunks never came whole")
             stats = requests.get(f"{client.urlbase}/api/stats", timeout=10).json()["total"]
         finally:
@@ -159,6 +162,8 @@ def main() -> None:
     for kind, values in times.items():
         ratio = statistics.median(values) / statistics.median(whole)
         print(f"cold slice 1,000 items, {kind:12s} {ms(values)}  {ratio:.2f}x")
+    ratio = statistics.median(complete) / statistics.median(whole)
+    print(f"its chunk whole in the cache, paused {ms(complete)}  {ratio:.2f}x")
     print(f"bytes fetched for {stats['fetched_chunks']} chunks: {stats['fetched_bytes'] / 1e6:.1f} MB")
 
 
