@@ -116,7 +116,8 @@ class Client:
         (``"1, ::-2"``) or as what ``__getitem__`` receives (``(1, slice(None, None, -2))``).
         Arrays come back as numpy arrays; byte streams (``.b2frame`` and plain
         files) as bytes. The compressed chunks the selection touches cross the
-        network as they are stored, and are decoded here with Blosc2's threads.
+        network as they are stored, and are decoded here: by Blosc2's threads
+        for one or two chunks, by a pool of threads (one Blosc2 thread each) for more.
         `meta`, the dataset's metadata if the caller has it, saves a request.
         """
         key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)

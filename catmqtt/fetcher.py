@@ -52,6 +52,8 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # chunk comes about as soon, and the rest, following, would only compete
 # with the next requests.
 PARTS_WORTH = 0.02
+# Where only small responses measured a link, its speed includes its latency:
+# over a distant but fast link, small chunks then come in parts too.
 # How fast a publisher's bytes come is measured by responses of this many
 # bytes or more; until one came, by smaller ones adding up to as many (their
 # latency weighs more: a publisher of small chunks only is measured too).
@@ -106,7 +108,7 @@ class Fetcher:
         self._inflight: dict[tuple, _Pending] = {}
         self._lock = threading.RLock()
         self._stats: dict[str, Counter] = defaultdict(Counter)
-        # Bytes per second of each publisher's large responses, lately.
+        # Bytes per second of each publisher's responses, lately (see _measure).
         self._speeds: dict[str, float] = {}
         # Bytes and seconds of each publisher's small responses since the last
         # sample they made; None once a large response came.
@@ -403,7 +405,9 @@ class Fetcher:
     ) -> None:
         """Fetch byte ranges `pieces` of a chunk that came in part, then finish it."""
         root, path, _, nchunk = key
-        received = len(data) - sum(stop - start for start, stop in pieces)
+        size = len(data)
+        received = size - sum(stop - start for start, stop in pieces)
+        chunk: bytes | bytearray = data
         try:
             for start, stop in pieces:
                 with self._rest_piece(url):
@@ -413,16 +417,16 @@ class Fetcher:
                         root, url, f"chunk/{quote(path)}", limit, (start, stop), nchunk=nchunk
                     )
                 received += len(part)
-                if more.get(ETAG) != headers.get(ETAG) or whole not in (len(data), None):
+                if more.get(ETAG) != headers.get(ETAG) or whole not in (size, None):
                     raise _changing(root, path)
                 if whole is None:
                     # The whole chunk came this time.
-                    self._finish(key, fetched, stored, meta, url, more, part, received)
-                    return
+                    headers, chunk = more, part
+                    break
                 data[start:stop] = part
         finally:
-            self._rested(len(data))
-        self._finish(key, fetched, stored, meta, url, headers, data, received)
+            self._rested(size)
+        self._finish(key, fetched, stored, meta, url, headers, chunk, received)
 
     def _rested(self, size: int) -> None:
         with self._backlog:

@@ -30,7 +30,7 @@ def wait_for_version(client, root_dir, name: str) -> None:
 
 
 def test_new_changed_and_deleted_files_propagate(broker, tmp_path, root_dir):
-    with running(broker, tmp_path, root_dir) as (_, sub):
+    with running(broker, tmp_path, root_dir) as (pub, sub):
         client = catmqtt.Client(sub.url)
         (root_dir / "dir1/new.txt").write_text("fresh\n")
         wait_for(lambda: "dir1/new.txt" in client.get_list("foo"), "a new file to appear")
@@ -40,11 +40,23 @@ def test_new_changed_and_deleted_files_propagate(broker, tmp_path, root_dir):
         (root_dir / "dir1/new.txt").write_text("changed\n")
         wait_for(lambda: client.fetch("foo/dir1/new.txt") == b"changed\n", "the changed content")
 
+        # The publisher's announcements, in the order it makes them.
+        announced = []
+        publish = pub.node.publish
+
+        def recording(topic, payload, **kwargs):
+            name = topic.rpartition("/ds/")[2]
+            announced.append(name if payload else f"-{name}")
+            return publish(topic, payload, **kwargs)
+
+        pub.node.publish = recording
         (root_dir / "dir1/new.txt").rename(root_dir / "moved.txt")
         wait_for(
             lambda: {"moved.txt", "dir1/new.txt"} & set(client.get_list("foo")) == {"moved.txt"},
             "the file listed under its new name only",
         )
+        # The old name goes first, so that no one sees the file under both.
+        assert announced.index("-dir1/new.txt") < announced.index("moved.txt"), announced
 
         (root_dir / "dir2/ds-4d.b2nd").unlink()
         wait_for(lambda: "dir2/ds-4d.b2nd" not in client.get_list("foo"), "the deleted dataset to go")

@@ -200,8 +200,10 @@ def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir)
                 assert np.array_equal(got, [start, start + 1])
             wait_for(lambda: ranges == ["0"], "the rest of chunk 0 asked for")
         finally:
-            sub.stop()
-            release.set()
+            try:
+                sub.stop()
+            finally:
+                release.set()
 
         def resting() -> bool:
             return any(t.name.startswith("rest") for t in threading.enumerate())
@@ -288,13 +290,29 @@ def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
 
 
 def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
-    fetcher = Fetcher(Cache(tmp_path), workers=2, timeout=5)
+    cache = Cache(tmp_path)
+    fetcher = Fetcher(cache, workers=2, timeout=5)
     fetcher.close()
     source = Source("foo", "ds.b2nd", {"etag": "e", "nchunks": 1, "nbytes": 8}, "http://127.0.0.1:9")
-    # Twice: the first leaves nothing behind for the second to wait for.
-    for _ in range(2):
-        with pytest.raises(Unavailable, match="stopping"):
+    errors: list[Exception] = []
+
+    def ensure() -> None:
+        try:
             fetcher.ensure(source, [0], missing=[0])
+        except Exception as exc:
+            errors.append(exc)
+
+    try:
+        # A daemon thread: a request left waiting forever fails the test, not the run.
+        thread = threading.Thread(target=ensure, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the request is still waiting"
+        assert [type(e) for e in errors] == [Unavailable] and "stopping" in str(errors[0])
+        # Nothing left behind for the next request to wait for.
+        assert not fetcher._inflight
+    finally:
+        cache.close()
 
 
 @pytest.mark.parametrize("blocks", [False, True])
