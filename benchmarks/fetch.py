@@ -140,6 +140,18 @@ class Run:
     def catmqtt(self, name: str, *args) -> tuple[subprocess.Popen, int]:
         return self.start(name, sys.executable, "-m", "catmqtt", *args)
 
+    def broker(self) -> str:
+        """Start the embedded broker; return its URL."""
+        _, port = self.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
+        return f"mqtt://127.0.0.1:{port}"
+
+    def publisher(self, broker: str, *extra: str) -> tuple[subprocess.Popen, int]:
+        """Start a publisher of `<workdir>/root` as root bench, with `extra` options."""
+        return self.catmqtt(
+            "publisher", "pub", "bench", self.workdir / "root", "--http", "127.0.0.1:{port}",
+            "--broker", broker, "--statedir", self.workdir / "pub", "--loglevel", "WARNING", *extra,
+        )  # fmt: skip
+
     def subscriber(self, name: str, broker: str, statedir: Path) -> tuple[subprocess.Popen, catmqtt.Client]:
         """Start a subscriber, wait until it sees root bench, and subscribe it."""
         proc, port = self.catmqtt(
@@ -184,22 +196,8 @@ def main() -> None:
         os.sync()
         run = Run(workdir)
         try:
-            _, mqtt = run.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
-            broker = f"mqtt://127.0.0.1:{mqtt}"
-            pub, _ = run.catmqtt(
-                "publisher",
-                "pub",
-                "bench",
-                workdir / "root",
-                "--http",
-                "127.0.0.1:{port}",
-                "--broker",
-                broker,
-                "--statedir",
-                workdir / "pub",
-                "--loglevel",
-                "WARNING",
-            )
+            broker = run.broker()
+            pub, _ = run.publisher(broker)
             wire_args = [x for name, path in paths.items() for x in (name, path)]
             _, wire = run.start("wire", sys.executable, "-c", WIRE_SERVER, "{port}", *wire_args)
 

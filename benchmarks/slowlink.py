@@ -93,26 +93,10 @@ def main() -> None:
         blosc2.asarray(data, chunks=(per_chunk,), urlpath=str(workdir / "root" / "random.b2nd"), mode="w")
         run = Run(workdir)
         try:
-            _, mqtt = run.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
-            broker = f"mqtt://127.0.0.1:{mqtt}"
+            broker = run.broker()
             link_port = free_port()
             # Subscribers reach the publisher through the link.
-            _, pub_port = run.catmqtt(
-                "publisher",
-                "pub",
-                "bench",
-                workdir / "root",
-                "--http",
-                "127.0.0.1:{port}",
-                "--urlbase",
-                f"http://127.0.0.1:{link_port}",
-                "--broker",
-                broker,
-                "--statedir",
-                workdir / "pub",
-                "--loglevel",
-                "WARNING",
-            )
+            _, pub_port = run.publisher(broker, "--urlbase", f"http://127.0.0.1:{link_port}")
             proxy = subprocess.Popen(
                 [sys.executable, "-c", LINK_PROXY, str(link_port), str(pub_port)]
                 + [str(args.mbit * 1e6 / 8), str(args.rtt / 2000)]

@@ -222,17 +222,16 @@ class Fetcher:
         with self._lock:
             pending = self._inflight.get(key)
             if pending is None:
-                fetched: Future = Future()
-                stored: Future = Future()
                 early: Future | None = None if blocks is None else Future()
-                pending = self._inflight[key] = _Pending(fetched, stored, early, blocks)
-                fetched.add_done_callback(lambda f: self._fetched(key, f, stored, early))
-                _run(self.pool, fetched, partial(self._fetch, key, fetched, stored, meta, url, blocks, early))
+                pending = self._inflight[key] = _Pending(source, key, Future(), Future(), early, blocks)
+                pending.fetched.add_done_callback(lambda _: self._fetched(pending))
+                _run(self.pool, pending.fetched, partial(self._fetch, pending))
         return pending
 
-    def _fetched(self, key: tuple, fetched: Future, stored: Future, early: Future | None) -> None:
+    def _fetched(self, job: _Pending) -> None:
         """Pass a failed fetch on to those waiting for its first blocks or for the
         chunk's storing (`fetched` is never cancelled: see `_run`)."""
+        key, fetched, stored, early = job.key, job.fetched, job.stored, job.early
         failure = fetched.exception()
         if early is not None and early.done() and failure is not None:
             log.log(
@@ -323,28 +322,20 @@ class Fetcher:
             speed = size / max(seconds, 1e-6)
             self._speeds[url] = (self._speeds.get(url, speed) + speed) / 2
 
-    def _fetch(
-        self,
-        key: tuple,
-        fetched: Future,
-        stored: Future,
-        meta: dict[str, Any],
-        url: str,
-        blocks: range | None = None,
-        early: Future | None = None,
-    ) -> None:
-        """Fetch one chunk for `fetched`: whole, or `blocks` first (into `early`), then
-        the rest on a thread of `rests`."""
-        root, path, _, nchunk = key
+    def _fetch(self, job: _Pending) -> None:
+        """Fetch one chunk for `job.fetched`: whole, or `job.blocks` first (into
+        `job.early`), then the rest on a thread of `rests`."""
+        root, path, meta, url = job.source
+        nchunk = job.key[3]
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
-        if blocks is None or early is None:
+        if job.blocks is None or job.early is None:
             with self._in_foreground(url):
                 headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
-            self._finish(key, fetched, stored, meta, url, headers, data, len(data))
+            self._finish(job, headers, data, len(data))
             return
-        headers, data, pieces = self._first_parts(key, meta, url, limit, blocks, early)
+        headers, data, pieces = self._first_parts(job, limit)
         if not pieces:
-            self._finish(key, fetched, stored, meta, url, headers, data, len(data))
+            self._finish(job, headers, data, len(data))
             return
 
         # Bounded: wait while this many bytes of chunks wait for their rests.
@@ -356,16 +347,15 @@ class Fetcher:
             if self._closing.is_set():
                 raise _stopping()
             self._partial += len(data)
-        rest = partial(self._rest, key, fetched, stored, meta, url, limit, headers, data, pieces)
-        _run(self.rests, fetched, rest, lambda: self._rested(len(data)))
+        rest = partial(self._rest, job, limit, headers, data, pieces)
+        _run(self.rests, job.fetched, rest, lambda: self._off_backlogs(rested=len(data)))
 
-    def _first_parts(
-        self, key: tuple, meta: dict[str, Any], url: str, limit: int, blocks: range, early: Future
-    ) -> tuple[Any, bytes | bytearray, list[tuple[int, int]]]:
-        """Fetch what decoding `blocks` of a chunk needs, and set it into `early` (the
-        chunk, its other bytes zeros). Return the response's headers, the chunk, and
-        the byte ranges still to fetch (none if the whole chunk came)."""
-        root, path, _, nchunk = key
+    def _first_parts(self, job: _Pending, limit: int) -> tuple[Any, bytes | bytearray, list[tuple[int, int]]]:
+        """Fetch what decoding `job.blocks` of a chunk needs, and set it into `job.early`
+        (the chunk, its other bytes zeros). Return the response's headers, the chunk,
+        and the byte ranges still to fetch (none if the whole chunk came)."""
+        root, path, meta, url = job.source
+        nchunk, blocks, early = job.key[3], job.blocks, job.early
         endpoint, blocks_text = f"chunk/{quote(path)}", f"{blocks.start}-{blocks.stop - 1}"
         with self._in_foreground(url):
             headers, body, _ = self._get(root, url, endpoint, limit, nchunk=nchunk, blocks=blocks_text)
@@ -375,9 +365,7 @@ class Fetcher:
             raise _changing(root, path)
         parts = parse_parts(headers[PARTS])
         if parts is None or parts[1] > limit or sum(b - a for a, b in parts[0]) != len(body):
-            raise Unavailable(
-                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
-            )
+            raise _damaged(job)
         spans, size = parts
         data = bytearray(size)
         view = memoryview(body)
@@ -392,19 +380,11 @@ class Fetcher:
         return headers, data, [(a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r]
 
     def _rest(
-        self,
-        key: tuple,
-        fetched: Future,
-        stored: Future,
-        meta: dict[str, Any],
-        url: str,
-        limit: int,
-        headers: Any,
-        data: bytearray,
-        pieces: list[tuple[int, int]],
+        self, job: _Pending, limit: int, headers: Any, data: bytearray, pieces: list[tuple[int, int]]
     ) -> None:
         """Fetch byte ranges `pieces` of a chunk that came in part, then finish it."""
-        root, path, _, nchunk = key
+        root, path, _, url = job.source
+        nchunk = job.key[3]
         size = len(data)
         received = size - sum(stop - start for start, stop in pieces)
         chunk: bytes | bytearray = data
@@ -425,52 +405,41 @@ class Fetcher:
                     break
                 data[start:stop] = part
         finally:
-            self._rested(size)
-        self._finish(key, fetched, stored, meta, url, headers, chunk, received)
+            self._off_backlogs(rested=size)
+        self._finish(job, headers, chunk, received)
 
-    def _rested(self, size: int) -> None:
+    def _off_backlogs(self, *, written: int = 0, rested: int = 0) -> None:
+        """Take bytes that no longer wait to be written (`written`) or for their rests
+        (`rested`) off the backlogs."""
         with self._backlog:
-            self._partial -= size
+            self._writing -= written
+            self._partial -= rested
             self._backlog.notify_all()
 
-    def _finish(
-        self,
-        key: tuple,
-        fetched: Future,
-        stored: Future,
-        meta: dict[str, Any],
-        url: str,
-        headers: Any,
-        data: bytes | bytearray,
-        received: int,
-    ) -> None:
+    def _finish(self, job: _Pending, headers: Any, data: bytes | bytearray, received: int) -> None:
         """Check a chunk that came whole, hand its writing to the cache writer, and
-        set it into `fetched`."""
-        root, path, _, nchunk = key
+        set it into `job.fetched`."""
+        root, path, meta, _ = job.source
         if headers.get(ETAG) != meta["etag"]:
             raise _changing(root, path)
         digest = storage.chunk_digest(data)
         sent = headers.get(DIGEST)
         if (sent is not None and sent != digest) or not storage.is_chunk(
-            data, storage.chunk_nbytes(meta, nchunk)
+            data, storage.chunk_nbytes(meta, job.key[3])
         ):
-            raise Unavailable(
-                f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502
-            )
+            raise _damaged(job)
         self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
         # Bounded write-behind: wait while the writer is this far behind.
         with self._backlog:
             self._backlog.wait_for(lambda: not self._writing or self._writing + len(data) <= WRITE_BEHIND)
             self._writing += len(data)
         try:
-            self.writer.submit(self._store, key, stored, meta, data, digest)
+            self.writer.submit(self._store, job, data, digest)
         except RuntimeError:
             # The writer was shut down: the subscriber is stopping.
-            with self._backlog:
-                self._writing -= len(data)
-                self._backlog.notify_all()
+            self._off_backlogs(written=len(data))
             raise _stopping() from None
-        fetched.set_result(data)
+        job.fetched.set_result(data)
 
     def _in_foreground(self, url: str) -> contextlib.AbstractContextManager[None]:
         return self._under_way(url, self._foreground)
@@ -495,8 +464,9 @@ class Fetcher:
                 requests[url] -= 1
                 self._quiet.notify_all()
 
-    def _store(self, key: tuple, stored: Future, meta: dict[str, Any], data: bytes, digest: str) -> None:
-        root, path, _, nchunk = key
+    def _store(self, job: _Pending, data: bytes | bytearray, digest: str) -> None:
+        root, path, meta, _ = job.source
+        key, nchunk, stored = job.key, job.key[3], job.stored
         try:
             if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
                 raise _changing(root, path)
@@ -508,9 +478,7 @@ class Fetcher:
             stored.set_result(None)
         finally:
             self._forget(key)
-            with self._backlog:
-                self._writing -= len(data)
-                self._backlog.notify_all()
+            self._off_backlogs(written=len(data))
 
     def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
@@ -567,9 +535,12 @@ class Source(NamedTuple):
 
 @dataclass(frozen=True)
 class _Pending:
-    """A chunk on its way: its checked bytes (`fetched`), then its write to the cache
-    (`stored`); when fetched in parts, the bytes of `blocks` come first (`early`)."""
+    """A chunk on its way (`key`: root, path, etag, chunk number; from `source`): its
+    checked bytes (`fetched`), then its write to the cache (`stored`); when fetched in
+    parts, the bytes of `blocks` come first (`early`)."""
 
+    source: Source
+    key: tuple
     fetched: Future
     stored: Future
     early: Future | None = None
@@ -585,6 +556,13 @@ class _Pending:
 
 def _stopping() -> Unavailable:
     return Unavailable("the subscriber is stopping", status=503)
+
+
+def _damaged(job: _Pending) -> Unavailable:
+    root, path, _, url = job.source
+    return Unavailable(
+        f"publisher of root {root!r} at {url} sent a damaged chunk {job.key[3]} of {path!r}", status=502
+    )
 
 
 def _changing(root: str, path: str) -> Unavailable:

@@ -108,19 +108,27 @@ def cached(sub, path: str, numbers: list[int]) -> set[int]:
     return sub.cache.cached_chunks("foo", path, sub.cache.dataset("foo", path), numbers)
 
 
+def hold_rests(app, release: threading.Event, chunks: list[str] | None = None) -> None:
+    """Hold each Range request (a piece of a chunk's rest) at publisher `app` until
+    `release` is set, noting its chunk number in `chunks`."""
+
+    @app.before_request
+    def hold():
+        from flask import request
+
+        if "Range" in request.headers:
+            if chunks is not None:
+                chunks.append(request.args["nchunk"])
+            release.wait(30)
+
+
 def test_a_few_items_come_with_their_blocks_before_the_rest_of_the_chunk(broker, tmp_path, root_dir):
     release = threading.Event()
     counters = []
 
     def instrument(app):
         counters.append(ChunkCounter(app))
-
-        @app.before_request
-        def hold_the_rest():
-            from flask import request
-
-            if "Range" in request.headers:
-                release.wait(30)
+        hold_rests(app, release)
 
     with running(broker, tmp_path, root_dir, instrument) as (pub, sub), ThreadPoolExecutor(1) as pool:
         client = catmqtt.Client(sub.url)
@@ -148,12 +156,7 @@ def test_rests_under_way_leave_the_fetch_workers_free(broker, tmp_path, root_dir
     release = threading.Event()
 
     def instrument(app):
-        @app.before_request
-        def hold_the_rests():
-            from flask import request
-
-            if "Range" in request.headers:
-                release.wait(30)
+        hold_rests(app, release)
 
     with (
         running(broker, tmp_path, root_dir, instrument, fetch_workers=2) as (_, sub),
@@ -177,16 +180,10 @@ def test_rests_under_way_leave_the_fetch_workers_free(broker, tmp_path, root_dir
 
 def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir):
     release = threading.Event()
-    ranges = []
+    ranges: list[str] = []
 
     def instrument(app):
-        @app.before_request
-        def hold_the_rests():
-            from flask import request
-
-            if "Range" in request.headers:
-                ranges.append(request.args["nchunk"])
-                release.wait(30)
+        hold_rests(app, release, ranges)
 
     pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
     try:
