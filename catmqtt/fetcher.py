@@ -65,6 +65,10 @@ REST_PIECE = 1 << 20
 # Bytes of chunks fetched in parts that may wait for their rests: beyond, a
 # fetch worker waits before taking another chunk.
 REST_BACKLOG = 64 << 20
+# Seconds a closing fetcher gives the rests under way to come: the first
+# blocks of their chunks were answered already, and the chunks belong in the
+# cache (a subscriber stopped right after a slice has it after a restart).
+REST_GRACE = 5.0
 
 
 class Fetcher:
@@ -118,12 +122,16 @@ class Fetcher:
         self._resting: Counter[str] = Counter()
         self._quiet = threading.Condition()
         self.parts_worth = PARTS_WORTH
+        self.rest_grace = REST_GRACE
 
     def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        # The rests under way, for `rest_grace` seconds at most; then no more.
+        with self._backlog:
+            self._backlog.wait_for(lambda: not self._partial, timeout=self.rest_grace)
         self._closing.set()
         with self._backlog:
             self._backlog.notify_all()
-        self.pool.shutdown(wait=False, cancel_futures=True)
         self.rests.shutdown(wait=False, cancel_futures=True)
         # What was fetched is written before the cache closes.
         self.writer.shutdown(wait=True)

@@ -178,7 +178,8 @@ def test_rests_under_way_leave_the_fetch_workers_free(broker, tmp_path, root_dir
         wait_for(lambda: cached(sub, "ds-1d.b2nd", first) == set(first), "chunks 0-4 in the cache")
 
 
-def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir):
+@pytest.mark.parametrize("released", [True, False])
+def test_a_stopping_subscriber_gives_the_rests_under_way_a_grace(broker, tmp_path, root_dir, released):
     release = threading.Event()
     ranges: list[str] = []
 
@@ -188,6 +189,7 @@ def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir)
     pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
     try:
         sub = start_subscriber(broker, tmp_path / "sub")
+        sub.fetcher.rest_grace = 10.0 if released else 0.5
         try:
             sub.subscribe("foo")
             client = catmqtt.Client(sub.url)
@@ -197,16 +199,32 @@ def test_a_stopped_subscriber_asks_for_no_more_rests(broker, tmp_path, root_dir)
                 assert np.array_equal(got, [start, start + 1])
             wait_for(lambda: ranges == ["0"], "the rest of chunk 0 asked for")
         finally:
+            # Released while the subscriber stops, or only once it has stopped.
+            releasing = threading.Timer(0.3 if released else 0, release.set)
             try:
+                if released:
+                    releasing.start()
                 sub.stop()
             finally:
-                release.set()
+                if not released:
+                    releasing.start()
 
         def resting() -> bool:
             return any(t.name.startswith("rest") for t in threading.enumerate())
 
         wait_for(lambda: not resting(), "the rests' threads to end")
-        assert ranges == ["0"]
+        cache = Cache(tmp_path / "sub")
+        try:
+            meta = cache.dataset("foo", "ds-1d.b2nd")
+            kept = cache.cached_chunks("foo", "ds-1d.b2nd", meta, [0, 1])
+        finally:
+            cache.close()
+        if released:
+            # Within the grace: both rests came, and their chunks are in the cache.
+            assert set(ranges) == {"0", "1"} and kept == {0, 1}
+        else:
+            # After it, no more rests were asked for.
+            assert ranges == ["0"] and kept == set()
     finally:
         pub.stop()
 
