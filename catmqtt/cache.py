@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     last_access REAL NOT NULL,
     PRIMARY KEY (root, path, nchunk)
 );
+-- The key each root was first announced under (trust on first use); a table
+-- added without a new schema version, which older catmqtt ignores.
+CREATE TABLE IF NOT EXISTS keys (root TEXT PRIMARY KEY, key TEXT NOT NULL);
 """
 
 
@@ -63,7 +66,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 class Slot:
     """The open container of one dataset, and the lock that guards it."""
 
-    etag: str
+    # The version of the dataset the container holds chunks of (see `version`).
+    version: str
     handle: blosc2.NDArray | blosc2.SChunk | None = None
     # Chunks whose bytes were checked against their digest since this process started.
     verified: set[int] = field(default_factory=set)
@@ -173,6 +177,14 @@ class Cache:
         with self._lock:
             return sorted(name for name, root in self._roots.items() if root["subscribed"])
 
+    def pinned_key(self, name: str) -> str | None:
+        """Return the key root `name` was first announced under, if it was signed."""
+        rows = self._query("SELECT key FROM keys WHERE root=?", (name,))
+        return rows[0][0] if rows else None
+
+    def pin_key(self, name: str, key: str) -> None:
+        self._query("INSERT OR REPLACE INTO keys VALUES (?, ?)", (name, key))
+
     # Datasets
 
     def set_dataset(self, root: str, path: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -184,11 +196,16 @@ class Cache:
         keeps what the new manifest confirms (`remap`) or drops them
         (`drop_chunks`). Otherwise the old chunks are dropped at once and None
         is returned.
+
+        A version is the etag and the manifest's digest: the same etag with
+        another manifest (an impostor's announcement, or the genuine one after
+        it) drops the chunks, which were checked against the other manifest.
         """
         rows = self._query("SELECT etag, meta FROM datasets WHERE root=? AND path=?", (root, path))
         old_etag, old_meta = (rows[0][0], json.loads(rows[0][1])) if rows else (None, None)
         new_etag = None if meta is None else meta["etag"]
-        if old_etag == new_etag:
+        same = None if old_meta is None or meta is None else version(old_meta) == version(meta)
+        if old_etag == new_etag and same is not False:
             if meta is not None and meta != old_meta:
                 with self._transaction() as db:
                     db.execute(
@@ -196,7 +213,7 @@ class Cache:
                     )
                     self._metas[(root, path)] = meta
             return None
-        keep = meta is not None and old_meta is not None and _same_layout(old_meta, meta)
+        keep = old_etag != new_etag and same is not None and _same_layout(old_meta, meta)
         slot = self._slot(root, path)
         with slot.lock:
             with self._transaction() as db:
@@ -209,7 +226,7 @@ class Cache:
                         (root, path, new_etag, json.dumps(meta)),
                     )
                     self._metas[(root, path)] = meta
-            slot.etag = new_etag or ""
+            slot.version = "" if meta is None else version(meta)
             # The open container is of the old version: never read or write it again.
             slot.handle = None
             if not keep:
@@ -241,9 +258,9 @@ class Cache:
             slot = self._slots.get((root, path))
             if slot is None:
                 rows = self._db.execute(
-                    "SELECT etag FROM datasets WHERE root=? AND path=?", (root, path)
+                    "SELECT meta FROM datasets WHERE root=? AND path=?", (root, path)
                 ).fetchall()
-                slot = self._slots[(root, path)] = Slot(rows[0][0] if rows else "")
+                slot = self._slots[(root, path)] = Slot(version(json.loads(rows[0][0])) if rows else "")
             return slot
 
     def _urlpath(self, root: str, path: str) -> Path:
@@ -273,7 +290,7 @@ class Cache:
         """
         slot = self._slot(root, path)
         with slot.lock:
-            if slot.etag != new["etag"]:
+            if slot.version != version(new):
                 return 0
             if not _same_layout(old, new) or len(digests) != new["nchunks"]:
                 self._drop_chunks(root, path, slot)
@@ -369,7 +386,7 @@ class Cache:
         unchecked = cached - slot.verified
         if unchecked:
             with slot.lock:
-                if slot.etag != meta["etag"]:
+                if slot.version != version(meta):
                     return set()
                 schunk = storage.schunk_of(self._container(root, path, meta, slot))
                 for n in sorted(unchecked):
@@ -396,7 +413,7 @@ class Cache:
         """
         slot = self._slot(root, path)
         with slot.lock:
-            if slot.etag != meta["etag"]:
+            if slot.version != version(meta):
                 return False
             handle = self._container(root, path, meta, slot)
             storage.schunk_of(handle).update_chunk(nchunk, data)
@@ -411,7 +428,7 @@ class Cache:
         """Return the compressed bytes of a cached chunk, or None if the dataset changed."""
         slot = self._slot(root, path)
         with slot.lock:
-            if slot.etag != meta["etag"]:
+            if slot.version != version(meta):
                 return None
             return storage.schunk_of(self._container(root, path, meta, slot)).get_chunk(nchunk)
 
@@ -423,7 +440,7 @@ class Cache:
         """
         slot = self._slot(root, path)
         with slot.lock:
-            if slot.etag != meta["etag"]:
+            if slot.version != version(meta):
                 yield None
             else:
                 yield self._container(root, path, meta, slot)
@@ -454,6 +471,12 @@ class Cache:
                     )
         self._accessed.clear()
         self._flushed = time.monotonic()
+
+
+def version(meta: dict[str, Any]) -> str:
+    """Return what identifies the chunks of a version of a dataset: its etag, and
+    the digest of its manifest where it has one."""
+    return f"{meta['etag']}/{meta['manifest']}" if "manifest" in meta else meta["etag"]
 
 
 def _same_layout(old: dict[str, Any], new: dict[str, Any]) -> bool:

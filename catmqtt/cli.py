@@ -67,7 +67,14 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
     from .web import tune_allocator
 
     s = config.node_settings(
-        conf, "publisher", args.id, name=args.name, root=args.root, watch=args.watch, **_node_options(args)
+        conf,
+        "publisher",
+        args.id,
+        name=args.name,
+        root=args.root,
+        watch=args.watch,
+        sign_key=args.sign_key,
+        **_node_options(args),
     )
     if not s["name"] or not s["root"]:
         raise ConfigError(
@@ -86,7 +93,7 @@ def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
     from .subscriber import Subscriber
     from .web import tune_allocator
 
-    s = config.node_settings(conf, "subscriber", args.id, **_node_options(args))
+    s = config.node_settings(conf, "subscriber", args.id, trust=args.trust, **_node_options(args))
     _logging(s["loglevel"])
     tune_allocator()
     subscriber = Subscriber(s, args.id or _default_id(s["statedir"])).start()
@@ -97,6 +104,7 @@ def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
 
 
 def cmd_up(args: argparse.Namespace, conf: dict) -> int:
+    from . import signing
     from .broker import BrokerProcess
     from .publisher import Publisher
     from .sample import write_sample
@@ -111,9 +119,15 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     # A first look wants the addresses, not the chatter: WARNING unless asked.
     common = {"broker": f"mqtt://{listen}", "loglevel": args.loglevel or "WARNING", "prefix": b["prefix"]}
     pub_s = config.node_settings(conf, "publisher", http=args.pub_http, statedir=base / "publisher", **common)
+    # Signed by a key made once, and trusted for this root alone: other roots
+    # (publishers started beside) are trusted on first use.
+    if pub_s["sign_key"] is None:
+        pub_s["sign_key"] = base / "sign.key"
+    key = signing.load_or_generate(Path(pub_s["sign_key"])).public
     sub_s = config.node_settings(
         conf, "subscriber", http=args.sub_http, statedir=base / "subscriber", **common
     )
+    sub_s["trust"] = {args.name: [key], **(sub_s["trust"] or {})}
     _logging(pub_s["loglevel"])
     tune_allocator()
     root = args.root
@@ -142,6 +156,13 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     finally:
         broker.stop()
     print("Stopped.")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, conf: dict) -> int:
+    from . import signing
+
+    print(signing.generate(args.file).public)
     return 0
 
 
@@ -393,8 +414,19 @@ def make_parser() -> argparse.ArgumentParser:
     )
     _service_options(p)
 
+    p.add_argument("--sign-key", metavar="FILE", help="sign announcements with this key (see keygen)")
+
     p = add("sub", cmd_sub, "run a subscriber", True)
     _service_options(p)
+    p.add_argument(
+        "--trust",
+        metavar="KEY",
+        action="append",
+        help="accept only announcements signed by KEY (ed25519:...; repeatable)",
+    )
+
+    p = add("keygen", cmd_keygen, "make a key to sign announcements with, and print its public key", True)
+    p.add_argument("file", help="where to write the private key (PEM, mode 0600; never overwritten)")
 
     p = add("passwd", cmd_passwd, "set a user's password in an amqtt password file", True)
     p.add_argument("file", help="the password file (created if missing)")

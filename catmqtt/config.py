@@ -15,7 +15,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from .errors import ConfigError
+from .errors import BadRequest, ConfigError
+from .schema import parse_public_key
 from .topics import DEFAULT_PREFIX, parse_node_id, parse_prefix, parse_root_name
 
 DEFAULT_FILE = "catmqtt.yaml"
@@ -45,13 +46,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amqtt_conf": None,
         "loglevel": "INFO",
     },
-    "publisher": {**_NODE_KEYS, "http": "127.0.0.1:8001", "name": None, "root": None, "watch": "auto"},
+    "publisher": {
+        **_NODE_KEYS,
+        "http": "127.0.0.1:8001",
+        "name": None,
+        "root": None,
+        "watch": "auto",
+        "sign_key": None,
+    },
     "subscriber": {
         **_NODE_KEYS,
         "http": "127.0.0.1:8002",
         "fetch_workers": 8,
         "fetch_timeout": 30,
         "max_fetch_bytes": 2 << 30,
+        "trust": None,
     },
     "client": {"sub": "http://127.0.0.1:8002"},
 }
@@ -159,7 +168,33 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         _int_in(s, "fetch_workers", 1, 256)
         _int_in(s, "fetch_timeout", 1, 3600)
         _int_in(s, "max_fetch_bytes", 1, 1 << 50)
+        s["trust"] = parse_trust(s["trust"])
     return s
+
+
+def parse_trust(value: object) -> dict[str, list[str]] | None:
+    """Return ``subscriber.trust`` as {root or "*": [key, ...]}; None if unset.
+
+    A list of keys (or one key) is trusted for every root: ``{"*": keys}``.
+    """
+    if value is None or value == []:
+        return None
+    if isinstance(value, str | list):
+        value = {"*": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"trust must be a list of keys or a map of roots to keys, not {value!r}")
+    trusted = {}
+    for root, keys in value.items():
+        keys = [keys] if isinstance(keys, str) else keys
+        if root != "*":
+            _check(parse_root_name, root)
+        if not isinstance(keys, list) or not keys:
+            raise ConfigError(f"trust: root {root!r} must map to a list of keys, not {keys!r}")
+        try:
+            trusted[root] = [parse_public_key(k) for k in keys]
+        except BadRequest as exc:
+            raise ConfigError(f"trust: {exc}") from None
+    return trusted
 
 
 def client_sub(conf: dict, option: str | None) -> str:

@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -69,6 +69,8 @@ REST_BACKLOG = 64 << 20
 # blocks of their chunks were answered already, and the chunks belong in the
 # cache (a subscriber stopped right after a slice has it after a restart).
 REST_GRACE = 5.0
+# Digests of chunk manifests kept in memory (about 100 bytes each), in all.
+MANIFEST_DIGESTS = 1 << 18
 
 
 class Fetcher:
@@ -112,6 +114,8 @@ class Fetcher:
         self._inflight: dict[tuple, _Pending] = {}
         self._lock = threading.RLock()
         self._stats: dict[str, Counter] = defaultdict(Counter)
+        # The manifests of dataset versions, as they are fetched (see _digests).
+        self._manifests: OrderedDict[tuple, Future] = OrderedDict()
         # Bytes per second of each publisher's responses, lately (see _measure).
         self._speeds: dict[str, float] = {}
         # Bytes and seconds of each publisher's small responses since the last
@@ -336,6 +340,8 @@ class Fetcher:
         root, path, meta, url = job.source
         nchunk = job.key[3]
         limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
+        # The manifest first (once per version): _finish then checks at once.
+        self._digests(job.source)
         if job.blocks is None or job.early is None:
             with self._in_foreground(url):
                 headers, data, _ = self._get(root, url, f"chunk/{quote(path)}", limit, nchunk=nchunk)
@@ -431,7 +437,10 @@ class Fetcher:
         if headers.get(ETAG) != meta["etag"]:
             raise _changing(root, path)
         digest = storage.chunk_digest(data)
-        sent = headers.get(DIGEST)
+        # The manifest's digest where there is one: the header is the publisher's
+        # word only, which an impostor's would give for its own bytes.
+        manifest = self._digests(job.source)
+        sent = headers.get(DIGEST) if manifest is None else manifest[job.key[3]]
         if (sent is not None and sent != digest) or not storage.is_chunk(
             data, storage.chunk_nbytes(meta, job.key[3])
         ):
@@ -498,7 +507,47 @@ class Fetcher:
         digests = manifest.get("digests") if isinstance(manifest, dict) else None
         if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
             raise _changing(root, path)
-        return [str(d) for d in digests]
+        digests = [str(d) for d in digests]
+        # The announcement names the manifest's digest: the publisher's word
+        # (its signature, where it signs) for every chunk.
+        if "manifest" in meta and (
+            len(digests) != meta["nchunks"] or storage.manifest_digest(digests) != meta["manifest"]
+        ):
+            raise Unavailable(
+                f"publisher of root {root!r} at {url} sent a manifest of {path!r} that its announcement"
+                " does not vouch for",
+                status=502,
+            )
+        return digests
+
+    def _digests(self, source: Source) -> list[str] | None:
+        """Return the digest of every chunk of a dataset version that names its
+        manifest (fetched once, and kept a while); None for one that does not."""
+        root, path, meta, url = source
+        if "manifest" not in meta:
+            return None
+        key = (root, path, meta["etag"], meta["manifest"])
+        with self._lock:
+            known = self._manifests.get(key)
+            mine = known is None
+            if mine:
+                known = self._manifests[key] = Future()
+            self._manifests.move_to_end(key)
+        if mine:
+            try:
+                known.set_result(self.manifest(root, path, meta, url))
+            except BaseException as exc:
+                known.set_exception(exc)
+            with self._lock:
+                if known.exception() is not None:
+                    self._manifests.pop(key, None)
+                # The least recently used go first, past MANIFEST_DIGESTS digests in all.
+                while sum(len(f.result()) for f in self._done_manifests()) > MANIFEST_DIGESTS:
+                    del self._manifests[next(k for k, f in self._manifests.items() if f.done())]
+        return known.result()
+
+    def _done_manifests(self) -> list[Future]:
+        return [f for f in self._manifests.values() if f.done() and f.exception() is None]
 
 
 def _run(

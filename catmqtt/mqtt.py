@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from . import __version__
 from .config import BrokerAddress
-from .schema import dumps
+from .schema import SCHEMA, dumps
 from .topics import node_topic
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Node:
         cafile: str | None = None,
         on_connect: Callable[[], None] | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
+        sign: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.role, self.node_id, self.broker, self.prefix, self.url = role, node_id, broker, prefix, url
         self.status_topic = node_topic(prefix, role, node_id)
@@ -51,6 +52,7 @@ class Node:
         self.connected = threading.Event()
         self._on_connect = on_connect
         self._on_message = on_message
+        self._sign = sign
         self._unreachable_logged = False
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -72,10 +74,22 @@ class Node:
         self.client = client
 
     def _status(self, status: str) -> bytes:
-        info: dict[str, Any] = {"role": self.role, "id": self.node_id, "status": status}
+        """Return the payload of a status; every status names its session, so that a
+        subscriber tells a replayed status of an earlier one from a current one."""
+        info: dict[str, Any] = {
+            "role": self.role,
+            "id": self.node_id,
+            "status": status,
+            "session": self.session,
+        }
         if status == "online":
-            info.update(url=self.url, version=__version__, session=self.session)
-        return dumps({**info, "time": time.time()})
+            info.update(url=self.url, version=__version__)
+        return self.payload(self.status_topic, {**info, "time": time.time()})
+
+    def payload(self, topic: str, obj: dict[str, Any]) -> bytes:
+        """Return `obj` as the payload of `topic`: stamped, and signed if this node signs."""
+        obj = {"schema": SCHEMA, **obj}
+        return dumps(obj if self._sign is None else self._sign(topic, obj))
 
     def start(self) -> None:
         """Connect in the background; paho retries until the broker answers."""

@@ -3,6 +3,7 @@ and serves the compressed bytes of its chunks over HTTP."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -11,12 +12,12 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import storage
+from . import signing, storage
 from .blocks import block_parts, format_parts
 from .errors import BadRequest
 from .mqtt import Node
 from .roots import Root, open_root
-from .schema import dumps, loads
+from .signing import verify
 from .slices import parse_block_range
 from .topics import dataset_topic, parse_topic, root_topic
 from .watch import Watcher
@@ -24,6 +25,9 @@ from .web import OCTETS, Server, arg_int, chunk_response, configure_app
 from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
+
+# Seconds between two restores of a topic someone else overwrites.
+RESTORE_INTERVAL = 1.0
 
 
 bp = Blueprint("publisher", __name__)
@@ -105,6 +109,7 @@ class Publisher:
         self.root.scan()
         self.url = settings["urlbase"] or self.server.url
         self.node_id = node_id or name
+        self.signer = None if settings["sign_key"] is None else signing.load(settings["sign_key"])
         self.node = Node(
             "publisher",
             self.node_id,
@@ -116,7 +121,16 @@ class Publisher:
             cafile=settings["cafile"],
             on_connect=self._announce_all,
             on_message=self._message,
+            sign=None if self.signer is None else self.signer.sign,
         )
+        # What we last announced on each topic of our root (b"" once cleared),
+        # and the tombstones we sent, so that our own messages coming back are
+        # told from someone else's; written under _publish_lock.
+        self._announced: dict[str, bytes] = {}
+        self._tombstones: dict[str, bytes] = {}
+        # When each topic was last restored, and the restores put off meanwhile.
+        self._restored: dict[str, float] = {}
+        self._timers: dict[str, threading.Timer] = {}
         self._publish_lock = threading.Lock()
         self.watcher = None
         if settings["watch"] != "off":
@@ -141,18 +155,24 @@ class Publisher:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        with self._publish_lock:
+            for timer in self._timers.values():
+                timer.cancel()
         self.node.stop()
         self.server.stop()
 
     def _announce_all(self) -> None:
         """Announce the root and every dataset; runs on every (re)connect."""
         with self._publish_lock:
-            # Retained topics of our root that we no longer serve are cleared
-            # in _message as the broker replays them.
-            self.node.subscribe(f"{root_topic(self.prefix, self.root.name)}/ds/#")
+            # Retained topics of our root that we no longer serve are withdrawn,
+            # and ours that someone else changed are restored, in _message as the
+            # broker replays them.
+            root_topic_ = root_topic(self.prefix, self.root.name)
+            self.node.subscribe(root_topic_)
+            self.node.subscribe(f"{root_topic_}/ds/#")
             for path, entry in self.root.entries.items():
-                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(entry.meta))
-            self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
+                self._announce(dataset_topic(self.prefix, self.root.name, path), entry.meta)
+            self._announce(root_topic_, self._root_payload())
 
     def refresh(self) -> None:
         """Scan the root again and announce what changed (the watcher calls this)."""
@@ -166,10 +186,26 @@ class Publisher:
         with self._publish_lock:
             # Removals first: a renamed file is never listed under both names.
             for path in gone:
-                self.node.publish(dataset_topic(self.prefix, self.root.name, path), b"")
+                self._withdraw(dataset_topic(self.prefix, self.root.name, path), {"path": path})
             for path in changed:
-                self.node.publish(dataset_topic(self.prefix, self.root.name, path), dumps(new[path].meta))
-            self.node.publish(root_topic(self.prefix, self.root.name), dumps(self._root_payload()))
+                self._announce(dataset_topic(self.prefix, self.root.name, path), new[path].meta)
+            self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
+
+    def _announce(self, topic: str, obj: dict[str, Any]) -> None:
+        """Publish `obj` on `topic`, signed if we sign (_publish_lock held)."""
+        payload = self.node.payload(topic, obj)
+        self._announced[topic] = payload
+        self.node.publish(topic, payload)
+
+    def _withdraw(self, topic: str, ident: dict[str, Any]) -> None:
+        """Clear `topic`, after a signed tombstone if we sign (_publish_lock held):
+        subscribers that trust our key ignore a bare clear, which anyone can send."""
+        if self.signer is not None:
+            tombstone = self.node.payload(topic, {**ident, "deleted": True})
+            self._tombstones[topic] = tombstone
+            self.node.publish(topic, tombstone)
+        self._announced[topic] = b""
+        self.node.publish(topic, b"")
 
     def _root_payload(self) -> dict[str, Any]:
         return {
@@ -184,19 +220,62 @@ class Publisher:
         }
 
     def _message(self, topic: str, payload: bytes) -> None:
+        """Withdraw what we no longer serve; restore what someone else changed."""
         try:
             what = parse_topic(self.prefix, topic)
         except BadRequest:
             return
         # Check the topic: amqtt may replay retained messages beyond the filter.
-        if what.kind != "dataset" or what.name != self.root.name:
+        if what.kind not in ("root", "dataset") or what.name != self.root.name:
             return
-        if payload and what.path not in self.root.entries:
-            log.info("clearing the announcement of %s, which is gone", what.path)
-            self.node.publish(topic, b"")
-        elif payload:
-            try:
-                loads(payload)
-            except BadRequest:
-                log.warning("replacing a malformed announcement on %s", topic)
-                self.node.publish(topic, dumps(self.root.entries[what.path].meta))
+        with self._publish_lock:
+            if self._ours(topic, payload):
+                return
+            if what.kind == "dataset" and what.path not in self.root.entries:
+                if payload:
+                    log.info("withdrawing the announcement of %s, which is gone", what.path)
+                    self._withdraw(topic, {"path": what.path})
+                return
+            if topic in self._announced:
+                self._restore(topic)
+
+    def _ours(self, topic: str, payload: bytes) -> bool:
+        """Tell whether `payload` on `topic` says what we announced last there: that
+        announcement, or an earlier one of the same content (a retained copy from
+        our last run, which our new one follows), or our tombstone."""
+        mine = self._announced.get(topic)
+        if payload in (mine, self._tombstones.get(topic)):
+            return True
+        if not payload or not mine:
+            return False
+        try:
+            theirs, ours = json.loads(payload), json.loads(mine)
+            if self.signer is not None and verify(topic, theirs) != self.signer.public:
+                return False
+        except (ValueError, BadRequest):
+            return False
+        return isinstance(theirs, dict) and _lasting(theirs) == _lasting(ours)
+
+    def _restore(self, topic: str) -> None:
+        """Announce `topic` again, at most once a second (_publish_lock held): two
+        publishers of one root name would otherwise take turns forever."""
+        wait = self._restored.get(topic, 0.0) + RESTORE_INTERVAL - time.monotonic()
+        if wait > 0:
+            if topic not in self._timers:
+                timer = self._timers[topic] = threading.Timer(wait, self._restore_later, (topic,))
+                timer.daemon = True
+                timer.start()
+            return
+        log.warning("someone else changed or cleared %s; announcing it again", topic)
+        self._restored[topic] = time.monotonic()
+        self.node.publish(topic, self._announced[topic])
+
+    def _restore_later(self, topic: str) -> None:
+        with self._publish_lock:
+            self._timers.pop(topic, None)
+            self._restore(topic)
+
+
+def _lasting(obj: dict[str, Any]) -> dict[str, Any]:
+    """Return an announcement without what changes each time it is made."""
+    return {k: v for k, v in obj.items() if k not in ("time", "seq", "sig")}

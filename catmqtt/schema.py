@@ -7,6 +7,8 @@ BadRequest instead of breaking a node later.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any
@@ -23,6 +25,7 @@ MAX_CHUNKS = 1 << 32
 _ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
+KEY_PREFIX = "ed25519:"
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
@@ -159,3 +162,16 @@ def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
     if status == "online":
         _url(obj, "url", what)
     return obj
+
+
+def parse_public_key(text: object) -> str:
+    """Return `text` if it is an Ed25519 public key as ``catmqtt keygen`` prints it."""
+    if isinstance(text, str) and text.startswith(KEY_PREFIX):
+        try:
+            raw = base64.b64decode(text[len(KEY_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) == 32:
+            return text
+    shown = text[:60] if isinstance(text, str) else text
+    raise BadRequest(f"invalid public key {shown!r}: expected ed25519:<base64 of 32 bytes>, as keygen prints")

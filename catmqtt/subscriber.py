@@ -29,8 +29,10 @@ from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, 
 from .fetcher import Fetcher, Source
 from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
+from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
+from .trust import Trust
 from .web import OCTETS, Server, arg_int, chunk_response, configure_app
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
 
@@ -54,7 +56,9 @@ class Subscriber:
         self.tmpdir = settings["statedir"] / "tmp"
         self.tmpdir.mkdir(exist_ok=True)
         self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
-        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.trust = Trust(settings["trust"], self.cache)
+        # Node statuses by (role, id, the key that signed them or None).
+        self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self._subscribed = set(self.cache.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
@@ -110,26 +114,57 @@ class Subscriber:
             what = parse_topic(self.prefix, topic)
             obj = loads(payload)
             if what.kind == "root":
-                self.cache.set_root(what.name, None if obj is None else parse_root(obj, what.name))
-                self._updates.submit(self._guarded, self._reconcile_index, what.name)
+                self._on_root(topic, what.name, obj)
             elif what.kind == "dataset" and what.name in self._subscribed:
-                if obj is not None:
-                    parse_dataset(obj, what.path)
-                    if obj["kind"] == "ndarray":
-                        dtype_from_json(obj["dtype"])
-                    storage.cparams_from_json(obj["cparams"])
-                # Applied on a worker of its own: the MQTT thread never waits
-                # on a dataset's lock (a long download holds it).
-                key = (what.name, what.path)
-                self._pending[key] = self._updates.submit(self._guarded, self._apply_dataset, *key, obj)
+                self._on_dataset(topic, what.name, what.path, obj)
             elif what.kind == "node":
-                key = (what.name, what.path)
-                if obj is None:
-                    self.nodes.pop(key, None)
-                else:
-                    self.nodes[key] = parse_node(obj, what.name, what.path)
+                self._on_node(topic, what.name, what.path, obj)
         except BadRequest as exc:
             log.warning("ignoring the message on %r: %s", topic, exc)
+
+    def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
+        try:
+            last = self.cache.root(name)["info"]
+        except NotFound:
+            last = None
+        self.trust.check(topic, name, obj, last, pin=last is None)
+        info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
+        if info is not None and last is not None and info["url"] != last["url"]:
+            self._updates.submit(self._guarded, self._moved, name, info["url"])
+        self.cache.set_root(name, info)
+        self._updates.submit(self._guarded, self._reconcile_index, name)
+
+    def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:
+        try:
+            last = self.cache.dataset(root, path)
+        except NotFound:
+            last = None
+        self.trust.check(topic, root, obj, last, pin=False)
+        if obj is not None and obj.get("deleted") is True:
+            obj = None
+        if obj is not None:
+            parse_dataset(obj, path)
+            if obj["kind"] == "ndarray":
+                dtype_from_json(obj["dtype"])
+            storage.cparams_from_json(obj["cparams"])
+        # Applied on a worker of its own: the MQTT thread never waits
+        # on a dataset's lock (a long download holds it).
+        key = (root, path)
+        self._pending[key] = self._updates.submit(self._guarded, self._apply_dataset, *key, obj)
+
+    def _on_node(self, topic: str, role: str, node_id: str, obj: dict[str, Any] | None) -> None:
+        """Record a node's status, apart for each key it is signed by (see `_online`)."""
+        signer = None if obj is None else verify(topic, obj)
+        key = (role, node_id, signer)
+        if obj is None:
+            # Only an unsigned status can be cleared by anyone.
+            self.nodes.pop(key, None)
+            return
+        status = parse_node(obj, role, node_id)
+        old = self.nodes.get(key)
+        if signer is not None and old is not None and status.get("session", 0) < old.get("session", 0):
+            raise BadRequest(f"a status of an earlier session of {role} {node_id!r}: a replay")
+        self.nodes[key] = status
 
     @staticmethod
     def _guarded(func, *args) -> None:
@@ -155,6 +190,19 @@ class Subscriber:
                 seen.add(path)
             self._changed.notify_all()
         self._reconcile_index(root)
+
+    def _moved(self, root: str, url: str) -> None:
+        """Drop the cached chunks of a root's datasets that no manifest vouches for,
+        now that another publisher serves the root: they came from the other."""
+        dropped = [p for p in self.cache.datasets(root) if "manifest" not in self.cache.dataset(root, p)]
+        for path in dropped:
+            self.cache.drop_chunks(root, path)
+        log.warning(
+            "root %r is now served from %s: the cached chunks of %d datasets without a manifest are dropped",
+            root,
+            url,
+            len(dropped),
+        )
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -217,7 +265,8 @@ class Subscriber:
         }
 
     def _online(self, info: dict[str, Any]) -> bool:
-        status = self.nodes.get(("publisher", info["publisher"]))
+        # A signed root's publisher is online only by a status signed with the root's key.
+        status = self.nodes.get(("publisher", info["publisher"], info.get("key")))
         return status is not None and status["status"] == "online"
 
     def subscribe(self, name: str) -> None:
