@@ -197,12 +197,13 @@ class Subscriber:
         dropped = [p for p in self.cache.datasets(root) if "manifest" not in self.cache.dataset(root, p)]
         for path in dropped:
             self.cache.drop_chunks(root, path)
-        log.warning(
-            "root %r is now served from %s: the cached chunks of %d datasets without a manifest are dropped",
-            root,
-            url,
-            len(dropped),
-        )
+        if dropped:
+            log.warning(
+                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
+                root,
+                url,
+                len(dropped),
+            )
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -260,6 +261,7 @@ class Subscriber:
                 "url": root["info"]["url"],
                 "online": self._online(root["info"]),
                 "subscribed": root["subscribed"],
+                "key": root["info"].get("key"),
             }
             for name, root in self.cache.roots().items()
         }

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 import requests
+from paho.mqtt.enums import CallbackAPIVersion
 
 from catmqtt import config
 from catmqtt.publisher import Publisher
@@ -109,6 +111,25 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+@contextmanager
+def rogue_client(broker) -> Iterator[paho.Client]:
+    """An MQTT client that anyone could run against an anonymous broker."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="rogue", protocol=paho.MQTTv311)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    # Publishing before the broker's acknowledgement fails ("not currently connected").
+    wait_for(client.is_connected, "the rogue client to connect")
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def publish(client: paho.Client, topic: str, payload: bytes | str) -> None:
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
 
 
 class Broker:

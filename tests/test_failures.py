@@ -8,37 +8,17 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import blosc2
 import numpy as np
 import paho.mqtt.client as paho
 import requests
-from paho.mqtt.enums import CallbackAPIVersion
 
 import catmqtt
 from catmqtt import storage
 from catmqtt.errors import Unavailable
 
-from conftest import free_port, wait_for
-
-
-@contextmanager
-def rogue_client(broker) -> Iterator[paho.Client]:
-    """An MQTT client that anyone could run against an anonymous broker."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="rogue", protocol=paho.MQTTv311)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
-def publish(client: paho.Client, topic: str, payload: bytes | str) -> None:
-    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+from conftest import free_port, publish, rogue_client, wait_for
 
 
 def dataset_meta(path: str) -> dict:

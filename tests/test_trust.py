@@ -1,0 +1,347 @@
+"""Signed announcements and trust: what a stranger on the broker can no longer do."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import blosc2
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+import requests
+from flask import Flask, Response, jsonify, request
+from paho.mqtt.enums import CallbackAPIVersion
+
+from catmqtt import config, signing, storage
+from catmqtt.cache import Cache
+from catmqtt.errors import BadRequest, ConfigError
+from catmqtt.schema import parse_public_key
+from catmqtt.trust import Trust
+from catmqtt.web import Server
+from catmqtt.wire import DIGEST, ETAG
+
+from conftest import publish, rogue_client, run_cli, wait_for
+
+ROOT = "catmqtt/v1/roots/foo"
+DATASET = f"{ROOT}/ds/ds-1d.b2nd"
+
+
+# Keys and signatures
+
+
+def test_a_signature_covers_the_topic_and_every_field(tmp_path):
+    signer = signing.generate(tmp_path / "k.pem")
+    other = signing.generate(tmp_path / "other.pem")
+    signed = signer.sign(ROOT, {"schema": 1, "name": "foo", "url": "http://a:1"})
+    assert signing.verify(ROOT, signed) == signer.public
+    # Through JSON and back, as it crosses the broker.
+    assert signing.verify(ROOT, json.loads(json.dumps(signed))) == signer.public
+    assert signing.verify(ROOT, {"schema": 1, "name": "foo"}) is None
+    forgeries = [
+        ("catmqtt/v1/roots/bar", signed),
+        (ROOT, {**signed, "url": "http://evil:1"}),
+        (ROOT, {**signed, "seq": signed["seq"] + 1}),
+        (ROOT, {**signed, "key": other.public}),
+        (ROOT, {k: v for k, v in signed.items() if k != "sig"}),
+        (ROOT, {**signed, "sig": "not base64!"}),
+        (ROOT, {**signed, "key": "ed25519:short"}),
+        (ROOT, {**signed, "seq": "1"}),
+    ]
+    for topic, obj in forgeries:
+        with pytest.raises(BadRequest):
+            signing.verify(topic, obj)
+
+
+def test_sequence_numbers_only_grow(tmp_path):
+    signer = signing.generate(tmp_path / "k.pem")
+    seqs = [signer.sign(ROOT, {})["seq"] for _ in range(100)]
+    assert seqs == sorted(set(seqs))
+    # A restarted publisher (a new Signer of the same key) goes on above.
+    assert signing.load(tmp_path / "k.pem").sign(ROOT, {})["seq"] > seqs[-1]
+
+
+def test_keygen_command(tmp_path):
+    result = run_cli("keygen", tmp_path / "k.pem")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert parse_public_key(key) == key and result.stdout.count("\n") == 1
+    assert stat.S_IMODE(os.stat(tmp_path / "k.pem").st_mode) == 0o600
+    assert signing.load(tmp_path / "k.pem").public == key
+    again = run_cli("keygen", tmp_path / "k.pem")
+    assert again.returncode == 1 and again.stderr.startswith("Error: ") and "exists already" in again.stderr
+    assert signing.load(tmp_path / "k.pem").public == key
+    (tmp_path / "junk.pem").write_text("not a key")
+    (tmp_path / "root").mkdir()
+    bad = run_cli(
+        "pub", "foo", tmp_path / "root", "--sign-key", tmp_path / "junk.pem", "--http", "127.0.0.1:0"
+    )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an unencrypted PEM" in bad.stderr
+
+
+KEY_A = "ed25519:" + "A" * 43 + "="
+KEY_B = "ed25519:" + "B" * 43 + "="
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ([], None),
+        (KEY_A, {"*": [KEY_A]}),
+        ([KEY_A, KEY_B], {"*": [KEY_A, KEY_B]}),
+        ({"foo": [KEY_A], "*": KEY_B}, {"foo": [KEY_A], "*": [KEY_B]}),
+    ],
+)
+def test_trust_settings(value, expected):
+    assert config.parse_trust(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ed25519:abc", "invalid public key"),
+        (["ssh-ed25519 AAAA"], "invalid public key"),
+        (5, "a list of keys or a map"),
+        ({"foo": []}, "must map to a list of keys"),
+        ({"foo": {"a": 1}}, "must map to a list of keys"),
+        ({"../x": [KEY_A]}, "invalid root name"),
+    ],
+)
+def test_bad_trust_settings(value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse_trust(value)
+
+
+def test_trust_on_first_use_then_only_that_key(tmp_path):
+    a, b = signing.generate(tmp_path / "a.pem"), signing.generate(tmp_path / "b.pem")
+    cache = Cache(tmp_path / "state")
+    try:
+        trust = Trust(None, cache)
+        unsigned = {"schema": 1, "name": "foo"}
+        assert trust.check(ROOT, "foo", unsigned, None, pin=True) is None
+        assert trust.check(ROOT, "foo", None, None, pin=True) is None
+        first = a.sign(ROOT, unsigned)
+        assert trust.check(ROOT, "foo", first, None, pin=True) == a.public
+        assert cache.pinned_key("foo") == a.public
+        for refused, message in [
+            (unsigned, "unsigned, but root 'foo' was first announced under"),
+            (b.sign(ROOT, unsigned), re.escape(f"signed by {b.public}")),
+            (None, "bare clear"),
+        ]:
+            with pytest.raises(BadRequest, match=message):
+                trust.check(ROOT, "foo", refused, first, pin=True)
+        newer = a.sign(ROOT, unsigned)
+        assert trust.check(ROOT, "foo", newer, first, pin=True) == a.public
+        with pytest.raises(BadRequest, match="a replay"):
+            trust.check(ROOT, "foo", first, None, pin=True)
+        # The same announcement again (a retained copy replayed on reconnect) is fine.
+        assert trust.check(ROOT, "foo", newer, newer, pin=True) == a.public
+        # Configured keys win over the pinned one.
+        configured = Trust({"foo": [b.public], "*": [a.public]}, cache)
+        assert configured.check(ROOT, "foo", b.sign(ROOT, unsigned), None, pin=True) == b.public
+        with pytest.raises(BadRequest, match="subscriber.trust accepts root 'foo' only under"):
+            configured.check(ROOT, "foo", a.sign(ROOT, unsigned), None, pin=True)
+        bar = "catmqtt/v1/roots/bar"
+        assert configured.check(bar, "bar", a.sign(bar, unsigned), None, pin=True) == a.public
+        with pytest.raises(BadRequest, match="unsigned"):
+            configured.check(bar, "bar", unsigned, None, pin=True)
+    finally:
+        cache.close()
+
+
+def test_a_version_is_its_etag_and_its_manifest(tmp_path):
+    """Chunks checked against one manifest are not served under another, even with the same etag."""
+    arr = blosc2.asarray(np.arange(100), chunks=(10,), blocks=(5,))
+    data = arr.schunk.get_chunk(0)
+    meta = {**storage.describe(arr, "x.b2nd", "e1"), "manifest": "m1"}
+    cache = Cache(tmp_path / "state")
+    try:
+        cache.set_dataset("foo", "x.b2nd", meta)
+        assert cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data))
+        assert cache.cached_chunks("foo", "x.b2nd", meta, [0]) == {0}
+        other = {**meta, "manifest": "m2"}
+        cache.set_dataset("foo", "x.b2nd", other)
+        assert cache.cached_chunks("foo", "x.b2nd", other, [0]) == set()
+        # A chunk fetched for the version before is not stored.
+        assert not cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data))
+    finally:
+        cache.close()
+
+
+# Real processes against a rogue MQTT client
+
+
+@contextmanager
+def retained(broker, topic_filter: str) -> Iterator[dict[str, bytes]]:
+    """The retained and live messages of `topic_filter`, as a watcher on the broker sees them."""
+    seen: dict[str, bytes] = {}
+    lock = threading.Lock()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=paho.MQTTv311)
+
+    def on_message(client, userdata, message):
+        with lock:
+            seen[message.topic] = message.payload
+
+    client.on_message = on_message
+    client.on_connect = lambda client, *_: client.subscribe(topic_filter)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        yield seen
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def signed_by(payload: bytes, topic: str) -> str | None:
+    try:
+        return signing.verify(topic, json.loads(payload)) if payload else None
+    except (ValueError, BadRequest):
+        return None
+
+
+def keygen(tmp_path, name: str) -> tuple[str, str]:
+    result = run_cli("keygen", tmp_path / name)
+    assert result.returncode == 0, result.stderr
+    return str(tmp_path / name), result.stdout.strip()
+
+
+def test_a_rogue_client_cannot_change_list_or_hide_a_signed_root(deployment, root_dir, tmp_path):
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    rogue_key = signing.generate(tmp_path / "rogue.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    sub_url = d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    genuine = requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]
+    evil_url = "http://127.0.0.1:9"
+    root = {"schema": 1, "name": "foo", "url": evil_url, "publisher": "foo", "datasets": 1, "etag": "x"}
+    with retained(d.broker, f"{ROOT}/#") as seen, rogue_client(d.broker) as rogue:
+        wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the signed announcements")
+        old = seen[DATASET]
+        publish(rogue, ROOT, json.dumps(root))
+        publish(rogue, ROOT, json.dumps(rogue_key.sign(ROOT, root)))
+        publish(rogue, ROOT, b"")
+        publish(rogue, DATASET, b"")
+        publish(rogue, "catmqtt/v1/nodes/publisher/foo", json.dumps({"schema": 1, "status": "lost"}))
+        lost = rogue_key.sign(
+            "catmqtt/v1/nodes/publisher/foo", {"schema": 1, "status": "lost", "session": 1e15}
+        )
+        publish(rogue, "catmqtt/v1/nodes/publisher/foo", json.dumps(lost))
+        publish(rogue, "catmqtt/v1/roots/evil", json.dumps({**root, "name": "evil"}))
+        # The publisher puts its own announcements back, as the broker keeps them.
+        wait_for(lambda: signed_by(seen.get(ROOT, b""), ROOT) == key, "the root announcement restored")
+        wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the dataset restored")
+        wait_for(lambda: d.procs["sub"].output.count("ignoring the message") >= 5, "the subscriber to refuse")
+
+        # A replay of an earlier signed announcement, after the dataset changed.
+        data = np.arange(20, 30)
+        blosc2.asarray(data, urlpath=str(root_dir / "ds-1d.b2nd"), mode="w")
+        wait_for(lambda: seen[DATASET] != old and b'"shape":[10]' in seen[DATASET], "the change announced")
+        wait_for(lambda: d.cli("show", "foo/ds-1d.b2nd").stdout == f"{data}\n", "the change seen")
+        publish(rogue, DATASET, old)
+        wait_for(lambda: "a replay" in d.procs["sub"].output, "the replay refused")
+
+    roots = requests.get(f"{sub_url}/api/roots", timeout=5).json()
+    assert roots == {"foo": genuine} and genuine["key"] == key and genuine["online"]
+    assert d.cli("show", "foo/ds-1d.b2nd").stdout == f"{data}\n"
+    assert "foo/ds-1d.b2nd" in d.cli("list", "foo").stdout
+    log = d.procs["sub"].output
+    assert "unsigned, but subscriber.trust accepts root 'foo' only under" in log
+    assert f"signed by {rogue_key.public}" in log
+    assert "a bare clear of signed root 'foo'" in log
+    assert "Traceback" not in log + d.procs["pub-foo"].output
+
+
+def test_trust_on_first_use_outlives_a_restart(deployment, root_dir, tmp_path):
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    rogue_key = signing.generate(tmp_path / "rogue.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    sub_url = d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    url = requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"]
+    assert f"trusting key {key} for root 'foo'" in d.procs["sub"].output
+    assert d.cli("show", "foo/ds-1d.b2nd[3:6]").stdout == "[3 4 5]\n"
+    # With the publisher gone, nobody restores what the rogue announces.
+    d.stop("pub-foo")
+    d.stop("sub")
+    with rogue_client(d.broker) as rogue:
+        root = {"schema": 1, "name": "foo", "url": "http://127.0.0.1:9", "publisher": "foo", "datasets": 1}
+        publish(rogue, ROOT, json.dumps(rogue_key.sign(ROOT, {**root, "etag": "x"})))
+    sub_url = d.start_sub()
+    wait_for(lambda: "first announced under" in d.procs["sub"].output, "the rogue's announcement refused")
+    assert requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"] == url
+    assert d.cli("show", "foo/ds-1d.b2nd[3:6]").stdout == "[3 4 5]\n"
+
+
+def lying_publisher(values: np.ndarray, etag: str) -> tuple[Flask, list[str]]:
+    """A publisher's HTTP API serving `values` (as ds-1d.b2nd's chunks) under `etag`, and its digests."""
+    arr = blosc2.asarray(values, chunks=(100,), blocks=(10,))
+    digests = [storage.chunk_digest(arr.schunk.get_chunk(n)) for n in range(arr.schunk.nchunks)]
+    app = Flask("liar")
+
+    @app.get("/api/manifest/<path:path>")
+    def manifest(path: str):
+        return jsonify({"path": path, "etag": etag, "digests": digests})
+
+    @app.get("/api/chunk/<path:path>")
+    def chunk(path: str):
+        n = int(request.args["nchunk"])
+        headers = {ETAG: etag, DIGEST: digests[n]}
+        return Response(arr.schunk.get_chunk(n), mimetype="application/octet-stream", headers=headers)
+
+    return app, digests
+
+
+def test_an_impostor_cannot_poison_the_cache(deployment, root_dir, tmp_path):
+    """Unsigned roots: an impostor's chunks are refused unless its announcement also
+    names its own manifest, and then they do not outlive the genuine announcement."""
+    d = deployment
+    d.start_pub("foo", root_dir)
+    sub_url = d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    d.stop("pub-foo")
+
+    meta = requests.get(f"{sub_url}/api/info/foo/ds-1d.b2nd", timeout=5).json()
+    liar_app, digests = lying_publisher(np.full(1000, 666), meta["etag"])
+    # Its own manifest, under the same etag as the genuine dataset: the hardest case.
+    liar_meta = {**meta, "manifest": storage.manifest_digest(digests)}
+    liar = Server(liar_app, "127.0.0.1", 0, 4).start()
+    try:
+        with retained(d.broker, ROOT) as seen, rogue_client(d.broker) as rogue:
+            wait_for(lambda: ROOT in seen, "the root announcement")
+            root = json.loads(seen[ROOT])
+            publish(rogue, ROOT, json.dumps({**root, "url": liar.url}))
+            wait_for(
+                lambda: requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"] == liar.url,
+                "the impostor's URL",
+            )
+            response = requests.get(f"{sub_url}/api/fetch/foo/ds-1d.b2nd?slice=0:5", timeout=30)
+            assert response.status_code == 502, response.text
+            assert "does not vouch for" in response.json()["error"]
+            # Its own metadata too: then its values are served (nothing can tell them
+            # apart without signatures) ...
+            publish(rogue, DATASET, json.dumps(liar_meta))
+            wait_for(
+                lambda: d.cli("show", "foo/ds-1d.b2nd[0:5]").stdout == "[666 666 666 666 666]\n",
+                "the impostor's values",
+            )
+        # ... but not once the genuine announcements are back, nor after a restart.
+        d.start_pub("foo", root_dir)
+        wait_for(lambda: d.cli("show", "foo/ds-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n", "the genuine values")
+        d.stop("sub")
+        d.start_sub()
+        d.wait_root("foo")
+        assert d.cli("show", "foo/ds-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
+    finally:
+        liar.stop()
