@@ -26,6 +26,8 @@ from .topics import node_topic
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 30
+# Seconds between two restores of a topic that someone else overwrites.
+RESTORE_INTERVAL = 1.0
 
 
 class Node:
@@ -53,6 +55,13 @@ class Node:
         self._on_connect = on_connect
         self._on_message = on_message
         self._sign = sign
+        # The status this node stands by, and the restores of its topics: when
+        # each was last restored, what to restore, and those put off meanwhile.
+        self._current: bytes | None = None
+        self._restored: dict[str, float] = {}
+        self._restoring: dict[str, bytes] = {}
+        self._timers: dict[str, threading.Timer] = {}
+        self._restore_lock = threading.Lock()
         self._unreachable_logged = False
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -98,8 +107,13 @@ class Node:
 
     def stop(self) -> None:
         """Mark this node ``offline`` and disconnect."""
+        with self._restore_lock:
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
         if self.connected.is_set():
-            info = self.client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            self._current = self._status("offline")
+            info = self.client.publish(self.status_topic, self._current, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -109,7 +123,34 @@ class Node:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> paho.MQTTMessageInfo:
         """Publish `payload` at QoS 1; paho queues it while disconnected."""
+        with self._restore_lock:
+            # A restore put off restores what was published last.
+            if topic in self._restoring:
+                self._restoring[topic] = payload
         return self.client.publish(topic, payload, qos=1, retain=retain)
+
+    def restore(self, topic: str, payload: bytes) -> None:
+        """Publish `payload` on `topic` again, someone else having changed or cleared
+        it; at most once a second per topic, so that two nodes claiming a topic do
+        not take turns forever."""
+        with self._restore_lock:
+            self._restoring[topic] = payload
+            wait = self._restored.get(topic, 0.0) + RESTORE_INTERVAL - time.monotonic()
+            if wait > 0:
+                if topic not in self._timers:
+                    timer = self._timers[topic] = threading.Timer(wait, self._restore_later, (topic,))
+                    timer.daemon = True
+                    timer.start()
+                return
+            self._restored[topic] = time.monotonic()
+        log.warning("someone else changed or cleared %s; announcing it again", topic)
+        self.publish(topic, payload)
+
+    def _restore_later(self, topic: str) -> None:
+        with self._restore_lock:
+            self._timers.pop(topic, None)
+            payload = self._restoring[topic]
+        self.restore(topic, payload)
 
     def subscribe(self, topic_filter: str) -> None:
         # QoS 0: amqtt runs out of QoS 1 packet ids on large retained snapshots.
@@ -124,7 +165,10 @@ class Node:
             return
         log.info("connected to broker %s", self.broker.url)
         self._unreachable_logged = False
-        self.publish(self.status_topic, self._status("online"))
+        self._current = self._status("online")
+        self.publish(self.status_topic, self._current)
+        # Someone else's status on our topic is put right (see _message).
+        self.subscribe(self.status_topic)
         self.connected.set()
         if self._on_connect is not None:
             try:
@@ -151,6 +195,9 @@ class Node:
             self._unreachable_logged = True
 
     def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        current = self._current
+        if message.topic == self.status_topic and current is not None and message.payload != current:
+            self.restore(self.status_topic, current)
         if self._on_message is None:
             return
         try:

@@ -26,9 +26,6 @@ from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
 
-# Seconds between two restores of a topic someone else overwrites.
-RESTORE_INTERVAL = 1.0
-
 
 bp = Blueprint("publisher", __name__)
 
@@ -128,9 +125,6 @@ class Publisher:
         # told from someone else's; written under _publish_lock.
         self._announced: dict[str, bytes] = {}
         self._tombstones: dict[str, bytes] = {}
-        # When each topic was last restored, and the restores put off meanwhile.
-        self._restored: dict[str, float] = {}
-        self._timers: dict[str, threading.Timer] = {}
         self._publish_lock = threading.Lock()
         self.watcher = None
         if settings["watch"] != "off":
@@ -155,9 +149,6 @@ class Publisher:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        with self._publish_lock:
-            for timer in self._timers.values():
-                timer.cancel()
         self.node.stop()
         self.server.stop()
 
@@ -237,7 +228,7 @@ class Publisher:
                     self._withdraw(topic, {"path": what.path})
                 return
             if topic in self._announced:
-                self._restore(topic)
+                self.node.restore(topic, self._announced[topic])
 
     def _ours(self, topic: str, payload: bytes) -> bool:
         """Tell whether `payload` on `topic` says what we announced last there: that
@@ -255,25 +246,6 @@ class Publisher:
         except (ValueError, BadRequest):
             return False
         return isinstance(theirs, dict) and _lasting(theirs) == _lasting(ours)
-
-    def _restore(self, topic: str) -> None:
-        """Announce `topic` again, at most once a second (_publish_lock held): two
-        publishers of one root name would otherwise take turns forever."""
-        wait = self._restored.get(topic, 0.0) + RESTORE_INTERVAL - time.monotonic()
-        if wait > 0:
-            if topic not in self._timers:
-                timer = self._timers[topic] = threading.Timer(wait, self._restore_later, (topic,))
-                timer.daemon = True
-                timer.start()
-            return
-        log.warning("someone else changed or cleared %s; announcing it again", topic)
-        self._restored[topic] = time.monotonic()
-        self.node.publish(topic, self._announced[topic])
-
-    def _restore_later(self, topic: str) -> None:
-        with self._publish_lock:
-            self._timers.pop(topic, None)
-            self._restore(topic)
 
 
 def _lasting(obj: dict[str, Any]) -> dict[str, Any]:

@@ -345,3 +345,19 @@ def test_an_impostor_cannot_poison_the_cache(deployment, root_dir, tmp_path):
         assert d.cli("show", "foo/ds-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
     finally:
         liar.stop()
+
+
+def test_a_node_puts_its_status_back(deployment, root_dir):
+    """Unsigned, a fake 'lost' is believed, but only until the publisher answers it."""
+    d = deployment
+    d.start_pub("foo", root_dir)
+    d.start_sub()
+    d.wait_root("foo")
+    status = "catmqtt/v1/nodes/publisher/foo"
+    with retained(d.broker, status) as seen, rogue_client(d.broker) as rogue:
+        wait_for(lambda: b'"online"' in seen.get(status, b""), "the publisher's status")
+        for _ in range(3):
+            publish(rogue, status, json.dumps({"schema": 1, "status": "lost"}))
+        wait_for(lambda: b'"online"' in seen[status], "the status put back")
+    d.wait_root("foo")
+    assert "someone else changed or cleared catmqtt/v1/nodes/publisher/foo" in d.procs["pub-foo"].output
