@@ -20,6 +20,7 @@ from waitress.task import WSGITask
 from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest, CatmqttError
+from .slices import parse_int
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,7 @@ def arg_int(name: str) -> int:
     value = request.args.get(name)
     if value is None:
         raise BadRequest(f"missing query argument {name!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"query argument {name}={value!r} is not an integer") from None
+    return parse_int(value, f"query argument {name}")
 
 
 class Server:
