@@ -216,7 +216,9 @@ def forward(sel: Selection) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         if s.step < 0:
             s = s[::-1]
             flip.append(out_axis)
-        key.append(slice(s.start, s.stop, s.step) if s else slice(0, 0, 1))
+        # At most one index: step 1, as a step of any size (-10**30...) selects
+        # the same, and Blosc2 refuses steps beyond 64 bits.
+        key.append(slice(s.start, s.stop, s.step) if len(s) > 1 else slice(s.start, s.start + len(s), 1))
         out_axis += 1
     return tuple(key), tuple(flip)
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import io
 
+import blosc2
+import numpy as np
 import pytest
 import requests
+
+from catmqtt.slices import parse_slice
 
 BIG = "9" * 5000
 HUGE = str(10**30)
@@ -219,3 +224,42 @@ def test_chunk_ranges_of_huge_numbers(foo, node, range_):
     assert response.status_code in (200, 416), response.text
     if response.status_code == 416:
         assert "outside the chunk's" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["dir1/ds-2d.b2nd", "dir2/ds-4d.b2nd", "ds-1d-fields.b2nd", "ds-hello.b2frame", "README.md"],
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "::-9999999999999999999",
+        f"::{HUGE}",
+        f"::-{HUGE}",
+        f"{HUGE}::-1",
+        f"-{HUGE}:{HUGE}",
+        f"{HUGE}:-{HUGE}:-{HUGE}",
+        f"-{HUGE}::{HUGE}",
+        f"...,2:{HUGE}:{HUGE}",
+        f"::-{'9' * 4000}",
+    ],
+)
+def test_fetch_huge_bounds_and_steps(foo, sample_root, path, text):
+    """numpy takes slice bounds and steps of any size: so does a fetch, uncached and cached."""
+    if path.endswith(".b2nd"):
+        expected = blosc2.open(str(sample_root / path))[()][parse_slice(text)]
+    elif path.endswith(".b2frame"):
+        expected = np.frombuffer(blosc2.open(str(sample_root / path))[:], dtype="S1")[parse_slice(text)]
+    else:
+        expected = np.frombuffer((sample_root / path).read_bytes(), dtype="S1")[parse_slice(text)]
+    url = f"{foo.url('sub')}/api/fetch/foo/{path}"
+    # The first read may fetch chunks (answered as they arrive), the second reads the cache.
+    for _ in range(2):
+        response = requests.get(
+            url, params={"slice": text}, headers={"Accept": "application/x-npy"}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        if path.endswith(".b2nd"):
+            assert np.array_equal(np.load(io.BytesIO(response.content)), expected)
+        else:
+            assert response.content == expected.tobytes()

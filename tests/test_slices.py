@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+import blosc2
 import numpy as np
 import pytest
 
+from catmqtt import storage
 from catmqtt.errors import BadRequest
 from catmqtt.slices import (
     as_key,
@@ -461,6 +463,33 @@ def test_forward_flips(text: str, shape: tuple[int, ...], flips: tuple[int, ...]
     assert flip == flips
     read = a[fkey]
     assert np.array_equal(np.flip(read, axis=flip) if flip else read, a[key])
+
+
+HUGE = 10**30
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (slice(None, None, -9999999999999999999),),
+        (slice(None, None, HUGE),),
+        (slice(None, None, -HUGE),),
+        (slice(HUGE, None, None),),
+        (slice(-HUGE, HUGE, None),),
+        (slice(HUGE, -HUGE, -1),),
+        (slice(-HUGE, None, -HUGE),),
+        (slice(HUGE, None, -HUGE),),
+        (slice(3, 4, HUGE), slice(None, None, -HUGE)),
+        (slice(None, None, 2**63), slice(-HUGE, 2, 2**64)),
+        (Ellipsis, slice(5, HUGE, HUGE)),
+    ],
+)
+def test_forward_huge_values_read_from_blosc2(key: tuple) -> None:
+    # numpy takes bounds and steps of any size; a Blosc2 array refuses steps past 64 bits.
+    a = np.arange(200, dtype=np.uint16).reshape(10, 20)
+    fkey, flip = forward(select(key, a.shape))
+    read = storage.read_array(blosc2.asarray(a, chunks=(5, 5), blocks=(2, 3)), fkey, flip)
+    assert np.array_equal(read, a[key])
 
 
 @pytest.mark.parametrize(
