@@ -169,6 +169,19 @@ class _Task(WSGITask):
 class _Channel(HTTPChannel):
     task_class = _Task
 
+    def send_continue(self) -> None:
+        """Send ``100 Continue`` to a request that has a body to send.
+
+        waitress sends it to any request with ``Expect: 100-continue`` and
+        then marks the request incomplete: one without a body (a GET) then
+        waited for a body that never came, until the connection timed out.
+        HTTP lets a server answer such a request at once.
+        """
+        if self.request.body_rcv is None:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
+
 
 def arg_int(name: str) -> int:
     """Return the integer query argument `name`, or raise BadRequest."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import socket
 
 import blosc2
 import numpy as np
@@ -263,3 +264,46 @@ def test_fetch_huge_bounds_and_steps(foo, sample_root, path, text):
             assert np.array_equal(np.load(io.BytesIO(response.content)), expected)
         else:
             assert response.content == expected.tobytes()
+
+
+def raw_exchange(url: str, request: bytes, body: bytes = b"") -> bytes:
+    """Send `request` on a raw socket (then `body` once told to continue); return all
+    that came until the response was whole, or fail after 10 s."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                pytest.fail(f"no whole response within 10 s; received {received!r}")
+            received += data
+            if received.endswith(b"100 Continue\r\n\r\n") and body:
+                sock.sendall(body)
+            head, sep, content = received.rpartition(b"\r\n\r\n")
+            length = [
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if not data or (sep and length and len(content) >= length[-1]):
+                return received
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize("extra", ["", "Content-Length: 0\r\n"])
+def test_expect_continue_without_body_is_answered_at_once(foo, node, extra):
+    endpoint = "/api/list" if node == "pub-foo" else "/api/roots"
+    request = f"GET {endpoint} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{extra}\r\n"
+    received = raw_exchange(foo.url(node), request.encode())
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    assert b"100 Continue" not in received
+
+
+def test_expect_continue_with_body_still_continues(foo):
+    request = (
+        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    received = raw_exchange(foo.url("sub"), request, body=b"{}")
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), received
