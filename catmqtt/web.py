@@ -10,6 +10,7 @@ import logging
 import platform
 import socket
 import threading
+from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from waitress import wasyncore
@@ -19,6 +20,7 @@ from waitress.server import create_server
 from waitress.task import WSGITask
 from werkzeug.exceptions import HTTPException
 
+from . import storage
 from .errors import BadRequest, CatmqttError
 from .slices import parse_int
 
@@ -86,8 +88,11 @@ def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     return Response(body, status=206, mimetype=OCTETS, headers=headers)
 
 
-def configure_app(app: Flask) -> None:
-    """Set what both apps share; map every error to ``{"error": ..., "status": ...}``."""
+def configure_app(app: Flask, statedir: Path) -> None:
+    """Set what both apps share; map every error to ``{"error": ..., "status": ...}``.
+
+    A failure to write into `statedir` because its disk is full is a 507.
+    """
     # A path like foo//x is refused rather than redirected to foo/x.
     app.url_map.merge_slashes = False
     # Metadata reads best in the order it was built (path, kind, shape...).
@@ -105,6 +110,9 @@ def configure_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
+        if storage.out_of_space(exc, statedir):
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            return catmqtt_error(storage.no_space(statedir))
         # The details (paths, internals) go to the log, not to the client.
         log.exception("internal error serving %s %s", request.method, request.full_path)
         return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
