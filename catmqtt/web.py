@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import io
+import json
 import logging
 import platform
 import socket
@@ -16,8 +17,9 @@ from flask import Flask, Response, jsonify, request
 from waitress import wasyncore
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import create_server
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
 from . import storage
@@ -174,8 +176,35 @@ class _Task(WSGITask):
         return None
 
 
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, except that a Content-Length too long for int()
+    (over 4300 digits) is invalid, as malformed ones are: waitress let the
+    ValueError close the connection without an answer."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        try:
+            super().parse_header(header_plus)
+        except ValueError:
+            raise ParsingError("Content-Length is invalid") from None
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's answer to a request it cannot take (malformed, too large), in JSON as every error."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}", "status": error.code}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 class _Channel(HTTPChannel):
     task_class = _Task
+    error_task_class = _ErrorTask
+    parser_class = _Parser
 
     def send_continue(self) -> None:
         """Send ``100 Continue`` to a request that has a body to send.

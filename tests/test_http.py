@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import socket
 
 import blosc2
@@ -307,3 +308,33 @@ def test_expect_continue_with_body_still_continues(foo):
     )
     received = raw_exchange(foo.url("sub"), request, body=b"{}")
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), received
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize(
+    ("request_", "status", "message"),
+    [
+        # Past Python's 4300 digits for int(): waitress closed the connection unanswered.
+        (
+            f"GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n",
+            400,
+            "Content-Length is invalid",
+        ),
+        (
+            "GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\n",
+            400,
+            "Content-Length is invalid",
+        ),
+        ("GARBAGE\r\n\r\n", 400, "Start line is invalid"),
+        ("GET /api/stats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "Transfer-Encoding"),
+    ],
+)
+def test_malformed_http_gets_a_json_error(foo, node, request_, status, message):
+    received = raw_exchange(foo.url(node), request_.encode())
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode(), received
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)
+    assert error["status"] == status and message in error["error"]
+    # And the server goes on serving.
+    assert requests.get(f"{foo.url(node)}/api/list{'' if node == 'pub-foo' else '/foo'}", timeout=10).ok
