@@ -24,7 +24,7 @@ from typing import Any
 import blosc2
 
 from . import storage
-from .errors import ConfigError, NotFound
+from .errors import ConfigError, InsufficientStorage, NotFound
 from .slices import chunk_coords, chunk_grid, chunk_number
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,24 @@ class Cache:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that failed (a full disk) may leave the transaction
+                # open, and every later BEGIN would fail; a failed statement
+                # may have rolled it back already.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _writing(self):
+        """Raise InsufficientStorage for what fails in the block because the disk is full."""
+        try:
+            yield
+        except (OSError, RuntimeError, sqlite3.Error) as exc:
+            if storage.out_of_space(exc, self.dir):
+                raise storage.no_space(self.dir) from exc
+            raise
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:
@@ -409,10 +423,12 @@ class Cache:
     ) -> bool:
         """Store a chunk fetched for version ``meta["etag"]``, whose digest was checked.
 
-        Returns False, storing nothing, if the dataset changed meanwhile.
+        Returns False, storing nothing, if the dataset changed meanwhile. On a
+        full disk, raises InsufficientStorage: the chunk is not indexed (Blosc2
+        leaves its container as it was when a write fails), so it is fetched again.
         """
         slot = self._slot(root, path)
-        with slot.lock:
+        with slot.lock, self._writing():
             if slot.version != version(meta):
                 return False
             handle = self._container(root, path, meta, slot)
@@ -457,6 +473,17 @@ class Cache:
                 self._flush_accesses()
 
     def _flush_accesses(self) -> None:
+        # On a full disk, tried again ACCESS_FLUSH later: the reads go on meanwhile.
+        self._flushed = time.monotonic()
+        try:
+            with self._writing():
+                self._write_accesses()
+        except InsufficientStorage as exc:
+            log.warning("access times of cached chunks not recorded: %s", exc)
+            return
+        self._accessed.clear()
+
+    def _write_accesses(self) -> None:
         now = time.time()
         with self._transaction() as db:
             for (root, path), numbers in self._accessed.items():
@@ -469,8 +496,6 @@ class Cache:
                         f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
                         (now, root, path, *batch),
                     )
-        self._accessed.clear()
-        self._flushed = time.monotonic()
 
 
 def version(meta: dict[str, Any]) -> str:

@@ -61,6 +61,12 @@ class Unavailable(CatmqttError, ConnectionError):
     status = 503
 
 
+class InsufficientStorage(CatmqttError):
+    """The disk that holds a node's state directory is full."""
+
+    status = 507
+
+
 class ConfigError(CatmqttError, ValueError):
     """The configuration file or a command-line option is invalid."""
 
@@ -76,6 +82,7 @@ _BY_STATUS = {
     502: Unavailable,
     503: Unavailable,
     504: Unavailable,
+    507: InsufficientStorage,
 }
 
 

@@ -36,7 +36,7 @@ from urllib3.util import Retry
 from . import storage
 from .blocks import block_parts, gaps, parse_parts
 from .cache import Cache
-from .errors import CatmqttError, Changed, Unavailable
+from .errors import CatmqttError, Changed, InsufficientStorage, Unavailable
 from .sessions import environment
 from .wire import DIGEST, ETAG, PARTS
 
@@ -488,7 +488,9 @@ class Fetcher:
             if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
                 raise _changing(root, path)
         except BaseException as exc:
-            if not isinstance(exc, CatmqttError):
+            if isinstance(exc, InsufficientStorage):
+                log.warning("cannot store chunk %d of %s/%s in the cache: %s", nchunk, root, path, exc)
+            elif not isinstance(exc, CatmqttError):
                 log.exception("cannot store chunk %d of %s/%s in the cache", nchunk, root, path)
             stored.set_exception(exc)
         else:

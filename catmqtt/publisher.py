@@ -85,7 +85,7 @@ def create_app(root: Root) -> Flask:
     app = Flask(__name__)
     app.config["CATMQTT_ROOT"] = root
     app.register_blueprint(bp)
-    configure_app(app)
+    configure_app(app, root.statedir)
     return app
 
 

@@ -18,12 +18,17 @@ from .errors import BadRequest
 Key = tuple[int | slice | EllipsisType, ...]
 Selection = tuple[int | range, ...]
 
-_INT = r"\s*[+-]?\d+\s*"
+# ASCII digits only: \d would take other scripts' digits too, which int() reads.
+_INT = r"\s*[+-]?[0-9]+\s*"
 _ITEM = re.compile(
     rf"(?P<int>{_INT})|(?P<start>{_INT})?:(?P<stop>{_INT})?(?::(?P<step>{_INT})?)?|\s*\.\.\.\s*"
 )
 _MAX_ITEMS = 64
+# Also keeps every integer of a slice under Python's 4300 digits for int().
 _MAX_TEXT = 4096
+# Chunk and block numbers (and other integers a request names) have at most
+# this many digits: more cannot name anything, and int() refuses over 4300.
+_MAX_DIGITS = 20
 
 
 def parse_slice(text: str) -> Key:
@@ -211,7 +216,9 @@ def forward(sel: Selection) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         if s.step < 0:
             s = s[::-1]
             flip.append(out_axis)
-        key.append(slice(s.start, s.stop, s.step) if s else slice(0, 0, 1))
+        # At most one index: step 1, as a step of any size (-10**30...) selects
+        # the same, and Blosc2 refuses steps beyond 64 bits.
+        key.append(slice(s.start, s.stop, s.step) if len(s) > 1 else slice(s.start, s.start + len(s), 1))
         out_axis += 1
     return tuple(key), tuple(flip)
 
@@ -230,6 +237,15 @@ def format_chunk_list(numbers: Sequence[int]) -> str:
     return ",".join(parts)
 
 
+def parse_int(text: str, what: str) -> int:
+    """Parse the decimal integer (ASCII digits, an optional sign) that a request gives
+    as `what`; raise BadRequest."""
+    body = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", body):
+        raise BadRequest(f"{what} {_shown(text)} is not an integer")
+    return _natural(body.lstrip("+-"), what) * (-1 if body.startswith("-") else 1)
+
+
 def parse_chunk_list(text: str, nchunks: int) -> list[int]:
     """Parse ``"0-15,20"`` into chunk numbers, each below `nchunks`; raise BadRequest."""
     if not isinstance(text, str) or not text.strip():
@@ -238,25 +254,43 @@ def parse_chunk_list(text: str, nchunks: int) -> list[int]:
     for part in text.split(","):
         first, sep, last = part.strip().partition("-")
         if not _is_number(first) or (sep and not _is_number(last)):
-            raise BadRequest(f"malformed chunk list {text[:100]!r}: {part.strip()!r} is not N or N-M")
-        low, high = int(first), int(last) if sep else int(first)
+            raise BadRequest(f"malformed chunk list {_shown(text)}: {_shown(part.strip())} is not N or N-M")
+        low, high = _natural(first, "chunk"), _natural(last if sep else first, "chunk")
         if low > high:
-            raise BadRequest(f"malformed chunk list {text[:100]!r}: {part.strip()!r} runs backwards")
+            raise BadRequest(f"malformed chunk list {_shown(text)}: {_shown(part.strip())} runs backwards")
         if high >= nchunks:
             raise BadRequest(f"chunk {high} is out of range: the dataset has {nchunks} chunks")
         numbers.extend(range(low, high + 1))
         if len(numbers) > nchunks:
-            raise BadRequest(f"chunk list {text[:100]!r} names chunks more than once")
+            raise BadRequest(f"chunk list {_shown(text)} names chunks more than once")
     return numbers
 
 
 def parse_block_range(text: str) -> range:
     """Parse ``"A-B"`` (or ``"A"``) into the blocks A to B of a chunk; raise BadRequest."""
     first, sep, last = text.strip().partition("-")
-    if not _is_number(first) or (sep and not _is_number(last)) or int(first) > int(last if sep else first):
-        raise BadRequest(f"malformed block range {text[:100]!r}: expected A-B, like 0-3")
-    return range(int(first), int(last if sep else first) + 1)
+    if not _is_number(first) or (sep and not _is_number(last)):
+        raise BadRequest(f"malformed block range {_shown(text)}: expected A-B, like 0-3")
+    low, high = _natural(first, "block"), _natural(last if sep else first, "block")
+    if low > high:
+        raise BadRequest(f"malformed block range {_shown(text)}: expected A-B, like 0-3")
+    return range(low, high + 1)
 
 
 def _is_number(text: str) -> bool:
     return text.isascii() and text.isdecimal()
+
+
+def _natural(digits: str, what: str) -> int:
+    """Return the number that ASCII `digits` write, if it has at most _MAX_DIGITS digits;
+    raise BadRequest naming it `what` otherwise."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        raise BadRequest(f"{what} {_shown(digits)} is out of range: more than {_MAX_DIGITS} digits")
+    # Without the zeros: int() counts them towards its limit of 4300 digits.
+    return int(significant or "0")
+
+
+def _shown(text: str) -> str:
+    """Return `text` quoted for a message, cut if long: a request may send megabytes."""
+    return repr(text) if len(text) <= 100 else repr(text[:100]) + "..."

@@ -617,5 +617,5 @@ def create_app(subscriber: Subscriber) -> Flask:
     app = Flask(__name__)
     app.config["CATMQTT_SUBSCRIBER"] = subscriber
     app.register_blueprint(bp)
-    configure_app(app)
+    configure_app(app, subscriber.cache.dir)
     return app

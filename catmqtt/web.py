@@ -6,20 +6,25 @@ from __future__ import annotations
 import ctypes
 import errno
 import io
+import json
 import logging
 import platform
 import socket
 import threading
+from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from waitress import wasyncore
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import create_server
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
+from . import storage
 from .errors import BadRequest, CatmqttError
+from .slices import parse_int
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +90,11 @@ def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     return Response(body, status=206, mimetype=OCTETS, headers=headers)
 
 
-def configure_app(app: Flask) -> None:
-    """Set what both apps share; map every error to ``{"error": ..., "status": ...}``."""
+def configure_app(app: Flask, statedir: Path) -> None:
+    """Set what both apps share; map every error to ``{"error": ..., "status": ...}``.
+
+    A failure to write into `statedir` because its disk is full is a 507.
+    """
     # A path like foo//x is refused rather than redirected to foo/x.
     app.url_map.merge_slashes = False
     # Metadata reads best in the order it was built (path, kind, shape...).
@@ -104,6 +112,9 @@ def configure_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
+        if storage.out_of_space(exc, statedir):
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            return catmqtt_error(storage.no_space(statedir))
         # The details (paths, internals) go to the log, not to the client.
         log.exception("internal error serving %s %s", request.method, request.full_path)
         return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
@@ -165,8 +176,48 @@ class _Task(WSGITask):
         return None
 
 
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, except that a Content-Length too long for int()
+    (over 4300 digits) is invalid, as malformed ones are: waitress let the
+    ValueError close the connection without an answer."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        try:
+            super().parse_header(header_plus)
+        except ValueError:
+            raise ParsingError("Content-Length is invalid") from None
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's answer to a request it cannot take (malformed, too large), in JSON as every error."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}", "status": error.code}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 class _Channel(HTTPChannel):
     task_class = _Task
+    error_task_class = _ErrorTask
+    parser_class = _Parser
+
+    def send_continue(self) -> None:
+        """Send ``100 Continue`` to a request that has a body to send.
+
+        waitress sends it to any request with ``Expect: 100-continue`` and
+        then marks the request incomplete: one without a body (a GET) then
+        waited for a body that never came, until the connection timed out.
+        HTTP lets a server answer such a request at once.
+        """
+        if self.request.body_rcv is None:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
 
 
 def arg_int(name: str) -> int:
@@ -174,10 +225,7 @@ def arg_int(name: str) -> int:
     value = request.args.get(name)
     if value is None:
         raise BadRequest(f"missing query argument {name!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"query argument {name}={value!r} is not an integer") from None
+    return parse_int(value, f"query argument {name}")
 
 
 class Server:

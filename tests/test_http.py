@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import http.client
+import io
+import json
+import socket
 
+import blosc2
+import numpy as np
 import pytest
 import requests
+
+from catmqtt.slices import parse_slice
+
+BIG = "9" * 5000
+HUGE = str(10**30)
 
 
 def raw_get(url: str, path: str) -> tuple[int, bytes]:
@@ -75,6 +85,13 @@ def test_publisher_path_traversal(foo, path):
         ("list/foo/nodir", 404, "no directory 'nodir'"),
         ("list/Bad%20Name", 400, "invalid root name"),
         ("nothing/here", 404, "no such endpoint"),
+        # Past Python's 4300 digits for int(): a 400, not a 500.
+        (f"chunks/foo/ds-1d.b2nd?nchunks=0-{BIG}", 400, "is out of range: more than 20 digits"),
+        (f"chunks/foo/ds-1d.b2nd?nchunks={BIG}", 400, "is out of range: more than 20 digits"),
+        (f"chunk/foo/ds-1d.b2nd?nchunk={BIG}", 400, "is out of range: more than 20 digits"),
+        (f"chunk/foo/ds-1d.b2nd?nchunk=-{BIG}", 400, "is out of range: more than 20 digits"),
+        ("chunk/foo/ds-1d.b2nd?nchunk=%D9%A3", 400, "is not an integer"),
+        (f"fetch/foo/ds-1d.b2nd?slice=::{BIG}", 400, "longer than 4096"),
     ],
 )
 def test_subscriber_bad_requests(foo, endpoint, status, message):
@@ -97,6 +114,10 @@ def test_subscribe_needs_post(foo):
         ("chunk/ds-1d.b2nd?nchunk=99", 400, "chunk 99 is out of range: 'ds-1d.b2nd' has 10 chunks"),
         ("chunk/ds-1d.b2nd?nchunk=", 400, "not an integer"),
         ("download/dir1", 404, "no dataset 'dir1'"),
+        (f"chunk/ds-1d.b2nd?nchunk=0&blocks=0-{BIG}", 400, "is out of range: more than 20 digits"),
+        (f"chunk/ds-1d.b2nd?nchunk=0&blocks={BIG}-{BIG}", 400, "is out of range: more than 20 digits"),
+        (f"chunk/ds-1d.b2nd?nchunk={BIG}", 400, "is out of range: more than 20 digits"),
+        ("chunk/ds-1d.b2nd?nchunk=1_0", 400, "'1_0' is not an integer"),
     ],
 )
 def test_publisher_bad_requests(foo, endpoint, status, message):
@@ -193,3 +214,127 @@ def test_fetch_formats(foo):
         url, params={"slice": "1:3, ::-4"}, headers={"Accept": "application/x-npy"}, timeout=10
     )
     assert np.array_equal(np.load(io.BytesIO(npy.content)), expected)
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize("range_", [f"bytes=0-{BIG}", f"bytes={BIG}-", f"bytes=-{BIG}", f"bytes={HUGE}-"])
+def test_chunk_ranges_of_huge_numbers(foo, node, range_):
+    path = "ds-1d.b2nd" if node == "pub-foo" else "foo/ds-1d.b2nd"
+    url = f"{foo.url(node)}/api/chunk/{path}"
+    response = requests.get(url, params={"nchunk": 3}, headers={"Range": range_}, timeout=10)
+    # A range past the chunk is a 416; one werkzeug cannot read is no range: the whole chunk.
+    assert response.status_code in (200, 416), response.text
+    if response.status_code == 416:
+        assert "outside the chunk's" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["dir1/ds-2d.b2nd", "dir2/ds-4d.b2nd", "ds-1d-fields.b2nd", "ds-hello.b2frame", "README.md"],
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "::-9999999999999999999",
+        f"::{HUGE}",
+        f"::-{HUGE}",
+        f"{HUGE}::-1",
+        f"-{HUGE}:{HUGE}",
+        f"{HUGE}:-{HUGE}:-{HUGE}",
+        f"-{HUGE}::{HUGE}",
+        f"...,2:{HUGE}:{HUGE}",
+        f"::-{'9' * 4000}",
+    ],
+)
+def test_fetch_huge_bounds_and_steps(foo, sample_root, path, text):
+    """numpy takes slice bounds and steps of any size: so does a fetch, uncached and cached."""
+    if path.endswith(".b2nd"):
+        expected = blosc2.open(str(sample_root / path))[()][parse_slice(text)]
+    elif path.endswith(".b2frame"):
+        expected = np.frombuffer(blosc2.open(str(sample_root / path))[:], dtype="S1")[parse_slice(text)]
+    else:
+        expected = np.frombuffer((sample_root / path).read_bytes(), dtype="S1")[parse_slice(text)]
+    url = f"{foo.url('sub')}/api/fetch/foo/{path}"
+    # The first read may fetch chunks (answered as they arrive), the second reads the cache.
+    for _ in range(2):
+        response = requests.get(
+            url, params={"slice": text}, headers={"Accept": "application/x-npy"}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        if path.endswith(".b2nd"):
+            assert np.array_equal(np.load(io.BytesIO(response.content)), expected)
+        else:
+            assert response.content == expected.tobytes()
+
+
+def raw_exchange(url: str, request: bytes, body: bytes = b"") -> bytes:
+    """Send `request` on a raw socket (then `body` once told to continue); return all
+    that came until the response was whole, or fail after 10 s."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                pytest.fail(f"no whole response within 10 s; received {received!r}")
+            received += data
+            if received.endswith(b"100 Continue\r\n\r\n") and body:
+                sock.sendall(body)
+            head, sep, content = received.rpartition(b"\r\n\r\n")
+            length = [
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if not data or (sep and length and len(content) >= length[-1]):
+                return received
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize("extra", ["", "Content-Length: 0\r\n"])
+def test_expect_continue_without_body_is_answered_at_once(foo, node, extra):
+    endpoint = "/api/list" if node == "pub-foo" else "/api/roots"
+    request = f"GET {endpoint} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{extra}\r\n"
+    received = raw_exchange(foo.url(node), request.encode())
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    assert b"100 Continue" not in received
+
+
+def test_expect_continue_with_body_still_continues(foo):
+    request = (
+        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    received = raw_exchange(foo.url("sub"), request, body=b"{}")
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), received
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize(
+    ("request_", "status", "message"),
+    [
+        # Past Python's 4300 digits for int(): waitress closed the connection unanswered.
+        (
+            f"GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n",
+            400,
+            "Content-Length is invalid",
+        ),
+        (
+            "GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\n",
+            400,
+            "Content-Length is invalid",
+        ),
+        ("GARBAGE\r\n\r\n", 400, "Start line is invalid"),
+        ("GET /api/stats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "Transfer-Encoding"),
+    ],
+)
+def test_malformed_http_gets_a_json_error(foo, node, request_, status, message):
+    received = raw_exchange(foo.url(node), request_.encode())
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode(), received
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)
+    assert error["status"] == status and message in error["error"]
+    # And the server goes on serving.
+    assert requests.get(f"{foo.url(node)}/api/list{'' if node == 'pub-foo' else '/foo'}", timeout=10).ok
