@@ -46,7 +46,8 @@ CONNECT_TIMEOUT = 5.0
 # Bytes of fetched chunks that may wait to be written to the cache.
 WRITE_BEHIND = 64 << 20
 STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
-CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+# At most 20 ASCII digits each: a lying publisher cannot make int() fail.
+CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})")
 # Some blocks of a chunk are fetched first where the rest of it would take
 # longer than this to come: over a fast link (loopback, a LAN) the whole
 # chunk comes about as soon, and the rest, following, would only compete

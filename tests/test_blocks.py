@@ -8,7 +8,7 @@ import blosc2
 import numpy as np
 import pytest
 
-from catmqtt import blocks
+from catmqtt import blocks, fetcher
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)
@@ -126,3 +126,12 @@ def test_parts_header(spans, size, text, left):
 )
 def test_parts_header_bad(text):
     assert blocks.parse_parts(text) is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes 0-" + "9" * 5000 + "/10", "bytes ٣-4/10", "bytes 0-4/" + "1" * 21, "bytes 0-4", "bytes -4/10"],
+)
+def test_a_lying_content_range_is_refused(header):
+    # What a publisher says of the bytes it sent is read only if it is plainly a range.
+    assert fetcher.CONTENT_RANGE.fullmatch(header) is None
