@@ -359,7 +359,40 @@ class File:
 
 
 class Dataset(File):
-    """An n-dimensional array of a root; indexing fetches data on demand."""
+    """An n-dimensional array of a root; indexing fetches data on demand.
+
+    It behaves as a read-only numpy array would: ``np.asarray(ds)`` fetches
+    it whole, ``len(ds)`` is the length of its first axis, iterating yields
+    its rows (fetched a chunk's worth at a time), ``ds["field"]`` is a field
+    of a record array, and an index out of range raises IndexError.
+    """
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self.fetch(), dtype=dtype)
+
+    def __len__(self) -> int:
+        if not self.meta["shape"]:
+            raise TypeError("len() of unsized object (a 0-d dataset)")
+        return self.meta["shape"][0]
+
+    def __iter__(self) -> Iterator[Any]:
+        rows = len(self)
+        step = max(self.meta["chunks"][0], 1)
+        for start in range(0, rows, step):
+            yield from self.fetch(slice(start, min(start + step, rows)))
+
+    def __getitem__(self, key: Any) -> Any:
+        names = self.dtype.names or ()
+        if isinstance(key, str) and names:
+            if key in names:
+                return self.fetch()[key]
+            try:
+                parse_slice(key)
+            except BadRequest:
+                raise BadRequest(
+                    f"{key[:60]!r} is neither a field of {self.path} ({', '.join(names)}) nor a slice"
+                ) from None
+        return self.fetch(key)
 
     @property
     def shape(self) -> tuple[int, ...]:

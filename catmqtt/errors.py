@@ -28,6 +28,10 @@ class BadRequest(CatmqttError, ValueError):
     status = 400
 
 
+class OutOfRange(BadRequest, IndexError):
+    """An index is past the end of its axis, or there are more indices than axes."""
+
+
 class NotFound(CatmqttError, KeyError):
     """The root, dataset or directory does not exist."""
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from types import EllipsisType
 
-from .errors import BadRequest
+from .errors import BadRequest, OutOfRange
 
 Key = tuple[int | slice | EllipsisType, ...]
 Selection = tuple[int | range, ...]
@@ -100,7 +100,7 @@ def as_key(key: object) -> Key:
             parts = []
             for v in (item.start, item.stop, item.step):
                 if v is not None and not _is_int(v):
-                    raise BadRequest(f"slice bounds must be integers, not {v!r}")
+                    raise BadRequest(f"slice bounds must be integers, not {_short(v)}")
                 parts.append(None if v is None else operator.index(v))
             if parts[2] == 0:
                 raise BadRequest("slice step cannot be zero")
@@ -109,11 +109,20 @@ def as_key(key: object) -> Key:
             out.append(operator.index(item))
         else:
             raise BadRequest(
-                f"only integers, slices and '...' are valid indices (basic indexing), not {item!r}"
+                f"only integers, slices and '...' are valid indices (basic indexing), not {_short(item)}"
             )
     if out.count(Ellipsis) > 1:
         raise BadRequest("an index can only have a single ellipsis ('...')")
     return tuple(out)
+
+
+def _short(value: object) -> str:
+    """Return what an error message says of an index: an array by its shape, else a short repr."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"an array of shape {tuple(shape)} and dtype {dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _is_int(value: object) -> bool:
@@ -135,7 +144,7 @@ def select(key: Key, shape: Sequence[int]) -> Selection:
     """
     nfixed = sum(1 for item in key if item is not Ellipsis)
     if nfixed > len(shape):
-        raise BadRequest(f"too many indices: the array has {len(shape)} dimensions, {nfixed} were given")
+        raise OutOfRange(f"too many indices: the array has {len(shape)} dimensions, {nfixed} were given")
     if Ellipsis in key:
         at = key.index(Ellipsis)
         key = key[:at] + (slice(None),) * (len(shape) - nfixed) + key[at + 1 :]
@@ -148,7 +157,7 @@ def select(key: Key, shape: Sequence[int]) -> Selection:
             continue
         index = item + size if item < 0 else item
         if not 0 <= index < size:
-            raise BadRequest(f"index {item} is out of range for axis {axis} with size {size}")
+            raise OutOfRange(f"index {item} is out of range for axis {axis} with size {size}")
         sel.append(index)
     return tuple(sel)
 

@@ -130,6 +130,44 @@ def test_index_errors_in_getitem(root):
         ds[[0, 1]]
 
 
+def test_a_dataset_behaves_as_a_read_only_array(root, sample_root):
+    ds = root["ds-1d.b2nd"]
+    expected = np.arange(1000)
+    assert np.array_equal(np.asarray(ds), expected) and np.asarray(ds, dtype="f4").dtype == np.float32
+    assert len(ds) == 1000
+    assert list(ds) == list(expected)
+    assert (
+        list(root["dir1/ds-2d.b2nd"])[3].tolist()
+        == blosc2.open(str(sample_root / "dir1/ds-2d.b2nd"))[3].tolist()
+    )
+    for index in (1000, -1001):
+        with pytest.raises(IndexError, match=f"index {index} is out of range for axis 0 with size 1000"):
+            ds[index]
+    with pytest.raises(IndexError, match="too many indices"):
+        ds[1, 2]
+    with pytest.raises(TypeError, match="unsized"):
+        len(root["ds-sc-attr.b2nd"])
+    # A mask, a list: one short line, not the whole index.
+    for index, shown in (
+        (np.ones(1000, dtype=bool), "an array of shape (1000,) and dtype bool"),
+        (list(range(1000)), "[0, 1, 2, "),
+    ):
+        with pytest.raises(BadRequest) as info:
+            ds[index]
+        assert shown in str(info.value) and len(str(info.value)) < 200
+
+
+def test_fields_of_records(root, sample_root):
+    ds = root["ds-1d-fields.b2nd"]
+    src = blosc2.open(str(sample_root / "ds-1d-fields.b2nd"))[:]
+    for name in ("a", "b", "c", "d"):
+        assert np.array_equal(ds[name], src[name])
+    assert np.array_equal(ds["10:20"], src[10:20])
+    with pytest.raises(BadRequest, match=r"'e' is neither a field of foo/ds-1d-fields.b2nd \(a, b, c, d\)"):
+        ds["e"]
+    assert np.array_equal(root["ds-2d-fields.b2nd"]["b"][5], np.arange(1000, 1200))
+
+
 def test_not_subscribed_is_409(foo):
     client = catmqtt.Client(foo.url("sub"))
     client.unsubscribe("foo")
