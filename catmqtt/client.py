@@ -27,7 +27,6 @@ from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse
 from .topics import parse_path, parse_root_name
 from .wire import FRAME, NPY
 
-DEFAULT_URLBASE = "http://127.0.0.1:8002"
 TIMEOUT = (10, 600)
 DECODERS = min(8, os.cpu_count() or 2)
 
@@ -37,14 +36,15 @@ class Client:
 
     Parameters
     ----------
-    urlbase : str
-        The subscriber's base URL, like ``http://127.0.0.1:8002``.
+    urlbase : str, optional
+        The subscriber's base URL, like ``http://127.0.0.1:8002``; by default
+        the one `default_urlbase` finds.
     timeout : float or (float, float)
         Connect and read timeouts in seconds, as requests takes them.
     """
 
-    def __init__(self, urlbase: str = DEFAULT_URLBASE, *, timeout: Any = TIMEOUT) -> None:
-        self.urlbase = urlbase.rstrip("/")
+    def __init__(self, urlbase: str | None = None, *, timeout: Any = TIMEOUT) -> None:
+        self.urlbase = (urlbase or default_urlbase()).rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False
@@ -255,8 +255,18 @@ def _quote(dataset: str, *, directory: bool = False) -> str:
     return quote(dataset)
 
 
+def default_urlbase() -> str:
+    """Return the subscriber a client talks to when given none, found as the
+    command line finds it: ``$CATMQTT_SUB``, else ``client.sub`` (or
+    ``subscriber.urlbase``) of ``./catmqtt.yaml``, else http://127.0.0.1:8002."""
+    # Imported here: the configuration file needs yaml, which `import catmqtt` does not load.
+    from . import config
+
+    return config.client_sub(config.load(None), None)
+
+
 def _client(urlbase: str | None) -> Client:
-    return Client(urlbase or DEFAULT_URLBASE)
+    return Client(urlbase)
 
 
 def get_roots(urlbase: str | None = None) -> dict[str, dict[str, Any]]:

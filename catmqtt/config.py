@@ -198,8 +198,16 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
 
 
 def client_sub(conf: dict, option: str | None) -> str:
-    """Return the subscriber URL a client talks to."""
-    url = option or os.environ.get(SUB_ENV) or section(conf, "client")["sub"]
+    """Return the subscriber URL a client talks to: `option` (``--sub``), else
+    ``$CATMQTT_SUB``, else ``client.sub``, else the ``urlbase`` the ``subscriber``
+    section advertises (as Caterva2's clients read it), else the default."""
+    url = (
+        option
+        or os.environ.get(SUB_ENV)
+        or (conf.get("client") or {}).get("sub")
+        or (conf.get("subscriber") or {}).get("urlbase")
+        or DEFAULTS["client"]["sub"]
+    )
     return parse_http_url(url, "subscriber URL")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -166,6 +167,31 @@ def test_fields_of_records(root, sample_root):
     with pytest.raises(BadRequest, match=r"'e' is neither a field of foo/ds-1d-fields.b2nd \(a, b, c, d\)"):
         ds["e"]
     assert np.array_equal(root["ds-2d-fields.b2nd"]["b"][5], np.arange(1000, 1200))
+
+
+@pytest.mark.parametrize("how", ["environment", "client.sub", "subscriber.urlbase"])
+def test_the_library_finds_the_subscriber_as_the_command_line_does(foo, tmp_path, how):
+    url = foo.url("sub")
+    env = {k: v for k, v in os.environ.items() if k != "CATMQTT_SUB"}
+    if how == "environment":
+        env["CATMQTT_SUB"] = url
+    else:
+        section, key = how.split(".")
+        (tmp_path / "catmqtt.yaml").write_text(f"{section}:\n  {key}: {url}\n")
+    code = "import catmqtt; print(catmqtt.Client().urlbase, sorted(catmqtt.get_roots()))"
+    library = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert library.stdout == f"{url} ['foo']\n", library.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "catmqtt", "roots"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.stdout == "foo (subscribed)\n", cli.stderr
 
 
 def test_not_subscribed_is_409(foo):
