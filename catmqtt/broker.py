@@ -70,9 +70,9 @@ def load_config(path: str | os.PathLike | None, listen: str | None, ws: str | No
             }
         elif ws is not None:
             conf["listeners"].setdefault("ws", {"type": "ws"})["bind"] = ws
-    for listener in conf["listeners"].values():
+    for name, listener in conf["listeners"].items():
         if isinstance(listener, dict) and "bind" in listener:
-            parse_hostport(listener["bind"], "broker listen")
+            parse_hostport(listener["bind"], f"broker listener {name!r}")
     return conf
 
 

@@ -35,15 +35,16 @@ class _Parser(argparse.ArgumentParser):
 def cmd_broker(args: argparse.Namespace, conf: dict) -> int:
     from . import broker
 
-    s = config.section(
-        conf, "broker", listen=args.listen, ws=args.ws, amqtt_conf=args.amqtt_conf, loglevel=args.loglevel
+    s = config.broker_section(
+        conf, listen=args.listen, ws=args.ws, amqtt_conf=args.amqtt_conf, loglevel=args.loglevel
     )
     _logging(config.parse_loglevel(s["loglevel"]))
     if s["amqtt_conf"]:
         # An amqtt configuration file has its listeners; only options override them.
-        listen, ws = args.listen, args.ws
+        listen = s["listen"] if args.listen else None
+        ws = None if args.ws is None else s["ws"] or "off"
     else:
-        listen, ws = s["listen"], s["ws"]
+        listen, ws = s["listen"], s["ws"] or "off"
     broker.run(broker.load_config(s["amqtt_conf"], listen, ws))
     return 0
 
@@ -112,12 +113,13 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     from .web import tune_allocator
 
     base = Path(args.statedir)
-    b = config.section(conf, "broker", listen=args.listen, ws=args.ws, loglevel=args.loglevel)
-    listen = b["listen"]
-    config.parse_hostport(listen, "broker listen")
-    ws = None if b["ws"] in (None, "off") else b["ws"]
+    b = config.broker_section(conf, listen=args.listen, ws=args.ws, loglevel=args.loglevel)
+    listen, ws = b["listen"], b["ws"]
+    host, port = config.parse_hostport(listen, "broker listen")
+    # The nodes reach a broker listening on every interface through loopback.
+    reach = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else listen
     # A first look wants the addresses, not the chatter: WARNING unless asked.
-    common = {"broker": f"mqtt://{listen}", "loglevel": args.loglevel or "WARNING", "prefix": b["prefix"]}
+    common = {"broker": f"mqtt://{reach}", "loglevel": args.loglevel or "WARNING", "prefix": b["prefix"]}
     pub_s = config.node_settings(conf, "publisher", http=args.pub_http, statedir=base / "publisher", **common)
     # Signed by a key made once, and trusted for this root alone: other roots
     # (publishers started beside) are trusted on first use.
@@ -365,15 +367,26 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
+def _common_options(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS, as for the client options: given before the command name, an
+    # option is not undone by the command's parser (main sets what is missing).
+    p.add_argument(
+        "--conf",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"config file (default ./{config.DEFAULT_FILE} if present)",
+    )
+    p.add_argument("--loglevel", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING or ERROR")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="catmqtt", description="Share Blosc2 datasets over MQTT.")
     parser.add_argument("--version", action="version", version=f"catmqtt {__version__}")
     _client_options(parser)
     common = _Parser(add_help=False)
-    common.add_argument(
-        "--conf", metavar="FILE", help=f"config file (default ./{config.DEFAULT_FILE} if present)"
-    )
-    common.add_argument("--loglevel", help="DEBUG, INFO (default), WARNING or ERROR")
+    _common_options(common)
+    # Before the command name too (catmqtt --conf FILE roots).
+    _common_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -466,6 +479,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    for name in ("conf", "loglevel"):
+        setattr(args, name, getattr(args, name, None))
     try:
         conf = config.load(args.conf)
         if args.service:

@@ -131,6 +131,21 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
 
 
+def broker_section(conf: dict, **options: Any) -> dict[str, Any]:
+    """Return the broker's settings, with ``ws`` None when websockets are off
+    (``off``, or ``false``/``no``, which YAML reads ``off`` as) and every
+    address checked under its own key's name."""
+    s = section(conf, "broker", **options)
+    if s["ws"] is False or (isinstance(s["ws"], str) and s["ws"].lower() == "off"):
+        s["ws"] = None
+    for key in ("listen", "ws"):
+        if s[key] is not None:
+            host, port = parse_hostport(s[key], f"broker {key}")
+            # amqtt binds what it is given: the wildcard as an address it knows.
+            s[key] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return s
+
+
 def section(conf: dict, role: str, node_id: str | None = None, **options: Any) -> dict[str, Any]:
     """Return the settings of `role`, merged by precedence; None options are unset."""
     merged = dict(DEFAULTS[role])
@@ -230,12 +245,13 @@ def _check(parse, value):
 
 
 def parse_hostport(value: object, what: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6); port 0 picks a free one."""
+    """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6, ``*:PORT`` for every IPv4
+    interface, as 0.0.0.0); port 0 picks a free one."""
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if sep and host and port.isascii() and port.isdigit() and int(port) <= 65535:
-            return host, int(port)
+            return ("0.0.0.0" if host == "*" else host), int(port)
     raise ConfigError(f"invalid {what} address {value!r}: expected HOST:PORT, like 127.0.0.1:8001")
 
 

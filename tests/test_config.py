@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from catmqtt import config
 from catmqtt.config import (
     DEFAULT_FILE,
     PASSWORD_ENV,
@@ -43,6 +44,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("example.org:1", ("example.org", 1)),
         ("[::1]:80", ("::1", 80)),
         ("[::]:8001", ("::", 8001)),
+        ("*:3104", ("0.0.0.0", 3104)),
     ],
 )
 def test_parse_hostport_good(value: str, expected: tuple[str, int]) -> None:
@@ -599,3 +601,32 @@ def test_client_sub_bad(
         monkeypatch.setenv(SUB_ENV, env)
     with pytest.raises(ConfigError, match=re.escape(f"invalid subscriber URL {bad!r}: expected http://")):
         client_sub(conf, option)
+
+
+@pytest.mark.parametrize(
+    ("broker", "listen", "ws"),
+    [
+        ({}, "127.0.0.1:1883", "127.0.0.1:9001"),
+        # YAML reads off, no and false as False.
+        ({"ws": False}, "127.0.0.1:1883", None),
+        ({"ws": "off"}, "127.0.0.1:1883", None),
+        ({"ws": "OFF", "listen": "*:3104"}, "0.0.0.0:3104", None),
+        ({"ws": "[::1]:9001"}, "127.0.0.1:1883", "[::1]:9001"),
+    ],
+)
+def test_broker_section(broker: dict, listen: str, ws: str | None) -> None:
+    s = config.broker_section({"broker": broker})
+    assert (s["listen"], s["ws"]) == (listen, ws)
+
+
+@pytest.mark.parametrize(
+    ("broker", "match"),
+    [
+        ({"ws": True}, "invalid broker ws address True"),
+        ({"ws": 9001}, "invalid broker ws address 9001"),
+        ({"listen": "1883"}, "invalid broker listen address '1883'"),
+    ],
+)
+def test_broker_section_bad(broker: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        config.broker_section({"broker": broker})

@@ -89,6 +89,28 @@ def test_port_in_use(tmp_path, sample_root, role):
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
 
 
+def test_up_reads_yaml_switches_and_wildcard_addresses(tmp_path):
+    """``ws: off`` (a YAML false), and ``*:PORT`` for every interface, as Caterva2's tutorial writes it."""
+    mqtt, pub, sub = free_port(), free_port(), free_port()
+    (tmp_path / "catmqtt.yaml").write_text(f"broker:\n  listen: '*:{mqtt}'\n  ws: off\n")
+    up = Proc(
+        catmqtt_cmd(
+            "--conf", "catmqtt.yaml", "up", "--pub-http", f"127.0.0.1:{pub}", "--sub-http", f"*:{sub}"
+        ),
+        tmp_path / "up.log",
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(lambda: "Press Ctrl+C to stop." in up.output or not up.alive(), "catmqtt up")
+        assert up.alive(), up.output
+        assert f"Broker      mqtt://0.0.0.0:{mqtt}\n" in up.output and "websockets" not in up.output
+        result = run_cli("roots", sub=f"http://127.0.0.1:{sub}")
+        wait_for(lambda: run_cli("roots", sub=f"http://127.0.0.1:{sub}").stdout == "foo\n", "root foo")
+    finally:
+        assert up.stop() == 0, up.output
+    assert result.returncode == 0
+
+
 def test_up_runs_everything_and_stops_cleanly(tmp_path):
     mqtt, pub, sub = free_port(), free_port(), free_port()
     up = Proc(
@@ -262,3 +284,19 @@ def test_killed_publisher_is_lost_and_restart_clears_deleted_datasets(deployment
     result = d.cli("info", "foo/dir1/ds-3d.b2nd")
     assert result.returncode == 1 and "no dataset 'dir1/ds-3d.b2nd' in root 'foo'" in result.stderr
     assert "foo/dir1/ds-2d.b2nd" in d.cli("list", "foo").stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--conf", "bad.yaml", "roots"),
+        ("roots", "--conf", "bad.yaml"),
+        ("--loglevel", "INFO", "--conf", "bad.yaml", "sub"),
+        ("sub", "--loglevel", "INFO", "--conf", "bad.yaml"),
+    ],
+)
+def test_common_options_before_or_after_the_command(tmp_path, args):
+    (tmp_path / "bad.yaml").write_text("nonsense: 1\n")
+    result = subprocess.run(catmqtt_cmd(*args), capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: config file 'bad.yaml': unknown section"), result.stderr
