@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,9 @@ from . import __version__, config
 from .errors import CatmqttError, ConfigError
 
 log = logging.getLogger("catmqtt")
+
+# The most items `catmqtt --json show` prints.
+JSON_ITEMS = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -262,9 +266,20 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
     import numpy as np
 
     from .dtypes import to_jsonable
+    from .errors import TooLarge
+    from .slices import parse_slice, result_shape, select
 
     path, slice_ = _split_slice(args.path)
-    result = client.fetch(path, slice_)
+    meta = client.get_info(path)
+    if args.json:
+        # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory too.
+        size = math.prod(result_shape(select(parse_slice(slice_ or ""), meta["shape"])))
+        if size > JSON_ITEMS:
+            raise TooLarge(
+                f"the selection has {size} items, over the {JSON_ITEMS} that --json prints:"
+                " select less, or save it with 'catmqtt download'"
+            )
+    result = client.fetch(path, slice_, meta=meta)
     if args.json:
         return _json(to_jsonable(result))
     if isinstance(result, bytes):

@@ -9,6 +9,7 @@ import sys
 import blosc2
 import numpy as np
 import pytest
+import requests
 
 import catmqtt
 from catmqtt.errors import BadRequest, NotFound, NotSubscribed, Unavailable
@@ -227,3 +228,18 @@ def test_the_client_takes_proxies_from_the_environment(foo, monkeypatch, no_prox
     else:
         with pytest.raises(Unavailable, match="cannot reach the subscriber"):
             client.get_roots()
+
+
+def test_json_output_of_a_large_selection_is_refused_before_it_is_fetched(deployment, root_dir):
+    blosc2.asarray(np.arange(2_000_000), urlpath=str(root_dir / "big.b2nd"), mode="w")
+    d = deployment
+    d.serve_foo(root_dir)
+    result = d.cli("--json", "show", "foo/big.b2nd")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: the selection has 2000000 items, over the 1000000 that --json prints:"
+        " select less, or save it with 'catmqtt download'\n"
+    )
+    stats = requests.get(f"{d.url('sub')}/api/stats", timeout=5).json()
+    assert stats["total"]["fetched_chunks"] == 0
+    assert d.cli("--json", "show", "foo/big.b2nd[1999997:]").stdout == "[1999997, 1999998, 1999999]\n"
