@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .blocks import MAX_BLOCKSIZE, MAX_CHUNKSIZE
 from .errors import BadRequest
 from .topics import parse_node_id, parse_path, parse_root_name
 
@@ -22,6 +24,8 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 # Blosc2's limit on dimensions, and bounds that keep a node's work finite.
 MAX_DIM = 16
 MAX_CHUNKS = 1 << 32
+# numpy counts items in int64.
+MAX_ITEMS = (1 << 63) - 1
 _ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
@@ -41,7 +45,8 @@ def loads(payload: bytes) -> dict[str, Any] | None:
         raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        # Not UTF-8, not JSON, or a number of more digits than int() reads.
         raise BadRequest(f"payload is not JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("payload is not JSON: nested too deeply") from None
@@ -142,15 +147,70 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
         expected *= -(-size // chunk) if chunk else 0
     if nchunks != expected:
         raise BadRequest(f"{what}: nchunks {nchunks} does not match shape and chunks")
-    if _count(obj, "typesize", what) == 0:
+    typesize = _count(obj, "typesize", what)
+    if typesize == 0:
         raise BadRequest(f"{what}: typesize is 0")
-    _count(obj, "chunksize", what)
-    _count(obj, "nbytes", what)
+    chunksize = _count(obj, "chunksize", what)
+    nbytes = _count(obj, "nbytes", what)
+    if kind == "ndarray":
+        _array_sizes(what, shape, chunks, blocks, typesize, chunksize)
+        if nbytes != nchunks * chunksize:
+            raise BadRequest(f"{what}: nbytes {nbytes} is not nchunks {nchunks} times chunksize {chunksize}")
+    else:
+        _stream_sizes(what, shape, chunks, typesize, chunksize, nbytes, nchunks)
+    if "cbytes" in obj:
+        _count(obj, "cbytes", what)
+    if "manifest" in obj and not _ETAG.fullmatch(_field(obj, "manifest", str, what)):
+        raise BadRequest(
+            f"{what}: manifest {obj['manifest'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -"
+        )
     _field(obj, "cparams", dict, what)
     _field(obj, "vlmeta", dict, what)
     if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
         raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
     return obj
+
+
+def _array_sizes(
+    what: str, shape: list[int], chunks: list[int], blocks: list[int], typesize: int, chunksize: int
+) -> None:
+    """Check that an array's sizes agree with its shape, chunks and blocks, within Blosc2's limits.
+
+    Blosc2 pads a chunk to whole blocks: its chunks are of that many items.
+    """
+    if math.prod(shape) > MAX_ITEMS:
+        raise BadRequest(f"{what}: shape {shape} has more than {MAX_ITEMS} items")
+    if any(b > c for c, b in zip(chunks, blocks, strict=True)):
+        raise BadRequest(f"{what}: blocks {blocks} are larger than chunks {chunks}")
+    padded = math.prod(-(-c // b) * b if b else 0 for c, b in zip(chunks, blocks, strict=True))
+    if padded * typesize > MAX_CHUNKSIZE:
+        raise BadRequest(f"{what}: chunks of {padded * typesize} bytes, more than Blosc2's {MAX_CHUNKSIZE}")
+    if math.prod(blocks) * typesize > MAX_BLOCKSIZE:
+        raise BadRequest(
+            f"{what}: blocks of {math.prod(blocks) * typesize} bytes, more than Blosc2's {MAX_BLOCKSIZE}"
+        )
+    if chunksize != padded * typesize:
+        raise BadRequest(
+            f"{what}: chunksize {chunksize} is not {padded * typesize}, the bytes of chunks {chunks}"
+            f" in blocks {blocks} of items of {typesize} bytes"
+        )
+
+
+def _stream_sizes(
+    what: str, shape: list[int], chunks: list[int], typesize: int, chunksize: int, nbytes: int, nchunks: int
+) -> None:
+    """Check that a byte stream's sizes agree with its shape and chunks, in items of `typesize` bytes."""
+    if chunksize > MAX_CHUNKSIZE or typesize > MAX_BLOCKSIZE:
+        raise BadRequest(f"{what}: chunksize {chunksize} or typesize {typesize} is beyond Blosc2's limits")
+    if shape[0] != nbytes // typesize or chunks[0] != chunksize // typesize:
+        raise BadRequest(
+            f"{what}: shape {shape} and chunks {chunks} are not nbytes {nbytes} and chunksize"
+            f" {chunksize} in items of {typesize} bytes"
+        )
+    if nchunks != (-(-nbytes // chunksize) if chunksize else 0) or (nbytes and not chunksize):
+        raise BadRequest(
+            f"{what}: nchunks {nchunks} does not match nbytes {nbytes} and chunksize {chunksize}"
+        )
 
 
 def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
