@@ -229,6 +229,7 @@ def patched(chunk: bytes, *fields: tuple[str, int, int]) -> bytes:
         (patched(GOOD, ("<i", 36, -5)), f"its blocks start out of its {len(GOOD)} bytes"),
         (patched(GOOD, ("<i", 32, 40)), f"its blocks start out of its {len(GOOD)} bytes"),
     ],
+    ids=lambda value: value if isinstance(value, str) else "chunk",
 )
 def test_a_chunk_that_lies_is_named(chunk, problem):
     found = blocks.chunk_problem(chunk, META, 1)
