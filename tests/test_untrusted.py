@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from catmqtt import signing, storage
+from catmqtt.cache import Cache
 from catmqtt.wire import DIGEST, ETAG, FRAME, NPY, PARTS
 
 from conftest import Deployment, publish, rogue_client, run_cli, wait_for
@@ -262,6 +263,30 @@ def test_the_command_line_reports_the_lie(attack):
         assert result.stderr.startswith("Error: publisher of root 'evil' at "), result.stderr
         assert "that its metadata rules out: its blocks are of 8000000 bytes, not 80" in result.stderr
     assert_unharmed(attack, "evil", "crash.b2nd")
+
+
+def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):
+    """A chunk cached without the check (by an older catmqtt) is dropped at its first
+    read, fetched again, and refused."""
+    d = deployment
+    path = "poisoned.b2nd"
+    liar = LyingPublisher({path: ONE_BLOCK})
+    with serving(liar) as url:
+        d.start_sub()
+        announce(d, signing.generate(tmp_path / "rogue.pem"), "evil", url, liar.chunks)
+        d.stop("sub")
+        cache = Cache(d.workdir / "sub")
+        try:
+            meta = cache.dataset("evil", path)
+            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, storage.chunk_digest(ONE_BLOCK))
+        finally:
+            cache.close()
+        d.start_sub()
+        wait_for(lambda: requests.get(f"{d.url('sub')}/api/list/evil", timeout=5).json(), "root evil")
+        response = requests.get(f"{d.url('sub')}/api/fetch/evil/{path}", params={"slice": "0:5"}, timeout=60)
+        assert "that its metadata rules out: its blocks are of 8000000 bytes" in refusal(response)
+    assert "cached chunk 0 of evil/poisoned.b2nd is damaged; fetching it again" in d.procs["sub"].output
+    assert d.procs["sub"].alive()
 
 
 # A lying subscriber against the client
