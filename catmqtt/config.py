@@ -24,6 +24,7 @@ PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "poll", "off")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _NODE_KEYS = {
     "http": None,
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "prefix": DEFAULT_PREFIX,
         "amqtt_conf": None,
         "loglevel": "INFO",
+        "statedir": None,
     },
     "publisher": {
         **_NODE_KEYS,
