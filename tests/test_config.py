@@ -532,6 +532,10 @@ def test_node_settings_password(
         ("subscriber", {"http_threads": 1025}, "http_threads must be an integer from 1 to 1024, not 1025"),
         ("subscriber", {"http_threads": "4"}, "http_threads must be an integer from 1 to 1024, not '4'"),
         ("subscriber", {"max_fetch_bytes": (1 << 50) + 1}, "max_fetch_bytes must be an integer from 1 to"),
+        ("publisher", {"settle": -1}, "settle must be a number from 0 to 3600, not -1"),
+        ("publisher", {"settle": "1"}, "settle must be a number from 0 to 3600, not '1'"),
+        ("publisher", {"settle": True}, "settle must be a number from 0 to 3600, not True"),
+        ("publisher", {"settle": 1e9}, "settle must be a number from 0 to 3600"),
     ],
 )
 def test_node_settings_bad(role: str, options: dict, match: str) -> None:
