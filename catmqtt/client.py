@@ -20,8 +20,9 @@ import numpy as np
 import requests
 import urllib3
 
-from .dtypes import dtype_from_json
+from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
+from .schema import parse_dataset
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
@@ -104,7 +105,20 @@ class Client:
 
     def get_info(self, dataset: str) -> dict[str, Any]:
         """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
-        meta = self._metas[dataset] = self._request("GET", f"info/{_quote(dataset)}").json()
+        meta = self._request("GET", f"info/{_quote(dataset)}").json()
+        # Checked as a subscriber checks an announcement: chunks are decoded by it.
+        try:
+            if not isinstance(meta, dict):
+                raise BadRequest("not a JSON object")
+            parse_dataset(meta, dataset.partition("/")[2])
+            if meta["kind"] == "ndarray":
+                array_dtype(meta)
+        except BadRequest as exc:
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent metadata of {dataset} that cannot be right: {exc}",
+                status=502,
+            ) from None
+        self._metas[dataset] = meta
         return meta
 
     def fetch(
@@ -137,7 +151,9 @@ class Client:
         # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
         # pool of threads as they arrive, each chunk with one.
         threaded = len(numbers) > 2
-        assembler = Assembler(meta, sel, nthreads=1 if threaded else None)
+        assembler = Assembler(
+            meta, sel, nthreads=1 if threaded else None, sender=f"the subscriber at {self.urlbase}"
+        )
         # A small part of big chunks: let the subscriber slice, and send only that.
         chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
         if 4 * assembler.out.nbytes < len(numbers) * chunk_bytes:

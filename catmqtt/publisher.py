@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from . import signing, storage
-from .blocks import block_parts, format_parts
+from .blocks import block_parts, chunk_nbytes, format_parts
 from .errors import BadRequest
 from .mqtt import Node
 from .roots import Root, open_root
@@ -60,7 +60,7 @@ def chunk(path: str):
     headers = {ETAG: etag, DIGEST: digest}
     # Some blocks first: the chunk's header, block offsets and those blocks.
     # (The whole chunk if its blocks cannot be sent apart.)
-    spans = None if wanted is None else block_parts(data, wanted, storage.chunk_nbytes(entry.meta, nchunk))
+    spans = None if wanted is None else block_parts(data, wanted, chunk_nbytes(entry.meta, nchunk))
     if spans is not None:
         view = memoryview(data)
         body = b"".join(view[start:stop] for start, stop in spans)

@@ -10,15 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .blocks import MAX_BLOCKSIZE, MAX_CHUNKSIZE
 from .errors import BadRequest
 from .topics import parse_node_id, parse_path, parse_root_name
 
 SCHEMA = 1
 MAX_PAYLOAD = 4 * 1024 * 1024
+# numpy counts items in int64.
+MAX_ITEMS = (1 << 63) - 1
 # Blosc2's limit on dimensions, and bounds that keep a node's work finite.
 MAX_DIM = 16
 MAX_CHUNKS = 1 << 32
@@ -142,15 +146,66 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
         expected *= -(-size // chunk) if chunk else 0
     if nchunks != expected:
         raise BadRequest(f"{what}: nchunks {nchunks} does not match shape and chunks")
-    if _count(obj, "typesize", what) == 0:
+    typesize = _count(obj, "typesize", what)
+    if typesize == 0:
         raise BadRequest(f"{what}: typesize is 0")
-    _count(obj, "chunksize", what)
-    _count(obj, "nbytes", what)
+    chunksize = _count(obj, "chunksize", what)
+    nbytes = _count(obj, "nbytes", what)
+    if kind == "ndarray":
+        _array_sizes(what, shape, chunks, blocks, typesize, chunksize)
+        if nbytes != nchunks * chunksize:
+            raise BadRequest(f"{what}: nbytes {nbytes} is not nchunks {nchunks} times chunksize {chunksize}")
+    else:
+        _stream_sizes(what, shape, chunks, typesize, chunksize, nbytes, nchunks)
+    if "cbytes" in obj:
+        _count(obj, "cbytes", what)
     _field(obj, "cparams", dict, what)
     _field(obj, "vlmeta", dict, what)
     if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
         raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
     return obj
+
+
+def _array_sizes(
+    what: str, shape: list[int], chunks: list[int], blocks: list[int], typesize: int, chunksize: int
+) -> None:
+    """Check that an array's sizes agree with its shape, chunks and blocks, within Blosc2's limits.
+
+    Blosc2 pads a chunk to whole blocks: its chunks are of that many items.
+    """
+    if math.prod(shape) > MAX_ITEMS:
+        raise BadRequest(f"{what}: shape {shape} has more than {MAX_ITEMS} items")
+    if any(b > c for c, b in zip(chunks, blocks, strict=True)):
+        raise BadRequest(f"{what}: blocks {blocks} are larger than chunks {chunks}")
+    padded = math.prod(-(-c // b) * b if b else 0 for c, b in zip(chunks, blocks, strict=True))
+    if padded * typesize > MAX_CHUNKSIZE:
+        raise BadRequest(f"{what}: chunks of {padded * typesize} bytes, more than Blosc2's {MAX_CHUNKSIZE}")
+    if math.prod(blocks) * typesize > MAX_BLOCKSIZE:
+        raise BadRequest(
+            f"{what}: blocks of {math.prod(blocks) * typesize} bytes, more than Blosc2's {MAX_BLOCKSIZE}"
+        )
+    if chunksize != padded * typesize:
+        raise BadRequest(
+            f"{what}: chunksize {chunksize} is not {padded * typesize}, the bytes of chunks {chunks}"
+            f" in blocks {blocks} of items of {typesize} bytes"
+        )
+
+
+def _stream_sizes(
+    what: str, shape: list[int], chunks: list[int], typesize: int, chunksize: int, nbytes: int, nchunks: int
+) -> None:
+    """Check that a byte stream's sizes agree with its shape and chunks, in items of `typesize` bytes."""
+    if chunksize > MAX_CHUNKSIZE or typesize > MAX_BLOCKSIZE:
+        raise BadRequest(f"{what}: chunksize {chunksize} or typesize {typesize} is beyond Blosc2's limits")
+    if shape[0] != nbytes // typesize or chunks[0] != chunksize // typesize:
+        raise BadRequest(
+            f"{what}: shape {shape} and chunks {chunks} are not nbytes {nbytes} and chunksize"
+            f" {chunksize} in items of {typesize} bytes"
+        )
+    if nchunks != (-(-nbytes // chunksize) if chunksize else 0) or (nbytes and not chunksize):
+        raise BadRequest(
+            f"{what}: nchunks {nchunks} does not match nbytes {nbytes} and chunksize {chunksize}"
+        )
 
 
 def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:

@@ -285,23 +285,6 @@ def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: dict[str, Any], 
         out_schunk.vlmeta[key] = value
 
 
-def chunk_nbytes(meta: dict[str, Any], nchunk: int) -> int:
-    """Return the uncompressed size of chunk `nchunk` of a dataset."""
-    if meta["kind"] == "ndarray":
-        return meta["chunksize"]
-    # The last chunk of a byte stream may be short.
-    return min(meta["chunksize"], meta["nbytes"] - nchunk * meta["chunksize"])
-
-
-def is_chunk(data: bytes, nbytes: int) -> bool:
-    """Tell whether `data` is one whole Blosc2 chunk of `nbytes` uncompressed bytes."""
-    try:
-        size, cbytes, _ = blosc2.get_cbuffer_sizes(data)
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return cbytes == len(data) and size == nbytes
-
-
 def iter_bytes(schunk: blosc2.SChunk) -> Iterator[bytes]:
     """Yield the decompressed bytes of `schunk`, one chunk at a time."""
     for n in range(schunk.nchunks):

@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from . import storage
 from .assemble import Assembler
 from .cache import Cache
-from .dtypes import dtype_from_json
+from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
 from .mqtt import Node
@@ -145,7 +145,7 @@ class Subscriber:
         if obj is not None:
             parse_dataset(obj, path)
             if obj["kind"] == "ndarray":
-                dtype_from_json(obj["dtype"])
+                array_dtype(obj)
             storage.cparams_from_json(obj["cparams"])
         # Applied on a worker of its own: the MQTT thread never waits
         # on a dataset's lock (a long download holds it).

@@ -16,6 +16,7 @@ import pytest
 
 import catmqtt
 from catmqtt import storage
+from catmqtt.blocks import chunk_problem
 from catmqtt.hdf5io import GROUP_ATTRS, export_h5, import_h5
 from catmqtt.roots import hdf5, open_root
 from catmqtt.sample import write_sample
@@ -242,7 +243,7 @@ def served(root, path: str, tmp_path) -> blosc2.NDArray:
     for n in range(meta["nchunks"]):
         data, etag = root.chunk(path, n)
         assert etag == meta["etag"]
-        assert storage.is_chunk(data, storage.chunk_nbytes(meta, n)), (path, n)
+        assert chunk_problem(data, meta, n) is None, (path, n, chunk_problem(data, meta, n))
         array.schunk.update_chunk(n, data)
     return array
 

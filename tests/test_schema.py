@@ -43,8 +43,8 @@ NDARRAY = {
     "dtype": "float64",
     "nchunks": 3,
     "typesize": 8,
-    "chunksize": 1234,
-    "nbytes": 560,
+    "chunksize": 224,
+    "nbytes": 672,
     "cparams": {"codec": "ZSTD", "clevel": 5},
     "vlmeta": {"note": "x"},
     "etag": "e2",
@@ -77,6 +77,9 @@ FILE = {
     "vlmeta": {},
     "etag": "e4",
 }
+
+# Items of 8 bytes in a block of Blosc2's largest size.
+BIG_BLOCK = 536866816 // 8
 
 NODE = {"status": "online", "url": "https://example.org:8443/"}
 
@@ -221,14 +224,41 @@ def test_url_fields_need_a_host(url: str) -> None:
         NDARRAY,
         SCHUNK,
         FILE,
-        changed(NDARRAY, path="scalar", shape=[], chunks=[], blocks=[], nchunks=1),
-        changed(NDARRAY, path="empty", shape=[0, 5], chunks=[0, 5], blocks=[0, 5], nchunks=0),
-        changed(NDARRAY, path="empty2", shape=[3, 0], chunks=[2, 4], blocks=[1, 2], nchunks=0),
-        changed(NDARRAY, path="big-chunks", shape=[3, 4], chunks=[8, 8], blocks=[8, 8], nchunks=1),
-        changed(NDARRAY, dtype=[["a", "<i4"], ["b", "<f8", [2]]]),
-        changed(NDARRAY, shape=[1] * 16, chunks=[1] * 16, blocks=[1] * 16, nchunks=1),
+        changed(NDARRAY, path="scalar", shape=[], chunks=[], blocks=[], nchunks=1, chunksize=8, nbytes=8),
+        changed(
+            NDARRAY,
+            path="empty",
+            shape=[0, 5],
+            chunks=[0, 5],
+            blocks=[0, 5],
+            nchunks=0,
+            chunksize=0,
+            nbytes=0,
+        ),
+        changed(
+            NDARRAY,
+            path="empty2",
+            shape=[3, 0],
+            chunks=[2, 4],
+            blocks=[1, 2],
+            nchunks=0,
+            chunksize=64,
+            nbytes=0,
+        ),
+        changed(
+            NDARRAY,
+            path="big-chunks",
+            shape=[3, 4],
+            chunks=[8, 8],
+            blocks=[8, 8],
+            nchunks=1,
+            chunksize=512,
+            nbytes=512,
+        ),
+        changed(NDARRAY, dtype=[["a", "<i4"], ["b", "<f8", [2]]], typesize=20, chunksize=560, nbytes=1680),
+        changed(NDARRAY, shape=[1] * 16, chunks=[1] * 16, blocks=[1] * 16, nchunks=1, chunksize=8, nbytes=8),
         changed(FILE, path="empty.txt", shape=[0], chunks=[0], nchunks=0, nbytes=0, chunksize=0),
-        changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3),
+        changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3, nbytes=90),
         changed(FILE, path="é/日本 x+#.txt"),
     ],
 )
@@ -333,6 +363,105 @@ def test_parse_dataset_empty_axis_nchunks() -> None:
     meta = changed(NDARRAY, shape=[0, 5], chunks=[0, 5], blocks=[0, 5], nchunks=1)
     with pytest.raises(BadRequest, match="nchunks 1 does not match shape and chunks"):
         parse_dataset(meta, meta["path"])
+
+
+# Sizes: a chunk is decoded into a buffer sized by them.
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        # Blocks that do not divide the chunks: each chunk is padded to whole blocks (6 by 9).
+        changed(NDARRAY, chunks=[5, 7], blocks=[2, 3], nchunks=2, chunksize=432, nbytes=864),
+        # Chunks and blocks as large as Blosc2 makes them.
+        changed(
+            NDARRAY,
+            shape=[8 * BIG_BLOCK],
+            chunks=[4 * BIG_BLOCK],
+            blocks=[BIG_BLOCK],
+            nchunks=2,
+            chunksize=32 * BIG_BLOCK,
+            nbytes=64 * BIG_BLOCK,
+        ),
+        # An empty file as the publisher describes it.
+        changed(FILE, path="empty.txt", shape=[0], chunks=[1 << 20], nchunks=0, nbytes=0, chunksize=1 << 20),
+        # Items of 8 bytes in chunks of 100 bytes: Blosc2 allows it.
+        changed(SCHUNK, shape=[31], chunks=[12], nchunks=3, typesize=8, chunksize=100, nbytes=250),
+    ],
+)
+def test_parse_dataset_sizes_good(meta: dict[str, Any]) -> None:
+    assert parse_dataset(copy.deepcopy(meta), meta["path"]) == meta
+
+
+@pytest.mark.parametrize(
+    ("base", "fields", "match"),
+    [
+        (NDARRAY, {"blocks": [5, 7]}, "blocks [5, 7] are larger than chunks [4, 7]"),
+        (NDARRAY, {"blocks": [2, 8]}, "blocks [2, 8] are larger than chunks [4, 7]"),
+        (
+            NDARRAY,
+            {"chunksize": 1234},
+            "chunksize 1234 is not 224, the bytes of chunks [4, 7] in blocks [2, 7]",
+        ),
+        (NDARRAY, {"chunksize": 0}, "chunksize 0 is not 224"),
+        (
+            NDARRAY,
+            {"blocks": [3, 7]},
+            "chunksize 224 is not 336, the bytes of chunks [4, 7] in blocks [3, 7]",
+        ),
+        (NDARRAY, {"typesize": 4}, "chunksize 224 is not 112"),
+        (NDARRAY, {"nbytes": 560}, "nbytes 560 is not nchunks 3 times chunksize 224"),
+        (NDARRAY, {"nbytes": 0}, "nbytes 0 is not nchunks 3 times chunksize 224"),
+        (
+            NDARRAY,
+            {"shape": [1 << 62, 4], "chunks": [1 << 62, 1], "blocks": [1, 1], "nchunks": 4},
+            f"shape {[1 << 62, 4]} has more than {(1 << 63) - 1} items",
+        ),
+        (
+            NDARRAY,
+            {"shape": [1 << 28], "chunks": [1 << 28], "blocks": [1], "nchunks": 1},
+            f"chunks of {1 << 31} bytes, more than Blosc2's {(1 << 31) - 33}",
+        ),
+        (
+            NDARRAY,
+            {"shape": [1 << 26], "chunks": [1 << 26], "blocks": [1 << 26], "nchunks": 1},
+            f"blocks of {1 << 29} bytes, more than Blosc2's 536866816",
+        ),
+        (NDARRAY, {"cbytes": -1}, "field 'cbytes' is negative"),
+        (NDARRAY, {"cbytes": "12"}, "field 'cbytes' is missing or not int"),
+        (SCHUNK, {"nbytes": 90}, "shape [100] and chunks [30] are not nbytes 90 and chunksize 30"),
+        (SCHUNK, {"chunksize": 40}, "shape [100] and chunks [30] are not nbytes 100 and chunksize 40"),
+        (
+            SCHUNK,
+            {"typesize": 2},
+            "shape [100] and chunks [30] are not nbytes 100 and chunksize 30 in items of 2",
+        ),
+        (
+            SCHUNK,
+            {"shape": [31], "chunks": [12], "nchunks": 3, "typesize": 8, "chunksize": 100, "nbytes": 350},
+            "shape [31] and chunks [12] are not nbytes 350",
+        ),
+        (
+            SCHUNK,
+            {"shape": [25], "chunks": [12], "nchunks": 3, "typesize": 8, "chunksize": 100, "nbytes": 200},
+            "nchunks 3 does not match nbytes 200 and chunksize 100",
+        ),
+        (
+            SCHUNK,
+            {"shape": [0], "chunks": [0], "nchunks": 0, "typesize": 8, "chunksize": 0, "nbytes": 5},
+            "nchunks 0 does not match nbytes 5 and chunksize 0",
+        ),
+        (
+            FILE,
+            {"shape": [1 << 31], "chunks": [1 << 31], "nchunks": 1, "chunksize": 1 << 31, "nbytes": 1 << 31},
+            f"chunksize {1 << 31} or typesize 1 is beyond Blosc2's limits",
+        ),
+    ],
+)
+def test_parse_dataset_sizes_bad(base: dict[str, Any], fields: dict[str, Any], match: str) -> None:
+    what = re.escape(f"metadata of {base['path']!r}: ")
+    with pytest.raises(BadRequest, match=what + re.escape(match)):
+        parse_dataset(changed(base, **fields), base["path"])
 
 
 # parse_node
