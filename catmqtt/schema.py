@@ -23,6 +23,8 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 MAX_DIM = 16
 MAX_CHUNKS = 1 << 32
 _ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
+# The digest of a chunk manifest: XXH3-128 in lowercase hex (storage.manifest_digest).
+_MANIFEST = re.compile(r"[0-9a-f]{32}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
 KEY_PREFIX = "ed25519:"
@@ -150,6 +152,8 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
     _field(obj, "vlmeta", dict, what)
     if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
         raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
+    if "manifest" in obj and not _MANIFEST.fullmatch(_field(obj, "manifest", str, what)):
+        raise BadRequest(f"{what}: manifest {obj['manifest'][:100]!r} is not a digest (32 of 0-9 a-f)")
     return obj
 
 

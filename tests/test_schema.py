@@ -230,6 +230,7 @@ def test_url_fields_need_a_host(url: str) -> None:
         changed(FILE, path="empty.txt", shape=[0], chunks=[0], nchunks=0, nbytes=0, chunksize=0),
         changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3),
         changed(FILE, path="é/日本 x+#.txt"),
+        changed(NDARRAY, manifest="0123456789abcdef0123456789abcdef"),
     ],
 )
 def test_parse_dataset_good(meta: dict[str, Any]) -> None:
@@ -295,6 +296,13 @@ ND_WHAT = re.escape("metadata of 'dir/a.b2nd': ")
         ({"vlmeta": "x"}, "field 'vlmeta' is missing or not dict"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"manifest": ["0" * 32]}, "field 'manifest' is missing or not str"),
+        ({"manifest": {"digest": "0" * 32}}, "field 'manifest' is missing or not str"),
+        ({"manifest": None}, "field 'manifest' is missing or not str"),
+        ({"manifest": 7}, "field 'manifest' is missing or not str"),
+        ({"manifest": ""}, "manifest '' is not a digest (32 of 0-9 a-f)"),
+        ({"manifest": "A" * 32}, "manifest '" + "A" * 32 + "' is not a digest"),
+        ({"manifest": "x" * 1000}, "manifest '" + "x" * 100 + "' is not a digest"),
     ],
 )
 def test_parse_dataset_bad_ndarray(fields: dict[str, Any], match: str) -> None:

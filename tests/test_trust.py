@@ -361,3 +361,20 @@ def test_a_node_puts_its_status_back(deployment, root_dir):
         wait_for(lambda: b'"online"' in seen[status], "the status put back")
     d.wait_root("foo")
     assert "someone else changed or cleared catmqtt/v1/nodes/publisher/foo" in d.procs["pub-foo"].output
+
+
+def test_a_manifest_that_is_no_digest_is_refused(deployment, root_dir):
+    """A list or a map in an announcement's 'manifest' gave a 500 (unhashable) at the next fetch."""
+    d = deployment
+    d.serve_foo(root_dir)
+    sub_url = d.url("sub")
+    assert d.cli("show", "foo/ds-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
+    meta = requests.get(f"{sub_url}/api/info/foo/ds-1d.b2nd", timeout=5).json()
+    # With its publisher gone, nobody restores what the rogue announces.
+    d.stop("pub-foo")
+    with rogue_client(d.broker) as rogue:
+        publish(rogue, DATASET, json.dumps({"schema": 1, **meta, "manifest": [meta["manifest"]]}))
+    wait_for(lambda: "field 'manifest' is missing or not str" in d.procs["sub"].output, "the refusal")
+    response = requests.get(f"{sub_url}/api/fetch/foo/ds-1d.b2nd?slice=0:5", timeout=30)
+    assert response.status_code == 200, response.text
+    assert "Traceback" not in d.procs["sub"].output
