@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -87,19 +88,33 @@ def verify(topic: str, obj: dict[str, Any]) -> str | None:
 
 
 def generate(path: str | os.PathLike) -> Signer:
-    """Write a new private key to `path` (PEM, mode 0600, never over an existing file)."""
+    """Write a new private key to `path` (PEM, mode 0600, never over an existing file).
+
+    The key is written whole to a temporary file beside `path`, then linked
+    into place: nobody ever reads half a key, and a failed write leaves
+    nothing behind.
+    """
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    target = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{os.fspath(path)} exists already: remove it first, or use it") from None
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ConfigError(f"cannot write {os.fspath(path)}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+        raise ConfigError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)
+    except FileExistsError:
+        raise ConfigError(f"{target} exists already: remove it first, or use it") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        os.unlink(tmp)
     return Signer(key)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
+import signal
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +29,7 @@ from catmqtt.trust import Trust
 from catmqtt.web import Server
 from catmqtt.wire import DIGEST, ETAG
 
-from conftest import publish, rogue_client, run_cli, wait_for
+from conftest import catmqtt_cmd, publish, rogue_client, run_cli, wait_for
 
 ROOT = "catmqtt/v1/roots/foo"
 DATASET = f"{ROOT}/ds/ds-1d.b2nd"
@@ -82,6 +85,26 @@ def test_keygen_command(tmp_path):
         "pub", "foo", tmp_path / "root", "--sign-key", tmp_path / "junk.pem", "--http", "127.0.0.1:0"
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an unencrypted PEM" in bad.stderr
+
+
+def test_keygen_writes_a_whole_key_or_nothing(tmp_path):
+    """A write that fails (here: a file size limit) leaves no file, empty or half written,
+    that would be taken for a key and keep the next keygen from writing one."""
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    path = tmp_path / "keys" / "k.pem"
+    path.parent.mkdir()
+    result = subprocess.run(
+        catmqtt_cmd("keygen", path), capture_output=True, text=True, timeout=60, preexec_fn=small_files
+    )
+    assert result.returncode == 1 and result.stderr == f"Error: cannot write {path}: File too large\n"
+    assert list(path.parent.iterdir()) == []
+    assert run_cli("keygen", path).returncode == 0
+    assert [p.name for p in path.parent.iterdir()] == ["k.pem"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 KEY_A = "ed25519:" + "A" * 43 + "="
