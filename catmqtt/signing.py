@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import BadRequest, ConfigError
-from .schema import KEY_PREFIX, parse_public_key
+from .schema import KEY_PREFIX, MAX_SEQ, parse_public_key
 
 SIGNED_FIELDS = ("key", "seq", "sig")
 
@@ -75,7 +75,7 @@ def verify(topic: str, obj: dict[str, Any]) -> str | None:
     if not any(field in obj for field in SIGNED_FIELDS):
         return None
     key, seq, sig = obj.get("key"), obj.get("seq"), obj.get("sig")
-    if type(seq) is not int or seq < 0 or not isinstance(sig, str):
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ or not isinstance(sig, str):
         raise BadRequest("signed payload without a valid 'seq' and 'sig'")
     parse_public_key(key)
     try:

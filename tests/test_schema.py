@@ -123,6 +123,10 @@ def test_loads_empty_is_none() -> None:
         (b'{"schema": 2}', "payload has schema 2, expected 1"),
         (b'{"schema": "1"}', "payload has schema '1', expected 1"),
         (b'{"schema": null}', "payload has schema None, expected 1"),
+        (b'{"schema": 1, "n": 1' + b"0" * 20 + b"}", "payload has an integer of more than 20 digits"),
+        (b'{"schema": 1, "n": -1' + b"0" * 5000 + b"}", "payload has an integer of more than 20 digits"),
+        (b'{"schema": 1, "n": NaN}', "payload is not JSON: NaN is no JSON value"),
+        (b'{"schema": 1, "n": -Infinity}', "payload is not JSON: -Infinity is no JSON value"),
         (
             b" " * (MAX_PAYLOAD + 1),
             f"payload of {MAX_PAYLOAD + 1} bytes is over the {MAX_PAYLOAD} byte limit",
@@ -354,6 +358,8 @@ def test_parse_dataset_empty_axis_nchunks() -> None:
         {"status": "offline"},
         {"status": "lost"},
         {"status": "offline", "url": "not checked when offline"},
+        {"status": "lost", "session": 0},
+        {"status": "lost", "session": (1 << 63) - 1},
     ],
 )
 def test_parse_node_good(status: dict[str, Any]) -> None:
@@ -371,6 +377,10 @@ def test_parse_node_good(status: dict[str, Any]) -> None:
         ({"status": "online", "url": None}, "field 'url' is missing or not str"),
         ({"status": "online", "url": "ws://h:9001"}, "field 'url' is not an http(s) URL"),
         ({"status": "online", "url": "h:8002"}, "field 'url' is not an http(s) URL"),
+        ({"status": "lost", "session": "1"}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": 1e15}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": -1}, "field 'session' is negative"),
+        ({"status": "lost", "session": 1 << 63}, f"session {1 << 63} is over {(1 << 63) - 1}"),
     ],
 )
 def test_parse_node_bad(status: dict[str, Any], match: str) -> None:

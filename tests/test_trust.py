@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, Response, jsonify, request
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -59,6 +61,19 @@ def test_a_signature_covers_the_topic_and_every_field(tmp_path):
     for topic, obj in forgeries:
         with pytest.raises(BadRequest):
             signing.verify(topic, obj)
+
+
+def test_a_sequence_number_fits_64_bits():
+    key = Ed25519PrivateKey.generate()
+    public = signing.Signer(key).public
+    for seq, fits in [(0, True), ((1 << 63) - 1, True), (1 << 63, False), (10**19, False)]:
+        obj = {"schema": 1, "name": "foo", "key": public, "seq": seq}
+        signed = {**obj, "sig": base64.b64encode(key.sign(signing.canonical(ROOT, obj))).decode()}
+        if fits:
+            assert signing.verify(ROOT, signed) == public
+        else:
+            with pytest.raises(BadRequest, match="without a valid 'seq'"):
+                signing.verify(ROOT, signed)
 
 
 def test_sequence_numbers_only_grow(tmp_path):
@@ -401,3 +416,34 @@ def test_a_manifest_that_is_no_digest_is_refused(deployment, root_dir):
     response = requests.get(f"{sub_url}/api/fetch/foo/ds-1d.b2nd?slice=0:5", timeout=30)
     assert response.status_code == 200, response.text
     assert "Traceback" not in d.procs["sub"].output
+
+
+def test_junk_numbers_and_a_replayed_status_are_refused(deployment, root_dir, tmp_path):
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    rogue_key = signing.generate(tmp_path / "rogue.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    sub_url = d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    status = "catmqtt/v1/nodes/publisher/foo"
+    with retained(d.broker, status) as seen, rogue_client(d.broker) as rogue:
+        wait_for(lambda: b'"online"' in seen.get(status, b""), "the publisher's status")
+        online = seen[status]
+        # Past Python's 4300 digits int() raises ValueError (a traceback a message);
+        # a session that is no number broke the comparison with the last one.
+        publish(rogue, ROOT, b'{"schema": 1, "datasets": 1' + b"0" * 5000 + b"}")
+        publish(rogue, ROOT, b'{"schema": 1, "datasets": NaN}')
+        rogue_status = "catmqtt/v1/nodes/publisher/rogue"
+        for session in (1, "x", 1 << 64):
+            fields = {"schema": 1, "status": "offline", "session": session}
+            publish(rogue, rogue_status, json.dumps(rogue_key.sign(rogue_status, fields)))
+        # A clean stop ends the session: its last "online", replayed, is refused.
+        d.stop("pub-foo")
+        d.wait_root("foo", online=False)
+        publish(rogue, status, online)
+        wait_for(lambda: "older than its last: a replay" in d.procs["sub"].output, "the replay refused")
+    assert not requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["online"]
+    log = d.procs["sub"].output
+    assert "an integer of more than 20 digits" in log and "NaN is no JSON value" in log
+    assert "field 'session' is missing or not int" in log and "session 18446744073709551616 is over" in log
+    assert "Traceback" not in log
