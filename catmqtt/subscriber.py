@@ -130,8 +130,9 @@ class Subscriber:
             last = self.cache.root(name)["info"]
         except NotFound:
             last = None
-        self.trust.check(topic, name, obj, last, pin=last is None)
+        # Checked before its key may be pinned: junk pins nothing.
         info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
+        self.trust.check(topic, name, obj, last, pin=info is not None)
         if info is not None and last is not None and info["url"] != last["url"]:
             self._updates.submit(self._guarded, self._moved, name, info["url"])
         self.cache.set_root(name, info)

@@ -63,12 +63,17 @@ def test_a_signature_covers_the_topic_and_every_field(tmp_path):
             signing.verify(topic, obj)
 
 
+def signed_with_seq(key: Ed25519PrivateKey, topic: str, obj: dict, seq: int) -> dict:
+    """Return `obj` signed by `key` for `topic` with sequence number `seq`."""
+    body = {**obj, "key": signing.Signer(key).public, "seq": seq}
+    return {**body, "sig": base64.b64encode(key.sign(signing.canonical(topic, body))).decode()}
+
+
 def test_a_sequence_number_fits_64_bits():
     key = Ed25519PrivateKey.generate()
     public = signing.Signer(key).public
     for seq, fits in [(0, True), ((1 << 63) - 1, True), (1 << 63, False), (10**19, False)]:
-        obj = {"schema": 1, "name": "foo", "key": public, "seq": seq}
-        signed = {**obj, "sig": base64.b64encode(key.sign(signing.canonical(ROOT, obj))).decode()}
+        signed = signed_with_seq(key, ROOT, {"schema": 1, "name": "foo"}, seq)
         if fits:
             assert signing.verify(ROOT, signed) == public
         else:
@@ -162,11 +167,13 @@ def test_trust_on_first_use_then_only_that_key(tmp_path):
     try:
         trust = Trust(None, cache)
         unsigned = {"schema": 1, "name": "foo"}
-        assert trust.check(ROOT, "foo", unsigned, None, pin=True) is None
-        assert trust.check(ROOT, "foo", None, None, pin=True) is None
+        # Neither a clear nor an announcement that failed other checks (pin=False) pins.
+        assert trust.check(ROOT, "foo", None, None, pin=False) is None
+        assert trust.check(ROOT, "foo", b.sign(ROOT, unsigned), None, pin=False) == b.public
+        assert cache.first_key("foo") is None
         first = a.sign(ROOT, unsigned)
         assert trust.check(ROOT, "foo", first, None, pin=True) == a.public
-        assert cache.pinned_key("foo") == a.public
+        assert cache.first_key("foo") == a.public
         for refused, message in [
             (unsigned, "unsigned, but root 'foo' was first announced under"),
             (b.sign(ROOT, unsigned), re.escape(f"signed by {b.public}")),
@@ -189,6 +196,14 @@ def test_trust_on_first_use_then_only_that_key(tmp_path):
         assert configured.check(bar, "bar", a.sign(bar, unsigned), None, pin=True) == a.public
         with pytest.raises(BadRequest, match="unsigned"):
             configured.check(bar, "bar", unsigned, None, pin=True)
+        # A root first announced unsigned stays so, even once cleared and forgotten.
+        assert trust.check(bar, "bar", unsigned, None, pin=True) is None
+        assert trust.check(bar, "bar", None, unsigned, pin=False) is None
+        stranger = signed_with_seq(Ed25519PrivateKey.generate(), bar, unsigned, (1 << 63) - 1)
+        assert trust.check(bar, "bar", stranger, None, pin=True) == stranger["key"]
+        assert cache.first_key("bar") == "" and trust.keys("bar") is None
+        # A stranger's high sequence number does not make another key's announcements replays.
+        assert trust.check(bar, "bar", a.sign(bar, unsigned), stranger, pin=True) == a.public
     finally:
         cache.close()
 
@@ -447,3 +462,28 @@ def test_junk_numbers_and_a_replayed_status_are_refused(deployment, root_dir, tm
     assert "an integer of more than 20 digits" in log and "NaN is no JSON value" in log
     assert "field 'session' is missing or not int" in log and "session 18446744073709551616 is over" in log
     assert "Traceback" not in log
+
+
+def test_trust_on_first_use_pins_only_what_it_believes(deployment, root_dir, tmp_path):
+    """A root known unsigned is not pinned to a stranger's key after a bare clear made
+    it forgotten, and a signed announcement refused for its fields pins nothing."""
+    d = deployment
+    rogue_key = signing.generate(tmp_path / "rogue.pem")
+    d.start_pub("foo", root_dir)
+    sub_url = d.start_sub()
+    d.wait_root("foo")
+    url = requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"]
+    # With its publisher gone, nobody restores what the rogue announces.
+    d.stop("pub-foo")
+    evil = {"schema": 1, "name": "foo", "url": "http://127.0.0.1:9", "publisher": "foo", "datasets": 1}
+    bar = "catmqtt/v1/roots/bar"
+    with rogue_client(d.broker) as rogue:
+        publish(rogue, ROOT, b"")
+        publish(rogue, ROOT, json.dumps(rogue_key.sign(ROOT, {**evil, "etag": "x"})))
+        publish(rogue, bar, json.dumps(rogue_key.sign(bar, {**evil, "name": "bar", "url": "ftp://x"})))
+    wait_for(lambda: "field 'url' is not an http(s) URL" in d.procs["sub"].output, "the junk refused")
+    d.start_pub("foo", root_dir)
+    d.start_pub("bar", root_dir)
+    d.wait_root("bar")
+    wait_for(lambda: requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"] == url, "foo back")
+    assert "trusting key" not in d.procs["sub"].output
