@@ -56,8 +56,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     last_access REAL NOT NULL,
     PRIMARY KEY (root, path, nchunk)
 );
--- The key each root was first announced under (trust on first use); a table
--- added without a new schema version, which older catmqtt ignores.
+-- The key each root was first announced under, '' if unsigned (trust on first
+-- use); a table added without a new schema version, which older catmqtt ignores.
 CREATE TABLE IF NOT EXISTS keys (root TEXT PRIMARY KEY, key TEXT NOT NULL);
 """
 
@@ -191,13 +191,16 @@ class Cache:
         with self._lock:
             return sorted(name for name, root in self._roots.items() if root["subscribed"])
 
-    def pinned_key(self, name: str) -> str | None:
-        """Return the key root `name` was first announced under, if it was signed."""
+    def first_key(self, name: str) -> str | None:
+        """Return the key of the first announcement of root `name` ("" if it was
+        unsigned), None while none was believed."""
         rows = self._query("SELECT key FROM keys WHERE root=?", (name,))
         return rows[0][0] if rows else None
 
-    def pin_key(self, name: str, key: str) -> None:
-        self._query("INSERT OR REPLACE INTO keys VALUES (?, ?)", (name, key))
+    def set_first_key(self, name: str, key: str) -> None:
+        """Record the key of the first announcement of root `name` ("" if unsigned),
+        unless one is recorded already."""
+        self._query("INSERT OR IGNORE INTO keys VALUES (?, ?)", (name, key))
 
     # Datasets
 

@@ -55,8 +55,9 @@ class Node:
         self._on_connect = on_connect
         self._on_message = on_message
         self._sign = sign
-        # The status this node stands by, and the restores of its topics: when
-        # each was last restored, what to restore, and those put off meanwhile.
+        # The status this node stands by (see _stand_by), and the restores of its
+        # topics: when each was last restored, what to restore, and those put off meanwhile.
+        self._state = "online"
         self._current: bytes | None = None
         self._restored: dict[str, float] = {}
         self._restoring: dict[str, bytes] = {}
@@ -95,6 +96,13 @@ class Node:
             info.update(url=self.url, version=__version__)
         return self.payload(self.status_topic, {**info, "time": time.time()})
 
+    def _stand_by(self, status: str) -> bytes:
+        """Make `status` the one this node stands by, and return its payload, signed
+        anew: a subscriber takes a signed status no newer than one it saw for a replay."""
+        self._state = status
+        self._current = self._status(status)
+        return self._current
+
     def payload(self, topic: str, obj: dict[str, Any]) -> bytes:
         """Return `obj` as the payload of `topic`: stamped, and signed if this node signs."""
         obj = {"schema": SCHEMA, **obj}
@@ -112,8 +120,7 @@ class Node:
                 timer.cancel()
             self._timers.clear()
         if self.connected.is_set():
-            self._current = self._status("offline")
-            info = self.client.publish(self.status_topic, self._current, qos=1, retain=True)
+            info = self.client.publish(self.status_topic, self._stand_by("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -165,8 +172,7 @@ class Node:
             return
         log.info("connected to broker %s", self.broker.url)
         self._unreachable_logged = False
-        self._current = self._status("online")
-        self.publish(self.status_topic, self._current)
+        self.publish(self.status_topic, self._stand_by("online"))
         # Someone else's status on our topic is put right (see _message).
         self.subscribe(self.status_topic)
         self.connected.set()
@@ -197,7 +203,7 @@ class Node:
     def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
         current = self._current
         if message.topic == self.status_topic and current is not None and message.payload != current:
-            self.restore(self.status_topic, current)
+            self.restore(self.status_topic, self._stand_by(self._state))
         if self._on_message is None:
             return
         try:

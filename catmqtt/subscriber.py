@@ -59,6 +59,9 @@ class Subscriber:
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
         self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        # The highest sequence number of a signed "online" or "offline" status
+        # of each node's current session (see _check_fresh).
+        self._highs: dict[tuple[str, str, str], int] = {}
         self._subscribed = set(self.cache.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
@@ -127,8 +130,9 @@ class Subscriber:
             last = self.cache.root(name)["info"]
         except NotFound:
             last = None
-        self.trust.check(topic, name, obj, last, pin=last is None)
+        # Checked before its key may be pinned: junk pins nothing.
         info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
+        self.trust.check(topic, name, obj, last, pin=info is not None)
         if info is not None and last is not None and info["url"] != last["url"]:
             self._updates.submit(self._guarded, self._moved, name, info["url"])
         self.cache.set_root(name, info)
@@ -161,10 +165,35 @@ class Subscriber:
             self.nodes.pop(key, None)
             return
         status = parse_node(obj, role, node_id)
-        old = self.nodes.get(key)
-        if signer is not None and old is not None and status.get("session", 0) < old.get("session", 0):
-            raise BadRequest(f"a status of an earlier session of {role} {node_id!r}: a replay")
+        if signer is not None:
+            self._check_fresh(key, status)
         self.nodes[key] = status
+
+    def _check_fresh(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
+        """Raise BadRequest if a signed status is older than the last one of its node.
+
+        A node's session grows with every run. Within one, its statuses come in
+        the order of their sequence numbers ("online" after each connection,
+        "offline" at a clean stop, which ends it) but for its last will,
+        "lost", signed before it connects: "lost" is believed until the session
+        ends, and "online" or "offline" must be newer than every other before,
+        or the same message again.
+        """
+        old = self.nodes.get(key)
+        what = f"{key[0]} {key[1]!r}"
+        session, seq, state = status.get("session", 0), status["seq"], status["status"]
+        high = self._highs.get(key, -1)
+        if old is not None and session == old.get("session", 0):
+            if state == "lost":
+                if old["status"] == "offline":
+                    raise BadRequest(f"a status of {what} after it stopped: a replay")
+            elif seq < high or (seq == high and state != old["status"]):
+                raise BadRequest(f"a status of {what} older than its last: a replay")
+        elif old is not None and session < old.get("session", 0):
+            raise BadRequest(f"a status of an earlier session of {what}: a replay")
+        else:
+            high = -1
+        self._highs[key] = high if state == "lost" else max(high, seq)
 
     @staticmethod
     def _guarded(func, *args) -> None:
