@@ -26,7 +26,7 @@ from .schema import parse_dataset
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
-from .wire import FRAME, NPY
+from .wire import FRAME, NPY, TRAILER_MAX, read_error_trailer
 
 TIMEOUT = (10, 600)
 DECODERS = min(8, os.cpu_count() or 2)
@@ -176,14 +176,16 @@ class Client:
 
     def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
         params = {"slice": format_key(key)}
-        response = self._request("GET", f"fetch/{_quote(dataset)}", params=params, headers={"Accept": NPY})
+        cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
+        endpoint = f"fetch/{_quote(dataset)}"
+        with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
+            content = _content(response, cut)
         try:
             if meta["kind"] != "ndarray":
-                return np.frombuffer(response.content, dtype=dtype)
-            return np.load(io.BytesIO(response.content), allow_pickle=False)
-        except (ValueError, requests.RequestException):
-            # A stream that ended early: the subscriber lost its publisher midway.
-            raise Unavailable(f"the transfer of {dataset} from {self.urlbase} was cut off") from None
+                return np.frombuffer(content, dtype=dtype)
+            return np.load(io.BytesIO(content), allow_pickle=False)
+        except ValueError:
+            raise Unavailable(cut) from None
 
     def _decoder(self) -> ThreadPoolExecutor:
         if self._decoders is None:
@@ -242,6 +244,25 @@ def _frames(response: requests.Response, urlbase: str) -> Iterator[tuple[int, by
             error = json.loads(data)
             raise from_status(int(error["status"]), str(error["error"]))
         yield nchunk, data
+
+
+def _content(response: requests.Response, cut: str) -> bytes:
+    """Return the whole body of a streamed response.
+
+    A body cut short raises the error the server ended it with (see
+    `wire.error_trailer`), else Unavailable(`cut`).
+    """
+    parts: list[bytes] = []
+    try:
+        for part in response.iter_content(1 << 20):
+            parts.append(part)
+    except requests.RequestException:
+        tail = b"".join(parts[-2:])[-(TRAILER_MAX + FRAME.size) :]
+        error = read_error_trailer(tail)
+        if error is None:
+            raise Unavailable(cut) from None
+        raise from_status(error[1], error[0]) from None
+    return b"".join(parts)
 
 
 def _read_exact(raw: Any, size: int, urlbase: str, *, at_frame: bool = False) -> bytes | None:

@@ -37,6 +37,8 @@ _NODE_KEYS = {
     "cafile": None,
     "loglevel": "INFO",
     "http_threads": 16,
+    "http_connections": 1000,
+    "http_timeout": 30,
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "broker": {
@@ -63,6 +65,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fetch_workers": 8,
         "fetch_timeout": 30,
         "max_fetch_bytes": 2 << 30,
+        "max_stream_bytes": 256 << 20,
+        "max_temp_bytes": 1 << 30,
         "trust": None,
     },
     "client": {"sub": "http://127.0.0.1:8002"},
@@ -177,6 +181,8 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
     if s["urlbase"] is not None:
         s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
     _int_in(s, "http_threads", 1, 1024)
+    _int_in(s, "http_connections", 1, 100_000)
+    _int_in(s, "http_timeout", 1, 86_400)
     if role == "publisher":
         if s["name"] is not None:
             s["name"] = _check(parse_root_name, s["name"])
@@ -187,6 +193,8 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         _int_in(s, "fetch_workers", 1, 256)
         _int_in(s, "fetch_timeout", 1, 3600)
         _int_in(s, "max_fetch_bytes", 1, 1 << 50)
+        _int_in(s, "max_stream_bytes", 1, 1 << 50)
+        _int_in(s, "max_temp_bytes", 1, 1 << 50)
         s["trust"] = parse_trust(s["trust"])
     return s
 

@@ -102,7 +102,14 @@ class Publisher:
         host, port = settings["http"]
         self.app = create_app(self.root)
         # Bind before scanning, which may take a while: a busy port fails at once.
-        self.server = Server(self.app, host, port, settings["http_threads"])
+        self.server = Server(
+            self.app,
+            host,
+            port,
+            settings["http_threads"],
+            settings["http_connections"],
+            settings["http_timeout"],
+        )
         self.root.scan()
         if self.root.unsettled:
             # Files written just before we started (`catmqtt up`'s sample) are

@@ -4,17 +4,17 @@ fetches their chunks on demand into its cache and serves them over HTTP."""
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import blosc2
@@ -27,19 +27,18 @@ from .cache import Cache
 from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
+from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, Budget, Builders, Grant, Stream, TempFile
 from .mqtt import Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .trust import Trust
-from .web import OCTETS, Server, arg_int, chunk_response, configure_app
-from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
+from .web import OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
+from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
 
 log = logging.getLogger(__name__)
 
-# Selections larger than this many bytes are built and sent in pieces.
-SLAB = 64 << 20
 MAX_CHUNKS_PER_REQUEST = 4096
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
@@ -55,6 +54,13 @@ class Subscriber:
         self.cache = Cache(settings["statedir"])
         self.tmpdir = settings["statedir"] / "tmp"
         self.tmpdir.mkdir(exist_ok=True)
+        # What a killed subscriber left: nothing else writes here.
+        for stale in self.tmpdir.iterdir():
+            stale.unlink()
+        # At most half the HTTP threads answer large requests, the rest stay for small ones.
+        large_threads = max(1, settings["http_threads"] // 2)
+        self.budget = Budget(large_threads, settings["max_stream_bytes"], settings["max_temp_bytes"])
+        self.builders = Builders(large_threads)
         self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
@@ -73,7 +79,14 @@ class Subscriber:
         self._changed = threading.Condition()
         host, port = settings["http"]
         self.app = create_app(self)
-        self.server = Server(self.app, host, port, settings["http_threads"])
+        self.server = Server(
+            self.app,
+            host,
+            port,
+            settings["http_threads"],
+            settings["http_connections"],
+            settings["http_timeout"],
+        )
         self.url = settings["urlbase"] or self.server.url
         self.node = Node(
             "subscriber",
@@ -97,6 +110,7 @@ class Subscriber:
     def stop(self) -> None:
         self.node.stop()
         self.server.stop()
+        self.builders.close()
         self._updates.shutdown(wait=True, cancel_futures=True)
         self.fetcher.close()
         self.cache.close()
@@ -403,13 +417,106 @@ class Subscriber:
         return self.read(self.selection(fullpath, slice_text))
 
     def slabs(self, target: Target) -> Iterator[np.ndarray | bytes]:
-        """Yield the selection in pieces of about SLAB bytes along its first axis, in order."""
+        """Yield the selection in pieces of about PIECE bytes along its first axis, in order."""
         axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
         rows = len(target.sel[axis])
-        step = max(1, SLAB * rows // max(target.nbytes, 1))
+        step = max(1, PIECE * rows // max(target.nbytes, 1))
         for start in range(0, rows, step):
             piece = target.sel[axis][start : start + step]
             yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
+
+    def stream(self, target: Target, npy: bool) -> tuple[Body, int]:
+        """Return the body of a large selection and its length: ``.npy`` if `npy` and
+        an array, else its bytes; built on a builder thread, piece by piece.
+
+        Every chunk it needs is cached before this returns, so that a failure
+        to fetch one gets an error status; a failure after that ends the body
+        short, with the error (see `Body`).
+        """
+        grant = self.budget.enter(STREAM_MEMORY)
+        try:
+            self.builders.run(self._cache_all, target)
+        except BaseException:
+            grant.release()
+            raise
+        header = b""
+        if npy and target.source.meta["kind"] == "ndarray":
+            dtype = dtype_from_json(target.source.meta["dtype"])
+            buffer = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(dtype)
+            np.lib.format.write_array_header_1_0(
+                buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
+            )
+            header = buffer.getvalue()
+        pieces = self.builders.stream(_as_bytes(slab) for slab in self.slabs(target))
+        return Body(header, pieces, grant, target.fullpath, self.cache.dir), len(header) + target.nbytes
+
+    def cframe(self, target: Target) -> TempFile:
+        """Return a large selection of an array as a Blosc2 file, whole before anything is sent.
+
+        The whole array is its cached chunks as they are; a part is compressed anew.
+        """
+        meta = target.source.meta
+        if all(s == range(n) for s, n in zip(target.sel, meta["shape"], strict=True)):
+            return self._whole_file(target.source)
+        dtype = dtype_from_json(meta["dtype"])
+
+        def write(tmp: Path) -> None:
+            self._cache_all(target)
+            out = blosc2.empty(target.shape, dtype=dtype, urlpath=str(tmp), contiguous=True, mode="w")
+            row = 0
+            for slab in self.slabs(target):
+                out[row : row + len(slab)] = np.ascontiguousarray(slab)
+                row += len(slab)
+
+        # Blosc2 stores what does not compress as it is, plus a little.
+        grant = self.budget.enter(BUILD_MEMORY, target.nbytes + target.nbytes // 256 + (1 << 20))
+        return self._temp_file(grant, ".b2nd", write)
+
+    def _cache_all(self, target: Target) -> None:
+        root, path, meta, _ = target.source
+        self._settled(root, path)
+        self.fetcher.ensure(target.source, chunks_touched(target.sel, meta["shape"], meta["chunks"]))
+
+    def _whole_file(self, source: Source) -> TempFile:
+        """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
+        root, path, meta, _ = source
+        numbers = list(range(meta["nchunks"]))
+
+        def write(tmp: Path) -> None:
+            self._settled(root, path)
+            self.fetcher.ensure(source, numbers)
+            with self.cache.reading(root, path, meta) as handle:
+                if handle is None:
+                    raise _changed_while_read(f"{root}/{path}")
+                if meta["kind"] == "file":
+                    with open(tmp, "wb") as f:
+                        for data in storage.iter_bytes(handle):
+                            f.write(data)
+                else:
+                    storage.write_contiguous(handle, meta, tmp)
+            self.cache.touch(root, path, numbers)
+
+        size = meta["nbytes"] if meta["kind"] == "file" else meta["cbytes"]
+        grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20))
+        return self._temp_file(grant, os.path.splitext(path)[1], write)
+
+    def _temp_file(self, grant: Grant, suffix: str, write: Callable[[Path], None]) -> TempFile:
+        """Have `write` make a file in the tmp directory on a builder thread; return it
+        open and already unlinked, `grant` holding its size of disk until it is closed."""
+        fd, name = tempfile.mkstemp(dir=self.tmpdir, suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            self.builders.run(write, tmp)
+            file = TempFile(tmp, grant)
+        except BaseException:
+            grant.release()
+            raise
+        finally:
+            tmp.unlink()
+        grant.keep_only_disk(os.fstat(file.fileno()).st_size)
+        return file
 
     def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
         source = self.lookup(fullpath)
@@ -460,29 +567,10 @@ class Subscriber:
 
         return frames()
 
-    def download(self, fullpath: str) -> tuple[io.BufferedReader, str]:
+    def download(self, fullpath: str) -> tuple[TempFile, str]:
         """Return an open, already unlinked file with the whole dataset, and its name."""
         source = self.lookup(fullpath)
-        root, path, meta, _ = source
-        numbers = list(range(meta["nchunks"]))
-        self._settled(root, path)
-        self.fetcher.ensure(source, numbers)
-        fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
-        os.close(fd)
-        try:
-            with self.cache.reading(root, path, meta) as handle:
-                if handle is None:
-                    raise _changed_while_read(fullpath)
-                if meta["kind"] == "file":
-                    with open(tmp, "wb") as f:
-                        for data in storage.iter_bytes(handle):
-                            f.write(data)
-                else:
-                    storage.write_contiguous(handle, meta, tmp)
-            self.cache.touch(root, path, numbers)
-            return open(tmp, "rb"), path.rsplit("/", 1)[-1]
-        finally:
-            os.unlink(tmp)
+        return self._whole_file(source), source.path.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -499,6 +587,47 @@ class Target:
 
 def _changed_while_read(fullpath: str) -> Unavailable:
     return Unavailable(f"{fullpath} changed while being read; try again", status=503)
+
+
+def _as_bytes(slab: np.ndarray | bytes) -> bytes:
+    return slab if isinstance(slab, bytes) else np.ascontiguousarray(slab).tobytes()
+
+
+class Body:
+    """The body of a large answer: a header, then pieces made on a builder thread.
+
+    A failure once it is under way cannot change the status sent: the body
+    then ends with the error (`wire.error_trailer`), short of its
+    Content-Length, and its connection is closed, so that any HTTP client
+    sees it cut and catmqtt's client reports the error. Closing it (waitress
+    does, sent or not) stops the builder and gives back the grant.
+    """
+
+    def __init__(self, header: bytes, pieces: Stream, grant: Grant, fullpath: str, statedir: Path) -> None:
+        self._header = header
+        self._pieces = pieces
+        self._grant = grant
+        self._fullpath = fullpath
+        self._statedir = statedir
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._header:
+            yield self._header
+        try:
+            yield from self._pieces
+        except Exception as exc:
+            message, status = error_of(exc, self._statedir, f"the body of {self._fullpath}")
+            log.warning(
+                "the answer for %s failed midway, and ends with its error: %s", self._fullpath, message
+            )
+            yield error_trailer(message, status)
+            raise StreamCut(message) from exc
+
+    def close(self) -> None:
+        try:
+            self._pieces.close()
+        finally:
+            self._grant.release()
 
 
 def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
@@ -566,7 +695,7 @@ def fetch(fullpath: str):
     target = sub.selection(fullpath, request.args.get("slice", ""))
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
     npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
-    if target.nbytes <= SLAB or not target.shape:
+    if target.nbytes <= PIECE or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
             return Response(result, mimetype=OCTETS)
@@ -575,30 +704,14 @@ def fetch(fullpath: str):
             np.save(buffer, result, allow_pickle=False)
             return Response(buffer.getvalue(), mimetype=NPY)
         return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
-    # A large selection is built and sent slab by slab: memory stays flat.
-    if target.source.meta["kind"] != "ndarray":
-        return Response(sub.slabs(target), mimetype=OCTETS)
-    dtype = dtype_from_json(target.source.meta["dtype"])
-    if npy:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": target.shape},
-        )
-        pieces = (np.ascontiguousarray(slab).tobytes() for slab in sub.slabs(target))
-        return Response(itertools.chain([header.getvalue()], pieces), mimetype=NPY)
-    fd, tmp = tempfile.mkstemp(dir=sub.tmpdir, suffix=".b2nd")
-    os.close(fd)
-    try:
-        out = blosc2.empty(target.shape, dtype=dtype, urlpath=tmp, contiguous=True, mode="w")
-        row = 0
-        for slab in sub.slabs(target):
-            out[row : row + len(slab)] = np.ascontiguousarray(slab)
-            row += len(slab)
-        del out
-        return send_file(open(tmp, "rb"), mimetype=CFRAME)
-    finally:
-        os.unlink(tmp)
+    # A large selection: .npy (or bytes) streamed piece by piece, Blosc2 built
+    # whole in a temporary file, within the budget large answers share.
+    array = target.source.meta["kind"] == "ndarray"
+    if npy or not array:
+        body, length = sub.stream(target, npy)
+        mimetype = NPY if npy and array else OCTETS
+        return Response(body, mimetype=mimetype, headers={"Content-Length": str(length)})
+    return send_file(sub.cframe(target), mimetype=CFRAME)
 
 
 @bp.get("/api/chunk/<path:fullpath>")
@@ -615,7 +728,8 @@ def chunks(fullpath: str):
 
 @bp.get("/api/stats")
 def stats():
-    return jsonify(_sub().fetcher.stats())
+    sub = _sub()
+    return jsonify({**sub.fetcher.stats(), "large": sub.budget.stats()})
 
 
 @bp.get("/api/download/<path:fullpath>")

@@ -554,8 +554,8 @@ def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, 
     data = np.random.default_rng(5).random((300, 70))
     blosc2.asarray(data, urlpath=str(root_dir / "wide.b2nd"), mode="w", chunks=(32, 16))
     (root_dir / "text.txt").write_bytes(b"0123456789" * 5000)
-    # Slabs of a few kilobytes stand in for the 64 MiB ones.
-    monkeypatch.setattr(subscriber, "SLAB", 4000)
+    # Pieces of a few kilobytes stand in for the 8 MiB ones.
+    monkeypatch.setattr(subscriber, "PIECE", 4000)
     with running(broker, tmp_path, root_dir) as (_, sub):
         for key, text in [((slice(None, None, -3), slice(5, 60)), "::-3, 5:60"), ((7,), "7"), ((), "")]:
             response = requests.get(
