@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import blosc2
+import httpx
 import numpy as np
 import pytest
 import requests
+from flask import Flask, Response, request
 
-from conftest import Deployment
+from conftest import Deployment, running
 
 ARRAYS = [
     "ds-1d.b2nd",
@@ -265,3 +268,28 @@ def test_ours_unchanged(c2, c2root):
         and info["kind"] == "ndarray"
         and info["schunk"]["nchunks"] == info["nchunks"]
     )
+
+
+def test_wrong_bytes_are_refused_and_not_cached(broker, tmp_path, root_dir):
+    """Chunks that C2Array's requests make the subscriber fetch are checked as any:
+    a publisher's wrong bytes give a 502, and are not served once it is right again."""
+    lying = threading.Event()
+    lying.set()
+
+    def instrument(app: Flask) -> None:
+        @app.after_request
+        def corrupt(response: Response) -> Response:
+            if lying.is_set() and request.path.startswith("/api/chunk/"):
+                response.set_data(bytes(len(response.get_data())))
+            return response
+
+    src = local(root_dir, "dir1/ds-3d.b2nd")
+    with running(broker, tmp_path, root_dir, instrument) as (_, sub):
+        remote = blosc2.C2Array("foo/dir1/ds-3d.b2nd", urlbase=sub.url)
+        for read in (lambda: remote[:], lambda: remote[1, [0, 2]], lambda: remote.get_chunk(0)):
+            with pytest.raises(httpx.HTTPStatusError) as error:
+                read()
+            assert error.value.response.status_code == 502
+        lying.clear()
+        assert np.array_equal(remote[:], whole(src))
+        assert remote.get_chunk(0) == src.schunk.get_chunk(0)
