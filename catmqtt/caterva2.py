@@ -182,6 +182,7 @@ def parse_indices(text: str) -> tuple[int | slice | np.ndarray, ...]:
 
 
 def _parse_entry(entry: object) -> int | slice | np.ndarray:
+    """Parse one axis's entry of `indices`: an int, a slice, or an integer array (unchecked bounds)."""
     if entry is None:
         return slice(None)
     if isinstance(entry, int) and not isinstance(entry, bool):
@@ -195,7 +196,7 @@ def _parse_entry(entry: object) -> int | slice | np.ndarray:
         try:
             coords = np.asarray(entry)
         except (ValueError, RecursionError):
-            raise BadRequest("a list of indices must be integers, nested to one depth") from None
+            raise BadRequest("a list of indices holds integers, nested evenly as in a numpy array") from None
         if coords.size and (coords.dtype == np.bool_ or not np.issubdtype(coords.dtype, np.integer)):
             raise BadRequest(f"a list of indices holds integers, not {coords.dtype} values")
         return coords if coords.size else coords.astype(np.int64)
