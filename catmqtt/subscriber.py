@@ -21,7 +21,7 @@ import blosc2
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import storage
+from . import caterva2, storage
 from .assemble import Assembler
 from .cache import Cache
 from .dtypes import array_dtype, dtype_from_json
@@ -684,26 +684,26 @@ def list_datasets(name: str, directory: str | None = None):
 @bp.get("/api/info/<path:fullpath>")
 def info(fullpath: str):
     meta = _sub().lookup(fullpath)[2]
-    response = jsonify(meta)
+    response = jsonify(caterva2.describe(meta))
     response.set_etag(meta["etag"])
     return response.make_conditional(request)
 
 
 @bp.get("/api/fetch/<path:fullpath>")
+@bp.post("/api/fetch/<path:fullpath>")
 def fetch(fullpath: str):
     sub = _sub()
-    target = sub.selection(fullpath, request.args.get("slice", ""))
+    wanted = caterva2.fetch_args()
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
     npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
+    if wanted.indices is not None:
+        return _array_response(caterva2.gather(sub, fullpath, wanted.indices), npy)
+    target = sub.selection(fullpath, wanted.slice)
     if target.nbytes <= PIECE or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
             return Response(result, mimetype=OCTETS)
-        if npy:
-            buffer = io.BytesIO()
-            np.save(buffer, result, allow_pickle=False)
-            return Response(buffer.getvalue(), mimetype=NPY)
-        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
+        return _array_response(result, npy)
     # A large selection: .npy (or bytes) streamed piece by piece, Blosc2 built
     # whole in a temporary file, within the budget large answers share.
     array = target.source.meta["kind"] == "ndarray"
@@ -712,6 +712,16 @@ def fetch(fullpath: str):
         mimetype = NPY if npy and array else OCTETS
         return Response(body, mimetype=mimetype, headers={"Content-Length": str(length)})
     return send_file(sub.cframe(target), mimetype=CFRAME)
+
+
+def _array_response(result: np.ndarray, npy: bool) -> Response:
+    """Return an array (0-d for a scalar, as numpy gives it) as .npy or as a Blosc2 frame."""
+    if npy:
+        buffer = io.BytesIO()
+        np.save(buffer, result, allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype=NPY)
+    # np.ascontiguousarray would make a scalar an array of shape (1,).
+    return Response(blosc2.asarray(np.asarray(result, order="C")).to_cframe(), mimetype=CFRAME)
 
 
 @bp.get("/api/chunk/<path:fullpath>")
