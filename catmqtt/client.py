@@ -22,7 +22,7 @@ import urllib3
 
 from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
-from .schema import parse_dataset
+from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
@@ -104,12 +104,17 @@ class Client:
         return self._request("GET", f"list/{_quote(path.strip('/'), directory=True)}").json()
 
     def get_info(self, dataset: str) -> dict[str, Any]:
-        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
-        meta = self._request("GET", f"info/{_quote(dataset)}").json()
+        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``), or what
+        the publisher of a root (``"foo"``) announced of it: its URL, what it
+        skipped and why, its directories' attributes (HDF5 groups')."""
+        root = "/" not in dataset
+        meta = self._request("GET", f"info/{_quote(dataset, directory=root)}").json()
         # Checked as a subscriber checks an announcement: chunks are decoded by it.
         try:
             if not isinstance(meta, dict):
                 raise BadRequest("not a JSON object")
+            if root:
+                return parse_root(meta, dataset)
             parse_dataset(meta, dataset.partition("/")[2])
             if meta["kind"] == "ndarray":
                 array_dtype(meta)
@@ -364,6 +369,11 @@ class Root:
     def node_list(self) -> list[str]:
         """The paths of the root's datasets, relative to the root, sorted."""
         return self.client.get_list(self.name)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the root's publisher announced of it (see :meth:`Client.get_info`)."""
+        return self.client.get_info(self.name)
 
     def __repr__(self) -> str:
         return f"<Root {self.name!r} at {self.client.urlbase}>"

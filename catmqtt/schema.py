@@ -128,6 +128,15 @@ def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
     parse_node_id(_field(obj, "publisher", str, what))
     _count(obj, "datasets", what)
     _field(obj, "etag", str, what)
+    skipped = obj.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)
+        for s in skipped
+    ):
+        raise BadRequest(f"{what}: 'skipped' must be a list of objects with a path and a reason")
+    groups = obj.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise BadRequest(f"{what}: 'groups' must map directories to their attributes")
     return obj
 
 

@@ -40,6 +40,8 @@ from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 4096
+# What /api/info/ROOT tells of a root's announcement, besides what it skipped and its groups.
+ROOT_FIELDS = ("name", "url", "publisher", "datasets", "etag", "time", "key")
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
 
@@ -363,7 +365,28 @@ class Subscriber:
         if not sep or not path:
             raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
         info = self.root_of(name)
-        return Source(name, path, self.cache.dataset(name, parse_path(path)), info["url"])
+        try:
+            meta = self.cache.dataset(name, parse_path(path))
+        except NotFound as exc:
+            # An HDF5 object the publisher could not serve (a dataset NAME is served as NAME.b2nd): say why.
+            names = {f"/{path}", f"/{path.removesuffix('.b2nd')}"}
+            reason = next((s["reason"] for s in info.get("skipped", ()) if s["path"] in names), None)
+            if reason is None:
+                raise
+            raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
+        return Source(name, path, meta, info["url"])
+
+    def root_info(self, name: str) -> dict[str, Any]:
+        """Return what root `name`'s publisher announced of it, and how we see it."""
+        root = self.cache.root(parse_root_name(name))
+        info = root["info"]
+        return {
+            **{key: info[key] for key in ROOT_FIELDS if key in info},
+            "skipped": info.get("skipped", []),
+            "groups": info.get("groups", {}),
+            "online": self._online(info),
+            "subscribed": root["subscribed"],
+        }
 
     def selection(self, fullpath: str, slice_text: str) -> Target:
         """Check the selection `slice_text` of a dataset; raise before anything is read."""
@@ -683,6 +706,8 @@ def list_datasets(name: str, directory: str | None = None):
 
 @bp.get("/api/info/<path:fullpath>")
 def info(fullpath: str):
+    if "/" not in fullpath:
+        return jsonify(_sub().root_info(fullpath))
     meta = _sub().lookup(fullpath)[2]
     response = jsonify(caterva2.describe(meta))
     response.set_etag(meta["etag"])

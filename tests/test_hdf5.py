@@ -453,8 +453,20 @@ def test_cli_on_an_hdf5_root(deployment, tmp_path):
     )
     assert d.cli("show", "h5/scalar.b2nd").stdout == "3.25\n"
     assert d.cli("show", "h5/blosc2-3d.b2nd[19, 29, -3:]").stdout == "[23997 23998 23999]\n"
-    # The publisher said what it skipped.
+    # The publisher said what it skipped, and so do the root's info and the skipped dataset's 404.
     assert "skipping /references: object references" in d.procs["pub-h5"].output
+    root = json.loads(d.cli("info", "h5").stdout)
+    assert {"path": "/references", "reason": "object references"} in root["skipped"]
+    assert root["groups"][""]["title"] == "The catmqtt sample HDF5 file"
+    assert root["groups"]["group"] == {"description": "a group with a subgroup"}
+    assert (root["name"], root["online"], root["subscribed"], root["datasets"]) == ("h5", True, True, 9)
+    result = d.cli("info", "h5/references.b2nd")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: no dataset 'references.b2nd' in root 'h5': its publisher skipped it (object references)\n"
+    )
+    assert d.cli("info", "nowhere").stderr.startswith("Error: no root 'nowhere' is known")
+    assert catmqtt.Root("h5", d.url("sub")).info == root
 
 
 # Import and export

@@ -165,6 +165,9 @@ def test_loads_schema_must_be_the_integer_1(schema: bytes) -> None:
 def test_parse_root_good() -> None:
     assert parse_root(copy.deepcopy(ROOT), "r") == ROOT
     assert parse_root(changed(ROOT, url="https://h/x", datasets=0), "r")["datasets"] == 0
+    skipped = [{"path": "/x", "reason": "opaque data"}]
+    groups = {"": {"title": "t"}, "g": {}}
+    assert parse_root(changed(ROOT, skipped=skipped, groups=groups), "r")["skipped"] == skipped
 
 
 ROOT_WHAT = re.escape("announcement of root 'r': ")
@@ -189,6 +192,12 @@ ROOT_WHAT = re.escape("announcement of root 'r': ")
         ({"datasets": "3"}, "field 'datasets' is missing or not int"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"skipped": {"path": "/x"}}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": "/x"}]}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": 1, "reason": "r"}]}, "'skipped' must be a list"),
+        ({"skipped": ["/x"]}, "'skipped' must be a list"),
+        ({"groups": []}, "'groups' must map directories to their attributes"),
+        ({"groups": {"g": "attrs"}}, "'groups' must map directories to their attributes"),
     ],
 )
 def test_parse_root_bad(fields: dict[str, Any], match: str) -> None:
