@@ -1,6 +1,8 @@
 """This module is catmqtt's Python client: it talks to a subscriber over HTTP.
 
-It needs only requests and numpy. The module-level helpers mirror Caterva2's
+It needs only requests and numpy (and Blosc2 to decode chunks); numpy and
+Blosc2 are imported when data is first read, so that commands that read none
+start quickly. The module-level helpers mirror Caterva2's
 client API; :class:`Client` keeps one HTTP session for many calls, and
 :class:`Root`, :class:`Dataset` and :class:`File` give an object view.
 """
@@ -13,20 +15,21 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import numpy as np
 import requests
 import urllib3
 
-from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
 from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
 from .wire import FRAME, NPY, TRAILER_MAX, read_error_trailer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TIMEOUT = (10, 600)
 DECODERS = min(8, os.cpu_count() or 2)
@@ -117,6 +120,8 @@ class Client:
                 return parse_root(meta, dataset)
             parse_dataset(meta, dataset.partition("/")[2])
             if meta["kind"] == "ndarray":
+                from .dtypes import array_dtype
+
                 array_dtype(meta)
         except BadRequest as exc:
             raise Unavailable(
@@ -180,6 +185,8 @@ class Client:
         return assembler.result()
 
     def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
+        import numpy as np
+
         params = {"slice": format_key(key)}
         cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
         endpoint = f"fetch/{_quote(dataset)}"
@@ -425,6 +432,8 @@ class Dataset(File):
     """
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        import numpy as np
+
         return np.asarray(self.fetch(), dtype=dtype)
 
     def __len__(self) -> int:
@@ -461,6 +470,8 @@ class Dataset(File):
 
     @property
     def dtype(self) -> np.dtype:
+        from .dtypes import dtype_from_json
+
         return dtype_from_json(self.meta["dtype"])
 
     @property
@@ -472,6 +483,8 @@ class Dataset(File):
         return tuple(self.meta["blocks"])
 
     def fetch(self, key: Any = None) -> Any:
+        import numpy as np
+
         result = super().fetch(key)
         # numpy gives a scalar, not a 0-d array, when no axis is left (and no '...').
         if isinstance(result, np.ndarray) and result.ndim == 0:
