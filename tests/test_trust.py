@@ -231,8 +231,9 @@ def test_a_version_is_its_etag_and_its_manifest(tmp_path):
 
 
 @contextmanager
-def retained(broker, topic_filter: str) -> Iterator[dict[str, bytes]]:
-    """The retained and live messages of `topic_filter`, as a watcher on the broker sees them."""
+def retained(broker, topic_filter: str, history: list[bytes] | None = None) -> Iterator[dict[str, bytes]]:
+    """The retained and live messages of `topic_filter`, as a watcher on the broker sees
+    them: the last of each topic, and every one in `history` if given."""
     seen: dict[str, bytes] = {}
     lock = threading.Lock()
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=paho.MQTTv311)
@@ -240,6 +241,8 @@ def retained(broker, topic_filter: str) -> Iterator[dict[str, bytes]]:
     def on_message(client, userdata, message):
         with lock:
             seen[message.topic] = message.payload
+            if history is not None:
+                history.append(message.payload)
 
     client.on_message = on_message
     client.on_connect = lambda client, *_: client.subscribe(topic_filter)
@@ -487,3 +490,32 @@ def test_trust_on_first_use_pins_only_what_it_believes(deployment, root_dir, tmp
     d.wait_root("bar")
     wait_for(lambda: requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"] == url, "foo back")
     assert "trusting key" not in d.procs["sub"].output
+
+
+def test_a_replayed_tombstone_is_put_right(deployment, root_dir, tmp_path):
+    """An old signed tombstone of a dataset that came back hid it: its publisher took the
+    tombstone for its own and left it, and subscribers that came later believed it."""
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    history: list[bytes] = []
+    with retained(d.broker, DATASET, history) as seen, rogue_client(d.broker) as rogue:
+        wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the dataset announced")
+        (root_dir / "ds-1d.b2nd").rename(tmp_path / "away.b2nd")
+        wait_for(lambda: seen[DATASET] == b"", "the dataset withdrawn")
+        tombstone = next(p for p in history if b'"deleted":true' in p)
+        (tmp_path / "away.b2nd").rename(root_dir / "ds-1d.b2nd")
+        wait_for(lambda: "foo/ds-1d.b2nd" in d.cli("list", "foo").stdout, "the dataset back")
+        publish(rogue, DATASET, tombstone)
+        wait_for(lambda: "a replay" in d.procs["sub"].output, "the replay refused")
+        wait_for(lambda: seen[DATASET] and b'"deleted"' not in seen[DATASET], "the announcement restored")
+        assert signed_by(seen[DATASET], DATASET) == key
+    assert "foo/ds-1d.b2nd" in d.cli("list", "foo").stdout
+    # A subscriber that comes later sees the dataset.
+    d.start_sub("sub2", "--trust", key)
+    d.wait_root("foo", key="sub2")
+    assert d.cli("subscribe", "foo", key="sub2").stdout == "Ok\n"
+    assert "foo/ds-1d.b2nd" in d.cli("list", "foo", key="sub2").stdout
