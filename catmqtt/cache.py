@@ -150,8 +150,15 @@ class Cache:
 
     # Roots
 
-    def set_root(self, name: str, info: dict[str, Any] | None) -> None:
-        """Record the announcement of root `name`; None forgets the root."""
+    def set_root(self, name: str, info: dict[str, Any] | None) -> list[str]:
+        """Record the announcement of root `name`; None forgets the root.
+
+        A root served from another URL than before forgets, at once, the cached
+        chunks of its datasets that no manifest vouches for: they came from the
+        other publisher (`store_chunk` stores no more of them). Returns the
+        paths of those datasets.
+        """
+        moved: list[str] = []
         with self._transaction() as db:
             if info is None:
                 # A subscribed root stays known (offline), with its subscription
@@ -159,14 +166,20 @@ class Cache:
                 if not self._roots.get(name, {}).get("subscribed"):
                     db.execute("DELETE FROM roots WHERE name=?", (name,))
                     self._roots.pop(name, None)
-            else:
-                db.execute(
-                    "INSERT INTO roots (name, info) VALUES (?, ?)"
-                    " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
-                    (name, json.dumps(info)),
-                )
-                subscribed = self._roots.get(name, {}).get("subscribed", False)
-                self._roots[name] = {"info": info, "subscribed": subscribed}
+                return moved
+            old = self._roots.get(name)
+            if old is not None and old["info"]["url"] != info["url"]:
+                rows = db.execute("SELECT path, meta FROM datasets WHERE root=?", (name,)).fetchall()
+                moved = [path for path, meta in rows if "manifest" not in json.loads(meta)]
+                db.executemany("DELETE FROM chunks WHERE root=? AND path=?", [(name, p) for p in moved])
+            db.execute(
+                "INSERT INTO roots (name, info) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
+                (name, json.dumps(info)),
+            )
+            subscribed = False if old is None else old["subscribed"]
+            self._roots[name] = {"info": info, "subscribed": subscribed}
+        return moved
 
     def roots(self) -> dict[str, dict[str, Any]]:
         """Return {name: {"info": announcement, "subscribed": bool}}, sorted by name."""
@@ -422,13 +435,15 @@ class Cache:
         return cached
 
     def store_chunk(
-        self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes, digest: str
+        self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes, digest: str, url: str
     ) -> bool:
-        """Store a chunk fetched for version ``meta["etag"]``, whose digest was checked.
+        """Store a chunk fetched from `url` for version ``meta["etag"]``, whose digest was checked.
 
-        Returns False, storing nothing, if the dataset changed meanwhile. On a
-        full disk, raises InsufficientStorage: the chunk is not indexed (Blosc2
-        leaves its container as it was when a write fails), so it is fetched again.
+        Returns False, storing nothing, if the dataset changed meanwhile, or if
+        no manifest vouches for the chunk and its root is no longer served from
+        `url` (see `set_root`). On a full disk, raises InsufficientStorage: the
+        chunk is not indexed (Blosc2 leaves its container as it was when a
+        write fails), so it is fetched again.
         """
         slot = self._slot(root, path)
         with slot.lock, self._writing():
@@ -436,10 +451,14 @@ class Cache:
                 return False
             handle = self._container(root, path, meta, slot)
             storage.schunk_of(handle).update_chunk(nchunk, data)
-            self._query(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (root, path, nchunk, meta["etag"], digest, len(data), time.time()),
-            )
+            # Checked with the index row written, under the lock set_root takes.
+            with self._lock:
+                if "manifest" not in meta and self._roots.get(root, {}).get("info", {}).get("url") != url:
+                    return False
+                self._query(
+                    "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (root, path, nchunk, meta["etag"], digest, len(data), time.time()),
+                )
             slot.verified.add(nchunk)
         return True
 

@@ -231,6 +231,8 @@ class Publisher:
         """Publish `obj` on `topic`, signed if we sign (_publish_lock held)."""
         payload = self.node.payload(topic, obj)
         self._announced[topic] = payload
+        # Our tombstone of an earlier withdrawal is no longer ours: replayed, it is restored over.
+        self._tombstones.pop(topic, None)
         self.node.publish(topic, payload)
 
     def _withdraw(self, topic: str, ident: dict[str, Any]) -> None:

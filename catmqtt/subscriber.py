@@ -149,9 +149,14 @@ class Subscriber:
         # Checked before its key may be pinned: junk pins nothing.
         info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
         self.trust.check(topic, name, obj, last, pin=info is not None)
-        if info is not None and last is not None and info["url"] != last["url"]:
-            self._updates.submit(self._guarded, self._moved, name, info["url"])
-        self.cache.set_root(name, info)
+        moved = self.cache.set_root(name, info)
+        if moved:
+            log.warning(
+                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
+                name,
+                info["url"],
+                len(moved),
+            )
         self._updates.submit(self._guarded, self._reconcile_index, name)
 
     def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:
@@ -235,20 +240,6 @@ class Subscriber:
                 seen.add(path)
             self._changed.notify_all()
         self._reconcile_index(root)
-
-    def _moved(self, root: str, url: str) -> None:
-        """Drop the cached chunks of a root's datasets that no manifest vouches for,
-        now that another publisher serves the root: they came from the other."""
-        dropped = [p for p in self.cache.datasets(root) if "manifest" not in self.cache.dataset(root, p)]
-        for path in dropped:
-            self.cache.drop_chunks(root, path)
-        if dropped:
-            log.warning(
-                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
-                root,
-                url,
-                len(dropped),
-            )
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""

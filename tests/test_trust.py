@@ -12,6 +12,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import blosc2
@@ -31,7 +32,7 @@ from catmqtt.trust import Trust
 from catmqtt.web import Server
 from catmqtt.wire import DIGEST, ETAG
 
-from conftest import catmqtt_cmd, publish, rogue_client, run_cli, wait_for
+from conftest import DEADLINE, catmqtt_cmd, publish, rogue_client, run_cli, wait_for
 
 ROOT = "catmqtt/v1/roots/foo"
 DATASET = f"{ROOT}/ds/ds-1d.b2nd"
@@ -216,13 +217,13 @@ def test_a_version_is_its_etag_and_its_manifest(tmp_path):
     cache = Cache(tmp_path / "state")
     try:
         cache.set_dataset("foo", "x.b2nd", meta)
-        assert cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data))
+        assert cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data), "http://x")
         assert cache.cached_chunks("foo", "x.b2nd", meta, [0]) == {0}
         other = {**meta, "manifest": "m2"}
         cache.set_dataset("foo", "x.b2nd", other)
         assert cache.cached_chunks("foo", "x.b2nd", other, [0]) == set()
         # A chunk fetched for the version before is not stored.
-        assert not cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data))
+        assert not cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data), "http://x")
     finally:
         cache.close()
 
@@ -231,8 +232,9 @@ def test_a_version_is_its_etag_and_its_manifest(tmp_path):
 
 
 @contextmanager
-def retained(broker, topic_filter: str) -> Iterator[dict[str, bytes]]:
-    """The retained and live messages of `topic_filter`, as a watcher on the broker sees them."""
+def retained(broker, topic_filter: str, history: list[bytes] | None = None) -> Iterator[dict[str, bytes]]:
+    """The retained and live messages of `topic_filter`, as a watcher on the broker sees
+    them: the last of each topic, and every one in `history` if given."""
     seen: dict[str, bytes] = {}
     lock = threading.Lock()
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=paho.MQTTv311)
@@ -240,6 +242,8 @@ def retained(broker, topic_filter: str) -> Iterator[dict[str, bytes]]:
     def on_message(client, userdata, message):
         with lock:
             seen[message.topic] = message.payload
+            if history is not None:
+                history.append(message.payload)
 
     client.on_message = on_message
     client.on_connect = lambda client, *_: client.subscribe(topic_filter)
@@ -487,3 +491,88 @@ def test_trust_on_first_use_pins_only_what_it_believes(deployment, root_dir, tmp
     d.wait_root("bar")
     wait_for(lambda: requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"] == url, "foo back")
     assert "trusting key" not in d.procs["sub"].output
+
+
+def test_a_replayed_tombstone_is_put_right(deployment, root_dir, tmp_path):
+    """An old signed tombstone of a dataset that came back hid it: its publisher took the
+    tombstone for its own and left it, and subscribers that came later believed it."""
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    history: list[bytes] = []
+    with retained(d.broker, DATASET, history) as seen, rogue_client(d.broker) as rogue:
+        wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the dataset announced")
+        (root_dir / "ds-1d.b2nd").rename(tmp_path / "away.b2nd")
+        wait_for(lambda: seen[DATASET] == b"", "the dataset withdrawn")
+        tombstone = next(p for p in history if b'"deleted":true' in p)
+        (tmp_path / "away.b2nd").rename(root_dir / "ds-1d.b2nd")
+        wait_for(lambda: "foo/ds-1d.b2nd" in d.cli("list", "foo").stdout, "the dataset back")
+        publish(rogue, DATASET, tombstone)
+        wait_for(lambda: "a replay" in d.procs["sub"].output, "the replay refused")
+        wait_for(lambda: seen[DATASET] and b'"deleted"' not in seen[DATASET], "the announcement restored")
+        assert signed_by(seen[DATASET], DATASET) == key
+    assert "foo/ds-1d.b2nd" in d.cli("list", "foo").stdout
+    # A subscriber that comes later sees the dataset.
+    d.start_sub("sub2", "--trust", key)
+    d.wait_root("foo", key="sub2")
+    assert d.cli("subscribe", "foo", key="sub2").stdout == "Ok\n"
+    assert "foo/ds-1d.b2nd" in d.cli("list", "foo", key="sub2").stdout
+
+
+def test_chunks_no_manifest_vouches_for_are_kept_only_from_their_roots_url(deployment, tmp_path):
+    """HDF5 roots keep no manifests: a chunk from an impostor's URL, sent however late,
+    is not cached once the genuine announcement is back, nor served after a restart."""
+    sample = tmp_path / "sample.h5"
+    assert run_cli("sample", "--h5", sample).returncode == 0
+    d = deployment
+    d.start_pub("foo", sample)
+    sub_url = d.start_sub()
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    meta = requests.get(f"{sub_url}/api/info/foo/contiguous-1d.b2nd", timeout=5).json()
+    assert "manifest" not in meta
+
+    def served_from() -> str:
+        return requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"]
+
+    url = served_from()
+    d.stop("pub-foo")
+    values = np.full(meta["shape"], 666, dtype=meta["dtype"])
+    arr = blosc2.asarray(values, chunks=tuple(meta["chunks"]), blocks=tuple(meta["blocks"]))
+    asked, answer = threading.Event(), threading.Event()
+    app = Flask("late-liar")
+
+    @app.get("/api/chunk/<path:path>")
+    def chunk(path: str):
+        asked.set()
+        answer.wait(DEADLINE)
+        data = arr.schunk.get_chunk(int(request.args["nchunk"]))
+        headers = {ETAG: meta["etag"], DIGEST: storage.chunk_digest(data)}
+        return Response(data, mimetype="application/octet-stream", headers=headers)
+
+    liar = Server(app, "127.0.0.1", 0, 4).start()
+    try:
+        with retained(d.broker, ROOT) as seen, rogue_client(d.broker) as rogue:
+            wait_for(lambda: ROOT in seen, "the root announcement")
+            publish(rogue, ROOT, json.dumps({**json.loads(seen[ROOT]), "url": liar.url}))
+        wait_for(lambda: served_from() == liar.url, "the impostor's URL")
+        with ThreadPoolExecutor(1) as pool:
+            fetch = f"{sub_url}/api/fetch/foo/contiguous-1d.b2nd?slice=0:5"
+            impostor = pool.submit(requests.get, fetch, timeout=DEADLINE * 2)
+            wait_for(asked.is_set, "the impostor asked for a chunk")
+            d.start_pub("foo", sample)
+            moved_back = f"root 'foo' is now served from {url}"
+            wait_for(lambda: moved_back in d.procs["sub"].output, "the genuine announcement back")
+            answer.set()
+            # Asked while the impostor's URL was announced: its values.
+            assert impostor.result().status_code == 200
+        assert d.cli("show", "foo/contiguous-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
+        d.stop("sub")
+        d.start_sub()
+        d.wait_root("foo")
+        assert d.cli("show", "foo/contiguous-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
+    finally:
+        liar.stop()
