@@ -158,7 +158,9 @@ def rss_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
-def probe(url: str, expected: np.ndarray, times: list[float], failures: Counter) -> None:
+def probe(
+    url: str, expected: np.ndarray, times: list[tuple[float, float]], failures: Counter, t0: float
+) -> None:
     start = time.perf_counter()
     try:
         response = requests.get(url, headers={"Accept": NPY}, timeout=PROBE_TIMEOUT)
@@ -168,7 +170,7 @@ def probe(url: str, expected: np.ndarray, times: list[float], failures: Counter)
             failures["wrong values"] += 1
     except requests.RequestException as exc:
         failures[type(exc).__name__] += 1
-    times.append(time.perf_counter() - start)
+    times.append((time.perf_counter() - start, start - t0))
 
 
 def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse.Namespace) -> dict:
@@ -178,16 +180,17 @@ def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse
     )
     loader.start()
     url = f"http://127.0.0.1:{port}/api/fetch/bench/small.b2nd?slice=500:510"
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     failures: Counter = Counter()
     probes = []
     peak_tmp = 0
     start = time.monotonic()
+    t0 = time.perf_counter()
     tick = 0
     # The probes keep their schedule, whatever the answers take.
     while (now := time.monotonic()) < start + args.seconds:
         if now >= start + tick / PROBE_HZ:
-            thread = threading.Thread(target=probe, args=(url, small[500:510], times, failures))
+            thread = threading.Thread(target=probe, args=(url, small[500:510], times, failures, t0))
             thread.start()
             probes.append(thread)
             tick += 1
@@ -199,8 +202,9 @@ def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse
     loader.join()
     times.sort()
     return {
-        "p50": times[len(times) // 2],
-        "p99": times[min(len(times) - 1, int(len(times) * 0.99))],
+        "p50": times[len(times) // 2][0],
+        "p99": times[min(len(times) - 1, int(len(times) * 0.99))][0],
+        "slowest": times[-3:],
         "probes": len(times),
         "failures": sum(failures.values()),
         "failure kinds": dict(failures),
@@ -228,14 +232,14 @@ def main() -> None:
             broker = run.broker()
             run.publisher(broker)
             statedir = workdir / "sub"
+            # Everything cached first, by a subscriber of its own: the runs measure serving, not fetching.
+            proc, client = run.subscriber("sub", broker, statedir)
+            requests.get(f"{client.urlbase}/api/download/bench/big.b2nd", timeout=600).raise_for_status()
+            assert client.fetch("bench/small.b2nd", "500:510").shape == (10,)
+            run.stop(proc)
             for i in range(args.runs):
                 proc, client = run.subscriber("sub", broker, statedir)
                 port = int(client.urlbase.rsplit(":", 1)[1])
-                if i == 0:
-                    # Everything cached: the runs measure serving, not fetching.
-                    assert client.fetch("bench/big.b2nd", "0:10").shape == (10,)
-                    whole = requests.get(f"{client.urlbase}/api/download/bench/big.b2nd", timeout=600)
-                    whole.raise_for_status()
                 wait_until(lambda c=client: c.fetch("bench/small.b2nd", "500:510") is not None, "no probe")
                 result = one_run(port, proc.pid, statedir / "tmp", small, args)
                 runs.append(result)
@@ -245,6 +249,8 @@ def main() -> None:
                     f" peak RSS {result['rss']:.0f} MB; peak temporary disk {result['tmp']:.0f} MB",
                     flush=True,
                 )
+                slowest = ", ".join(f"{took * 1e3:.0f} ms at {at:.1f} s" for took, at in result["slowest"])
+                print(f"    slowest probes: {slowest}")
                 for what, count in sorted(result["clients"].items()):
                     print(f"    {what}: {count}")
                 run.stop(proc)

@@ -266,15 +266,27 @@ def _content(response: requests.Response, cut: str) -> bytes:
     """
     parts: list[bytes] = []
     try:
-        for part in response.iter_content(1 << 20):
+        # read1, not read: read loses what it holds when the body proves short.
+        while part := response.raw.read1(1 << 20):
             parts.append(part)
-    except requests.RequestException:
-        tail = b"".join(parts[-2:])[-(TRAILER_MAX + FRAME.size) :]
-        error = read_error_trailer(tail)
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
+        error = read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size))
         if error is None:
             raise Unavailable(cut) from None
         raise from_status(error[1], error[0]) from None
     return b"".join(parts)
+
+
+def _tail(parts: list[bytes], size: int) -> bytes:
+    """Return the last `size` bytes of the concatenation of `parts`."""
+    last: list[bytes] = []
+    total = 0
+    for part in reversed(parts):
+        last.append(part)
+        total += len(part)
+        if total >= size:
+            break
+    return b"".join(reversed(last))[-size:]
 
 
 def _read_exact(raw: Any, size: int, urlbase: str, *, at_frame: bool = False) -> bytes | None:

@@ -160,7 +160,7 @@ class Builders:
         """Run `func(*args)` on a builder thread; return what it returns, or raise what it raises."""
         return self._pool.submit(func, *args).result()
 
-    def stream(self, pieces: Iterable[bytes]) -> Stream:
+    def stream(self, pieces: Iterable[bytes | memoryview]) -> Stream:
         """Return the pieces of `pieces`, made on a builder thread one piece ahead of the reader."""
         return Stream(self._pool, pieces)
 
@@ -177,12 +177,12 @@ class Stream:
     A failure of the maker is raised to the reader when it reaches it.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, pieces: Iterable[bytes]) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, pieces: Iterable[bytes | memoryview]) -> None:
         self._ready: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._maker = pool.submit(self._make, iter(pieces))
 
-    def _make(self, pieces: Iterator[bytes]) -> None:
+    def _make(self, pieces: Iterator[bytes | memoryview]) -> None:
         # Once stopped, the reader takes one piece out of the queue: a put never waits forever.
         try:
             for piece in pieces:
@@ -196,7 +196,7 @@ class Stream:
     def __iter__(self) -> Stream:
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> bytes | memoryview:
         item = self._ready.get()
         if item is _END:
             self._ready.put(_END)

@@ -34,7 +34,7 @@ from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .trust import Trust
-from .web import OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
+from .web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
 from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
 
 log = logging.getLogger(__name__)
@@ -462,7 +462,7 @@ class Subscriber:
                 buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
             )
             header = buffer.getvalue()
-        pieces = self.builders.stream(_as_bytes(slab) for slab in self.slabs(target))
+        pieces = self.builders.stream(_as_piece(slab) for slab in self.slabs(target))
         return Body(header, pieces, grant, target.fullpath, self.cache.dir), len(header) + target.nbytes
 
     def cframe(self, target: Target) -> TempFile:
@@ -603,8 +603,12 @@ def _changed_while_read(fullpath: str) -> Unavailable:
     return Unavailable(f"{fullpath} changed while being read; try again", status=503)
 
 
-def _as_bytes(slab: np.ndarray | bytes) -> bytes:
-    return slab if isinstance(slab, bytes) else np.ascontiguousarray(slab).tobytes()
+def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
+    """Return a slab's bytes: a large one as a view (it is sent from where it is), not a copy."""
+    if isinstance(slab, bytes):
+        return slab
+    view = memoryview(np.ascontiguousarray(slab)).cast("B")
+    return view if len(view) >= BY_REFERENCE else view.tobytes()
 
 
 class Body:
@@ -624,7 +628,7 @@ class Body:
         self._fullpath = fullpath
         self._statedir = statedir
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         if self._header:
             yield self._header
         try:
