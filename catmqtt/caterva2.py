@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from flask import request
 
 from .dtypes import dtype_from_json
 from .errors import BadRequest, CatmqttError, OutOfRange, TooLarge
+from .large import PIECE
 from .slices import format_key, parse_slice
 from .storage import cparams_from_json
 
@@ -32,9 +35,6 @@ if TYPE_CHECKING:
 
 # The largest POST body /api/fetch reads; C2Array posts only keys too long for a URL.
 MAX_BODY = 8 << 20
-# A gather reads the box around its coordinates, then picks them: both are held
-# in memory, so both are bounded (as well as by max_fetch_bytes).
-MAX_GATHER = 256 << 20
 _MAX_AXES = 64
 
 
@@ -113,13 +113,16 @@ def fetch_args() -> FetchArgs:
     return FetchArgs(text or "", indices)
 
 
-def gather(sub: Subscriber, fullpath: str, indices: str) -> np.ndarray:
-    """Return the selection `indices` of a dataset, as numpy's advanced indexing gives it.
+@contextmanager
+def gathering(sub: Subscriber, fullpath: str, indices: str) -> Iterator[np.ndarray]:
+    """Yield the selection `indices` of a dataset, as numpy's advanced indexing gives it.
 
     `indices` is a JSON list with an entry per axis (fewer are fine): an
     integer, ``null`` for the whole axis, a ``"start:stop[:step]"`` string,
     or a list (nested for more dimensions) of integer coordinates. The box
-    that holds the coordinates is read, then the coordinates are picked from it.
+    that holds the coordinates is read, then the coordinates are picked from
+    it: both are held in memory, together at most max_stream_bytes, and
+    past `PIECE` within the budget large answers share, until the block ends.
     """
     meta = sub.lookup(fullpath).meta
     if meta["kind"] != "ndarray":
@@ -143,17 +146,23 @@ def gather(sub: Subscriber, fullpath: str, indices: str) -> np.ndarray:
         box.append(slice(low, high))
         inner.append(int(coords) - low if isinstance(entry, int) else coords - low)
         sizes.append(high - low)
+    limit = min(sub.budget.limits["memory"], sub.max_fetch)
     itemsize = dtype_from_json(meta["dtype"]).itemsize
-    limit = min(MAX_GATHER, sub.max_fetch)
-    nbytes = math.prod(_gathered_shape(inner, [*sizes, *shape[len(key) :]])) * itemsize
-    if nbytes > limit:
-        raise TooLarge(f"the selection is {nbytes} bytes, over {limit}: ask in parts")
     target = sub.selection(fullpath, format_key(tuple(box)))
-    if target.nbytes > MAX_GATHER:
+    held = target.nbytes + math.prod(_gathered_shape(inner, [*sizes, *shape[len(key) :]])) * itemsize
+    if held > limit:
         raise TooLarge(
-            f"these coordinates span {target.nbytes} bytes of {fullpath}, over {MAX_GATHER}: ask in parts"
+            f"these coordinates need {held} bytes of {fullpath} in memory, over this subscriber's"
+            f" max_stream_bytes or max_fetch_bytes ({limit}): ask in parts"
         )
-    return np.asarray(sub.read(target)[tuple(inner)])
+    if held <= PIECE:
+        yield np.asarray(sub.read(target)[tuple(inner)])
+        return
+    grant = sub.budget.enter(held)
+    try:
+        yield np.asarray(sub.builders.run(sub.read, target)[tuple(inner)])
+    finally:
+        grant.release()
 
 
 def _in_range(entry: int | np.ndarray, axis: int, size: int) -> np.ndarray:

@@ -717,7 +717,8 @@ def fetch(fullpath: str):
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
     npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
     if wanted.indices is not None:
-        return _array_response(caterva2.gather(sub, fullpath, wanted.indices), npy)
+        with caterva2.gathering(sub, fullpath, wanted.indices) as result:
+            return _array_response(result, npy)
     target = sub.selection(fullpath, wanted.slice)
     if target.nbytes <= PIECE or not target.shape:
         result = sub.read(target)

@@ -38,6 +38,8 @@ def c2root(sample_root, tmp_path_factory) -> Path:
     x = np.linspace(0, 1, 300 * 200).reshape(300, 200)
     blosc2.asarray(x, urlpath=str(root / "x.b2nd"), mode="w", chunks=(50, 64), blocks=(10, 16))
     blosc2.asarray(x[::-1] * 3, urlpath=str(root / "y.b2nd"), mode="w", chunks=(120, 40), blocks=(30, 20))
+    big = np.arange(2_000_000, dtype=np.float64).reshape(2000, 1000)
+    blosc2.asarray(big, urlpath=str(root / "big.b2nd"), mode="w", chunks=(250, 1000))
     return root
 
 
@@ -199,6 +201,14 @@ def test_gathers(c2, c2root, path, key):
     got = blosc2.C2Array(f"foo/{path}", urlbase=c2)[key]
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.array_equal(got, want)
+
+
+def test_large_gather_within_the_budget(c2, c2root):
+    """The 16 MB box around two rows is read within the budget large answers share."""
+    want = whole(local(c2root, "big.b2nd"))[[1999, 0, 7]]
+    assert np.array_equal(blosc2.C2Array("foo/big.b2nd", urlbase=c2)[[1999, 0, 7]], want)
+    large = requests.get(f"{c2}api/stats", timeout=30).json()["large"]
+    assert large["memory_peak"] >= 16_000_000 and large["memory_used"] == 0
 
 
 @pytest.mark.parametrize(
