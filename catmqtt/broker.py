@@ -23,7 +23,7 @@ import yaml
 
 from .config import LOG_FORMAT, parse_hostport, yaml_problem
 from .errors import CatmqttError, ConfigError
-from .storage import make_statedir
+from .fsutil import make_statedir
 
 log = logging.getLogger(__name__)
 

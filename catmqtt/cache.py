@@ -23,7 +23,7 @@ from typing import Any
 
 import blosc2
 
-from . import storage
+from . import fsutil, storage
 from .errors import ConfigError, InsufficientStorage, NotFound
 from .slices import chunk_coords, chunk_grid, chunk_number
 
@@ -79,7 +79,7 @@ class Cache:
 
     def __init__(self, statedir: str | Path) -> None:
         self.dir = Path(statedir)
-        storage.make_statedir(self.dir)
+        fsutil.make_statedir(self.dir)
         self.data_dir = self.dir / "cache"
         dbpath = self.dir / "cache.sqlite"
         self._lock = threading.RLock()
@@ -140,8 +140,8 @@ class Cache:
         try:
             yield
         except (OSError, RuntimeError, sqlite3.Error) as exc:
-            if storage.out_of_space(exc, self.dir):
-                raise storage.no_space(self.dir) from exc
+            if fsutil.out_of_space(exc, self.dir):
+                raise fsutil.no_space(self.dir) from exc
             raise
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import signing, storage
+from . import fsutil, signing, storage
 from .blocks import block_parts, chunk_nbytes, format_parts
 from .errors import BadRequest
 from .mqtt import Node
@@ -96,7 +96,7 @@ class Publisher:
         self, name: str, root_path: str | os.PathLike, settings: dict[str, Any], node_id: str | None = None
     ) -> None:
         self.settings = settings
-        storage.make_statedir(settings["statedir"])
+        fsutil.make_statedir(settings["statedir"])
         self.root = open_root(name, root_path, settings["statedir"], settings["settle"])
         self.prefix = settings["prefix"]
         host, port = settings["http"]

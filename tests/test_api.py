@@ -215,6 +215,16 @@ def test_import_stays_light():
     assert out.strip() == "[]"
 
 
+def test_the_broker_stays_light():
+    # `catmqtt broker` runs on hosts that serve no data.
+    code = (
+        "import sys, catmqtt.broker, catmqtt.cli;"
+        "print([m for m in ('numpy', 'blosc2', 'requests', 'flask', 'xxhash') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("command", [["roots"], ["list", "foo"], ["info", "foo"], ["subscribe", "foo"]])
 def test_commands_that_read_no_data_import_neither_numpy_nor_blosc2(foo, command):
     # What they would cost to import is most of a command's start-up time.

@@ -11,7 +11,7 @@ from typing import Any
 
 import blosc2
 
-from .. import storage
+from .. import fsutil, storage
 from ..errors import BadRequest, Unavailable
 from ..topics import parse_path
 from . import Entry, Root
@@ -72,7 +72,7 @@ class DirectoryRoot(Root):
                 full = top / d
                 if d.startswith(".") or full == self.statedir or full.is_symlink():
                     continue
-                if (full / storage.STATE_MARKER).exists():
+                if (full / fsutil.STATE_MARKER).exists():
                     log.info("skipping %s: a catmqtt node's state directory", full)
                     continue
                 if d.endswith(storage.BLOSC2_SUFFIXES):
