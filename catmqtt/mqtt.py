@@ -8,6 +8,7 @@ every incoming message to one callback that may not raise.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -70,7 +71,6 @@ class Node:
             protocol=paho.MQTTv311,
             clean_session=True,
         )
-        client.will_set(self.status_topic, self._status("lost"), qos=1, retain=True)
         if user is not None:
             client.username_pw_set(user, password)
         if broker.tls:
@@ -82,6 +82,9 @@ class Node:
         client.on_disconnect = self._disconnected
         client.on_message = self._message
         self.client = client
+        # The sequence number of the last will of the next connection, if signed.
+        self._will_seq: int | None = None
+        self._arm_will()
 
     def _status(self, status: str) -> bytes:
         """Return the payload of a status; every status names its session, so that a
@@ -94,7 +97,17 @@ class Node:
         }
         if status == "online":
             info.update(url=self.url, version=__version__)
+            if self._will_seq is not None:
+                info["will"] = self._will_seq
         return self.payload(self.status_topic, {**info, "time": time.time()})
+
+    def _arm_will(self) -> None:
+        """Give the next connection a last will ("lost") of its own. Its "online" names
+        the will's sequence number, so that subscribers refuse the will of an earlier
+        connection, replayed: anyone saw it once the broker sent it."""
+        will = self._status("lost")
+        self._will_seq = json.loads(will).get("seq")
+        self.client.will_set(self.status_topic, will, qos=1, retain=True)
 
     def _stand_by(self, status: str) -> bytes:
         """Make `status` the one this node stands by, and return its payload, signed
@@ -188,6 +201,7 @@ class Node:
             self._unreachable_logged = True
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        self._arm_will()
         if self.connected.is_set():
             self.connected.clear()
             if reason_code.is_failure:
