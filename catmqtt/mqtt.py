@@ -29,6 +29,39 @@ log = logging.getLogger(__name__)
 KEEPALIVE = 30
 # Seconds between two restores of a topic that someone else overwrites.
 RESTORE_INTERVAL = 1.0
+# A LogThrottle writes at most this many lines every this many seconds.
+THROTTLE_LINES = 20
+THROTTLE_SECONDS = 60.0
+
+
+class LogThrottle:
+    """Writes at most THROTTLE_LINES warnings every THROTTLE_SECONDS, then how many it
+    left out: anyone who can publish on the broker decides how often they are due."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._lock = threading.Lock()
+        self._since = -THROTTLE_SECONDS
+        self._written = 0
+        self._left_out = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            left_out = 0
+            if now - self._since >= THROTTLE_SECONDS:
+                left_out, self._left_out = self._left_out, 0
+                self._since, self._written = now, 0
+            self._written += 1
+            if self._written > THROTTLE_LINES:
+                self._left_out += 1
+                return
+            last = self._written == THROTTLE_LINES
+        if left_out:
+            self.logger.warning("(%d more such warnings were left out)", left_out)
+        self.logger.warning(message, *args)
+        if last:
+            self.logger.warning("(more such warnings within %g s are counted, not written)", THROTTLE_SECONDS)
 
 
 class Node:
@@ -65,6 +98,7 @@ class Node:
         self._timers: dict[str, threading.Timer] = {}
         self._restore_lock = threading.Lock()
         self._unreachable_logged = False
+        self._restore_log = LogThrottle(log)
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"catmqtt-{role}-{node_id}",
@@ -163,7 +197,7 @@ class Node:
                     timer.start()
                 return
             self._restored[topic] = time.monotonic()
-        log.warning("someone else changed or cleared %s; announcing it again", topic)
+        self._restore_log.warning("someone else changed or cleared %s; announcing it again", topic)
         self.publish(topic, payload)
 
     def _restore_later(self, topic: str) -> None:

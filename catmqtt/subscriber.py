@@ -27,7 +27,7 @@ from .cache import Cache
 from .dtypes import dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
@@ -72,6 +72,7 @@ class Subscriber:
         self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
+        self._ignored = LogThrottle(log)
         host, port = settings["http"]
         self.app = create_app(self)
         self.server = Server(self.app, host, port, settings["http_threads"])
@@ -124,7 +125,7 @@ class Subscriber:
             elif what.kind == "node":
                 self._on_node(topic, what.name, what.path, obj)
         except BadRequest as exc:
-            log.warning("ignoring the message on %r: %s", topic, exc)
+            self._ignored.warning("ignoring the message on %r: %s", topic, exc)
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:

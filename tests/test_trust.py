@@ -611,3 +611,18 @@ def test_a_last_will_of_an_earlier_connection_is_refused(deployment, root_dir, t
     refused = "the last will of an earlier connection of publisher 'foo': a replay"
     wait_for(lambda: refused in d.procs["sub"].output, "the replay refused")
     d.wait_root("foo")
+
+
+def test_junk_on_the_broker_is_logged_a_few_lines_a_minute(deployment):
+    d = deployment
+    sub_url = d.start_sub()
+    marker = {"schema": 1, "name": "marker", "url": "http://127.0.0.1:9", "publisher": "m", "datasets": 0}
+    with rogue_client(d.broker) as rogue:
+        for i in range(100):
+            publish(rogue, f"catmqtt/v1/roots/junk{i}", b'{"schema": 1}')
+        # Messages of one client are handled in order: once this one is in, so are the others.
+        publish(rogue, "catmqtt/v1/roots/marker", json.dumps({**marker, "etag": "x"}))
+    wait_for(lambda: "marker" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the marker root")
+    log = d.procs["sub"].output
+    assert log.count("ignoring the message on 'catmqtt/v1/roots/junk") == 20
+    assert "(more such warnings within 60 s are counted, not written)" in log
