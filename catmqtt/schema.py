@@ -243,8 +243,9 @@ def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
         raise BadRequest(f"{what}: status {status!r} is not one of {', '.join(NODE_STATES)}")
     if status == "online":
         _url(obj, "url", what)
-    if "session" in obj and _count(obj, "session", what) > MAX_SEQ:
-        raise BadRequest(f"{what}: session {obj['session']} is over {MAX_SEQ}")
+    for key in ("session", "will"):
+        if key in obj and _count(obj, key, what) > MAX_SEQ:
+            raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
     return obj
 
 

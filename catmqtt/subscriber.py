@@ -28,7 +28,7 @@ from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
 from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, Budget, Builders, Grant, Stream, TempFile
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
@@ -67,9 +67,10 @@ class Subscriber:
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
         self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
-        # The highest sequence number of a signed "online" or "offline" status
-        # of each node's current session (see _check_fresh).
-        self._highs: dict[tuple[str, str, str], int] = {}
+        # Of each node's current session, the highest sequence number of a signed
+        # "online" or "offline" status, and that of the last will its last
+        # "online" names (see _check_fresh).
+        self._freshness: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         self._subscribed = set(self.cache.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
@@ -79,6 +80,7 @@ class Subscriber:
         self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
+        self._ignored = LogThrottle(log)
         host, port = settings["http"]
         self.app = create_app(self)
         self.server = Server(
@@ -139,7 +141,7 @@ class Subscriber:
             elif what.kind == "node":
                 self._on_node(topic, what.name, what.path, obj)
         except BadRequest as exc:
-            log.warning("ignoring the message on %r: %s", topic, exc)
+            self._ignored.warning("ignoring the message on %r: %s", topic, exc)
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:
@@ -195,26 +197,33 @@ class Subscriber:
 
         A node's session grows with every run. Within one, its statuses come in
         the order of their sequence numbers ("online" after each connection,
-        "offline" at a clean stop, which ends it) but for its last will,
-        "lost", signed before it connects: "lost" is believed until the session
-        ends, and "online" or "offline" must be newer than every other before,
-        or the same message again.
+        "offline" at a clean stop, which ends it) but for the last will of each
+        connection, "lost", signed before it connects: "lost" is believed until
+        the session ends if it is the will that the last "online" names, and
+        "online" or "offline" must be newer than every other before, or the
+        same message again.
         """
         old = self.nodes.get(key)
         what = f"{key[0]} {key[1]!r}"
         session, seq, state = status.get("session", 0), status["seq"], status["status"]
-        high = self._highs.get(key, -1)
+        high, will = self._freshness.get(key, (-1, None))
         if old is not None and session == old.get("session", 0):
             if state == "lost":
                 if old["status"] == "offline":
                     raise BadRequest(f"a status of {what} after it stopped: a replay")
+                if will is not None and seq != will:
+                    raise BadRequest(f"the last will of an earlier connection of {what}: a replay")
             elif seq < high or (seq == high and state != old["status"]):
                 raise BadRequest(f"a status of {what} older than its last: a replay")
         elif old is not None and session < old.get("session", 0):
             raise BadRequest(f"a status of an earlier session of {what}: a replay")
         else:
-            high = -1
-        self._highs[key] = high if state == "lost" else max(high, seq)
+            high, will = -1, None
+        if state != "lost":
+            high = max(high, seq)
+        if state == "online":
+            will = status.get("will")
+        self._freshness[key] = (high, will)
 
     @staticmethod
     def _guarded(func, *args) -> None:

@@ -519,6 +519,8 @@ def test_parse_node_good(status: dict[str, Any]) -> None:
         ({"status": "lost", "session": 1e15}, "field 'session' is missing or not int"),
         ({"status": "lost", "session": -1}, "field 'session' is negative"),
         ({"status": "lost", "session": 1 << 63}, f"session {1 << 63} is over {(1 << 63) - 1}"),
+        ({"status": "online", "url": "http://h", "will": "7"}, "field 'will' is missing or not int"),
+        ({"status": "online", "url": "http://h", "will": 1 << 63}, f"will {1 << 63} is over"),
     ],
 )
 def test_parse_node_bad(status: dict[str, Any], match: str) -> None:

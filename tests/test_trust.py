@@ -576,3 +576,53 @@ def test_chunks_no_manifest_vouches_for_are_kept_only_from_their_roots_url(deplo
         assert d.cli("show", "foo/contiguous-1d.b2nd[0:5]").stdout == "[0 1 2 3 4]\n"
     finally:
         liar.stop()
+
+
+def test_a_last_will_of_an_earlier_connection_is_refused(deployment, root_dir, tmp_path):
+    """Once the broker sent a publisher's last will, anyone could replay it to mark the
+    publisher lost whenever they liked: each connection now has a will of its own."""
+    d = deployment
+    if d.broker.kind == "amqtt":
+        pytest.skip("amqtt sends no last will when another client takes over a client id")
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    status = "catmqtt/v1/nodes/publisher/foo"
+    history: list[bytes] = []
+    with retained(d.broker, status, history) as seen:
+        wait_for(lambda: b'"online"' in seen.get(status, b""), "the publisher's status")
+        # Taking over the publisher's client id makes the broker send its will, for all to see.
+        impostor = paho.Client(CallbackAPIVersion.VERSION2, client_id="catmqtt-publisher-foo")
+        impostor.connect("127.0.0.1", d.broker.port)
+        impostor.loop_start()
+        try:
+            wait_for(lambda: any(b'"lost"' in p for p in history), "the publisher's last will")
+        finally:
+            impostor.disconnect()
+            impostor.loop_stop()
+        will = next(p for p in history if b'"lost"' in p)
+        assert signed_by(will, status) == key
+        # The publisher is back, under a will of its new connection.
+        wait_for(lambda: b'"online"' in history[-1] and will in history[:-1], "the publisher online again")
+        d.wait_root("foo")
+        with rogue_client(d.broker) as rogue:
+            publish(rogue, status, will)
+    refused = "the last will of an earlier connection of publisher 'foo': a replay"
+    wait_for(lambda: refused in d.procs["sub"].output, "the replay refused")
+    d.wait_root("foo")
+
+
+def test_junk_on_the_broker_is_logged_a_few_lines_a_minute(deployment):
+    d = deployment
+    sub_url = d.start_sub()
+    marker = {"schema": 1, "name": "marker", "url": "http://127.0.0.1:9", "publisher": "m", "datasets": 0}
+    with rogue_client(d.broker) as rogue:
+        for i in range(100):
+            publish(rogue, f"catmqtt/v1/roots/junk{i}", b'{"schema": 1}')
+        # Messages of one client are handled in order: once this one is in, so are the others.
+        publish(rogue, "catmqtt/v1/roots/marker", json.dumps({**marker, "etag": "x"}))
+    wait_for(lambda: "marker" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the marker root")
+    log = d.procs["sub"].output
+    assert log.count("ignoring the message on 'catmqtt/v1/roots/junk") == 20
+    assert "(more such warnings within 60 s are counted, not written)" in log
