@@ -1,6 +1,8 @@
 """This module is catmqtt's Python client: it talks to a subscriber over HTTP.
 
-It needs only requests and numpy. The module-level helpers mirror Caterva2's
+It needs only requests and numpy (and Blosc2 to decode chunks); numpy and
+Blosc2 are imported when data is first read, so that commands that read none
+start quickly. The module-level helpers mirror Caterva2's
 client API; :class:`Client` keeps one HTTP session for many calls, and
 :class:`Root`, :class:`Dataset` and :class:`File` give an object view.
 """
@@ -13,21 +15,22 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import numpy as np
 import requests
 import urllib3
 
 from .blocks import chunk_problem
-from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, Changed, Unavailable, from_status
-from .schema import parse_dataset
+from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
-from .wire import ETAG, FRAME, NPY
+from .wire import ETAG, FRAME, NPY, TRAILER_MAX, read_error_trailer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TIMEOUT = (10, 600)
 DECODERS = min(8, os.cpu_count() or 2)
@@ -105,14 +108,21 @@ class Client:
         return self._request("GET", f"list/{_quote(path.strip('/'), directory=True)}").json()
 
     def get_info(self, dataset: str) -> dict[str, Any]:
-        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
-        meta = self._request("GET", f"info/{_quote(dataset)}").json()
+        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``), or what
+        the publisher of a root (``"foo"``) announced of it: its URL, what it
+        skipped and why, its directories' attributes (HDF5 groups')."""
+        root = "/" not in dataset
+        meta = self._request("GET", f"info/{_quote(dataset, directory=root)}").json()
         # Checked as a subscriber checks an announcement: chunks are decoded by it.
         try:
             if not isinstance(meta, dict):
                 raise BadRequest("not a JSON object")
+            if root:
+                return parse_root(meta, dataset)
             parse_dataset(meta, dataset.partition("/")[2])
             if meta["kind"] == "ndarray":
+                from .dtypes import array_dtype
+
                 array_dtype(meta)
         except BadRequest as exc:
             raise Unavailable(
@@ -176,15 +186,19 @@ class Client:
         return assembler.result()
 
     def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
+        import numpy as np
+
         params = {"slice": format_key(key)}
-        response = self._request("GET", f"fetch/{_quote(dataset)}", params=params, headers={"Accept": NPY})
+        cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
+        endpoint = f"fetch/{_quote(dataset)}"
+        with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
+            content = _content(response, cut)
         try:
             if meta["kind"] != "ndarray":
-                return np.frombuffer(response.content, dtype=dtype)
-            return np.load(io.BytesIO(response.content), allow_pickle=False)
-        except (ValueError, requests.RequestException):
-            # A stream that ended early: the subscriber lost its publisher midway.
-            raise Unavailable(f"the transfer of {dataset} from {self.urlbase} was cut off") from None
+                return np.frombuffer(content, dtype=dtype)
+            return np.load(io.BytesIO(content), allow_pickle=False)
+        except ValueError:
+            raise Unavailable(cut) from None
 
     def _decoder(self) -> ThreadPoolExecutor:
         if self._decoders is None:
@@ -256,6 +270,37 @@ def _frames(response: requests.Response, urlbase: str) -> Iterator[tuple[int, by
             error = json.loads(data)
             raise from_status(int(error["status"]), str(error["error"]))
         yield nchunk, data
+
+
+def _content(response: requests.Response, cut: str) -> bytes:
+    """Return the whole body of a streamed response.
+
+    A body cut short raises the error the server ended it with (see
+    `wire.error_trailer`), else Unavailable(`cut`).
+    """
+    parts: list[bytes] = []
+    try:
+        # read1, not read: read loses what it holds when the body proves short.
+        while part := response.raw.read1(1 << 20):
+            parts.append(part)
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
+        error = read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size))
+        if error is None:
+            raise Unavailable(cut) from None
+        raise from_status(error[1], error[0]) from None
+    return b"".join(parts)
+
+
+def _tail(parts: list[bytes], size: int) -> bytes:
+    """Return the last `size` bytes of the concatenation of `parts`."""
+    last: list[bytes] = []
+    total = 0
+    for part in reversed(parts):
+        last.append(part)
+        total += len(part)
+        if total >= size:
+            break
+    return b"".join(reversed(last))[-size:]
 
 
 def _read_exact(raw: Any, size: int, urlbase: str, *, at_frame: bool = False) -> bytes | None:
@@ -358,6 +403,11 @@ class Root:
         """The paths of the root's datasets, relative to the root, sorted."""
         return self.client.get_list(self.name)
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the root's publisher announced of it (see :meth:`Client.get_info`)."""
+        return self.client.get_info(self.name)
+
     def __repr__(self) -> str:
         return f"<Root {self.name!r} at {self.client.urlbase}>"
 
@@ -408,6 +458,8 @@ class Dataset(File):
     """
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        import numpy as np
+
         return np.asarray(self.fetch(), dtype=dtype)
 
     def __len__(self) -> int:
@@ -444,6 +496,8 @@ class Dataset(File):
 
     @property
     def dtype(self) -> np.dtype:
+        from .dtypes import dtype_from_json
+
         return dtype_from_json(self.meta["dtype"])
 
     @property
@@ -455,6 +509,8 @@ class Dataset(File):
         return tuple(self.meta["blocks"])
 
     def fetch(self, key: Any = None) -> Any:
+        import numpy as np
+
         result = super().fetch(key)
         # numpy gives a scalar, not a 0-d array, when no axis is left (and no '...').
         if isinstance(result, np.ndarray) and result.ndim == 0:

@@ -24,6 +24,7 @@ PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "poll", "off")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _NODE_KEYS = {
     "http": None,
@@ -36,6 +37,8 @@ _NODE_KEYS = {
     "cafile": None,
     "loglevel": "INFO",
     "http_threads": 16,
+    "http_connections": 1000,
+    "http_timeout": 30,
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "broker": {
@@ -45,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "prefix": DEFAULT_PREFIX,
         "amqtt_conf": None,
         "loglevel": "INFO",
+        "statedir": None,
     },
     "publisher": {
         **_NODE_KEYS,
@@ -52,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "name": None,
         "root": None,
         "watch": "auto",
+        "settle": 1.0,
         "sign_key": None,
     },
     "subscriber": {
@@ -60,6 +65,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fetch_workers": 8,
         "fetch_timeout": 30,
         "max_fetch_bytes": 2 << 30,
+        "max_stream_bytes": 256 << 20,
+        "max_temp_bytes": 1 << 30,
         "trust": None,
     },
     "client": {"sub": "http://127.0.0.1:8002"},
@@ -174,15 +181,20 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
     if s["urlbase"] is not None:
         s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
     _int_in(s, "http_threads", 1, 1024)
+    _int_in(s, "http_connections", 1, 100_000)
+    _int_in(s, "http_timeout", 1, 86_400)
     if role == "publisher":
         if s["name"] is not None:
             s["name"] = _check(parse_root_name, s["name"])
         if s["watch"] not in WATCH_MODES:
             raise ConfigError(f"invalid watch mode {s['watch']!r}: one of {', '.join(WATCH_MODES)}")
+        _number_in(s, "settle", 0, 3600)
     if role == "subscriber":
         _int_in(s, "fetch_workers", 1, 256)
         _int_in(s, "fetch_timeout", 1, 3600)
         _int_in(s, "max_fetch_bytes", 1, 1 << 50)
+        _int_in(s, "max_stream_bytes", 1, 1 << 50)
+        _int_in(s, "max_temp_bytes", 1, 1 << 50)
         s["trust"] = parse_trust(s["trust"])
     return s
 
@@ -235,6 +247,12 @@ def _int_in(settings: dict[str, Any], key: str, low: int, high: int) -> None:
     value = settings[key]
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be an integer from {low} to {high}, not {value!r}")
+
+
+def _number_in(settings: dict[str, Any], key: str, low: float, high: float) -> None:
+    value = settings[key]
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} must be a number from {low} to {high}, not {value!r}")
 
 
 def _check(parse, value):

@@ -65,6 +65,14 @@ class Unavailable(CatmqttError, ConnectionError):
     status = 503
 
 
+class Busy(Unavailable):
+    """The server has no room for the request now: ask again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, status=503)
+        self.retry_after = retry_after
+
+
 class InsufficientStorage(CatmqttError):
     """The disk that holds a node's state directory is full."""
 

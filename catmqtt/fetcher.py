@@ -231,7 +231,7 @@ class Fetcher:
         """Return the fetch of a chunk, started now unless one is under way (or being
         stored); in parts, `blocks` first, if given and the chunk is an array's."""
         root, path, meta, url = source
-        key = (root, path, meta["etag"], nchunk)
+        key = (root, path, meta["etag"], nchunk, meta.get("manifest", url))
         with self._lock:
             pending = self._inflight.get(key)
             if pending is None:
@@ -488,7 +488,7 @@ class Fetcher:
         root, path, meta, _ = job.source
         key, nchunk, stored = job.key, job.key[3], job.stored
         try:
-            if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
+            if not self.cache.store_chunk(root, path, meta, nchunk, data, digest, job.source.url):
                 raise _changing(root, path)
         except BaseException as exc:
             if isinstance(exc, InsufficientStorage):
@@ -597,9 +597,10 @@ class Source(NamedTuple):
 
 @dataclass(frozen=True)
 class _Pending:
-    """A chunk on its way (`key`: root, path, etag, chunk number; from `source`): its
-    checked bytes (`fetched`), then its write to the cache (`stored`); when fetched in
-    parts, the bytes of `blocks` come first (`early`)."""
+    """A chunk on its way (`key`: root, path, etag, chunk number, and the digest of the
+    manifest that vouches for it, else the publisher's URL; from `source`): its checked
+    bytes (`fetched`), then its write to the cache (`stored`); when fetched in parts,
+    the bytes of `blocks` come first (`early`)."""
 
     source: Source
     key: tuple

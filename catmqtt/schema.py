@@ -27,9 +27,15 @@ MAX_ITEMS = (1 << 63) - 1
 MAX_DIM = 16
 MAX_CHUNKS = 1 << 32
 _ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
+# The digest of a chunk manifest: XXH3-128 in lowercase hex (storage.manifest_digest).
+_MANIFEST = re.compile(r"[0-9a-f]{32}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
 KEY_PREFIX = "ed25519:"
+# Integers in payloads: at most 20 digits (Python's int() takes thousands of
+# digits slowly, then refuses past 4300); sequence numbers and sessions fit 64 bits.
+MAX_DIGITS = 20
+MAX_SEQ = (1 << 63) - 1
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
@@ -44,7 +50,7 @@ def loads(payload: bytes) -> dict[str, Any] | None:
     if len(payload) > MAX_PAYLOAD:
         raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, parse_int=_integer, parse_constant=_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"payload is not JSON: {exc}") from None
     except RecursionError:
@@ -54,6 +60,16 @@ def loads(payload: bytes) -> dict[str, Any] | None:
     if type(obj.get("schema")) is not int or obj["schema"] != SCHEMA:
         raise BadRequest(f"payload has schema {obj.get('schema')!r}, expected {SCHEMA}")
     return obj
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise BadRequest(f"payload has an integer of more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _constant(text: str) -> float:
+    raise BadRequest(f"payload is not JSON: {text} is no JSON value")
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
@@ -112,6 +128,15 @@ def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
     parse_node_id(_field(obj, "publisher", str, what))
     _count(obj, "datasets", what)
     _field(obj, "etag", str, what)
+    skipped = obj.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)
+        for s in skipped
+    ):
+        raise BadRequest(f"{what}: 'skipped' must be a list of objects with a path and a reason")
+    groups = obj.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise BadRequest(f"{what}: 'groups' must map directories to their attributes")
     return obj
 
 
@@ -163,6 +188,8 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
     _field(obj, "vlmeta", dict, what)
     if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
         raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
+    if "manifest" in obj and not _MANIFEST.fullmatch(_field(obj, "manifest", str, what)):
+        raise BadRequest(f"{what}: manifest {obj['manifest'][:100]!r} is not a digest (32 of 0-9 a-f)")
     return obj
 
 
@@ -216,6 +243,9 @@ def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
         raise BadRequest(f"{what}: status {status!r} is not one of {', '.join(NODE_STATES)}")
     if status == "online":
         _url(obj, "url", what)
+    for key in ("session", "will"):
+        if key in obj and _count(obj, key, what) > MAX_SEQ:
+            raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
     return obj
 
 

@@ -4,43 +4,44 @@ fetches their chunks on demand into its cache and serves them over HTTP."""
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import blosc2
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import storage
+from . import caterva2, storage
 from .assemble import Assembler
 from .cache import Cache
 from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
-from .mqtt import Node
+from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, Budget, Builders, Grant, Stream, TempFile
+from .mqtt import LogThrottle, Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .trust import Trust
-from .web import OCTETS, Server, arg_int, chunk_response, configure_app
-from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY
+from .web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
+from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
 
 log = logging.getLogger(__name__)
 
-# Selections larger than this many bytes are built and sent in pieces.
-SLAB = 64 << 20
 MAX_CHUNKS_PER_REQUEST = 4096
+# What /api/info/ROOT tells of a root's announcement, besides what it skipped and its groups.
+ROOT_FIELDS = ("name", "url", "publisher", "datasets", "etag", "time", "key")
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
 
@@ -55,10 +56,21 @@ class Subscriber:
         self.cache = Cache(settings["statedir"])
         self.tmpdir = settings["statedir"] / "tmp"
         self.tmpdir.mkdir(exist_ok=True)
+        # What a killed subscriber left: nothing else writes here.
+        for stale in self.tmpdir.iterdir():
+            stale.unlink()
+        # At most half the HTTP threads answer large requests, the rest stay for small ones.
+        large_threads = max(1, settings["http_threads"] // 2)
+        self.budget = Budget(large_threads, settings["max_stream_bytes"], settings["max_temp_bytes"])
+        self.builders = Builders(large_threads)
         self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
         self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        # Of each node's current session, the highest sequence number of a signed
+        # "online" or "offline" status, and that of the last will its last
+        # "online" names (see _check_fresh).
+        self._freshness: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         self._subscribed = set(self.cache.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
@@ -68,9 +80,17 @@ class Subscriber:
         self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
+        self._ignored = LogThrottle(log)
         host, port = settings["http"]
         self.app = create_app(self)
-        self.server = Server(self.app, host, port, settings["http_threads"])
+        self.server = Server(
+            self.app,
+            host,
+            port,
+            settings["http_threads"],
+            settings["http_connections"],
+            settings["http_timeout"],
+        )
         self.url = settings["urlbase"] or self.server.url
         self.node = Node(
             "subscriber",
@@ -94,6 +114,7 @@ class Subscriber:
     def stop(self) -> None:
         self.node.stop()
         self.server.stop()
+        self.builders.close()
         self._updates.shutdown(wait=True, cancel_futures=True)
         self.fetcher.close()
         self.cache.close()
@@ -120,18 +141,24 @@ class Subscriber:
             elif what.kind == "node":
                 self._on_node(topic, what.name, what.path, obj)
         except BadRequest as exc:
-            log.warning("ignoring the message on %r: %s", topic, exc)
+            self._ignored.warning("ignoring the message on %r: %s", topic, exc)
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:
             last = self.cache.root(name)["info"]
         except NotFound:
             last = None
-        self.trust.check(topic, name, obj, last, pin=last is None)
+        # Checked before its key may be pinned: junk pins nothing.
         info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
-        if info is not None and last is not None and info["url"] != last["url"]:
-            self._updates.submit(self._guarded, self._moved, name, info["url"])
-        self.cache.set_root(name, info)
+        self.trust.check(topic, name, obj, last, pin=info is not None)
+        moved = self.cache.set_root(name, info)
+        if moved:
+            log.warning(
+                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
+                name,
+                info["url"],
+                len(moved),
+            )
         self._updates.submit(self._guarded, self._reconcile_index, name)
 
     def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:
@@ -161,10 +188,42 @@ class Subscriber:
             self.nodes.pop(key, None)
             return
         status = parse_node(obj, role, node_id)
-        old = self.nodes.get(key)
-        if signer is not None and old is not None and status.get("session", 0) < old.get("session", 0):
-            raise BadRequest(f"a status of an earlier session of {role} {node_id!r}: a replay")
+        if signer is not None:
+            self._check_fresh(key, status)
         self.nodes[key] = status
+
+    def _check_fresh(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
+        """Raise BadRequest if a signed status is older than the last one of its node.
+
+        A node's session grows with every run. Within one, its statuses come in
+        the order of their sequence numbers ("online" after each connection,
+        "offline" at a clean stop, which ends it) but for the last will of each
+        connection, "lost", signed before it connects: "lost" is believed until
+        the session ends if it is the will that the last "online" names, and
+        "online" or "offline" must be newer than every other before, or the
+        same message again.
+        """
+        old = self.nodes.get(key)
+        what = f"{key[0]} {key[1]!r}"
+        session, seq, state = status.get("session", 0), status["seq"], status["status"]
+        high, will = self._freshness.get(key, (-1, None))
+        if old is not None and session == old.get("session", 0):
+            if state == "lost":
+                if old["status"] == "offline":
+                    raise BadRequest(f"a status of {what} after it stopped: a replay")
+                if will is not None and seq != will:
+                    raise BadRequest(f"the last will of an earlier connection of {what}: a replay")
+            elif seq < high or (seq == high and state != old["status"]):
+                raise BadRequest(f"a status of {what} older than its last: a replay")
+        elif old is not None and session < old.get("session", 0):
+            raise BadRequest(f"a status of an earlier session of {what}: a replay")
+        else:
+            high, will = -1, None
+        if state != "lost":
+            high = max(high, seq)
+        if state == "online":
+            will = status.get("will")
+        self._freshness[key] = (high, will)
 
     @staticmethod
     def _guarded(func, *args) -> None:
@@ -190,20 +249,6 @@ class Subscriber:
                 seen.add(path)
             self._changed.notify_all()
         self._reconcile_index(root)
-
-    def _moved(self, root: str, url: str) -> None:
-        """Drop the cached chunks of a root's datasets that no manifest vouches for,
-        now that another publisher serves the root: they came from the other."""
-        dropped = [p for p in self.cache.datasets(root) if "manifest" not in self.cache.dataset(root, p)]
-        for path in dropped:
-            self.cache.drop_chunks(root, path)
-        if dropped:
-            log.warning(
-                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
-                root,
-                url,
-                len(dropped),
-            )
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -320,7 +365,28 @@ class Subscriber:
         if not sep or not path:
             raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
         info = self.root_of(name)
-        return Source(name, path, self.cache.dataset(name, parse_path(path)), info["url"])
+        try:
+            meta = self.cache.dataset(name, parse_path(path))
+        except NotFound as exc:
+            # An HDF5 object the publisher could not serve (a dataset NAME is served as NAME.b2nd): say why.
+            names = {f"/{path}", f"/{path.removesuffix('.b2nd')}"}
+            reason = next((s["reason"] for s in info.get("skipped", ()) if s["path"] in names), None)
+            if reason is None:
+                raise
+            raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
+        return Source(name, path, meta, info["url"])
+
+    def root_info(self, name: str) -> dict[str, Any]:
+        """Return what root `name`'s publisher announced of it, and how we see it."""
+        root = self.cache.root(parse_root_name(name))
+        info = root["info"]
+        return {
+            **{key: info[key] for key in ROOT_FIELDS if key in info},
+            "skipped": info.get("skipped", []),
+            "groups": info.get("groups", {}),
+            "online": self._online(info),
+            "subscribed": root["subscribed"],
+        }
 
     def selection(self, fullpath: str, slice_text: str) -> Target:
         """Check the selection `slice_text` of a dataset; raise before anything is read."""
@@ -374,13 +440,106 @@ class Subscriber:
         return self.read(self.selection(fullpath, slice_text))
 
     def slabs(self, target: Target) -> Iterator[np.ndarray | bytes]:
-        """Yield the selection in pieces of about SLAB bytes along its first axis, in order."""
+        """Yield the selection in pieces of about PIECE bytes along its first axis, in order."""
         axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
         rows = len(target.sel[axis])
-        step = max(1, SLAB * rows // max(target.nbytes, 1))
+        step = max(1, PIECE * rows // max(target.nbytes, 1))
         for start in range(0, rows, step):
             piece = target.sel[axis][start : start + step]
             yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
+
+    def stream(self, target: Target, npy: bool) -> tuple[Body, int]:
+        """Return the body of a large selection and its length: ``.npy`` if `npy` and
+        an array, else its bytes; built on a builder thread, piece by piece.
+
+        Every chunk it needs is cached before this returns, so that a failure
+        to fetch one gets an error status; a failure after that ends the body
+        short, with the error (see `Body`).
+        """
+        grant = self.budget.enter(STREAM_MEMORY)
+        try:
+            self.builders.run(self._cache_all, target)
+        except BaseException:
+            grant.release()
+            raise
+        header = b""
+        if npy and target.source.meta["kind"] == "ndarray":
+            dtype = dtype_from_json(target.source.meta["dtype"])
+            buffer = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(dtype)
+            np.lib.format.write_array_header_1_0(
+                buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
+            )
+            header = buffer.getvalue()
+        pieces = self.builders.stream(_as_piece(slab) for slab in self.slabs(target))
+        return Body(header, pieces, grant, target.fullpath, self.cache.dir), len(header) + target.nbytes
+
+    def cframe(self, target: Target) -> TempFile:
+        """Return a large selection of an array as a Blosc2 file, whole before anything is sent.
+
+        The whole array is its cached chunks as they are; a part is compressed anew.
+        """
+        meta = target.source.meta
+        if all(s == range(n) for s, n in zip(target.sel, meta["shape"], strict=True)):
+            return self._whole_file(target.source)
+        dtype = dtype_from_json(meta["dtype"])
+
+        def write(tmp: Path) -> None:
+            self._cache_all(target)
+            out = blosc2.empty(target.shape, dtype=dtype, urlpath=str(tmp), contiguous=True, mode="w")
+            row = 0
+            for slab in self.slabs(target):
+                out[row : row + len(slab)] = np.ascontiguousarray(slab)
+                row += len(slab)
+
+        # Blosc2 stores what does not compress as it is, plus a little.
+        grant = self.budget.enter(BUILD_MEMORY, target.nbytes + target.nbytes // 256 + (1 << 20))
+        return self._temp_file(grant, ".b2nd", write)
+
+    def _cache_all(self, target: Target) -> None:
+        root, path, meta, _ = target.source
+        self._settled(root, path)
+        self.fetcher.ensure(target.source, chunks_touched(target.sel, meta["shape"], meta["chunks"]))
+
+    def _whole_file(self, source: Source) -> TempFile:
+        """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
+        root, path, meta, _ = source
+        numbers = list(range(meta["nchunks"]))
+
+        def write(tmp: Path) -> None:
+            self._settled(root, path)
+            self.fetcher.ensure(source, numbers)
+            with self.cache.reading(root, path, meta) as handle:
+                if handle is None:
+                    raise _changed_while_read(f"{root}/{path}")
+                if meta["kind"] == "file":
+                    with open(tmp, "wb") as f:
+                        for data in storage.iter_bytes(handle):
+                            f.write(data)
+                else:
+                    storage.write_contiguous(handle, meta, tmp)
+            self.cache.touch(root, path, numbers)
+
+        size = meta["nbytes"] if meta["kind"] == "file" else meta["cbytes"]
+        grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20))
+        return self._temp_file(grant, os.path.splitext(path)[1], write)
+
+    def _temp_file(self, grant: Grant, suffix: str, write: Callable[[Path], None]) -> TempFile:
+        """Have `write` make a file in the tmp directory on a builder thread; return it
+        open and already unlinked, `grant` holding its size of disk until it is closed."""
+        fd, name = tempfile.mkstemp(dir=self.tmpdir, suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            self.builders.run(write, tmp)
+            file = TempFile(tmp, grant)
+        except BaseException:
+            grant.release()
+            raise
+        finally:
+            tmp.unlink()
+        grant.keep_only_disk(os.fstat(file.fileno()).st_size)
+        return file
 
     def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
         source = self.lookup(fullpath)
@@ -431,29 +590,10 @@ class Subscriber:
 
         return frames()
 
-    def download(self, fullpath: str) -> tuple[io.BufferedReader, str]:
+    def download(self, fullpath: str) -> tuple[TempFile, str]:
         """Return an open, already unlinked file with the whole dataset, and its name."""
         source = self.lookup(fullpath)
-        root, path, meta, _ = source
-        numbers = list(range(meta["nchunks"]))
-        self._settled(root, path)
-        self.fetcher.ensure(source, numbers)
-        fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=os.path.splitext(path)[1])
-        os.close(fd)
-        try:
-            with self.cache.reading(root, path, meta) as handle:
-                if handle is None:
-                    raise _changed_while_read(fullpath)
-                if meta["kind"] == "file":
-                    with open(tmp, "wb") as f:
-                        for data in storage.iter_bytes(handle):
-                            f.write(data)
-                else:
-                    storage.write_contiguous(handle, meta, tmp)
-            self.cache.touch(root, path, numbers)
-            return open(tmp, "rb"), path.rsplit("/", 1)[-1]
-        finally:
-            os.unlink(tmp)
+        return self._whole_file(source), source.path.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -470,6 +610,51 @@ class Target:
 
 def _changed_while_read(fullpath: str) -> Unavailable:
     return Unavailable(f"{fullpath} changed while being read; try again", status=503)
+
+
+def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
+    """Return a slab's bytes: a large one as a view (it is sent from where it is), not a copy."""
+    if isinstance(slab, bytes):
+        return slab
+    view = memoryview(np.ascontiguousarray(slab)).cast("B")
+    return view if len(view) >= BY_REFERENCE else view.tobytes()
+
+
+class Body:
+    """The body of a large answer: a header, then pieces made on a builder thread.
+
+    A failure once it is under way cannot change the status sent: the body
+    then ends with the error (`wire.error_trailer`), short of its
+    Content-Length, and its connection is closed, so that any HTTP client
+    sees it cut and catmqtt's client reports the error. Closing it (waitress
+    does, sent or not) stops the builder and gives back the grant.
+    """
+
+    def __init__(self, header: bytes, pieces: Stream, grant: Grant, fullpath: str, statedir: Path) -> None:
+        self._header = header
+        self._pieces = pieces
+        self._grant = grant
+        self._fullpath = fullpath
+        self._statedir = statedir
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        if self._header:
+            yield self._header
+        try:
+            yield from self._pieces
+        except Exception as exc:
+            message, status = error_of(exc, self._statedir, f"the body of {self._fullpath}")
+            log.warning(
+                "the answer for %s failed midway, and ends with its error: %s", self._fullpath, message
+            )
+            yield error_trailer(message, status)
+            raise StreamCut(message) from exc
+
+    def close(self) -> None:
+        try:
+            self._pieces.close()
+        finally:
+            self._grant.release()
 
 
 def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
@@ -525,51 +710,48 @@ def list_datasets(name: str, directory: str | None = None):
 
 @bp.get("/api/info/<path:fullpath>")
 def info(fullpath: str):
+    if "/" not in fullpath:
+        return jsonify(_sub().root_info(fullpath))
     meta = _sub().lookup(fullpath)[2]
-    response = jsonify(meta)
+    response = jsonify(caterva2.describe(meta))
     response.set_etag(meta["etag"])
     return response.make_conditional(request)
 
 
 @bp.get("/api/fetch/<path:fullpath>")
+@bp.post("/api/fetch/<path:fullpath>")
 def fetch(fullpath: str):
     sub = _sub()
-    target = sub.selection(fullpath, request.args.get("slice", ""))
+    wanted = caterva2.fetch_args()
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
     npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
-    if target.nbytes <= SLAB or not target.shape:
+    if wanted.indices is not None:
+        with caterva2.gathering(sub, fullpath, wanted.indices) as result:
+            return _array_response(result, npy)
+    target = sub.selection(fullpath, wanted.slice)
+    if target.nbytes <= PIECE or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
             return Response(result, mimetype=OCTETS)
-        if npy:
-            buffer = io.BytesIO()
-            np.save(buffer, result, allow_pickle=False)
-            return Response(buffer.getvalue(), mimetype=NPY)
-        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
-    # A large selection is built and sent slab by slab: memory stays flat.
-    if target.source.meta["kind"] != "ndarray":
-        return Response(sub.slabs(target), mimetype=OCTETS)
-    dtype = dtype_from_json(target.source.meta["dtype"])
+        return _array_response(result, npy)
+    # A large selection: .npy (or bytes) streamed piece by piece, Blosc2 built
+    # whole in a temporary file, within the budget large answers share.
+    array = target.source.meta["kind"] == "ndarray"
+    if npy or not array:
+        body, length = sub.stream(target, npy)
+        mimetype = NPY if npy and array else OCTETS
+        return Response(body, mimetype=mimetype, headers={"Content-Length": str(length)})
+    return send_file(sub.cframe(target), mimetype=CFRAME)
+
+
+def _array_response(result: np.ndarray, npy: bool) -> Response:
+    """Return an array (0-d for a scalar, as numpy gives it) as .npy or as a Blosc2 frame."""
     if npy:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": target.shape},
-        )
-        pieces = (np.ascontiguousarray(slab).tobytes() for slab in sub.slabs(target))
-        return Response(itertools.chain([header.getvalue()], pieces), mimetype=NPY)
-    fd, tmp = tempfile.mkstemp(dir=sub.tmpdir, suffix=".b2nd")
-    os.close(fd)
-    try:
-        out = blosc2.empty(target.shape, dtype=dtype, urlpath=tmp, contiguous=True, mode="w")
-        row = 0
-        for slab in sub.slabs(target):
-            out[row : row + len(slab)] = np.ascontiguousarray(slab)
-            row += len(slab)
-        del out
-        return send_file(open(tmp, "rb"), mimetype=CFRAME)
-    finally:
-        os.unlink(tmp)
+        buffer = io.BytesIO()
+        np.save(buffer, result, allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype=NPY)
+    # np.ascontiguousarray would make a scalar an array of shape (1,).
+    return Response(blosc2.asarray(np.asarray(result, order="C")).to_cframe(), mimetype=CFRAME)
 
 
 @bp.get("/api/chunk/<path:fullpath>")
@@ -586,7 +768,8 @@ def chunks(fullpath: str):
 
 @bp.get("/api/stats")
 def stats():
-    return jsonify(_sub().fetcher.stats())
+    sub = _sub()
+    return jsonify({**sub.fetcher.stats(), "large": sub.budget.stats()})
 
 
 @bp.get("/api/download/<path:fullpath>")

@@ -22,8 +22,8 @@ from waitress.server import create_server
 from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
-from . import storage
-from .errors import BadRequest, CatmqttError
+from . import fsutil
+from .errors import BadRequest, Busy, CatmqttError
 from .slices import parse_int
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,10 @@ def configure_app(app: Flask, statedir: Path) -> None:
 
     @app.errorhandler(CatmqttError)
     def catmqtt_error(exc: CatmqttError):
-        return error_response(exc.message, exc.status)
+        response = error_response(exc.message, exc.status)
+        if isinstance(exc, Busy):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -112,12 +115,27 @@ def configure_app(app: Flask, statedir: Path) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
-        if storage.out_of_space(exc, statedir):
-            log.warning("%s %s: %s", request.method, request.path, exc)
-            return catmqtt_error(storage.no_space(statedir))
-        # The details (paths, internals) go to the log, not to the client.
-        log.exception("internal error serving %s %s", request.method, request.full_path)
-        return error_response(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
+        return error_response(*error_of(exc, statedir, f"{request.method} {request.full_path.rstrip('?')}"))
+
+
+def error_of(exc: Exception, statedir: Path, serving: str) -> tuple[str, int]:
+    """Return the message and status that tell a client of `exc`, raised serving `serving`.
+
+    A failure to write into `statedir` because its disk is full is a 507.
+    """
+    if isinstance(exc, CatmqttError):
+        return exc.message, exc.status
+    if fsutil.out_of_space(exc, statedir):
+        log.warning("%s: %s", serving, exc)
+        error = fsutil.no_space(statedir)
+        return error.message, error.status
+    # The details (paths, internals) go to the log, not to the client.
+    log.error("internal error serving %s", serving, exc_info=exc)
+    return f"internal error ({type(exc).__name__}); the server's log has the details", 500
+
+
+class StreamCut(Exception):
+    """Raised by a response body to end it short of its Content-Length: its connection is closed."""
 
 
 class _BytesFile(io.RawIOBase):
@@ -152,7 +170,16 @@ class _Task(WSGITask):
     """waitress's WSGI task, except that a large piece of a body is queued by
     reference, as waitress queues a wsgi.file_wrapper, and sent from where it
     is. waitress itself copies every piece into its buffer and out again, and
-    twice more to frame it in a chunked response."""
+    twice more to frame it in a chunked response. A body that raises
+    StreamCut has its connection closed once what it sent is flushed."""
+
+    def execute(self) -> None:
+        try:
+            super().execute()
+        except StreamCut:
+            self.close_on_finish = True
+            # Nor may finish() end a chunked body as if it were whole.
+            self.chunked_response = False
 
     def write(self, data: bytes) -> None:
         if len(data) < BY_REFERENCE or not self.complete:
@@ -238,9 +265,18 @@ class Server:
     HIGH_WATERMARK bytes are unsent (at 1 MiB, the worker and the I/O thread
     took turns so often that warm streaming was 1.6x slower). Connections are
     kept alive.
+
+    Up to `connections` connections are taken at once (waitress's default
+    of 100 let 100 clients that never finish sending a request lock everyone
+    else out), and one that sends or takes nothing for `timeout` seconds
+    between requests (a request half sent included) is closed. A
+    connection's bytes are read without a worker thread: only a whole
+    request takes one.
     """
 
-    def __init__(self, app: Flask, host: str, port: int, threads: int) -> None:
+    def __init__(
+        self, app: Flask, host: str, port: int, threads: int, connections: int = 1000, timeout: int = 30
+    ) -> None:
         # We bind the socket ourselves, for a one-line error.
         try:
             sock = socket.create_server(
@@ -257,7 +293,10 @@ class Server:
             threads=threads,
             outbuf_overflow=2 * HIGH_WATERMARK,
             outbuf_high_watermark=HIGH_WATERMARK,
-            channel_timeout=300,
+            connection_limit=connections,
+            channel_timeout=timeout,
+            # How often connections are checked for that timeout.
+            cleanup_interval=max(1, min(timeout // 3, 10)),
             ident="catmqtt",
         )
         self._server.channel_class = _Channel
@@ -282,7 +321,8 @@ class Server:
     def _run(self) -> None:
         # The I/O loop, one turn at a time, so that its own thread closes the sockets it polls.
         while not self._stopping.is_set():
-            wasyncore.loop(timeout=0.2, map=self._map, count=1)
+            # poll(), not select(): select() refuses descriptors past 1023.
+            wasyncore.loop(timeout=0.2, use_poll=True, map=self._map, count=1)
         with self._trigger_lock:
             wasyncore.close_all(self._map)
 

@@ -486,6 +486,9 @@ def test_node_settings_defaults() -> None:
     assert sub["http"] == ("127.0.0.1", 8002)
     assert sub["fetch_workers"] == 8
     assert pub["http_threads"] == sub["http_threads"] == 16
+    assert pub["http_connections"] == sub["http_connections"] == 1000
+    assert pub["http_timeout"] == sub["http_timeout"] == 30
+    assert (sub["max_stream_bytes"], sub["max_temp_bytes"]) == (256 << 20, 1 << 30)
 
 
 @pytest.mark.parametrize(
@@ -531,7 +534,15 @@ def test_node_settings_password(
         ("publisher", {"http_threads": 0}, "http_threads must be an integer from 1 to 1024, not 0"),
         ("subscriber", {"http_threads": 1025}, "http_threads must be an integer from 1 to 1024, not 1025"),
         ("subscriber", {"http_threads": "4"}, "http_threads must be an integer from 1 to 1024, not '4'"),
+        ("publisher", {"http_connections": 0}, "http_connections must be an integer from 1 to 100000, not 0"),
+        ("subscriber", {"http_timeout": 0}, "http_timeout must be an integer from 1 to 86400, not 0"),
+        ("subscriber", {"max_stream_bytes": 0}, "max_stream_bytes must be an integer from 1 to"),
+        ("subscriber", {"max_temp_bytes": "1GB"}, "max_temp_bytes must be an integer from 1 to"),
         ("subscriber", {"max_fetch_bytes": (1 << 50) + 1}, "max_fetch_bytes must be an integer from 1 to"),
+        ("publisher", {"settle": -1}, "settle must be a number from 0 to 3600, not -1"),
+        ("publisher", {"settle": "1"}, "settle must be a number from 0 to 3600, not '1'"),
+        ("publisher", {"settle": True}, "settle must be a number from 0 to 3600, not True"),
+        ("publisher", {"settle": 1e9}, "settle must be a number from 0 to 3600"),
     ],
 )
 def test_node_settings_bad(role: str, options: dict, match: str) -> None:
@@ -556,6 +567,9 @@ def test_node_settings_bad_value_from_file() -> None:
         ("subscriber", {"max_fetch_bytes": 1}, "max_fetch_bytes", 1),
         ("publisher", {"http_threads": 1}, "http_threads", 1),
         ("subscriber", {"http_threads": 1024}, "http_threads", 1024),
+        ("publisher", {"http_connections": 5000}, "http_connections", 5000),
+        ("subscriber", {"http_timeout": 5}, "http_timeout", 5),
+        ("subscriber", {"max_temp_bytes": 1 << 20}, "max_temp_bytes", 1 << 20),
         ("subscriber", {"http": "[::1]:0"}, "http", ("::1", 0)),
     ],
 )

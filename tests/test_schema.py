@@ -126,6 +126,10 @@ def test_loads_empty_is_none() -> None:
         (b'{"schema": 2}', "payload has schema 2, expected 1"),
         (b'{"schema": "1"}', "payload has schema '1', expected 1"),
         (b'{"schema": null}', "payload has schema None, expected 1"),
+        (b'{"schema": 1, "n": 1' + b"0" * 20 + b"}", "payload has an integer of more than 20 digits"),
+        (b'{"schema": 1, "n": -1' + b"0" * 5000 + b"}", "payload has an integer of more than 20 digits"),
+        (b'{"schema": 1, "n": NaN}', "payload is not JSON: NaN is no JSON value"),
+        (b'{"schema": 1, "n": -Infinity}', "payload is not JSON: -Infinity is no JSON value"),
         (
             b" " * (MAX_PAYLOAD + 1),
             f"payload of {MAX_PAYLOAD + 1} bytes is over the {MAX_PAYLOAD} byte limit",
@@ -161,6 +165,9 @@ def test_loads_schema_must_be_the_integer_1(schema: bytes) -> None:
 def test_parse_root_good() -> None:
     assert parse_root(copy.deepcopy(ROOT), "r") == ROOT
     assert parse_root(changed(ROOT, url="https://h/x", datasets=0), "r")["datasets"] == 0
+    skipped = [{"path": "/x", "reason": "opaque data"}]
+    groups = {"": {"title": "t"}, "g": {}}
+    assert parse_root(changed(ROOT, skipped=skipped, groups=groups), "r")["skipped"] == skipped
 
 
 ROOT_WHAT = re.escape("announcement of root 'r': ")
@@ -185,6 +192,12 @@ ROOT_WHAT = re.escape("announcement of root 'r': ")
         ({"datasets": "3"}, "field 'datasets' is missing or not int"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"skipped": {"path": "/x"}}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": "/x"}]}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": 1, "reason": "r"}]}, "'skipped' must be a list"),
+        ({"skipped": ["/x"]}, "'skipped' must be a list"),
+        ({"groups": []}, "'groups' must map directories to their attributes"),
+        ({"groups": {"g": "attrs"}}, "'groups' must map directories to their attributes"),
     ],
 )
 def test_parse_root_bad(fields: dict[str, Any], match: str) -> None:
@@ -260,6 +273,7 @@ def test_url_fields_need_a_host(url: str) -> None:
         changed(FILE, path="empty.txt", shape=[0], chunks=[0], nchunks=0, nbytes=0, chunksize=0),
         changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3, nbytes=90),
         changed(FILE, path="é/日本 x+#.txt"),
+        changed(NDARRAY, manifest="0123456789abcdef0123456789abcdef"),
     ],
 )
 def test_parse_dataset_good(meta: dict[str, Any]) -> None:
@@ -325,6 +339,13 @@ ND_WHAT = re.escape("metadata of 'dir/a.b2nd': ")
         ({"vlmeta": "x"}, "field 'vlmeta' is missing or not dict"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"manifest": ["0" * 32]}, "field 'manifest' is missing or not str"),
+        ({"manifest": {"digest": "0" * 32}}, "field 'manifest' is missing or not str"),
+        ({"manifest": None}, "field 'manifest' is missing or not str"),
+        ({"manifest": 7}, "field 'manifest' is missing or not str"),
+        ({"manifest": ""}, "manifest '' is not a digest (32 of 0-9 a-f)"),
+        ({"manifest": "A" * 32}, "manifest '" + "A" * 32 + "' is not a digest"),
+        ({"manifest": "x" * 1000}, "manifest '" + "x" * 100 + "' is not a digest"),
     ],
 )
 def test_parse_dataset_bad_ndarray(fields: dict[str, Any], match: str) -> None:
@@ -475,6 +496,8 @@ def test_parse_dataset_sizes_bad(base: dict[str, Any], fields: dict[str, Any], m
         {"status": "offline"},
         {"status": "lost"},
         {"status": "offline", "url": "not checked when offline"},
+        {"status": "lost", "session": 0},
+        {"status": "lost", "session": (1 << 63) - 1},
     ],
 )
 def test_parse_node_good(status: dict[str, Any]) -> None:
@@ -492,6 +515,12 @@ def test_parse_node_good(status: dict[str, Any]) -> None:
         ({"status": "online", "url": None}, "field 'url' is missing or not str"),
         ({"status": "online", "url": "ws://h:9001"}, "field 'url' is not an http(s) URL"),
         ({"status": "online", "url": "h:8002"}, "field 'url' is not an http(s) URL"),
+        ({"status": "lost", "session": "1"}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": 1e15}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": -1}, "field 'session' is negative"),
+        ({"status": "lost", "session": 1 << 63}, f"session {1 << 63} is over {(1 << 63) - 1}"),
+        ({"status": "online", "url": "http://h", "will": "7"}, "field 'will' is missing or not int"),
+        ({"status": "online", "url": "http://h", "will": 1 << 63}, f"will {1 << 63} is over"),
     ],
 )
 def test_parse_node_bad(status: dict[str, Any], match: str) -> None:

@@ -18,7 +18,7 @@ import requests
 from flask import Flask
 
 import catmqtt
-from catmqtt import blocks, storage, web
+from catmqtt import blocks, fsutil, storage, web
 from catmqtt.cache import Cache
 from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.fetcher import Fetcher, Source
@@ -554,8 +554,8 @@ def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, 
     data = np.random.default_rng(5).random((300, 70))
     blosc2.asarray(data, urlpath=str(root_dir / "wide.b2nd"), mode="w", chunks=(32, 16))
     (root_dir / "text.txt").write_bytes(b"0123456789" * 5000)
-    # Slabs of a few kilobytes stand in for the 64 MiB ones.
-    monkeypatch.setattr(subscriber, "SLAB", 4000)
+    # Pieces of a few kilobytes stand in for the 8 MiB ones.
+    monkeypatch.setattr(subscriber, "PIECE", 4000)
     with running(broker, tmp_path, root_dir) as (_, sub):
         for key, text in [((slice(None, None, -3), slice(5, 60)), "::-3, 5:60"), ((7,), "7"), ((), "")]:
             response = requests.get(
@@ -586,7 +586,7 @@ def test_limits_of_one_request(broker, tmp_path, root_dir):
 
 
 def test_state_directories_are_never_published(tmp_path, root_dir):
-    storage.make_statedir(root_dir / "_catmqtt" / "subscriber")
+    fsutil.make_statedir(root_dir / "_catmqtt" / "subscriber")
     (root_dir / "_catmqtt" / "subscriber" / "cache.sqlite").write_bytes(b"private")
     root = open_root("foo", root_dir, tmp_path / "state")
     root.scan()

@@ -283,7 +283,7 @@ def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):
         cache = Cache(d.workdir / "sub")
         try:
             meta = cache.dataset("evil", path)
-            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, storage.chunk_digest(ONE_BLOCK))
+            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, storage.chunk_digest(ONE_BLOCK), url)
         finally:
             cache.close()
         d.start_sub()
