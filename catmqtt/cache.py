@@ -24,6 +24,7 @@ from typing import Any
 import blosc2
 
 from . import fsutil, storage
+from .blocks import chunk_problem
 from .errors import ConfigError, InsufficientStorage, NotFound
 from .slices import chunk_coords, chunk_grid, chunk_number
 
@@ -399,7 +400,8 @@ class Cache:
         """Return which of the chunks `wanted` of version ``meta["etag"]`` are cached and sound.
 
         A chunk read for the first time since this process started is checked
-        against its digest; one that fails (a crash, a disk error) is
+        against its digest and its dataset's metadata (one cached by a catmqtt
+        that did not check it); one that fails (a crash, a disk error) is
         forgotten, to be fetched again.
         """
         slot = self._slot(root, path)
@@ -421,7 +423,10 @@ class Cache:
                 schunk = storage.schunk_of(self._container(root, path, meta, slot))
                 for n in sorted(unchecked):
                     try:
-                        sound = storage.chunk_digest(schunk.get_chunk(n)) == digests[n]
+                        data = schunk.get_chunk(n)
+                        sound = (
+                            storage.chunk_digest(data) == digests[n] and chunk_problem(data, meta, n) is None
+                        )
                     except (RuntimeError, ValueError):
                         sound = False
                     if sound:

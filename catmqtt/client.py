@@ -21,12 +21,13 @@ from urllib.parse import quote
 import requests
 import urllib3
 
+from .blocks import chunk_problem
 from .errors import BadRequest, Changed, Unavailable, from_status
 from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
-from .wire import FRAME, NPY, TRAILER_MAX, read_error_trailer
+from .wire import ETAG, FRAME, NPY, TRAILER_MAX, read_error_trailer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -205,8 +206,21 @@ class Client:
         return self._decoders
 
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
-        """Return the compressed bytes of chunk `nchunk` of `dataset`."""
-        return self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk}).content
+        """Return the compressed bytes of chunk `nchunk` of `dataset`, checked against its metadata."""
+        response = self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk})
+        meta = self._metas.get(dataset)
+        if meta is None or meta["etag"] != response.headers.get(ETAG):
+            meta = self.get_info(dataset)
+        if meta["etag"] != response.headers.get(ETAG):
+            raise Changed(f"{dataset} changed while its chunk {nchunk} was read; read it again")
+        problem = chunk_problem(response.content, meta, nchunk)
+        if problem is not None:
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent chunk {nchunk} of {dataset}, which is not what its"
+                f" metadata says: {problem}",
+                status=502,
+            )
+        return response.content
 
     def download(self, dataset: str, localpath: str | os.PathLike = ".") -> Path:
         """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.

@@ -21,6 +21,9 @@ import pytest
 import requests
 
 from catmqtt import signing, storage
+from catmqtt.cache import Cache
+from catmqtt.client import Client
+from catmqtt.errors import Unavailable
 from catmqtt.wire import DIGEST, ETAG, FRAME, NPY, PARTS
 
 from conftest import Deployment, publish, rogue_client, run_cli, wait_for
@@ -154,25 +157,29 @@ class LyingPublisher:
         return 200, headers, chunk
 
 
-def announce(d: Deployment, signer: signing.Signer, root: str, url: str, chunks: dict[str, bytes]) -> None:
-    """Announce `root` at `url` with a dataset for each of `chunks`, as a rogue MQTT client
-    (signed with its own key: a stranger's root is trusted on first use), and subscribe to it."""
-    topic = f"catmqtt/v1/roots/{root}"
-    info = {"schema": 1, "name": root, "url": url, "publisher": "rogue", "datasets": len(chunks), "etag": "x"}
+def announce(d: Deployment, signer: signing.Signer, roots: dict[str, tuple[str, dict[str, bytes]]]) -> None:
+    """Announce each of `roots` (name: its URL and a chunk for each dataset path) as a rogue
+    MQTT client, signed with its own key (a stranger's root is trusted on first use), and
+    subscribe to them."""
+    # One connection: a second one of the same client id, right after the first, once lost
+    # a retained dataset announcement (amqtt, under load).
     with rogue_client(d.broker) as rogue:
-        publish(rogue, topic, json.dumps(signer.sign(topic, info)))
-        for path, chunk in chunks.items():
-            publish(
-                rogue,
-                f"{topic}/ds/{path}",
-                json.dumps(signer.sign(f"{topic}/ds/{path}", lying_meta(path, chunk))),
-            )
-    wait_for(lambda: root in requests.get(f"{d.url('sub')}/api/roots", timeout=5).json(), f"root {root}")
-    requests.post(f"{d.url('sub')}/api/subscribe/{root}", timeout=30).raise_for_status()
-    wait_for(
-        lambda: len(requests.get(f"{d.url('sub')}/api/list/{root}", timeout=5).json()) == len(chunks),
-        f"the datasets of {root}",
-    )
+        for root, (url, chunks) in roots.items():
+            topic = f"catmqtt/v1/roots/{root}"
+            info = {"schema": 1, "name": root, "url": url, "publisher": "rogue", "datasets": len(chunks)}
+            publish(rogue, topic, json.dumps(signer.sign(topic, {**info, "etag": "x"})))
+            for path, chunk in chunks.items():
+                meta = signer.sign(f"{topic}/ds/{path}", lying_meta(path, chunk))
+                publish(rogue, f"{topic}/ds/{path}", json.dumps(meta))
+    sub = d.url("sub")
+
+    def listed(root: str) -> list[str]:
+        return requests.get(f"{sub}/api/list/{root}", timeout=5).json()
+
+    for root, (_, chunks) in roots.items():
+        wait_for(lambda root=root: root in requests.get(f"{sub}/api/roots", timeout=5).json(), f"root {root}")
+        requests.post(f"{sub}/api/subscribe/{root}", timeout=30).raise_for_status()
+        wait_for(lambda root=root, chunks=chunks: len(listed(root)) == len(chunks), f"the datasets of {root}")
 
 
 @dataclass
@@ -201,8 +208,7 @@ def attack(module_broker, sample_root, tmp_path_factory) -> Iterator[Attack]:
     parts = LyingPublisher({path: chunk for path, (chunk, _) in IN_PARTS.items()}, in_parts=True)
     try:
         with serving(liar) as url, serving(parts) as parts_url:
-            announce(d, signer, "evil", url, liar.chunks)
-            announce(d, signer, "split", parts_url, parts.chunks)
+            announce(d, signer, {"evil": (url, liar.chunks), "split": (parts_url, parts.chunks)})
             yield Attack(d, parts)
     finally:
         d.stop_all()
@@ -264,6 +270,30 @@ def test_the_command_line_reports_the_lie(attack):
     assert_unharmed(attack, "evil", "crash.b2nd")
 
 
+def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):
+    """A chunk cached without the check (by an older catmqtt) is dropped at its first
+    read, fetched again, and refused."""
+    d = deployment
+    path = "poisoned.b2nd"
+    liar = LyingPublisher({path: ONE_BLOCK})
+    with serving(liar) as url:
+        d.start_sub()
+        announce(d, signing.generate(tmp_path / "rogue.pem"), {"evil": (url, liar.chunks)})
+        d.stop("sub")
+        cache = Cache(d.workdir / "sub")
+        try:
+            meta = cache.dataset("evil", path)
+            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, storage.chunk_digest(ONE_BLOCK))
+        finally:
+            cache.close()
+        d.start_sub()
+        wait_for(lambda: requests.get(f"{d.url('sub')}/api/list/evil", timeout=5).json(), "root evil")
+        response = requests.get(f"{d.url('sub')}/api/fetch/evil/{path}", params={"slice": "0:5"}, timeout=60)
+        assert "that its metadata rules out: its blocks are of 8000000 bytes" in refusal(response)
+    assert "cached chunk 0 of evil/poisoned.b2nd is damaged; fetching it again" in d.procs["sub"].output
+    assert d.procs["sub"].alive()
+
+
 # A lying subscriber against the client
 
 
@@ -277,6 +307,8 @@ def lying_subscriber(metas: dict[str, dict], chunks: dict[str, bytes]) -> Route:
             return 200, {"Content-Type": "application/json"}, json.dumps(metas[name]).encode()
         if endpoint == "chunks" and name in chunks:
             return 200, {}, FRAME.pack(0, len(chunks[name])) + chunks[name]
+        if endpoint == "chunk" and name in chunks:
+            return 200, {ETAG: metas[name]["etag"]}, chunks[name]
         return not_found(path)
 
     return route
@@ -297,6 +329,14 @@ def test_the_client_checks_what_its_subscriber_sends():
         assert result.stderr == (
             f"Error: the subscriber at {url} sent chunk 0 of 'crash.b2nd', which is not what its metadata"
             " says: its blocks are of 8000000 bytes, not 80 (blocks [10])\n"
+        )
+        # The library's raw chunks too.
+        with Client(url) as client, pytest.raises(Unavailable) as refused:
+            client.get_chunk("evil/crash.b2nd", 0)
+        assert refused.value.status == 502
+        assert str(refused.value) == (
+            f"the subscriber at {url} sent chunk 0 of evil/crash.b2nd, which is not what its metadata says:"
+            " its blocks are of 8000000 bytes, not 80 (blocks [10])"
         )
         result = run_cli("show", "evil/bad-meta.b2nd[0:5]", sub=url)
         assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
