@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from . import signing, storage
 from .blocks import block_parts, format_parts
 from .errors import BadRequest
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .roots import Root, open_root
 from .signing import verify
 from .slices import parse_block_range
@@ -126,6 +126,7 @@ class Publisher:
         self._announced: dict[str, bytes] = {}
         self._tombstones: dict[str, bytes] = {}
         self._publish_lock = threading.Lock()
+        self._withdrawals = LogThrottle(log)
         self.watcher = None
         if settings["watch"] != "off":
             self.watcher = Watcher(
@@ -223,10 +224,15 @@ class Publisher:
             return
         with self._publish_lock:
             if self._ours(topic, payload):
+                if not payload:
+                    # Our clear is back: nothing on the topic is left to tell ours
+                    # (and a stranger's junk topics do not pile up here).
+                    self._announced.pop(topic, None)
+                    self._tombstones.pop(topic, None)
                 return
             if what.kind == "dataset" and what.path not in self.root.entries:
                 if payload:
-                    log.info("withdrawing the announcement of %s, which is gone", what.path)
+                    self._withdrawals.info("withdrawing the announcement of %s, which is gone", what.path)
                     self._withdraw(topic, {"path": what.path})
                 return
             if topic in self._announced:

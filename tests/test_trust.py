@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import resource
@@ -32,7 +33,7 @@ from catmqtt.trust import Trust
 from catmqtt.web import Server
 from catmqtt.wire import DIGEST, ETAG
 
-from conftest import DEADLINE, catmqtt_cmd, publish, rogue_client, run_cli, wait_for
+from conftest import DEADLINE, catmqtt_cmd, publish, rogue_client, run_cli, start_publisher, wait_for
 
 ROOT = "catmqtt/v1/roots/foo"
 DATASET = f"{ROOT}/ds/ds-1d.b2nd"
@@ -625,4 +626,26 @@ def test_junk_on_the_broker_is_logged_a_few_lines_a_minute(deployment):
     wait_for(lambda: "marker" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the marker root")
     log = d.procs["sub"].output
     assert log.count("ignoring the message on 'catmqtt/v1/roots/junk") == 20
-    assert "(more such warnings within 60 s are counted, not written)" in log
+    assert "(more such lines within 60 s are counted, not written)" in log
+
+
+def test_a_publisher_withdraws_junk_topics_and_forgets_them(broker, root_dir, tmp_path, caplog):
+    """A stranger's junk on dataset topics of a root is withdrawn, logged a few lines a
+    minute, and not kept: the publisher's memory no longer grows with every junk topic."""
+    caplog.set_level(logging.INFO, logger="catmqtt.publisher")
+    keyfile, _ = keygen(tmp_path, "foo.pem")
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, sign_key=keyfile)
+    try:
+        # Its root and its datasets.
+        topics = len(pub.root.entries) + 1
+        wait_for(lambda: len(pub._announced) == topics, "the publisher's announcements")
+        junk = [f"{ROOT}/ds/junk{i}" for i in range(100)]
+        with retained(broker, f"{ROOT}/ds/#") as seen, rogue_client(broker) as rogue:
+            for topic in junk:
+                publish(rogue, topic, b'{"schema": 1}')
+            wait_for(lambda: all(seen.get(topic) == b"" for topic in junk), "the junk withdrawn")
+        wait_for(lambda: len(pub._announced) == topics and not pub._tombstones, "the junk forgotten")
+    finally:
+        pub.stop()
+    withdrawals = [r for r in caplog.records if "withdrawing the announcement of junk" in r.getMessage()]
+    assert len(withdrawals) == 20
