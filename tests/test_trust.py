@@ -452,7 +452,6 @@ def test_junk_numbers_and_a_replayed_status_are_refused(deployment, root_dir, tm
         # Past Python's 4300 digits int() raises ValueError (a traceback a message);
         # a session that is no number broke the comparison with the last one.
         publish(rogue, ROOT, b'{"schema": 1, "datasets": 1' + b"0" * 5000 + b"}")
-        publish(rogue, ROOT, b'{"schema": 1, "datasets": NaN}')
         rogue_status = "catmqtt/v1/nodes/publisher/rogue"
         for session in (1, "x", 1 << 64):
             fields = {"schema": 1, "status": "offline", "session": session}
@@ -464,7 +463,7 @@ def test_junk_numbers_and_a_replayed_status_are_refused(deployment, root_dir, tm
         wait_for(lambda: "older than its last: a replay" in d.procs["sub"].output, "the replay refused")
     assert not requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["online"]
     log = d.procs["sub"].output
-    assert "an integer of more than 20 digits" in log and "NaN is no JSON value" in log
+    assert "an integer of more than 20 digits" in log
     assert "field 'session' is missing or not int" in log and "session 18446744073709551616 is over" in log
     assert "Traceback" not in log
 
