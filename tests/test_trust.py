@@ -648,3 +648,26 @@ def test_a_publisher_withdraws_junk_topics_and_forgets_them(broker, root_dir, tm
         pub.stop()
     withdrawals = [r for r in caplog.records if "withdrawing the announcement of junk" in r.getMessage()]
     assert len(withdrawals) == 20
+
+
+def test_what_a_tombstone_withdrew_stays_withdrawn_after_a_restart(deployment, root_dir, tmp_path):
+    d = deployment
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    d.start_sub("sub", "--trust", key)
+    d.wait_root("foo")
+    assert d.cli("subscribe", "foo").stdout == "Ok\n"
+    with retained(d.broker, DATASET) as seen:
+        wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the dataset announced")
+        announcement = seen[DATASET]
+        (root_dir / "ds-1d.b2nd").unlink()
+        wait_for(lambda: seen[DATASET] == b"", "the dataset withdrawn")
+    wait_for(lambda: "foo/ds-1d.b2nd" not in d.cli("list", "foo").stdout, "the dataset gone")
+    # With its publisher gone, nobody withdraws it again.
+    d.stop("pub-foo")
+    d.stop("sub")
+    d.start_sub("sub", "--trust", key)
+    with rogue_client(d.broker) as rogue:
+        publish(rogue, DATASET, announcement)
+    wait_for(lambda: "a replay" in d.procs["sub"].output, "the replay refused")
+    assert "foo/ds-1d.b2nd" not in d.cli("list", "foo").stdout
