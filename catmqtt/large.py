@@ -9,8 +9,8 @@ threads, so that small reads are answered promptly meanwhile.
 Threads: HTTP threads enter and leave the budget, under its one lock
 (`Budget._lock`, a condition); each builder thread runs the work of one
 answer at a time and touches only that answer's queue. A `Grant` is given
-back by whoever holds the answer last: the HTTP thread, or waitress's I/O
-thread when it closes a sent file.
+back by whoever holds the answer last: the HTTP thread, or the closer
+thread of `Builders` once a sent file is closed.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ from typing import Any, TypeVar
 
 from .errors import Busy, TooLarge
 
-# Large answers are built and sent in pieces of about this many bytes.
+# Selections over this many bytes are large; a Blosc2 answer is built in pieces this size.
 PIECE = 8 << 20
-# What a .npy stream holds: the piece being sent, the one ready, the one being built.
-STREAM_MEMORY = 3 * PIECE
+# A .npy stream is made and sent in pieces this size: Blosc2 holds the GIL
+# while it decodes one (about 20 ms for 8 MiB, long enough to hold up every
+# small request behind it).
+STREAM_PIECE = 1 << 20
+# What a .npy stream holds: the piece being sent, the one ready, the one being made.
+STREAM_MEMORY = 3 * STREAM_PIECE
 # What building a Blosc2 answer holds: a piece, and Blosc2's buffers for it.
 BUILD_MEMORY = 2 * PIECE
 # How long a large request waits for its share of the budget, and when to ask again.
@@ -131,13 +135,27 @@ class Grant:
 
 
 class TempFile(io.FileIO):
-    """A built answer's file, already unlinked: closing it gives back its grant."""
+    """A built answer's file, already unlinked: closing it gives back its grant.
 
-    def __init__(self, path: Path, grant: Grant) -> None:
+    The last close of an unlinked file frees its blocks, which takes a while
+    for a large one (0.25 s for 300 MB written to disk, more on a busy disk):
+    it is done on `closer`'s thread, not on the caller's (waitress's I/O
+    thread, which every connection waits on).
+    """
+
+    def __init__(self, path: Path, grant: Grant, closer: ThreadPoolExecutor) -> None:
         super().__init__(path, "rb")
         self._grant = grant
+        self._closer = closer
+        self._closing = False
 
     def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._closer.submit(self._close)
+
+    def _close(self) -> None:
         try:
             super().close()
         finally:
@@ -155,6 +173,8 @@ class Builders:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="large", initializer=_lower_priority)
+        # Closes the files of answers sent (see TempFile).
+        self.closer = ThreadPoolExecutor(1, thread_name_prefix="large-close")
 
     def run(self, func: Callable[..., T], *args: Any) -> T:
         """Run `func(*args)` on a builder thread; return what it returns, or raise what it raises."""
@@ -166,6 +186,7 @@ class Builders:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.closer.shutdown(wait=True)
 
 
 _END = object()
