@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import random
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,7 @@ BUILD_MEMORY = 2 * PIECE
 # How long a large request waits for its share of the budget, and when to ask again.
 BUSY_WAIT = 5.0
 RETRY_AFTER = 5
+RETRY_SPREAD = 5
 # Builder threads' niceness, above the HTTP threads' (Linux, where it is per thread).
 NICENESS = 10
 
@@ -73,12 +75,12 @@ class Budget:
         with self._lock:
             if self._used["threads"] >= self.limits["threads"]:
                 self._busy += 1
-                raise Busy(_busy_message("every HTTP thread for large answers is taken"), RETRY_AFTER)
+                raise _busy("every HTTP thread for large answers is taken")
             self._take({"threads": 1})
             if not self._lock.wait_for(lambda: self._fits(memory, disk), self.wait):
                 self._give({"threads": 1})
                 self._busy += 1
-                raise Busy(_busy_message("large answers hold all the memory or disk they may"), RETRY_AFTER)
+                raise _busy("large answers hold all the memory or disk they may")
             self._take({"memory": memory, "disk": disk})
         return Grant(self, {"threads": 1, "memory": memory, "disk": disk})
 
@@ -108,8 +110,10 @@ class Budget:
         self._lock.notify_all()
 
 
-def _busy_message(why: str) -> str:
-    return f"the subscriber is busy: {why}; try again in {RETRY_AFTER} s"
+def _busy(why: str) -> Busy:
+    # Clients told to wait all as long would come back all at once.
+    wait = RETRY_AFTER + random.randrange(RETRY_SPREAD)
+    return Busy(f"the subscriber is busy: {why}; try again in {wait} s", wait)
 
 
 class Grant:
@@ -173,6 +177,10 @@ class Builders:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="large", initializer=_lower_priority)
+        # Files are built one at a time: Blosc2 holds the GIL while it copies a
+        # chunk (a few ms), and several builds at once left small requests
+        # little else.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="large-file", initializer=_lower_priority)
         # Closes the files of answers sent (see TempFile).
         self.closer = ThreadPoolExecutor(1, thread_name_prefix="large-close")
 
@@ -180,12 +188,17 @@ class Builders:
         """Run `func(*args)` on a builder thread; return what it returns, or raise what it raises."""
         return self._pool.submit(func, *args).result()
 
+    def build(self, func: Callable[..., T], *args: Any) -> T:
+        """Run `func(*args)`, which writes a file, after the files before it; as `run`."""
+        return self._files.submit(func, *args).result()
+
     def stream(self, pieces: Iterable[bytes | memoryview]) -> Stream:
         """Return the pieces of `pieces`, made on a builder thread one piece ahead of the reader."""
         return Stream(self._pool, pieces)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._files.shutdown(wait=False, cancel_futures=True)
         self.closer.shutdown(wait=True)
 
 

@@ -479,7 +479,7 @@ class Subscriber:
         os.close(fd)
         tmp = Path(name)
         try:
-            self.builders.run(write, tmp)
+            self.builders.build(write, tmp)
             file = TempFile(tmp, grant, self.builders.closer)
         except BaseException:
             grant.release()
