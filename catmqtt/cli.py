@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         args.json = getattr(args, "json", False)
-        with Client(config.client_sub(conf, getattr(args, "sub", None))) as client:
+        # One command reads once: a chunk cache would only hold memory.
+        with Client(config.client_sub(conf, getattr(args, "sub", None)), cache_bytes=0) as client:
             return args.func(args, client)
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)
