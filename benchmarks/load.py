@@ -115,13 +115,25 @@ def half_sender(port: int, deadline: float, counts: Counter, lock: threading.Loc
             time.sleep(0.1)
 
 
-def load(port: int, clients: int, slow: int, seconds: float, results: multiprocessing.Queue) -> None:
+def load(
+    port: int, clients: int, slow: int, formats: str, seconds: float, results: multiprocessing.Queue
+) -> None:
     """Run the clients and half-sent requests for `seconds`; put what they got on `results`."""
     counts: Counter = Counter()
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=fetcher, args=(port, i % 2 == 0, i < slow, deadline, counts, lock))
+        threading.Thread(
+            target=fetcher,
+            args=(
+                port,
+                formats == "npy" or (formats == "both" and i % 2 == 0),
+                i < slow,
+                deadline,
+                counts,
+                lock,
+            ),
+        )
         for i in range(clients)
     ] + [threading.Thread(target=half_sender, args=(port, deadline, counts, lock)) for _ in range(HALF_SENT)]
     for thread in threads:
@@ -176,7 +188,7 @@ def probe(
 def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse.Namespace) -> dict:
     results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
     loader = multiprocessing.get_context("spawn").Process(
-        target=load, args=(port, args.clients, args.slow, args.seconds, results)
+        target=load, args=(port, args.clients, args.slow, args.formats, args.seconds, results)
     )
     loader.start()
     url = f"http://127.0.0.1:{port}/api/fetch/bench/small.b2nd?slice=500:510"
@@ -204,7 +216,7 @@ def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse
     return {
         "p50": times[len(times) // 2][0],
         "p99": times[min(len(times) - 1, int(len(times) * 0.99))][0],
-        "slowest": times[-3:],
+        "slowest": sorted(times[-6:], key=lambda t: t[1]),
         "probes": len(times),
         "failures": sum(failures.values()),
         "failure kinds": dict(failures),
@@ -220,6 +232,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="length of each run")
     parser.add_argument("--clients", type=int, default=200, help="clients fetching the whole array")
     parser.add_argument("--slow", type=int, default=20, help="how many of them read slowly")
+    parser.add_argument(
+        "--formats", choices=["both", "npy", "b2"], default="both", help="what the clients ask for"
+    )
     args = parser.parse_args()
 
     runs = []

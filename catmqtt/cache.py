@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 -- The key each root was first announced under, '' if unsigned (trust on first
 -- use); a table added without a new schema version, which older catmqtt ignores.
 CREATE TABLE IF NOT EXISTS keys (root TEXT PRIMARY KEY, key TEXT NOT NULL);
+-- The last signed tombstone believed on each topic, against replays of what it
+-- withdrew after a restart (added the same way).
+CREATE TABLE IF NOT EXISTS tombstones (topic TEXT PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL);
 """
 
 
@@ -215,6 +218,14 @@ class Cache:
         """Record the key of the first announcement of root `name` ("" if unsigned),
         unless one is recorded already."""
         self._query("INSERT OR IGNORE INTO keys VALUES (?, ?)", (name, key))
+
+    def tombstone(self, topic: str) -> tuple[str, int] | None:
+        """Return the key and sequence number of the last signed tombstone believed on `topic`."""
+        rows = self._query("SELECT key, seq FROM tombstones WHERE topic=?", (topic,))
+        return rows[0] if rows else None
+
+    def set_tombstone(self, topic: str, key: str, seq: int) -> None:
+        self._query("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (topic, key, seq))
 
     # Datasets
 

@@ -75,7 +75,7 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
     from .publisher import Publisher
-    from .web import tune_allocator
+    from .web import tune_allocator, tune_switching
 
     s = config.node_settings(
         conf,
@@ -93,6 +93,7 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
         )
     _logging(s["loglevel"])
     tune_allocator()
+    tune_switching()
     publisher = Publisher(s["name"], s["root"], s, args.id).start()
     print(f"Publishing root {s['name']!r} from {s['root']} at {publisher.url}", flush=True)
     _wait_for_signal()
@@ -102,11 +103,12 @@ def cmd_pub(args: argparse.Namespace, conf: dict) -> int:
 
 def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
     from .subscriber import Subscriber
-    from .web import tune_allocator
+    from .web import tune_allocator, tune_switching
 
     s = config.node_settings(conf, "subscriber", args.id, trust=args.trust, **_node_options(args))
     _logging(s["loglevel"])
     tune_allocator()
+    tune_switching()
     subscriber = Subscriber(s, args.id or _default_id(s["statedir"])).start()
     print(f"Subscriber at {subscriber.url} (broker {s['broker'].url})", flush=True)
     _wait_for_signal()
@@ -120,7 +122,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     from .publisher import Publisher
     from .sample import write_sample
     from .subscriber import Subscriber
-    from .web import tune_allocator
+    from .web import tune_allocator, tune_switching
 
     base = Path(args.statedir)
     b = config.broker_section(conf, listen=args.listen, ws=args.ws, loglevel=args.loglevel)
@@ -142,6 +144,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     sub_s["trust"] = {args.name: [key], **(sub_s["trust"] or {})}
     _logging(pub_s["loglevel"])
     tune_allocator()
+    tune_switching()
     root = args.root
     if root is None:
         root = base / "sample"
@@ -510,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         args.json = getattr(args, "json", False)
-        with Client(config.client_sub(conf, getattr(args, "sub", None))) as client:
+        # One command reads once: a chunk cache would only hold memory.
+        with Client(config.client_sub(conf, getattr(args, "sub", None)), cache_bytes=0) as client:
             return args.func(args, client)
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)

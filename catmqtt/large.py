@@ -9,8 +9,8 @@ threads, so that small reads are answered promptly meanwhile.
 Threads: HTTP threads enter and leave the budget, under its one lock
 (`Budget._lock`, a condition); each builder thread runs the work of one
 answer at a time and touches only that answer's queue. A `Grant` is given
-back by whoever holds the answer last: the HTTP thread, or waitress's I/O
-thread when it closes a sent file.
+back by whoever holds the answer last: the HTTP thread, or the closer
+thread of `Builders` once a sent file is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import random
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -27,15 +28,20 @@ from typing import Any, TypeVar
 
 from .errors import Busy, TooLarge
 
-# Large answers are built and sent in pieces of about this many bytes.
+# Selections over this many bytes are large; a Blosc2 answer is built in pieces this size.
 PIECE = 8 << 20
-# What a .npy stream holds: the piece being sent, the one ready, the one being built.
-STREAM_MEMORY = 3 * PIECE
+# A .npy stream is made and sent in pieces this size: Blosc2 holds the GIL
+# while it decodes one (about 20 ms for 8 MiB, long enough to hold up every
+# small request behind it).
+STREAM_PIECE = 1 << 20
+# What a .npy stream holds: the piece being sent, the one ready, the one being made.
+STREAM_MEMORY = 3 * STREAM_PIECE
 # What building a Blosc2 answer holds: a piece, and Blosc2's buffers for it.
 BUILD_MEMORY = 2 * PIECE
 # How long a large request waits for its share of the budget, and when to ask again.
 BUSY_WAIT = 5.0
 RETRY_AFTER = 5
+RETRY_SPREAD = 5
 # Builder threads' niceness, above the HTTP threads' (Linux, where it is per thread).
 NICENESS = 10
 
@@ -69,12 +75,12 @@ class Budget:
         with self._lock:
             if self._used["threads"] >= self.limits["threads"]:
                 self._busy += 1
-                raise Busy(_busy_message("every HTTP thread for large answers is taken"), RETRY_AFTER)
+                raise _busy("every HTTP thread for large answers is taken")
             self._take({"threads": 1})
             if not self._lock.wait_for(lambda: self._fits(memory, disk), self.wait):
                 self._give({"threads": 1})
                 self._busy += 1
-                raise Busy(_busy_message("large answers hold all the memory or disk they may"), RETRY_AFTER)
+                raise _busy("large answers hold all the memory or disk they may")
             self._take({"memory": memory, "disk": disk})
         return Grant(self, {"threads": 1, "memory": memory, "disk": disk})
 
@@ -104,8 +110,10 @@ class Budget:
         self._lock.notify_all()
 
 
-def _busy_message(why: str) -> str:
-    return f"the subscriber is busy: {why}; try again in {RETRY_AFTER} s"
+def _busy(why: str) -> Busy:
+    # Clients told to wait all as long would come back all at once.
+    wait = RETRY_AFTER + random.randrange(RETRY_SPREAD)
+    return Busy(f"the subscriber is busy: {why}; try again in {wait} s", wait)
 
 
 class Grant:
@@ -131,13 +139,27 @@ class Grant:
 
 
 class TempFile(io.FileIO):
-    """A built answer's file, already unlinked: closing it gives back its grant."""
+    """A built answer's file, already unlinked: closing it gives back its grant.
 
-    def __init__(self, path: Path, grant: Grant) -> None:
+    The last close of an unlinked file frees its blocks, which takes a while
+    for a large one (0.25 s for 300 MB written to disk, more on a busy disk):
+    it is done on `closer`'s thread, not on the caller's (waitress's I/O
+    thread, which every connection waits on).
+    """
+
+    def __init__(self, path: Path, grant: Grant, closer: ThreadPoolExecutor) -> None:
         super().__init__(path, "rb")
         self._grant = grant
+        self._closer = closer
+        self._closing = False
 
     def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._closer.submit(self._close)
+
+    def _close(self) -> None:
         try:
             super().close()
         finally:
@@ -155,10 +177,20 @@ class Builders:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="large", initializer=_lower_priority)
+        # Files are built one at a time: Blosc2 holds the GIL while it copies a
+        # chunk (a few ms), and several builds at once left small requests
+        # little else.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="large-file", initializer=_lower_priority)
+        # Closes the files of answers sent (see TempFile).
+        self.closer = ThreadPoolExecutor(1, thread_name_prefix="large-close")
 
     def run(self, func: Callable[..., T], *args: Any) -> T:
         """Run `func(*args)` on a builder thread; return what it returns, or raise what it raises."""
         return self._pool.submit(func, *args).result()
+
+    def build(self, func: Callable[..., T], *args: Any) -> T:
+        """Run `func(*args)`, which writes a file, after the files before it; as `run`."""
+        return self._files.submit(func, *args).result()
 
     def stream(self, pieces: Iterable[bytes | memoryview]) -> Stream:
         """Return the pieces of `pieces`, made on a builder thread one piece ahead of the reader."""
@@ -166,6 +198,8 @@ class Builders:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._files.shutdown(wait=False, cancel_futures=True)
+        self.closer.shutdown(wait=True)
 
 
 _END = object()

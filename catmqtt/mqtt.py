@@ -35,8 +35,8 @@ THROTTLE_SECONDS = 60.0
 
 
 class LogThrottle:
-    """Writes at most THROTTLE_LINES warnings every THROTTLE_SECONDS, then how many it
-    left out: anyone who can publish on the broker decides how often they are due."""
+    """Writes at most THROTTLE_LINES lines every THROTTLE_SECONDS, then how many it left
+    out: anyone who can publish on the broker decides how often they are due."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
@@ -45,7 +45,13 @@ class LogThrottle:
         self._written = 0
         self._left_out = 0
 
+    def info(self, message: str, *args: Any) -> None:
+        self._write(logging.INFO, message, args)
+
     def warning(self, message: str, *args: Any) -> None:
+        self._write(logging.WARNING, message, args)
+
+    def _write(self, level: int, message: str, args: tuple[Any, ...]) -> None:
         now = time.monotonic()
         with self._lock:
             left_out = 0
@@ -58,10 +64,10 @@ class LogThrottle:
                 return
             last = self._written == THROTTLE_LINES
         if left_out:
-            self.logger.warning("(%d more such warnings were left out)", left_out)
-        self.logger.warning(message, *args)
+            self.logger.log(level, "(%d more such lines were left out)", left_out)
+        self.logger.log(level, message, *args)
         if last:
-            self.logger.warning("(more such warnings within %g s are counted, not written)", THROTTLE_SECONDS)
+            self.logger.log(level, "(more such lines within %g s are counted, not written)", THROTTLE_SECONDS)
 
 
 class Node:

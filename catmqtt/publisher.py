@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from . import fsutil, signing, storage
 from .blocks import block_parts, chunk_nbytes, format_parts
 from .errors import BadRequest
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .roots import Root, open_root
 from .signing import verify
 from .slices import parse_block_range
@@ -138,6 +138,7 @@ class Publisher:
         self._announced: dict[str, bytes] = {}
         self._tombstones: dict[str, bytes] = {}
         self._publish_lock = threading.Lock()
+        self._withdrawals = LogThrottle(log)
         # Scans run one at a time: the watcher's, and a later one while files are being written.
         self._scan_lock = threading.Lock()
         self._rescan: threading.Timer | None = None
@@ -268,10 +269,15 @@ class Publisher:
             return
         with self._publish_lock:
             if self._ours(topic, payload):
+                if not payload:
+                    # Our clear is back: nothing on the topic is left to tell ours
+                    # (and a stranger's junk topics do not pile up here).
+                    self._announced.pop(topic, None)
+                    self._tombstones.pop(topic, None)
                 return
             if what.kind == "dataset" and what.path not in self.root.entries:
                 if payload:
-                    log.info("withdrawing the announcement of %s, which is gone", what.path)
+                    self._withdrawals.info("withdrawing the announcement of %s, which is gone", what.path)
                     self._withdraw(topic, {"path": what.path})
                 return
             if topic in self._announced:

@@ -50,7 +50,7 @@ def loads(payload: bytes) -> dict[str, Any] | None:
     if len(payload) > MAX_PAYLOAD:
         raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
     try:
-        obj = json.loads(payload, parse_int=_integer, parse_constant=_constant)
+        obj = json.loads(payload, parse_int=_integer)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"payload is not JSON: {exc}") from None
     except RecursionError:
@@ -66,10 +66,6 @@ def _integer(text: str) -> int:
     if len(text.lstrip("-")) > MAX_DIGITS:
         raise BadRequest(f"payload has an integer of more than {MAX_DIGITS} digits")
     return int(text)
-
-
-def _constant(text: str) -> float:
-    raise BadRequest(f"payload is not JSON: {text} is no JSON value")
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:

@@ -27,7 +27,7 @@ from .cache import Cache
 from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
-from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, Budget, Builders, Grant, Stream, TempFile
+from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .mqtt import LogThrottle, Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
@@ -439,11 +439,11 @@ class Subscriber:
         """Return the selection `slice_text` of a dataset, fetching what is missing."""
         return self.read(self.selection(fullpath, slice_text))
 
-    def slabs(self, target: Target) -> Iterator[np.ndarray | bytes]:
-        """Yield the selection in pieces of about PIECE bytes along its first axis, in order."""
+    def slabs(self, target: Target, size: int = PIECE) -> Iterator[np.ndarray | bytes]:
+        """Yield the selection in pieces of about `size` bytes along its first axis, in order."""
         axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
         rows = len(target.sel[axis])
-        step = max(1, PIECE * rows // max(target.nbytes, 1))
+        step = max(1, size * rows // max(target.nbytes, 1))
         for start in range(0, rows, step):
             piece = target.sel[axis][start : start + step]
             yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
@@ -471,7 +471,7 @@ class Subscriber:
                 buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
             )
             header = buffer.getvalue()
-        pieces = self.builders.stream(_as_piece(slab) for slab in self.slabs(target))
+        pieces = self.builders.stream(_as_piece(slab) for slab in self.slabs(target, STREAM_PIECE))
         return Body(header, pieces, grant, target.fullpath, self.cache.dir), len(header) + target.nbytes
 
     def cframe(self, target: Target) -> TempFile:
@@ -531,8 +531,8 @@ class Subscriber:
         os.close(fd)
         tmp = Path(name)
         try:
-            self.builders.run(write, tmp)
-            file = TempFile(tmp, grant)
+            self.builders.build(write, tmp)
+            file = TempFile(tmp, grant, self.builders.closer)
         except BaseException:
             grant.release()
             raise

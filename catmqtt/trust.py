@@ -71,11 +71,18 @@ class Trust:
             # Against the announcements of the same key only: a stranger's high
             # number on an unsigned root must not make its publisher's look old.
             seq = obj["seq"]
-            known = -1 if last is None or last.get("key") != signer else last.get("seq", -1)
+            if last is not None:
+                known = last.get("seq", -1) if last.get("key") == signer else -1
+            else:
+                # Withdrawn before a restart, perhaps: what the tombstone withdrew is older.
+                withdrawn = self.cache.tombstone(topic)
+                known = withdrawn[1] if withdrawn is not None and withdrawn[0] == signer else -1
             latest = max(self._latest.get((topic, signer), -1), known)
             if seq < latest:
                 raise BadRequest(f"sequence number {seq} is older than {latest}: a replay")
             self._latest[(topic, signer)] = seq
+            if obj.get("deleted") is True:
+                self.cache.set_tombstone(topic, signer, seq)
         if pin and keys is None and self.cache.first_key(root) is None:
             # Known without a record, a root was first announced unsigned (it
             # was recorded as it came, or by a catmqtt that pinned signed ones only).

@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -35,6 +36,18 @@ OCTETS = "application/octet-stream"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # The unsent bytes a connection may hold before its worker waits.
 HIGH_WATERMARK = 4 << 20
+# Seconds a thread holds the GIL while another waits for it.
+SWITCH_INTERVAL = 0.001
+
+
+def tune_switching() -> None:
+    """Have a server process's threads take turns at the GIL every millisecond.
+
+    Python hands the GIL to a thread that waits for it after 5 ms by
+    default: a small request waits about that long at each of its many turns
+    while large answers are built.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def tune_allocator() -> None:

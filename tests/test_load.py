@@ -98,13 +98,16 @@ def test_a_large_request_past_the_budget_gets_busy_and_small_ones_are_answered(l
         assert small.status_code == 200
         # ... and, every HTTP thread for large answers taken, one more large one is told at once.
         other = requests.get(url, headers=NPY, timeout=DEADLINE)
-        assert other.status_code == 503 and other.headers["Retry-After"] == "5"
+        assert other.status_code == 503 and 5 <= int(other.headers["Retry-After"]) <= 9
         assert "every HTTP thread for large answers is taken" in other.json()["error"]
         waiting.join(DEADLINE)
         assert busy[0].status_code == 503
-        assert busy[0].headers["Retry-After"] == "5"
+        # Told to come back after 5 to 9 s, so that clients told at once do not come back at once.
+        retry = busy[0].headers["Retry-After"]
+        assert 5 <= int(retry) <= 9
         why = "large answers hold all the memory or disk they may"
-        assert busy[0].json() == {"error": f"the subscriber is busy: {why}; try again in 5 s", "status": 503}
+        error = f"the subscriber is busy: {why}; try again in {retry} s"
+        assert busy[0].json() == {"error": error, "status": 503}
     # Once the first is closed, its share is back.
     wait_for(lambda: large(loaded)["memory_used"] == 0, "the stream's memory to be given back")
     stats = large(loaded)
