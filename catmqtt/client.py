@@ -346,7 +346,8 @@ class Client:
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
         """Return the compressed bytes of chunk `nchunk` of `dataset`, checked against its metadata."""
         response = self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk})
-        meta = self._metas.get(dataset)
+        known = self._metas.get(dataset)
+        meta = None if known is None else known.meta
         if meta is None or meta["etag"] != response.headers.get(ETAG):
             meta = self.get_info(dataset)
         if meta["etag"] != response.headers.get(ETAG):
