@@ -283,7 +283,8 @@ def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):
         cache = Cache(d.workdir / "sub")
         try:
             meta = cache.dataset("evil", path)
-            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, storage.chunk_digest(ONE_BLOCK))
+            digest, root_url = storage.chunk_digest(ONE_BLOCK), cache.root("evil")["info"]["url"]
+            assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, digest, root_url)
         finally:
             cache.close()
         d.start_sub()
