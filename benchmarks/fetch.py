@@ -7,7 +7,11 @@ each figure with its reference measured in the same run:
 
 - local read: ``blosc2.open(path)[...]`` of the same selection;
 - wire: one plain loopback HTTP GET of the dataset's compressed bytes,
-  served from memory (the transfer floor).
+  served from memory (the transfer floor);
+- for the slices: the same client without its chunk cache, and
+  python-blosc2's ``C2Array`` with its chunk cache (``blosc2.open(URLPath(...),
+  lazy=True)``) reading the same subscriber, in this process and in a new
+  one (after its imports).
 
     python benchmarks/fetch.py [--size 100000000] [--reps 3] [--json out.json]
 
@@ -94,6 +98,29 @@ def timed(fn, reps: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+# A first read in a process of its own, timed after the imports a program reading data has made.
+NEW_PROCESS = """
+import sys, time
+import blosc2, numpy, catmqtt
+catmqtt.Client  # loads the client library
+url, dataset, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+began = time.perf_counter()
+{read}
+print(time.perf_counter() - began)
+"""
+FIRST_READS = {
+    "catmqtt": "catmqtt.Client(url).fetch(dataset, slice(start, stop))",
+    "blosc2": "blosc2.open(blosc2.URLPath(dataset, urlbase=url), lazy=True)[start:stop]",
+}
+
+
+def in_new_process(reader: str, urlbase: str, dataset: str, start: int, stop: int) -> float:
+    """Time the first read of `start:stop` by `reader` (a key of FIRST_READS) in a new process."""
+    code = NEW_PROCESS.format(read=FIRST_READS[reader])
+    args = [sys.executable, "-c", code, urlbase, dataset, str(start), str(stop)]
+    return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
 def fetch_range(job: tuple[str, str, str]) -> None:
@@ -247,9 +274,29 @@ def main() -> None:
                         run.stop(proc)
                 r["whole_cold"] = cold
                 r["whole_warm"] = timed(lambda client=client, d=dataset: client.fetch(d), reps)
+                # Twice, so that the client fetches the chunk whole into its cache.
+                for _ in range(2):
+                    client.fetch(dataset, "1000:2000")
+                etag = client.get_info(dataset)["etag"]
+                wait_until(
+                    lambda client=client, d=dataset, e=etag: (d, e, 0) in client.chunk_cache,
+                    "chunk 0 never came into the client's cache",
+                )
                 r["slice_warm"] = timed(
                     lambda client=client, d=dataset: client.fetch(d, "1000:2000"), reps * 5
                 )
+                with catmqtt.Client(client.urlbase, cache_bytes=0) as uncached:
+                    r["slice_warm_uncached"] = timed(
+                        lambda c=uncached, d=dataset: c.fetch(d, "1000:2000"), reps * 5
+                    )
+                remote = blosc2.open(blosc2.URLPath(dataset, urlbase=client.urlbase), lazy=True)
+                r["slice_warm_blosc2"] = timed(lambda a=remote: a[1000:2000], reps * 5)
+                for reader in FIRST_READS:
+                    r[f"slice_new_{reader}"] = []
+                for _ in range(reps * 3):
+                    for reader in FIRST_READS:
+                        t = in_new_process(reader, client.urlbase, dataset, 1000, 2000)
+                        r[f"slice_new_{reader}"].append(t)
                 r["near_whole_warm"] = timed(
                     lambda client=client, d=dataset: client.fetch(d, f"1:{n - 1}"), reps
                 )
@@ -285,6 +332,10 @@ def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
         low, mid, high = (fmt.format(v * unit) for v in (min(times), med(times), max(times)))
         return f"{mid} ({low}-{high})"
 
+    def slice_row(r: dict, figure: str, ref: str | None = None) -> tuple[str, str]:
+        ratio = f"{med(r[figure]) / med(r[ref]):.2f}x blosc2" if ref else ""
+        return spread(r[figure], 1e3, "{:.2f}"), ratio
+
     rows = []
     for name, r in results.items():
         ref = "local" if name == "linspace" else "wire"
@@ -309,7 +360,21 @@ def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
                 f"<= {goals[1]}x",
             ),
             (name, "slice 1000:2000, cold (ms)", spread(r["slice_cold"], 1e3, "{:.1f}"), "", "<= 10 ms"),
-            (name, "slice 1000:2000, warm (ms)", spread(r["slice_warm"], 1e3, "{:.1f}"), "", "<= 3 ms"),
+            (
+                name,
+                "slice 1000:2000, warm (ms)",
+                *slice_row(r, "slice_warm", "slice_warm_blosc2"),
+                "<= 0.5 ms",
+            ),
+            (name, "  without the client cache", *slice_row(r, "slice_warm_uncached"), "<= 3 ms"),
+            (name, "  blosc2 C2Array, lazy", *slice_row(r, "slice_warm_blosc2"), ""),
+            (
+                name,
+                "slice 1000:2000, new process (ms)",
+                *slice_row(r, "slice_new_catmqtt", "slice_new_blosc2"),
+                "<= 5 ms",
+            ),
+            (name, "  blosc2 C2Array, lazy", *slice_row(r, "slice_new_blosc2"), ""),
             (
                 name,
                 "slice 1:N-1, warm (s)",

@@ -1,24 +1,19 @@
 """catmqtt: share Blosc2 datasets between sites and edge nodes over MQTT.
 
-Importing catmqtt gives the client library only (requests and numpy); the
-services (broker, publisher, subscriber) live in their own modules.
+Importing catmqtt gives the client library (requests, and numpy once data
+is read), itself loaded on first use, so that ``catmqtt`` commands start
+quickly; the services (broker, publisher, subscriber) live in their own
+modules.
 """
+
+from typing import TYPE_CHECKING, Any
+
+from . import errors
 
 __version__ = "0.1.0.dev0"
 
-from . import errors  # noqa: E402
-from .client import (  # noqa: E402
-    Client,
-    Dataset,
-    File,
-    Root,
-    download,
-    fetch,
-    get_info,
-    get_list,
-    get_roots,
-    subscribe,
-)
+if TYPE_CHECKING:
+    from .client import Client, Dataset, File, Root, download, fetch, get_info, get_list, get_roots, subscribe
 
 __all__ = [
     "Client",
@@ -34,3 +29,11 @@ __all__ = [
     "get_roots",
     "subscribe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__ and name not in ("__version__", "errors"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'catmqtt' has no attribute {name!r}")

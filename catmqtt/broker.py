@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from .config import parse_hostport, yaml_problem
+from .config import LOG_FORMAT, parse_hostport, yaml_problem
 from .errors import CatmqttError, ConfigError
-from .storage import make_statedir
+from .fsutil import make_statedir
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,22 @@ def _binds(conf: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def run(conf: dict[str, Any]) -> None:
-    """Run the broker until SIGINT or SIGTERM; print a READY line once it listens."""
+def run(conf: dict[str, Any], statedir: Path | None = None) -> None:
+    """Run the broker until SIGINT or SIGTERM; print a READY line once it listens.
+
+    With a `statedir`, the log and the READY line also go to its ``broker.log``.
+    """
     from amqtt.broker import Broker
     from amqtt.errors import BrokerError
 
     for _, bind in _binds(conf):
         _check_free(bind)
+    outputs = [sys.stdout]
+    if statedir is not None:
+        handler = logging.FileHandler(make_statedir(statedir) / "broker.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
+        outputs.append(handler.stream)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -107,7 +116,9 @@ def run(conf: dict[str, Any]) -> None:
             # Lost a race for a port that _check_free found free.
             binds = ", ".join(bind for _, bind in _binds(conf))
             raise CatmqttError(f"the broker cannot listen on {binds}: {exc.__cause__ or exc}") from None
-        print(f"{READY} " + ", ".join(f"{kind}://{bind}" for kind, bind in _binds(conf)), flush=True)
+        ready = f"{READY} " + ", ".join(f"{kind}://{bind}" for kind, bind in _binds(conf))
+        for out in outputs:
+            print(ready, file=out, flush=True)
         parent = os.environ.get(PARENT_ENV)
         if parent:
             watcher = asyncio.create_task(_watch_parent(int(parent), stop))

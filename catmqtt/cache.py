@@ -23,7 +23,8 @@ from typing import Any
 
 import blosc2
 
-from . import storage
+from . import fsutil, storage
+from .blocks import chunk_problem
 from .errors import ConfigError, InsufficientStorage, NotFound
 from .slices import chunk_coords, chunk_grid, chunk_number
 
@@ -56,9 +57,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     last_access REAL NOT NULL,
     PRIMARY KEY (root, path, nchunk)
 );
--- The key each root was first announced under (trust on first use); a table
--- added without a new schema version, which older catmqtt ignores.
+-- The key each root was first announced under, '' if unsigned (trust on first
+-- use); a table added without a new schema version, which older catmqtt ignores.
 CREATE TABLE IF NOT EXISTS keys (root TEXT PRIMARY KEY, key TEXT NOT NULL);
+-- The last signed tombstone believed on each topic, against replays of what it
+-- withdrew after a restart (added the same way).
+CREATE TABLE IF NOT EXISTS tombstones (topic TEXT PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL);
 """
 
 
@@ -79,7 +83,7 @@ class Cache:
 
     def __init__(self, statedir: str | Path) -> None:
         self.dir = Path(statedir)
-        storage.make_statedir(self.dir)
+        fsutil.make_statedir(self.dir)
         self.data_dir = self.dir / "cache"
         dbpath = self.dir / "cache.sqlite"
         self._lock = threading.RLock()
@@ -140,8 +144,8 @@ class Cache:
         try:
             yield
         except (OSError, RuntimeError, sqlite3.Error) as exc:
-            if storage.out_of_space(exc, self.dir):
-                raise storage.no_space(self.dir) from exc
+            if fsutil.out_of_space(exc, self.dir):
+                raise fsutil.no_space(self.dir) from exc
             raise
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
@@ -150,8 +154,15 @@ class Cache:
 
     # Roots
 
-    def set_root(self, name: str, info: dict[str, Any] | None) -> None:
-        """Record the announcement of root `name`; None forgets the root."""
+    def set_root(self, name: str, info: dict[str, Any] | None) -> list[str]:
+        """Record the announcement of root `name`; None forgets the root.
+
+        A root served from another URL than before forgets, at once, the cached
+        chunks of its datasets that no manifest vouches for: they came from the
+        other publisher (`store_chunk` stores no more of them). Returns the
+        paths of those datasets.
+        """
+        moved: list[str] = []
         with self._transaction() as db:
             if info is None:
                 # A subscribed root stays known (offline), with its subscription
@@ -159,14 +170,20 @@ class Cache:
                 if not self._roots.get(name, {}).get("subscribed"):
                     db.execute("DELETE FROM roots WHERE name=?", (name,))
                     self._roots.pop(name, None)
-            else:
-                db.execute(
-                    "INSERT INTO roots (name, info) VALUES (?, ?)"
-                    " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
-                    (name, json.dumps(info)),
-                )
-                subscribed = self._roots.get(name, {}).get("subscribed", False)
-                self._roots[name] = {"info": info, "subscribed": subscribed}
+                return moved
+            old = self._roots.get(name)
+            if old is not None and old["info"]["url"] != info["url"]:
+                rows = db.execute("SELECT path, meta FROM datasets WHERE root=?", (name,)).fetchall()
+                moved = [path for path, meta in rows if "manifest" not in json.loads(meta)]
+                db.executemany("DELETE FROM chunks WHERE root=? AND path=?", [(name, p) for p in moved])
+            db.execute(
+                "INSERT INTO roots (name, info) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET info=excluded.info",
+                (name, json.dumps(info)),
+            )
+            subscribed = False if old is None else old["subscribed"]
+            self._roots[name] = {"info": info, "subscribed": subscribed}
+        return moved
 
     def roots(self) -> dict[str, dict[str, Any]]:
         """Return {name: {"info": announcement, "subscribed": bool}}, sorted by name."""
@@ -191,13 +208,24 @@ class Cache:
         with self._lock:
             return sorted(name for name, root in self._roots.items() if root["subscribed"])
 
-    def pinned_key(self, name: str) -> str | None:
-        """Return the key root `name` was first announced under, if it was signed."""
+    def first_key(self, name: str) -> str | None:
+        """Return the key of the first announcement of root `name` ("" if it was
+        unsigned), None while none was believed."""
         rows = self._query("SELECT key FROM keys WHERE root=?", (name,))
         return rows[0][0] if rows else None
 
-    def pin_key(self, name: str, key: str) -> None:
-        self._query("INSERT OR REPLACE INTO keys VALUES (?, ?)", (name, key))
+    def set_first_key(self, name: str, key: str) -> None:
+        """Record the key of the first announcement of root `name` ("" if unsigned),
+        unless one is recorded already."""
+        self._query("INSERT OR IGNORE INTO keys VALUES (?, ?)", (name, key))
+
+    def tombstone(self, topic: str) -> tuple[str, int] | None:
+        """Return the key and sequence number of the last signed tombstone believed on `topic`."""
+        rows = self._query("SELECT key, seq FROM tombstones WHERE topic=?", (topic,))
+        return rows[0] if rows else None
+
+    def set_tombstone(self, topic: str, key: str, seq: int) -> None:
+        self._query("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (topic, key, seq))
 
     # Datasets
 
@@ -383,7 +411,8 @@ class Cache:
         """Return which of the chunks `wanted` of version ``meta["etag"]`` are cached and sound.
 
         A chunk read for the first time since this process started is checked
-        against its digest; one that fails (a crash, a disk error) is
+        against its digest and its dataset's metadata (one cached by a catmqtt
+        that did not check it); one that fails (a crash, a disk error) is
         forgotten, to be fetched again.
         """
         slot = self._slot(root, path)
@@ -405,7 +434,10 @@ class Cache:
                 schunk = storage.schunk_of(self._container(root, path, meta, slot))
                 for n in sorted(unchecked):
                     try:
-                        sound = storage.chunk_digest(schunk.get_chunk(n)) == digests[n]
+                        data = schunk.get_chunk(n)
+                        sound = (
+                            storage.chunk_digest(data) == digests[n] and chunk_problem(data, meta, n) is None
+                        )
                     except (RuntimeError, ValueError):
                         sound = False
                     if sound:
@@ -419,13 +451,15 @@ class Cache:
         return cached
 
     def store_chunk(
-        self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes, digest: str
+        self, root: str, path: str, meta: dict[str, Any], nchunk: int, data: bytes, digest: str, url: str
     ) -> bool:
-        """Store a chunk fetched for version ``meta["etag"]``, whose digest was checked.
+        """Store a chunk fetched from `url` for version ``meta["etag"]``, whose digest was checked.
 
-        Returns False, storing nothing, if the dataset changed meanwhile. On a
-        full disk, raises InsufficientStorage: the chunk is not indexed (Blosc2
-        leaves its container as it was when a write fails), so it is fetched again.
+        Returns False, storing nothing, if the dataset changed meanwhile, or if
+        no manifest vouches for the chunk and its root is no longer served from
+        `url` (see `set_root`). On a full disk, raises InsufficientStorage: the
+        chunk is not indexed (Blosc2 leaves its container as it was when a
+        write fails), so it is fetched again.
         """
         slot = self._slot(root, path)
         with slot.lock, self._writing():
@@ -433,10 +467,14 @@ class Cache:
                 return False
             handle = self._container(root, path, meta, slot)
             storage.schunk_of(handle).update_chunk(nchunk, data)
-            self._query(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (root, path, nchunk, meta["etag"], digest, len(data), time.time()),
-            )
+            # Checked with the index row written, under the lock set_root takes.
+            with self._lock:
+                if "manifest" not in meta and self._roots.get(root, {}).get("info", {}).get("url") != url:
+                    return False
+                self._query(
+                    "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (root, path, nchunk, meta["etag"], digest, len(data), time.time()),
+                )
             slot.verified.add(nchunk)
         return True
 

@@ -40,7 +40,12 @@ def cmd_broker(args: argparse.Namespace, conf: dict) -> int:
     from . import broker
 
     s = config.broker_section(
-        conf, listen=args.listen, ws=args.ws, amqtt_conf=args.amqtt_conf, loglevel=args.loglevel
+        conf,
+        listen=args.listen,
+        ws=args.ws,
+        amqtt_conf=args.amqtt_conf,
+        loglevel=args.loglevel,
+        statedir=args.statedir,
     )
     _logging(config.parse_loglevel(s["loglevel"]))
     if s["amqtt_conf"]:
@@ -49,7 +54,8 @@ def cmd_broker(args: argparse.Namespace, conf: dict) -> int:
         ws = None if args.ws is None else s["ws"] or "off"
     else:
         listen, ws = s["listen"], s["ws"] or "off"
-    broker.run(broker.load_config(s["amqtt_conf"], listen, ws))
+    statedir = Path(s["statedir"]) if s["statedir"] else None
+    broker.run(broker.load_config(s["amqtt_conf"], listen, ws), statedir)
     return 0
 
 
@@ -341,7 +347,7 @@ def _default_id(statedir: Path) -> str:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=config.LOG_FORMAT)
     if level != "DEBUG":
         # amqtt and transitions narrate every connection at INFO.
         for name in ("amqtt", "transitions", "werkzeug", "numexpr"):
@@ -434,6 +440,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT", help="MQTT listener (default 127.0.0.1:1883)")
     p.add_argument("--ws", metavar="HOST:PORT", help="MQTT over websockets (default 127.0.0.1:9001; 'off')")
     p.add_argument("--amqtt-conf", metavar="FILE", help="an amqtt YAML configuration (see brokerconf/)")
+    p.add_argument("--statedir", metavar="DIR", help="also write the broker's log to DIR/broker.log")
 
     p = add("pub", cmd_pub, "publish a root directory or HDF5 file", True)
     p.add_argument("name", nargs="?", help="the root's name")
@@ -506,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         args.json = getattr(args, "json", False)
-        with Client(config.client_sub(conf, getattr(args, "sub", None))) as client:
+        # One command reads once: a chunk cache would only hold memory.
+        with Client(config.client_sub(conf, getattr(args, "sub", None)), cache_bytes=0) as client:
             return args.func(args, client)
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -1,34 +1,63 @@
 """This module is catmqtt's Python client: it talks to a subscriber over HTTP.
 
-It needs only requests and numpy. The module-level helpers mirror Caterva2's
-client API; :class:`Client` keeps one HTTP session for many calls, and
-:class:`Root`, :class:`Dataset` and :class:`File` give an object view.
+It needs only requests and numpy (and Blosc2 to decode chunks); numpy and
+Blosc2 are imported when data is first read, so that commands that read none
+start quickly. The module-level helpers mirror Caterva2's
+client API; :class:`Client` keeps one HTTP session and a cache of
+compressed chunks for many calls, and :class:`Root`, :class:`Dataset` and
+:class:`File` give an object view.
+
+A client may be called from several threads. It starts a pool of decoder
+threads (``catmqtt-decode``), which only decode, and at most one thread at
+a time (``catmqtt-fill``) that fetches chunks whole into its cache; both
+share the session and the cache (which has a lock of its own).
+``Client._fill_lock`` guards the chunks read in part and the fill thread.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
-import numpy as np
 import requests
 import urllib3
 
-from .dtypes import dtype_from_json
-from .errors import BadRequest, Changed, Unavailable, from_status
+from .blocks import chunk_problem
+from .chunkcache import ChunkCache, Key
+from .errors import BadRequest, CatmqttError, Changed, Unavailable, from_status
+from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
 from .topics import parse_path, parse_root_name
-from .wire import FRAME, NPY, TRAILER_MAX, read_error_trailer
+from .wire import ETAG, FRAME, NPY, TRAILER_MAX, read_error_trailer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TIMEOUT = (10, 600)
 DECODERS = min(8, os.cpu_count() or 2)
+CACHE_BYTES = 128 << 20
+MAX_AGE = 1.0
+# Chunks read in part (sliced by the subscriber) remembered, so that those read
+# again are fetched whole.
+IN_PART_MAX = 4096
+
+
+class Known(NamedTuple):
+    """A dataset's metadata, and when (``time.monotonic()``) it was last known current."""
+
+    meta: dict[str, Any]
+    checked: float
 
 
 class Client:
@@ -41,18 +70,41 @@ class Client:
         the one `default_urlbase` finds.
     timeout : float or (float, float)
         Connect and read timeouts in seconds, as requests takes them.
+    cache_bytes : int
+        The budget of the in-process cache of compressed chunks that the
+        client's datasets share, least recently used out first: 128 MiB by
+        default; 0 turns it off.
+    max_age : float
+        For how many seconds (one by default) the client reads a dataset
+        with the metadata it last checked, from its cache, without asking
+        the subscriber; past that, a read first asks whether the dataset
+        changed (a conditional GET of its metadata).
     """
 
-    def __init__(self, urlbase: str | None = None, *, timeout: Any = TIMEOUT) -> None:
+    def __init__(
+        self,
+        urlbase: str | None = None,
+        *,
+        timeout: Any = TIMEOUT,
+        cache_bytes: int = CACHE_BYTES,
+        max_age: float = MAX_AGE,
+    ) -> None:
         self.urlbase = (urlbase or default_urlbase()).rstrip("/")
         self.timeout = timeout
+        self.max_age = max_age
+        self.chunk_cache = ChunkCache(cache_bytes)
         self.session = requests.Session()
         self.session.trust_env = False
         self._environment = environment(self.urlbase)
         self._decoders: ThreadPoolExecutor | None = None
-        # Metadata as last read; a chunk request names its etag, so a stale
-        # entry costs a 412 and one more request, never wrong data.
-        self._metas: dict[str, dict[str, Any]] = {}
+        # Metadata as last read. The cache holds chunks by etag, so that they are
+        # read only as long as their etag is known current (see _current); a
+        # chunk request names its etag, so a stale entry costs a 412 and one
+        # more request, never wrong data.
+        self._metas: dict[str, Known] = {}
+        self._fill_lock = threading.Lock()
+        self._in_part: OrderedDict[Key, None] = OrderedDict()
+        self._filler: threading.Thread | None = None
 
     def close(self) -> None:
         self.session.close()
@@ -103,8 +155,56 @@ class Client:
         return self._request("GET", f"list/{_quote(path.strip('/'), directory=True)}").json()
 
     def get_info(self, dataset: str) -> dict[str, Any]:
-        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``)."""
-        meta = self._metas[dataset] = self._request("GET", f"info/{_quote(dataset)}").json()
+        """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``), or what
+        the publisher of a root (``"foo"``) announced of it: its URL, what it
+        skipped and why, its directories' attributes (HDF5 groups')."""
+        root = "/" not in dataset
+        sent = time.monotonic()
+        response = self._request("GET", f"info/{_quote(dataset, directory=root)}")
+        return self._parse_info(dataset, response.json(), sent)
+
+    def _parse_info(self, dataset: str, meta: Any, sent: float) -> dict[str, Any]:
+        """Check metadata of `dataset` read at `sent`, remember it and return it."""
+        root = "/" not in dataset
+        # Checked as a subscriber checks an announcement: chunks are decoded by it.
+        try:
+            if not isinstance(meta, dict):
+                raise BadRequest("not a JSON object")
+            if root:
+                return parse_root(meta, dataset)
+            parse_dataset(meta, dataset.partition("/")[2])
+            if meta["kind"] == "ndarray":
+                from .dtypes import array_dtype
+
+                array_dtype(meta)
+        except BadRequest as exc:
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent metadata of {dataset} that cannot be right: {exc}",
+                status=502,
+            ) from None
+        known = self._metas.get(dataset)
+        if known is not None and known.meta["etag"] != meta["etag"]:
+            self.chunk_cache.forget(dataset, meta["etag"])
+        self._metas[dataset] = Known(meta, sent)
+        return meta
+
+    def _current(self, dataset: str, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Return the metadata to read `dataset` with: the client's own if checked in
+        the last `max_age` seconds, else (or `given`, if the client has none) the
+        metadata after asking the subscriber whether it is still current."""
+        known = self._metas.get(dataset)
+        if known is None and given is None:
+            return self.get_info(dataset)
+        meta, checked = known or (given, -math.inf)
+        if time.monotonic() - checked <= self.max_age:
+            return meta
+        sent = time.monotonic()
+        response = self._request(
+            "GET", f"info/{_quote(dataset)}", headers={"If-None-Match": f'"{meta["etag"]}"'}
+        )
+        if response.status_code != 304:
+            return self._parse_info(dataset, response.json(), sent)
+        self._metas[dataset] = Known(meta, sent)
         return meta
 
     def fetch(
@@ -118,10 +218,14 @@ class Client:
         files) as bytes. The compressed chunks the selection touches cross the
         network as they are stored, and are decoded here: by Blosc2's threads
         for one or two chunks, by a pool of threads (one Blosc2 thread each) for more.
-        `meta`, the dataset's metadata if the caller has it, saves a request.
+
+        The chunks are kept in the client's cache (see `cache_bytes`), and read
+        from there while the dataset's metadata is known current (see
+        `max_age`). `meta`, the dataset's metadata if the caller has it and the
+        client has none of its own, saves reading it whole.
         """
         key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
-        meta = meta or self._metas.get(dataset) or self.get_info(dataset)
+        meta = self._current(dataset, meta)
         try:
             result = self._fetch_chunks(dataset, meta, key)
         except Changed:
@@ -134,31 +238,94 @@ class Client:
 
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        found = {n: self.chunk_cache.get((dataset, meta["etag"], n)) for n in numbers}
+        cached = {n: data for n, data in found.items() if data is not None}
+        missing = [n for n in numbers if n not in cached]
         # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
         # pool of threads as they arrive, each chunk with one.
         threaded = len(numbers) > 2
-        assembler = Assembler(meta, sel, nthreads=1 if threaded else None)
+        assembler = Assembler(
+            meta, sel, nthreads=1 if threaded else None, sender=f"the subscriber at {self.urlbase}"
+        )
         # A small part of big chunks: let the subscriber slice, and send only that.
         chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
-        if 4 * assembler.out.nbytes < len(numbers) * chunk_bytes:
-            return self._fetch_sliced(dataset, meta, key, assembler.out.dtype)
+        if 4 * assembler.out.nbytes < len(missing) * chunk_bytes:
+            result = self._fetch_sliced(dataset, meta, key, assembler.out.dtype)
+            self._read_in_part(dataset, meta, missing, chunk_bytes)
+            return result
         pending: list[Future] = []
-        for batch in _batches(numbers):
+
+        def add(n: int, data: bytes) -> None:
+            if not threaded:
+                assembler.add(n, data)
+                return
+            pending.append(self._decoder().submit(assembler.add, n, data))
+            # Bound the compressed bytes waiting to be decoded.
+            while len(pending) > 4 * DECODERS:
+                pending.pop(0).result()
+
+        for n, data in cached.items():
+            add(n, data)
+        for batch in _batches(missing):
             params = {"nchunks": format_chunk_list(batch), "etag": meta["etag"]}
             with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
                 for n, data in _frames(response, self.urlbase):
-                    if not threaded:
-                        assembler.add(n, data)
-                        continue
-                    pending.append(self._decoder().submit(assembler.add, n, data))
-                    # Bound the compressed bytes waiting to be decoded.
-                    while len(pending) > 4 * DECODERS:
-                        pending.pop(0).result()
+                    self._keep(dataset, meta, n, data)
+                    add(n, data)
         for future in pending:
             future.result()
         return assembler.result()
 
+    def _keep(self, dataset: str, meta: dict[str, Any], nchunk: int, data: bytes) -> None:
+        """Cache a chunk, if it passes the checks any chunk passes before it is decoded."""
+        if self.chunk_cache.budget and chunk_problem(data, meta, nchunk) is None:
+            self.chunk_cache.put((dataset, meta["etag"], nchunk), data)
+
+    def _read_in_part(
+        self, dataset: str, meta: dict[str, Any], numbers: list[int], chunk_bytes: float
+    ) -> None:
+        """Note that chunks `numbers` were read in part; fetch those read so before
+        whole into the cache, in the background, unless a fetch of that kind runs.
+
+        Reading a chunk in part again hints that it will be read once more. A
+        chunk read once is not fetched whole: a scan in small slices would
+        fetch every chunk twice, and slow down its own next reads.
+        """
+        budget = self.chunk_cache.budget
+        with self._fill_lock:
+            again = []
+            for n in numbers:
+                key = (dataset, meta["etag"], n)
+                if key in self._in_part:
+                    del self._in_part[key]
+                    again.append(n)
+                    continue
+                self._in_part[key] = None
+                if len(self._in_part) > IN_PART_MAX:
+                    self._in_part.popitem(last=False)
+            # Whole chunks of at most half the budget, one fetch at a time.
+            again = again[: int(budget // (2 * max(chunk_bytes, 1)))]
+            if not again or (self._filler is not None and self._filler.is_alive()):
+                return
+            self._filler = threading.Thread(
+                target=self._fill, args=(dataset, meta, again), name="catmqtt-fill", daemon=True
+            )
+            self._filler.start()
+
+    def _fill(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> None:
+        """Fetch chunks `numbers` of `dataset` whole into the cache."""
+        params = {"nchunks": format_chunk_list(numbers), "etag": meta["etag"]}
+        try:
+            with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
+                for n, data in _frames(response, self.urlbase):
+                    self._keep(dataset, meta, n, data)
+        except CatmqttError:
+            # Changed, or cut off (the client closed): the chunks are read in part again.
+            pass
+
     def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
+        import numpy as np
+
         params = {"slice": format_key(key)}
         cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
         endpoint = f"fetch/{_quote(dataset)}"
@@ -177,8 +344,21 @@ class Client:
         return self._decoders
 
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
-        """Return the compressed bytes of chunk `nchunk` of `dataset`."""
-        return self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk}).content
+        """Return the compressed bytes of chunk `nchunk` of `dataset`, checked against its metadata."""
+        response = self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk})
+        meta = self._metas.get(dataset)
+        if meta is None or meta["etag"] != response.headers.get(ETAG):
+            meta = self.get_info(dataset)
+        if meta["etag"] != response.headers.get(ETAG):
+            raise Changed(f"{dataset} changed while its chunk {nchunk} was read; read it again")
+        problem = chunk_problem(response.content, meta, nchunk)
+        if problem is not None:
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent chunk {nchunk} of {dataset}, which is not what its"
+                f" metadata says: {problem}",
+                status=502,
+            )
+        return response.content
 
     def download(self, dataset: str, localpath: str | os.PathLike = ".") -> Path:
         """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.
@@ -299,7 +479,8 @@ def default_urlbase() -> str:
 
 
 def _client(urlbase: str | None) -> Client:
-    return Client(urlbase)
+    """A client for one call: a cache would only hold memory until it is closed."""
+    return Client(urlbase, cache_bytes=0)
 
 
 def get_roots(urlbase: str | None = None) -> dict[str, dict[str, Any]]:
@@ -353,13 +534,18 @@ class Root:
 
     def __init__(self, name: str, urlbase: str | None = None, *, client: Client | None = None) -> None:
         self.name = name
-        self.client = client or _client(urlbase)
+        self.client = client or Client(urlbase)
         self.client.subscribe(name)
 
     @property
     def node_list(self) -> list[str]:
         """The paths of the root's datasets, relative to the root, sorted."""
         return self.client.get_list(self.name)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the root's publisher announced of it (see :meth:`Client.get_info`)."""
+        return self.client.get_info(self.name)
 
     def __repr__(self) -> str:
         return f"<Root {self.name!r} at {self.client.urlbase}>"
@@ -411,6 +597,8 @@ class Dataset(File):
     """
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        import numpy as np
+
         return np.asarray(self.fetch(), dtype=dtype)
 
     def __len__(self) -> int:
@@ -447,6 +635,8 @@ class Dataset(File):
 
     @property
     def dtype(self) -> np.dtype:
+        from .dtypes import dtype_from_json
+
         return dtype_from_json(self.meta["dtype"])
 
     @property
@@ -458,6 +648,8 @@ class Dataset(File):
         return tuple(self.meta["blocks"])
 
     def fetch(self, key: Any = None) -> Any:
+        import numpy as np
+
         result = super().fetch(key)
         # numpy gives a scalar, not a 0-d array, when no axis is left (and no '...').
         if isinstance(result, np.ndarray) and result.ndim == 0:

@@ -24,6 +24,7 @@ PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "poll", "off")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _NODE_KEYS = {
     "http": None,
@@ -47,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "prefix": DEFAULT_PREFIX,
         "amqtt_conf": None,
         "loglevel": "INFO",
+        "statedir": None,
     },
     "publisher": {
         **_NODE_KEYS,
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "name": None,
         "root": None,
         "watch": "auto",
+        "settle": 1.0,
         "sign_key": None,
     },
     "subscriber": {
@@ -185,6 +188,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
             s["name"] = _check(parse_root_name, s["name"])
         if s["watch"] not in WATCH_MODES:
             raise ConfigError(f"invalid watch mode {s['watch']!r}: one of {', '.join(WATCH_MODES)}")
+        _number_in(s, "settle", 0, 3600)
     if role == "subscriber":
         _int_in(s, "fetch_workers", 1, 256)
         _int_in(s, "fetch_timeout", 1, 3600)
@@ -243,6 +247,12 @@ def _int_in(settings: dict[str, Any], key: str, low: int, high: int) -> None:
     value = settings[key]
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be an integer from {low} to {high}, not {value!r}")
+
+
+def _number_in(settings: dict[str, Any], key: str, low: float, high: float) -> None:
+    value = settings[key]
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} must be a number from {low} to {high}, not {value!r}")
 
 
 def _check(parse, value):

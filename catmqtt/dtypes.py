@@ -41,6 +41,17 @@ def dtype_from_json(value: object) -> np.dtype:
     return dtype
 
 
+def array_dtype(meta: dict[str, Any]) -> np.dtype:
+    """Return the dtype of an array's metadata, if its items are of ``typesize`` bytes."""
+    dtype = dtype_from_json(meta["dtype"])
+    if dtype.itemsize != meta["typesize"]:
+        raise BadRequest(
+            f"metadata of {meta['path']!r}: typesize {meta['typesize']} is not the size of its dtype"
+            f" {dtype} ({dtype.itemsize} bytes)"
+        )
+    return dtype
+
+
 def to_jsonable(value: Any) -> Any:
     """Return `value` (vlmeta, attributes) with everything made JSON-safe.
 

@@ -34,7 +34,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from . import storage
-from .blocks import block_parts, gaps, parse_parts
+from .blocks import block_parts, chunk_nbytes, chunk_problem, gaps, parse_parts
 from .cache import Cache
 from .errors import CatmqttError, Changed, InsufficientStorage, Unavailable
 from .sessions import environment
@@ -231,7 +231,7 @@ class Fetcher:
         """Return the fetch of a chunk, started now unless one is under way (or being
         stored); in parts, `blocks` first, if given and the chunk is an array's."""
         root, path, meta, url = source
-        key = (root, path, meta["etag"], nchunk)
+        key = (root, path, meta["etag"], nchunk, meta.get("manifest", url))
         with self._lock:
             pending = self._inflight.get(key)
             if pending is None:
@@ -340,7 +340,7 @@ class Fetcher:
         `job.early`), then the rest on a thread of `rests`."""
         root, path, meta, url = job.source
         nchunk = job.key[3]
-        limit = storage.chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
+        limit = chunk_nbytes(meta, nchunk) + blosc2.MAX_OVERHEAD
         # The manifest first (once per version): _finish then checks at once.
         self._digests(job.source)
         if job.blocks is None or job.early is None:
@@ -386,9 +386,12 @@ class Fetcher:
         view = memoryview(body)
         for start, stop in spans:
             data[start:stop], view = view[: stop - start], view[stop - start :]
+        # Its header and block offsets came first: checked before its blocks are
+        # decoded (the whole chunk is checked again once its rest is in).
+        _check(job, data)
         # Early only if what came holds all that decoding the blocks reads:
         # Blosc2 would decode missing (zero) bytes as zeros, without a word.
-        needed = block_parts(data, blocks, storage.chunk_nbytes(meta, nchunk))
+        needed = block_parts(data, blocks, chunk_nbytes(meta, nchunk))
         if needed is not None and all(any(a <= c and d <= b for a, b in spans) for c, d in needed):
             early.set_result(data)
         gap_pieces = (range(a, b, REST_PIECE) for a, b in gaps(spans, size))
@@ -437,14 +440,13 @@ class Fetcher:
         root, path, meta, _ = job.source
         if headers.get(ETAG) != meta["etag"]:
             raise _changing(root, path)
+        _check(job, data)
         digest = storage.chunk_digest(data)
         # The manifest's digest where there is one: the header is the publisher's
         # word only, which an impostor's would give for its own bytes.
         manifest = self._digests(job.source)
         sent = headers.get(DIGEST) if manifest is None else manifest[job.key[3]]
-        if (sent is not None and sent != digest) or not storage.is_chunk(
-            data, storage.chunk_nbytes(meta, job.key[3])
-        ):
+        if sent is not None and sent != digest:
             raise _damaged(job)
         self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
         # Bounded write-behind: wait while the writer is this far behind.
@@ -486,7 +488,7 @@ class Fetcher:
         root, path, meta, _ = job.source
         key, nchunk, stored = job.key, job.key[3], job.stored
         try:
-            if not self.cache.store_chunk(root, path, meta, nchunk, data, digest):
+            if not self.cache.store_chunk(root, path, meta, nchunk, data, digest, job.source.url):
                 raise _changing(root, path)
         except BaseException as exc:
             if isinstance(exc, InsufficientStorage):
@@ -595,9 +597,10 @@ class Source(NamedTuple):
 
 @dataclass(frozen=True)
 class _Pending:
-    """A chunk on its way (`key`: root, path, etag, chunk number; from `source`): its
-    checked bytes (`fetched`), then its write to the cache (`stored`); when fetched in
-    parts, the bytes of `blocks` come first (`early`)."""
+    """A chunk on its way (`key`: root, path, etag, chunk number, and the digest of the
+    manifest that vouches for it, else the publisher's URL; from `source`): its checked
+    bytes (`fetched`), then its write to the cache (`stored`); when fetched in parts,
+    the bytes of `blocks` come first (`early`)."""
 
     source: Source
     key: tuple
@@ -623,6 +626,20 @@ def _damaged(job: _Pending) -> Unavailable:
     return Unavailable(
         f"publisher of root {root!r} at {url} sent a damaged chunk {job.key[3]} of {path!r}", status=502
     )
+
+
+def _check(job: _Pending, data: bytes | bytearray) -> None:
+    """Refuse a chunk that is not what its dataset's metadata says, before
+    anything decodes or caches it."""
+    root, path, meta, url = job.source
+    problem = chunk_problem(data, meta, job.key[3])
+    if problem is not None:
+        log.warning("refusing chunk %d of %s/%s from %s: %s", job.key[3], root, path, url, problem)
+        raise Unavailable(
+            f"publisher of root {root!r} at {url} sent a chunk {job.key[3]} of {path!r} that its"
+            f" metadata rules out: {problem}",
+            status=502,
+        )
 
 
 def _changing(root: str, path: str) -> Unavailable:

@@ -20,7 +20,7 @@ from .errors import CatmqttError
 
 # Importing roots.hdf5 first raises a CatmqttError saying what to install when h5py is missing.
 from .roots import hdf5
-from .roots.hdf5 import DTYPE_ATTR, JSON_ATTR, KIND_ATTR, SUFFIX, Skip, attr_value, h5py, hdf5plugin
+from .roots.hdf5 import JSON_ATTR, KIND_ATTR, METALAYER, SUFFIX, Skip, attr_value, h5py, hdf5plugin
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
             if layout.aliased(path):
                 continue
             try:
+                if dset.shape is None:
+                    _import_null(dset, dst / path)
+                    written += 1
+                    continue
                 source = hdf5.plan(h5name, dset, io)
                 for problem in source.problems:
                     layout.skip(h5name, problem)
@@ -82,7 +86,28 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
             except (OSError, RuntimeError, TypeError, ValueError, KeyError) as exc:
                 layout.skip(h5name, f"unreadable: {exc}")
     _make_links(dst, layout.links, layout)
+    _make_external_links(dst, layout)
     return written, layout.skipped
+
+
+def _import_null(dset: h5py.Dataset, target: Path) -> None:
+    """Write a dataset with a null dataspace as an empty array, marked as such."""
+    if target.exists():
+        raise Skip(f"{target.name!r} is already in {target.parent}")
+    if dset.dtype.kind not in "biufcSV" or h5py.check_string_dtype(dset.dtype):
+        raise Skip(f"an empty dataset (null dataspace) of type {dset.dtype}")
+    attrs, problems = hdf5.read_attrs(dset)
+    if problems:
+        raise Skip("; ".join(problems))
+    array = blosc2.empty(
+        (0,),
+        dtype=dset.dtype,
+        urlpath=str(target),
+        contiguous=True,
+        mode="w",
+        meta={METALAYER: {"null": True}},
+    )
+    hdf5.set_vlmeta(array.schunk, attrs)
 
 
 def _import_dataset(source: hdf5.Source, dst: Path, path: str, io: AbstractContextManager) -> None:
@@ -119,6 +144,18 @@ def _make_links(dst: Path, links: dict[str, str], layout: hdf5.Layout) -> None:
             for path, target in todo.items():
                 layout.skip(f"/{path}", f"a soft link to /{target}, which was not imported")
             return
+
+
+def _make_external_links(dst: Path, layout: hdf5.Layout) -> None:
+    """Make each external link a symbolic link whose target reads ``FILE:/PATH``
+    (it points nowhere in the root; export makes it an external link again)."""
+    for path, (h5name, target) in layout.external.items():
+        if layout.aliased(path):
+            continue
+        try:
+            os.symlink(target, dst / path)
+        except OSError as exc:
+            layout.skip(h5name, f"cannot make its link to {target}: {exc.strerror}")
 
 
 # Native root -> HDF5
@@ -220,6 +257,14 @@ class _Exporter:
 
     def _link(self, h5file: h5py.File, h5name: str, link: Path) -> None:
         rel = link.relative_to(self.root).as_posix()
+        filename, sep, inner = os.readlink(link).rpartition(":/")
+        if sep and filename and not link.exists():
+            # What import made of an external link.
+            if h5name in h5file:
+                self.skip(rel, f"its HDF5 name {h5name!r} is taken")
+            else:
+                h5file[h5name] = h5py.ExternalLink(filename, f"/{inner}")
+            return
         target = link.resolve()
         if not target.is_relative_to(self.root) or not target.exists():
             self.skip(rel, "a link to something outside the root")
@@ -238,15 +283,22 @@ def _h5_name(filename: str) -> str:
 
 
 def _write_array(group: h5py.Group, name: str, array: blosc2.NDArray) -> None:
-    """Write a ``.b2nd`` array as a typed dataset with its chunks and attributes."""
-    if array.dtype.kind == "U":
+    """Write a ``.b2nd`` array as a typed dataset with its chunks and attributes
+    (an enumeration, or a null dataspace, where import recorded one)."""
+    marks = array.schunk.meta.get(METALAYER, {})
+    dtype = array.dtype
+    if isinstance(marks.get("enum"), dict) and dtype.kind in "iu":
+        dtype = h5py.enum_dtype(marks["enum"], basetype=dtype)
+    if marks.get("null") is True and not math.prod(array.shape):
+        dset = group.create_dataset(name, data=h5py.Empty(dtype))
+    elif dtype.kind == "U":
         dset = _write_strings(group, name, array)
     elif not array.ndim:
-        dset = group.create_dataset(name, data=array[()])
+        dset = group.create_dataset(name, data=np.asarray(array[()], dtype=dtype))
     elif not math.prod(array.shape):
-        dset = group.create_dataset(name, shape=array.shape, dtype=array.dtype, **_chunking(array))
+        dset = group.create_dataset(name, shape=array.shape, dtype=dtype, **_chunking(array))
     else:
-        dset = _write_chunks(group, name, array)
+        dset = _write_chunks(group, name, array, dtype)
     _store_attrs(dset.attrs, array.schunk.vlmeta.getall())
 
 
@@ -259,14 +311,14 @@ def _chunking(array: blosc2.NDArray) -> dict[str, Any]:
     return {"chunks": array.chunks, "maxshape": maxshape}
 
 
-def _write_chunks(group: h5py.Group, name: str, array: blosc2.NDArray) -> h5py.Dataset:
+def _write_chunks(group: h5py.Group, name: str, array: blosc2.NDArray, dtype: np.dtype) -> h5py.Dataset:
     """Write an array chunk by chunk, each Blosc2 chunk as it is, framed as the Blosc2 filter frames it."""
     cparams = array.schunk.cparams
     shuffle = next((_SHUFFLES[f] for f in reversed(cparams.filters) if f in _SHUFFLES), 0)
     dset = group.create_dataset(
         name,
         shape=array.shape,
-        dtype=array.dtype,
+        dtype=dtype,
         **_chunking(array),
         **hdf5plugin.Blosc2(cname=_CODECS.get(cparams.codec, "zstd"), clevel=cparams.clevel, filters=shuffle),
     )
@@ -282,18 +334,17 @@ def _write_chunks(group: h5py.Group, name: str, array: blosc2.NDArray) -> h5py.D
 
 
 def _write_strings(group: h5py.Group, name: str, array: blosc2.NDArray) -> h5py.Dataset:
-    """Write a unicode array as UTF-8 variable-length strings, recording its dtype."""
+    """Write a unicode array as UTF-8 variable-length strings (read back as unicode
+    of the longest string's width)."""
     values = array[()]
     chunking = _chunking(array)
-    dset = group.create_dataset(
+    return group.create_dataset(
         name,
         data=values.astype(object) if array.ndim else str(values),
         dtype=h5py.string_dtype(),
         compression="gzip" if chunking else None,
         **chunking,
     )
-    dset.attrs[DTYPE_ATTR] = array.dtype.str
-    return dset
 
 
 def _write_bytes(group: h5py.Group, name: str, file: Path) -> None:
@@ -351,6 +402,13 @@ def _h5_value(value: Any) -> Any:
         return array
     if isinstance(value, bool | int | float | complex):
         return value
+    if (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(v, bool | int | float | complex) for v in value.values())
+    ):
+        # A record of numbers, as a compound attribute reads.
+        return np.array(tuple(value.values()), dtype=[(k, np.asarray(v).dtype) for k, v in value.items()])
     raise TypeError(f"cannot store {value!r} as an attribute")
 
 

@@ -8,6 +8,7 @@ every incoming message to one callback that may not raise.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -28,6 +29,45 @@ log = logging.getLogger(__name__)
 KEEPALIVE = 30
 # Seconds between two restores of a topic that someone else overwrites.
 RESTORE_INTERVAL = 1.0
+# A LogThrottle writes at most this many lines every this many seconds.
+THROTTLE_LINES = 20
+THROTTLE_SECONDS = 60.0
+
+
+class LogThrottle:
+    """Writes at most THROTTLE_LINES lines every THROTTLE_SECONDS, then how many it left
+    out: anyone who can publish on the broker decides how often they are due."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._lock = threading.Lock()
+        self._since = -THROTTLE_SECONDS
+        self._written = 0
+        self._left_out = 0
+
+    def info(self, message: str, *args: Any) -> None:
+        self._write(logging.INFO, message, args)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self._write(logging.WARNING, message, args)
+
+    def _write(self, level: int, message: str, args: tuple[Any, ...]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            left_out = 0
+            if now - self._since >= THROTTLE_SECONDS:
+                left_out, self._left_out = self._left_out, 0
+                self._since, self._written = now, 0
+            self._written += 1
+            if self._written > THROTTLE_LINES:
+                self._left_out += 1
+                return
+            last = self._written == THROTTLE_LINES
+        if left_out:
+            self.logger.log(level, "(%d more such lines were left out)", left_out)
+        self.logger.log(level, message, *args)
+        if last:
+            self.logger.log(level, "(more such lines within %g s are counted, not written)", THROTTLE_SECONDS)
 
 
 class Node:
@@ -55,21 +95,22 @@ class Node:
         self._on_connect = on_connect
         self._on_message = on_message
         self._sign = sign
-        # The status this node stands by, and the restores of its topics: when
-        # each was last restored, what to restore, and those put off meanwhile.
+        # The status this node stands by (see _stand_by), and the restores of its
+        # topics: when each was last restored, what to restore, and those put off meanwhile.
+        self._state = "online"
         self._current: bytes | None = None
         self._restored: dict[str, float] = {}
         self._restoring: dict[str, bytes] = {}
         self._timers: dict[str, threading.Timer] = {}
         self._restore_lock = threading.Lock()
         self._unreachable_logged = False
+        self._restore_log = LogThrottle(log)
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"catmqtt-{role}-{node_id}",
             protocol=paho.MQTTv311,
             clean_session=True,
         )
-        client.will_set(self.status_topic, self._status("lost"), qos=1, retain=True)
         if user is not None:
             client.username_pw_set(user, password)
         if broker.tls:
@@ -81,6 +122,9 @@ class Node:
         client.on_disconnect = self._disconnected
         client.on_message = self._message
         self.client = client
+        # The sequence number of the last will of the next connection, if signed.
+        self._will_seq: int | None = None
+        self._arm_will()
 
     def _status(self, status: str) -> bytes:
         """Return the payload of a status; every status names its session, so that a
@@ -93,7 +137,24 @@ class Node:
         }
         if status == "online":
             info.update(url=self.url, version=__version__)
+            if self._will_seq is not None:
+                info["will"] = self._will_seq
         return self.payload(self.status_topic, {**info, "time": time.time()})
+
+    def _arm_will(self) -> None:
+        """Give the next connection a last will ("lost") of its own. Its "online" names
+        the will's sequence number, so that subscribers refuse the will of an earlier
+        connection, replayed: anyone saw it once the broker sent it."""
+        will = self._status("lost")
+        self._will_seq = json.loads(will).get("seq")
+        self.client.will_set(self.status_topic, will, qos=1, retain=True)
+
+    def _stand_by(self, status: str) -> bytes:
+        """Make `status` the one this node stands by, and return its payload, signed
+        anew: a subscriber takes a signed status no newer than one it saw for a replay."""
+        self._state = status
+        self._current = self._status(status)
+        return self._current
 
     def payload(self, topic: str, obj: dict[str, Any]) -> bytes:
         """Return `obj` as the payload of `topic`: stamped, and signed if this node signs."""
@@ -112,8 +173,7 @@ class Node:
                 timer.cancel()
             self._timers.clear()
         if self.connected.is_set():
-            self._current = self._status("offline")
-            info = self.client.publish(self.status_topic, self._current, qos=1, retain=True)
+            info = self.client.publish(self.status_topic, self._stand_by("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -143,7 +203,7 @@ class Node:
                     timer.start()
                 return
             self._restored[topic] = time.monotonic()
-        log.warning("someone else changed or cleared %s; announcing it again", topic)
+        self._restore_log.warning("someone else changed or cleared %s; announcing it again", topic)
         self.publish(topic, payload)
 
     def _restore_later(self, topic: str) -> None:
@@ -165,8 +225,7 @@ class Node:
             return
         log.info("connected to broker %s", self.broker.url)
         self._unreachable_logged = False
-        self._current = self._status("online")
-        self.publish(self.status_topic, self._current)
+        self.publish(self.status_topic, self._stand_by("online"))
         # Someone else's status on our topic is put right (see _message).
         self.subscribe(self.status_topic)
         self.connected.set()
@@ -182,6 +241,7 @@ class Node:
             self._unreachable_logged = True
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        self._arm_will()
         if self.connected.is_set():
             self.connected.clear()
             if reason_code.is_failure:
@@ -197,7 +257,7 @@ class Node:
     def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
         current = self._current
         if message.topic == self.status_topic and current is not None and message.payload != current:
-            self.restore(self.status_topic, current)
+            self.restore(self.status_topic, self._stand_by(self._state))
         if self._on_message is None:
             return
         try:

@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import signing, storage
-from .blocks import block_parts, format_parts
+from . import fsutil, signing, storage
+from .blocks import block_parts, chunk_nbytes, format_parts
 from .errors import BadRequest
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .roots import Root, open_root
 from .signing import verify
 from .slices import parse_block_range
@@ -60,7 +60,7 @@ def chunk(path: str):
     headers = {ETAG: etag, DIGEST: digest}
     # Some blocks first: the chunk's header, block offsets and those blocks.
     # (The whole chunk if its blocks cannot be sent apart.)
-    spans = None if wanted is None else block_parts(data, wanted, storage.chunk_nbytes(entry.meta, nchunk))
+    spans = None if wanted is None else block_parts(data, wanted, chunk_nbytes(entry.meta, nchunk))
     if spans is not None:
         view = memoryview(data)
         body = b"".join(view[start:stop] for start, stop in spans)
@@ -96,8 +96,8 @@ class Publisher:
         self, name: str, root_path: str | os.PathLike, settings: dict[str, Any], node_id: str | None = None
     ) -> None:
         self.settings = settings
-        storage.make_statedir(settings["statedir"])
-        self.root = open_root(name, root_path, settings["statedir"])
+        fsutil.make_statedir(settings["statedir"])
+        self.root = open_root(name, root_path, settings["statedir"], settings["settle"])
         self.prefix = settings["prefix"]
         host, port = settings["http"]
         self.app = create_app(self.root)
@@ -111,6 +111,11 @@ class Publisher:
             settings["http_timeout"],
         )
         self.root.scan()
+        if self.root.unsettled:
+            # Files written just before we started (`catmqtt up`'s sample) are
+            # listed from the first announcement; later ones when they settle.
+            time.sleep(settings["settle"])
+            self.root.scan()
         self.url = settings["urlbase"] or self.server.url
         self.node_id = node_id or name
         self.signer = None if settings["sign_key"] is None else signing.load(settings["sign_key"])
@@ -133,6 +138,11 @@ class Publisher:
         self._announced: dict[str, bytes] = {}
         self._tombstones: dict[str, bytes] = {}
         self._publish_lock = threading.Lock()
+        self._withdrawals = LogThrottle(log)
+        # Scans run one at a time: the watcher's, and a later one while files are being written.
+        self._scan_lock = threading.Lock()
+        self._rescan: threading.Timer | None = None
+        self._stopping = threading.Event()
         self.watcher = None
         if settings["watch"] != "off":
             self.watcher = Watcher(
@@ -144,6 +154,7 @@ class Publisher:
         self.node.start()
         if self.watcher is not None:
             self.watcher.start()
+        self._rescan_if_unsettled()
         log.info(
             "publishing root %r (%d datasets) from %s at %s",
             self.root.name,
@@ -156,6 +167,12 @@ class Publisher:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self._stopping.set()
+        with self._scan_lock:
+            rescan = self._rescan
+        if rescan is not None:
+            rescan.cancel()
+            rescan.join()
         self.node.stop()
         self.server.stop()
 
@@ -174,8 +191,15 @@ class Publisher:
 
     def refresh(self) -> None:
         """Scan the root again and announce what changed (the watcher calls this)."""
-        old = self.root.entries
-        new = self.root.scan()
+        self._refresh()
+        self._rescan_if_unsettled()
+
+    def _refresh(self) -> None:
+        if self._stopping.is_set():
+            return
+        with self._scan_lock:
+            old = self.root.entries
+            new = self.root.scan()
         changed = [p for p in new if p not in old or old[p].meta != new[p].meta]
         gone = [p for p in old if p not in new]
         if not changed and not gone:
@@ -189,10 +213,27 @@ class Publisher:
                 self._announce(dataset_topic(self.prefix, self.root.name, path), new[path].meta)
             self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
 
+    def _rescan_if_unsettled(self) -> None:
+        """Scan again once files being written may have settled (nothing else
+        would tell us: the watcher has seen their last change already)."""
+        with self._scan_lock:
+            if self.root.unsettled and self._rescan is None and not self._stopping.is_set():
+                self._rescan = threading.Timer(self.settings["settle"], self._rescan_now)
+                self._rescan.daemon = True
+                self._rescan.start()
+
+    def _rescan_now(self) -> None:
+        self._refresh()
+        with self._scan_lock:
+            self._rescan = None
+        self._rescan_if_unsettled()
+
     def _announce(self, topic: str, obj: dict[str, Any]) -> None:
         """Publish `obj` on `topic`, signed if we sign (_publish_lock held)."""
         payload = self.node.payload(topic, obj)
         self._announced[topic] = payload
+        # Our tombstone of an earlier withdrawal is no longer ours: replayed, it is restored over.
+        self._tombstones.pop(topic, None)
         self.node.publish(topic, payload)
 
     def _withdraw(self, topic: str, ident: dict[str, Any]) -> None:
@@ -228,10 +269,15 @@ class Publisher:
             return
         with self._publish_lock:
             if self._ours(topic, payload):
+                if not payload:
+                    # Our clear is back: nothing on the topic is left to tell ours
+                    # (and a stranger's junk topics do not pile up here).
+                    self._announced.pop(topic, None)
+                    self._tombstones.pop(topic, None)
                 return
             if what.kind == "dataset" and what.path not in self.root.entries:
                 if payload:
-                    log.info("withdrawing the announcement of %s, which is gone", what.path)
+                    self._withdrawals.info("withdrawing the announcement of %s, which is gone", what.path)
                     self._withdraw(topic, {"path": what.path})
                 return
             if topic in self._announced:

@@ -10,22 +10,32 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .blocks import MAX_BLOCKSIZE, MAX_CHUNKSIZE
 from .errors import BadRequest
 from .topics import parse_node_id, parse_path, parse_root_name
 
 SCHEMA = 1
 MAX_PAYLOAD = 4 * 1024 * 1024
+# numpy counts items in int64.
+MAX_ITEMS = (1 << 63) - 1
 # Blosc2's limit on dimensions, and bounds that keep a node's work finite.
 MAX_DIM = 16
 MAX_CHUNKS = 1 << 32
 _ETAG = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
+# The digest of a chunk manifest: XXH3-128 in lowercase hex (storage.manifest_digest).
+_MANIFEST = re.compile(r"[0-9a-f]{32}")
 KINDS = ("ndarray", "schunk", "file")
 NODE_STATES = ("online", "offline", "lost")
 KEY_PREFIX = "ed25519:"
+# Integers in payloads: at most 20 digits (Python's int() takes thousands of
+# digits slowly, then refuses past 4300); sequence numbers and sessions fit 64 bits.
+MAX_DIGITS = 20
+MAX_SEQ = (1 << 63) - 1
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
@@ -40,7 +50,7 @@ def loads(payload: bytes) -> dict[str, Any] | None:
     if len(payload) > MAX_PAYLOAD:
         raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, parse_int=_integer)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"payload is not JSON: {exc}") from None
     except RecursionError:
@@ -50,6 +60,12 @@ def loads(payload: bytes) -> dict[str, Any] | None:
     if type(obj.get("schema")) is not int or obj["schema"] != SCHEMA:
         raise BadRequest(f"payload has schema {obj.get('schema')!r}, expected {SCHEMA}")
     return obj
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise BadRequest(f"payload has an integer of more than {MAX_DIGITS} digits")
+    return int(text)
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
@@ -108,6 +124,15 @@ def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
     parse_node_id(_field(obj, "publisher", str, what))
     _count(obj, "datasets", what)
     _field(obj, "etag", str, what)
+    skipped = obj.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)
+        for s in skipped
+    ):
+        raise BadRequest(f"{what}: 'skipped' must be a list of objects with a path and a reason")
+    groups = obj.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise BadRequest(f"{what}: 'groups' must map directories to their attributes")
     return obj
 
 
@@ -142,15 +167,68 @@ def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
         expected *= -(-size // chunk) if chunk else 0
     if nchunks != expected:
         raise BadRequest(f"{what}: nchunks {nchunks} does not match shape and chunks")
-    if _count(obj, "typesize", what) == 0:
+    typesize = _count(obj, "typesize", what)
+    if typesize == 0:
         raise BadRequest(f"{what}: typesize is 0")
-    _count(obj, "chunksize", what)
-    _count(obj, "nbytes", what)
+    chunksize = _count(obj, "chunksize", what)
+    nbytes = _count(obj, "nbytes", what)
+    if kind == "ndarray":
+        _array_sizes(what, shape, chunks, blocks, typesize, chunksize)
+        if nbytes != nchunks * chunksize:
+            raise BadRequest(f"{what}: nbytes {nbytes} is not nchunks {nchunks} times chunksize {chunksize}")
+    else:
+        _stream_sizes(what, shape, chunks, typesize, chunksize, nbytes, nchunks)
+    if "cbytes" in obj:
+        _count(obj, "cbytes", what)
     _field(obj, "cparams", dict, what)
     _field(obj, "vlmeta", dict, what)
     if not _ETAG.fullmatch(_field(obj, "etag", str, what)):
         raise BadRequest(f"{what}: etag {obj['etag'][:100]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : + -")
+    if "manifest" in obj and not _MANIFEST.fullmatch(_field(obj, "manifest", str, what)):
+        raise BadRequest(f"{what}: manifest {obj['manifest'][:100]!r} is not a digest (32 of 0-9 a-f)")
     return obj
+
+
+def _array_sizes(
+    what: str, shape: list[int], chunks: list[int], blocks: list[int], typesize: int, chunksize: int
+) -> None:
+    """Check that an array's sizes agree with its shape, chunks and blocks, within Blosc2's limits.
+
+    Blosc2 pads a chunk to whole blocks: its chunks are of that many items.
+    """
+    if math.prod(shape) > MAX_ITEMS:
+        raise BadRequest(f"{what}: shape {shape} has more than {MAX_ITEMS} items")
+    if any(b > c for c, b in zip(chunks, blocks, strict=True)):
+        raise BadRequest(f"{what}: blocks {blocks} are larger than chunks {chunks}")
+    padded = math.prod(-(-c // b) * b if b else 0 for c, b in zip(chunks, blocks, strict=True))
+    if padded * typesize > MAX_CHUNKSIZE:
+        raise BadRequest(f"{what}: chunks of {padded * typesize} bytes, more than Blosc2's {MAX_CHUNKSIZE}")
+    if math.prod(blocks) * typesize > MAX_BLOCKSIZE:
+        raise BadRequest(
+            f"{what}: blocks of {math.prod(blocks) * typesize} bytes, more than Blosc2's {MAX_BLOCKSIZE}"
+        )
+    if chunksize != padded * typesize:
+        raise BadRequest(
+            f"{what}: chunksize {chunksize} is not {padded * typesize}, the bytes of chunks {chunks}"
+            f" in blocks {blocks} of items of {typesize} bytes"
+        )
+
+
+def _stream_sizes(
+    what: str, shape: list[int], chunks: list[int], typesize: int, chunksize: int, nbytes: int, nchunks: int
+) -> None:
+    """Check that a byte stream's sizes agree with its shape and chunks, in items of `typesize` bytes."""
+    if chunksize > MAX_CHUNKSIZE or typesize > MAX_BLOCKSIZE:
+        raise BadRequest(f"{what}: chunksize {chunksize} or typesize {typesize} is beyond Blosc2's limits")
+    if shape[0] != nbytes // typesize or chunks[0] != chunksize // typesize:
+        raise BadRequest(
+            f"{what}: shape {shape} and chunks {chunks} are not nbytes {nbytes} and chunksize"
+            f" {chunksize} in items of {typesize} bytes"
+        )
+    if nchunks != (-(-nbytes // chunksize) if chunksize else 0) or (nbytes and not chunksize):
+        raise BadRequest(
+            f"{what}: nchunks {nchunks} does not match nbytes {nbytes} and chunksize {chunksize}"
+        )
 
 
 def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
@@ -161,6 +239,9 @@ def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
         raise BadRequest(f"{what}: status {status!r} is not one of {', '.join(NODE_STATES)}")
     if status == "online":
         _url(obj, "url", what)
+    for key in ("session", "will"):
+        if key in obj and _count(obj, key, what) > MAX_SEQ:
+            raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
     return obj
 
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import BadRequest, ConfigError
-from .schema import KEY_PREFIX, parse_public_key
+from .schema import KEY_PREFIX, MAX_SEQ, parse_public_key
 
 SIGNED_FIELDS = ("key", "seq", "sig")
 
@@ -74,7 +75,7 @@ def verify(topic: str, obj: dict[str, Any]) -> str | None:
     if not any(field in obj for field in SIGNED_FIELDS):
         return None
     key, seq, sig = obj.get("key"), obj.get("seq"), obj.get("sig")
-    if type(seq) is not int or seq < 0 or not isinstance(sig, str):
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ or not isinstance(sig, str):
         raise BadRequest("signed payload without a valid 'seq' and 'sig'")
     parse_public_key(key)
     try:
@@ -87,19 +88,33 @@ def verify(topic: str, obj: dict[str, Any]) -> str | None:
 
 
 def generate(path: str | os.PathLike) -> Signer:
-    """Write a new private key to `path` (PEM, mode 0600, never over an existing file)."""
+    """Write a new private key to `path` (PEM, mode 0600, never over an existing file).
+
+    The key is written whole to a temporary file beside `path`, then linked
+    into place: nobody ever reads half a key, and a failed write leaves
+    nothing behind.
+    """
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    target = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{os.fspath(path)} exists already: remove it first, or use it") from None
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ConfigError(f"cannot write {os.fspath(path)}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+        raise ConfigError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)
+    except FileExistsError:
+        raise ConfigError(f"{target} exists already: remove it first, or use it") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        os.unlink(tmp)
     return Signer(key)
 
 

@@ -8,10 +8,8 @@ recompressed on the way.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,51 +20,14 @@ import numpy as np
 import xxhash
 
 from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
-from .errors import BadRequest, InsufficientStorage, Unavailable
+from .errors import BadRequest, Unavailable
 
 BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
-# Marks a directory holding a catmqtt node's state (caches, logs, databases).
-STATE_MARKER = ".catmqtt-state"
 # Plain files are cut into chunks of this many bytes.
 FILE_CHUNKSIZE = 1 << 20
 # How chunk digests are computed; saved manifests name it, so a change recomputes them.
 DIGEST_ALGORITHM = "xxh3-128"
 FILE_CPARAMS = blosc2.CParams(typesize=1, codec=blosc2.Codec.ZSTD, clevel=5)
-# A write that fails while its disk has less than this free failed for want of
-# space: no write of ours is larger (a chunk, a slab of a large selection).
-LOW_SPACE = 64 << 20
-
-
-def make_statedir(path: Path) -> Path:
-    """Create a node's state directory, marked so that no publisher serves it."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / STATE_MARKER).touch()
-    return path
-
-
-def out_of_space(exc: BaseException, statedir: Path) -> bool:
-    """Tell whether `exc`, raised while writing into `statedir`, comes of its disk being full.
-
-    Blosc2 raises a bare RuntimeError when a write fails: then the disk's
-    free space tells.
-    """
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
-        return True
-    if not isinstance(exc, OSError | RuntimeError | sqlite3.Error):
-        return False
-    try:
-        return shutil.disk_usage(statedir).free < LOW_SPACE
-    except OSError:
-        return False
-
-
-def no_space(statedir: Path) -> InsufficientStorage:
-    """Return the error that says the disk of `statedir` is full."""
-    return InsufficientStorage(
-        f"no space left on device in {statedir}: free some space there (what is cached is still served)"
-    )
 
 
 def chunk_digest(data: bytes) -> str:
@@ -283,23 +244,6 @@ def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: dict[str, Any], 
             out_schunk.insert_chunk(n, src.get_chunk(n))
     for key, value in meta["vlmeta"].items():
         out_schunk.vlmeta[key] = value
-
-
-def chunk_nbytes(meta: dict[str, Any], nchunk: int) -> int:
-    """Return the uncompressed size of chunk `nchunk` of a dataset."""
-    if meta["kind"] == "ndarray":
-        return meta["chunksize"]
-    # The last chunk of a byte stream may be short.
-    return min(meta["chunksize"], meta["nbytes"] - nchunk * meta["chunksize"])
-
-
-def is_chunk(data: bytes, nbytes: int) -> bool:
-    """Tell whether `data` is one whole Blosc2 chunk of `nbytes` uncompressed bytes."""
-    try:
-        size, cbytes, _ = blosc2.get_cbuffer_sizes(data)
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return cbytes == len(data) and size == nbytes
 
 
 def iter_bytes(schunk: blosc2.SChunk) -> Iterator[bytes]:

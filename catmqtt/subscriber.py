@@ -21,14 +21,14 @@ import blosc2
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import storage
+from . import caterva2, storage
 from .assemble import Assembler
 from .cache import Cache
-from .dtypes import dtype_from_json
+from .dtypes import array_dtype, dtype_from_json
 from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
 from .fetcher import Fetcher, Source
 from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
-from .mqtt import Node
+from .mqtt import LogThrottle, Node
 from .schema import loads, parse_dataset, parse_node, parse_root
 from .signing import verify
 from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
@@ -40,6 +40,8 @@ from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 4096
+# What /api/info/ROOT tells of a root's announcement, besides what it skipped and its groups.
+ROOT_FIELDS = ("name", "url", "publisher", "datasets", "etag", "time", "key")
 # How long a subscription waits for the broker to replay a root's datasets.
 SNAPSHOT_WAIT = 10.0
 
@@ -65,6 +67,10 @@ class Subscriber:
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
         self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        # Of each node's current session, the highest sequence number of a signed
+        # "online" or "offline" status, and that of the last will its last
+        # "online" names (see _check_fresh).
+        self._freshness: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         self._subscribed = set(self.cache.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
@@ -74,6 +80,7 @@ class Subscriber:
         self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
+        self._ignored = LogThrottle(log)
         host, port = settings["http"]
         self.app = create_app(self)
         self.server = Server(
@@ -134,18 +141,24 @@ class Subscriber:
             elif what.kind == "node":
                 self._on_node(topic, what.name, what.path, obj)
         except BadRequest as exc:
-            log.warning("ignoring the message on %r: %s", topic, exc)
+            self._ignored.warning("ignoring the message on %r: %s", topic, exc)
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:
             last = self.cache.root(name)["info"]
         except NotFound:
             last = None
-        self.trust.check(topic, name, obj, last, pin=last is None)
+        # Checked before its key may be pinned: junk pins nothing.
         info = None if obj is None or obj.get("deleted") is True else parse_root(obj, name)
-        if info is not None and last is not None and info["url"] != last["url"]:
-            self._updates.submit(self._guarded, self._moved, name, info["url"])
-        self.cache.set_root(name, info)
+        self.trust.check(topic, name, obj, last, pin=info is not None)
+        moved = self.cache.set_root(name, info)
+        if moved:
+            log.warning(
+                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
+                name,
+                info["url"],
+                len(moved),
+            )
         self._updates.submit(self._guarded, self._reconcile_index, name)
 
     def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:
@@ -159,7 +172,7 @@ class Subscriber:
         if obj is not None:
             parse_dataset(obj, path)
             if obj["kind"] == "ndarray":
-                dtype_from_json(obj["dtype"])
+                array_dtype(obj)
             storage.cparams_from_json(obj["cparams"])
         # Applied on a worker of its own: the MQTT thread never waits
         # on a dataset's lock (a long download holds it).
@@ -175,10 +188,42 @@ class Subscriber:
             self.nodes.pop(key, None)
             return
         status = parse_node(obj, role, node_id)
-        old = self.nodes.get(key)
-        if signer is not None and old is not None and status.get("session", 0) < old.get("session", 0):
-            raise BadRequest(f"a status of an earlier session of {role} {node_id!r}: a replay")
+        if signer is not None:
+            self._check_fresh(key, status)
         self.nodes[key] = status
+
+    def _check_fresh(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
+        """Raise BadRequest if a signed status is older than the last one of its node.
+
+        A node's session grows with every run. Within one, its statuses come in
+        the order of their sequence numbers ("online" after each connection,
+        "offline" at a clean stop, which ends it) but for the last will of each
+        connection, "lost", signed before it connects: "lost" is believed until
+        the session ends if it is the will that the last "online" names, and
+        "online" or "offline" must be newer than every other before, or the
+        same message again.
+        """
+        old = self.nodes.get(key)
+        what = f"{key[0]} {key[1]!r}"
+        session, seq, state = status.get("session", 0), status["seq"], status["status"]
+        high, will = self._freshness.get(key, (-1, None))
+        if old is not None and session == old.get("session", 0):
+            if state == "lost":
+                if old["status"] == "offline":
+                    raise BadRequest(f"a status of {what} after it stopped: a replay")
+                if will is not None and seq != will:
+                    raise BadRequest(f"the last will of an earlier connection of {what}: a replay")
+            elif seq < high or (seq == high and state != old["status"]):
+                raise BadRequest(f"a status of {what} older than its last: a replay")
+        elif old is not None and session < old.get("session", 0):
+            raise BadRequest(f"a status of an earlier session of {what}: a replay")
+        else:
+            high, will = -1, None
+        if state != "lost":
+            high = max(high, seq)
+        if state == "online":
+            will = status.get("will")
+        self._freshness[key] = (high, will)
 
     @staticmethod
     def _guarded(func, *args) -> None:
@@ -204,20 +249,6 @@ class Subscriber:
                 seen.add(path)
             self._changed.notify_all()
         self._reconcile_index(root)
-
-    def _moved(self, root: str, url: str) -> None:
-        """Drop the cached chunks of a root's datasets that no manifest vouches for,
-        now that another publisher serves the root: they came from the other."""
-        dropped = [p for p in self.cache.datasets(root) if "manifest" not in self.cache.dataset(root, p)]
-        for path in dropped:
-            self.cache.drop_chunks(root, path)
-        if dropped:
-            log.warning(
-                "root %r is now served from %s: cached chunks of %d datasets without a manifest dropped",
-                root,
-                url,
-                len(dropped),
-            )
 
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -334,7 +365,28 @@ class Subscriber:
         if not sep or not path:
             raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
         info = self.root_of(name)
-        return Source(name, path, self.cache.dataset(name, parse_path(path)), info["url"])
+        try:
+            meta = self.cache.dataset(name, parse_path(path))
+        except NotFound as exc:
+            # An HDF5 object the publisher could not serve (a dataset NAME is served as NAME.b2nd): say why.
+            names = {f"/{path}", f"/{path.removesuffix('.b2nd')}"}
+            reason = next((s["reason"] for s in info.get("skipped", ()) if s["path"] in names), None)
+            if reason is None:
+                raise
+            raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
+        return Source(name, path, meta, info["url"])
+
+    def root_info(self, name: str) -> dict[str, Any]:
+        """Return what root `name`'s publisher announced of it, and how we see it."""
+        root = self.cache.root(parse_root_name(name))
+        info = root["info"]
+        return {
+            **{key: info[key] for key in ROOT_FIELDS if key in info},
+            "skipped": info.get("skipped", []),
+            "groups": info.get("groups", {}),
+            "online": self._online(info),
+            "subscribed": root["subscribed"],
+        }
 
     def selection(self, fullpath: str, slice_text: str) -> Target:
         """Check the selection `slice_text` of a dataset; raise before anything is read."""
@@ -658,27 +710,30 @@ def list_datasets(name: str, directory: str | None = None):
 
 @bp.get("/api/info/<path:fullpath>")
 def info(fullpath: str):
+    if "/" not in fullpath:
+        return jsonify(_sub().root_info(fullpath))
     meta = _sub().lookup(fullpath)[2]
-    response = jsonify(meta)
+    response = jsonify(caterva2.describe(meta))
     response.set_etag(meta["etag"])
     return response.make_conditional(request)
 
 
 @bp.get("/api/fetch/<path:fullpath>")
+@bp.post("/api/fetch/<path:fullpath>")
 def fetch(fullpath: str):
     sub = _sub()
-    target = sub.selection(fullpath, request.args.get("slice", ""))
+    wanted = caterva2.fetch_args()
     # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
     npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
+    if wanted.indices is not None:
+        with caterva2.gathering(sub, fullpath, wanted.indices) as result:
+            return _array_response(result, npy)
+    target = sub.selection(fullpath, wanted.slice)
     if target.nbytes <= PIECE or not target.shape:
         result = sub.read(target)
         if isinstance(result, bytes):
             return Response(result, mimetype=OCTETS)
-        if npy:
-            buffer = io.BytesIO()
-            np.save(buffer, result, allow_pickle=False)
-            return Response(buffer.getvalue(), mimetype=NPY)
-        return Response(blosc2.asarray(np.ascontiguousarray(result)).to_cframe(), mimetype=CFRAME)
+        return _array_response(result, npy)
     # A large selection: .npy (or bytes) streamed piece by piece, Blosc2 built
     # whole in a temporary file, within the budget large answers share.
     array = target.source.meta["kind"] == "ndarray"
@@ -687,6 +742,16 @@ def fetch(fullpath: str):
         mimetype = NPY if npy and array else OCTETS
         return Response(body, mimetype=mimetype, headers={"Content-Length": str(length)})
     return send_file(sub.cframe(target), mimetype=CFRAME)
+
+
+def _array_response(result: np.ndarray, npy: bool) -> Response:
+    """Return an array (0-d for a scalar, as numpy gives it) as .npy or as a Blosc2 frame."""
+    if npy:
+        buffer = io.BytesIO()
+        np.save(buffer, result, allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype=NPY)
+    # np.ascontiguousarray would make a scalar an array of shape (1,).
+    return Response(blosc2.asarray(np.asarray(result, order="C")).to_cframe(), mimetype=CFRAME)
 
 
 @bp.get("/api/chunk/<path:fullpath>")

@@ -3,11 +3,12 @@
 Keys come from the configuration (``subscriber.trust``: a list of keys for
 every root, or a map from root names to keys, ``"*"`` standing for the other
 roots) or, for a root the configuration does not name, from the first
-signed announcement of that root (trust on first use, kept in the cache's
-index). Under a known key, an announcement must be signed by it, newer than
-the last one accepted on its topic (its sequence number), and a withdrawal
-must be a signed tombstone: a bare clear is ignored. A root nobody ever
-signed is believed as it comes, as catmqtt always did.
+announcement of that root believed (trust on first use, kept in the cache's
+index; a root first announced unsigned stays so). Under a known key, an
+announcement must be signed by it, newer than the last one accepted on its
+topic (its sequence number), and a withdrawal must be a signed tombstone: a
+bare clear is ignored. An unsigned root is believed as it comes, as catmqtt
+always did.
 
 All of it runs on the MQTT thread, which alone touches `Trust._latest`.
 """
@@ -30,9 +31,9 @@ class Trust:
     def __init__(self, configured: dict[str, list[str]] | None, cache: Cache) -> None:
         self.configured = configured or {}
         self.cache = cache
-        # The highest sequence number accepted on each topic since start (the
-        # cache keeps the last accepted announcements, for after a restart).
-        self._latest: dict[str, int] = {}
+        # The highest sequence number accepted on each topic under each key since
+        # start (the cache keeps the last accepted announcements, for after a restart).
+        self._latest: dict[tuple[str, str], int] = {}
         self._warned_unsigned: set[str] = set()
 
     def keys(self, root: str) -> list[str] | None:
@@ -41,8 +42,8 @@ class Trust:
             return self.configured[root]
         if "*" in self.configured:
             return self.configured["*"]
-        pinned = self.cache.pinned_key(root)
-        return None if pinned is None else [pinned]
+        first = self.cache.first_key(root)
+        return [first] if first else None
 
     def check(
         self, topic: str, root: str, obj: dict[str, Any] | None, last: dict[str, Any] | None, *, pin: bool
@@ -51,17 +52,15 @@ class Trust:
         `obj` is not to be believed: unsigned, forged or under a key not trusted for
         `root`, or older than `last` (the announcement accepted last on `topic`).
 
-        `obj` None is a bare clear. With `pin` (a root's own announcement), the
-        first signed announcement of a root the configuration does not name
-        pins its key.
+        `obj` None is a bare clear. With `pin` (a root's own announcement, checked
+        otherwise), the first one believed of a root the configuration does not
+        name pins its key, or that the root is unsigned: a root known before is
+        never pinned to whatever key comes after a clear.
         """
         signer = None if obj is None else verify(topic, obj)
         keys = self.keys(root)
         if keys is None:
-            if signer is not None and pin:
-                log.warning("trusting key %s for root %r from now on (first use)", signer, root)
-                self.cache.pin_key(root, signer)
-            elif signer is None and obj is not None and root not in self._warned_unsigned:
+            if signer is None and obj is not None and root not in self._warned_unsigned:
                 self._warned_unsigned.add(root)
                 log.warning("root %r is not signed: anyone who can publish on the broker can change it", root)
         elif obj is None:
@@ -69,11 +68,28 @@ class Trust:
         elif signer not in keys:
             raise BadRequest(self._refusal(root, signer, keys))
         if signer is not None:
+            # Against the announcements of the same key only: a stranger's high
+            # number on an unsigned root must not make its publisher's look old.
             seq = obj["seq"]
-            latest = max(self._latest.get(topic, -1), -1 if last is None else last.get("seq", -1))
+            if last is not None:
+                known = last.get("seq", -1) if last.get("key") == signer else -1
+            else:
+                # Withdrawn before a restart, perhaps: what the tombstone withdrew is older.
+                withdrawn = self.cache.tombstone(topic)
+                known = withdrawn[1] if withdrawn is not None and withdrawn[0] == signer else -1
+            latest = max(self._latest.get((topic, signer), -1), known)
             if seq < latest:
                 raise BadRequest(f"sequence number {seq} is older than {latest}: a replay")
-            self._latest[topic] = seq
+            self._latest[(topic, signer)] = seq
+            if obj.get("deleted") is True:
+                self.cache.set_tombstone(topic, signer, seq)
+        if pin and keys is None and self.cache.first_key(root) is None:
+            # Known without a record, a root was first announced unsigned (it
+            # was recorded as it came, or by a catmqtt that pinned signed ones only).
+            first = signer if last is None else None
+            self.cache.set_first_key(root, first or "")
+            if first is not None:
+                log.warning("trusting key %s for root %r from now on (first use)", first, root)
         return signer
 
     def _refusal(self, root: str, signer: str | None, keys: list[str]) -> str:

@@ -23,7 +23,7 @@ from waitress.server import create_server
 from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
-from . import storage
+from . import fsutil
 from .errors import BadRequest, Busy, CatmqttError
 from .slices import parse_int
 
@@ -138,9 +138,9 @@ def error_of(exc: Exception, statedir: Path, serving: str) -> tuple[str, int]:
     """
     if isinstance(exc, CatmqttError):
         return exc.message, exc.status
-    if storage.out_of_space(exc, statedir):
+    if fsutil.out_of_space(exc, statedir):
         log.warning("%s: %s", serving, exc)
-        error = storage.no_space(statedir)
+        error = fsutil.no_space(statedir)
         return error.message, error.status
     # The details (paths, internals) go to the log, not to the client.
     log.error("internal error serving %s", serving, exc_info=exc)

@@ -215,6 +215,28 @@ def test_import_stays_light():
     assert out.strip() == "[]"
 
 
+def test_the_broker_stays_light():
+    # `catmqtt broker` runs on hosts that serve no data.
+    code = (
+        "import sys, catmqtt.broker, catmqtt.cli;"
+        "print([m for m in ('numpy', 'blosc2', 'requests', 'flask', 'xxhash') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["roots"], ["list", "foo"], ["info", "foo"], ["subscribe", "foo"]])
+def test_commands_that_read_no_data_import_neither_numpy_nor_blosc2(foo, command):
+    # What they would cost to import is most of a command's start-up time.
+    code = (
+        "import sys; from catmqtt.cli import main;"
+        f"status = main({[*command, '--sub', foo.url('sub')]!r});"
+        "print(status, [m for m in ('numpy', 'blosc2', 'flask', 'paho') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(("no_proxy", "reached"), [("", False), ("127.0.0.1", True)])
 def test_the_client_takes_proxies_from_the_environment(foo, monkeypatch, no_proxy, reached):
     # A proxy that nobody listens on: a request sent through it fails.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import blosc2
 import numpy as np
 import pytest
 
 from catmqtt.assemble import Assembler
+from catmqtt.blocks import chunk_problem
+from catmqtt.errors import BadRequest, Unavailable
 from catmqtt.slices import chunks_touched, select
 from catmqtt.storage import describe
 
@@ -125,3 +130,68 @@ def test_chunks_decode_in_place_or_in_part(shape, chunks, blocks, key, copied, p
 def test_decoding_releases_the_gil():
     # Set when catmqtt.assemble was imported; the client's decoder threads rely on it.
     assert blosc2.set_releasegil(True) is True
+
+
+def test_a_chunk_is_checked_before_it_is_decoded():
+    data = np.arange(1000, dtype=np.int64)
+    array = blosc2.asarray(data, chunks=(100,), blocks=(10,))
+    meta = describe(array, "x.b2nd", "e")
+    # Items of 4 bytes: the same sizes, but not this dataset's chunk.
+    other = blosc2.asarray(np.arange(200, dtype=np.int32), chunks=(200,), blocks=(20,))
+    for sender, message in [
+        ("", "chunk 0 of 'x.b2nd' is not what its metadata says: its typesize is 4, not 8"),
+        (
+            "the subscriber at http://h:1",
+            "the subscriber at http://h:1 sent chunk 0 of 'x.b2nd', which is not",
+        ),
+    ]:
+        assembler = Assembler(meta, select((slice(0, 5),), (1000,)), sender=sender)
+        with pytest.raises(Unavailable, match=re.escape(message)) as raised:
+            assembler.add(0, other.schunk.get_chunk(0))
+        assert raised.value.status == 502
+    # Metadata that no announcement would pass (its chunksize lies about its chunks
+    # and blocks), with a chunk that agrees with it: still never decoded past the
+    # buffer the chunks and blocks size.
+    small = blosc2.asarray(np.arange(10), chunks=(10,), blocks=(10,))
+    lying = {**meta, "chunks": [1000], "blocks": [10], "chunksize": 80, "nbytes": 80, "nchunks": 1}
+    assembler = Assembler(lying, select((slice(0, 5),), (1000,)))
+    with pytest.raises(Unavailable, match="it holds 80 bytes, where its metadata has room for 8000"):
+        assembler.add(0, small.schunk.get_chunk(0))
+    with pytest.raises(BadRequest, match=r"typesize 4 is not the size of its dtype int64 \(8 bytes\)"):
+        Assembler({**meta, "typesize": 4}, select((), (1000,)))
+
+
+def test_damaged_blocks_that_pass_the_check_never_crash_the_decoder():
+    # What blocks hold is Blosc2's to check: with the header and offsets right,
+    # damaged bytes decode to something or raise, never past the buffer.
+    rng = np.random.default_rng(10)
+    arrays = [
+        blosc2.asarray(rng.random(1000), chunks=(100,), blocks=(10,)),
+        blosc2.asarray(
+            np.linspace(0, 1, 4000).reshape(40, 100),
+            chunks=(20, 100),
+            blocks=(5, 100),
+            cparams={"filters": [blosc2.Filter.BITSHUFFLE]},
+        ),
+        blosc2.asarray(
+            np.arange(1000, dtype=np.int32),
+            chunks=(100,),
+            blocks=(10,),
+            cparams={"codec": blosc2.Codec.ZSTD, "use_dict": True},
+        ),
+    ]
+    checked = 0
+    for _ in range(300):
+        array = arrays[rng.integers(len(arrays))]
+        meta = describe(array, "x.b2nd", "e")
+        chunk = bytearray(array.schunk.get_chunk(0))
+        for position in rng.integers(16, len(chunk), size=rng.integers(1, 6)):
+            chunk[position] = rng.integers(256)
+        if chunk_problem(chunk, meta, 0) is not None:
+            continue
+        checked += 1
+        for key in [(slice(0, 5),), (slice(None),)]:
+            assembler = Assembler(meta, select(key, meta["shape"]))
+            with contextlib.suppress(RuntimeError, ValueError, Unavailable):
+                assembler.add(0, bytes(chunk))
+    assert checked > 100

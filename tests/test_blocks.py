@@ -8,7 +8,9 @@ import blosc2
 import numpy as np
 import pytest
 
-from catmqtt import blocks, fetcher
+from catmqtt import blocks, fetcher, storage
+from catmqtt.sample import write_sample
+from catmqtt.schema import parse_dataset
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)
@@ -135,3 +137,112 @@ def test_parts_header_bad(text):
 def test_a_lying_content_range_is_refused(header):
     # What a publisher says of the bytes it sent is read only if it is plainly a range.
     assert fetcher.CONTENT_RANGE.fullmatch(header) is None
+
+
+# Checking a chunk against its dataset's metadata
+
+
+def sample_chunks(tmp_path_factory) -> list[tuple[str, dict, int, bytes]]:
+    """Return (name, metadata, number, bytes) of every chunk of datasets of every kind and layout."""
+    root = write_sample(tmp_path_factory.mktemp("sample") / "root")
+    datasets = {
+        "zeros": blosc2.zeros((1000,), dtype=np.int64, chunks=(100,), blocks=(30,)),
+        "uninit": blosc2.empty((1000,), dtype=np.int64, chunks=(100,), blocks=(30,)),
+        "one value": blosc2.full((1000,), 7, dtype=np.int64, chunks=(100,), blocks=(30,)),
+        "NaNs": blosc2.full((1000,), np.nan, chunks=(100,), blocks=(30,)),
+        "one value of 300 bytes": blosc2.full((10,), np.void(b"x" * 300), chunks=(4,), blocks=(3,)),
+        "items of 300 bytes": blosc2.asarray(
+            np.frombuffer(RNG.bytes(3000), "V300"), chunks=(4,), blocks=(3,)
+        ),
+        "stored as is": blosc2.asarray(RANDOM[:1000], chunks=(100,), blocks=(30,), cparams={"clevel": 0}),
+        "dictionary": blosc2.asarray(
+            SMOOTH, chunks=(N,), blocks=(BLOCK,), cparams={"codec": blosc2.Codec.ZSTD, "use_dict": True}
+        ),
+        "uneven stream": blosc2.SChunk(chunksize=100, data=RNG.bytes(250), cparams={"typesize": 8}),
+    }
+    special = datasets["special stream"] = blosc2.SChunk(chunksize=1000)
+    special.fill_special(2500, blosc2.SpecialValue.ZERO)
+    for path in sorted(root.rglob("*.b2*")):
+        datasets[path.name] = storage.open_blosc2(path)
+    found = []
+    for name, obj in datasets.items():
+        meta = storage.describe(obj, name, "e")
+        schunk = storage.schunk_of(obj)
+        found += [(name, meta, n, schunk.get_chunk(n)) for n in range(schunk.nchunks)]
+    readme = root / "README.md"
+    meta = storage.describe_file("README.md", readme.stat().st_size, "e")
+    frame = storage.compress_file(readme, tmp_path_factory.mktemp("file") / "f", storage.file_etag(readme))
+    return found + [("README.md", meta, n, frame.get_chunk(n)) for n in range(frame.nchunks)]
+
+
+def test_every_kind_of_chunk_passes_its_check(tmp_path_factory):
+    chunks = sample_chunks(tmp_path_factory)
+    assert len({name for name, *_ in chunks}) >= 19
+    for name, meta, n, data in chunks:
+        assert parse_dataset(dict(meta), name) == meta
+        assert blocks.chunk_problem(data, meta, n) is None, (name, n)
+        assert blocks.chunk_problem(bytearray(data), meta, n) is None, (name, n)
+
+
+ARRAY = blosc2.asarray(np.arange(1000, dtype=np.int64), chunks=(100,), blocks=(10,))
+META = storage.describe(ARRAY, "a.b2nd", "e")
+GOOD = ARRAY.schunk.get_chunk(1)
+ZEROS = blosc2.zeros((1000,), dtype=np.int64, chunks=(100,), blocks=(10,))
+ONE_BLOCK = blosc2.asarray(np.arange(100), chunks=(100,), blocks=(100,))
+
+
+def patched(chunk: bytes, *fields: tuple[str, int, int]) -> bytes:
+    """Return `chunk` with `fields` (struct format, offset, value) written over it."""
+    out = bytearray(chunk)
+    for fmt, offset, value in fields:
+        struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "problem"),
+    [
+        (b"", "0 bytes, too short for a Blosc2 chunk"),
+        (GOOD[:31], "31 bytes, too short for a Blosc2 chunk"),
+        (patched(GOOD, ("B", 2, 0x10)), "not a Blosc2 chunk (no extended header)"),
+        (GOOD[:-1], f"its header says {len(GOOD)} bytes, but {len(GOOD) - 1} came"),
+        (GOOD + b"\0", f"its header says {len(GOOD)} bytes, but {len(GOOD) + 1} came"),
+        (b"\xff" * 1000, "its header says -1 bytes, but 1000 came"),
+        (patched(GOOD, ("<i", 4, 8000)), "it holds 8000 bytes, not 800"),
+        (blosc2.compress2(np.arange(10).tobytes(), typesize=8), "it holds 80 bytes, not 800"),
+        (patched(GOOD, ("B", 3, 4)), "its typesize is 4, not 8"),
+        # The remote crash of issue 10: one block, where the metadata has blocks of 10 items.
+        (ONE_BLOCK.schunk.get_chunk(0), "its blocks are of 800 bytes, not 80 (blocks [10])"),
+        (patched(GOOD, ("<i", 8, 0)), "its blocks are of 0 bytes, not 80"),
+        (patched(GOOD, ("B", 30, 1)), "its blocks are of variable length"),
+        (patched(ZEROS.schunk.get_chunk(0), ("B", 31, 0x70)), "an unknown special value (7)"),
+        (
+            patched(ZEROS.schunk.get_chunk(0) + b"\0" * 8, ("<i", 12, 40)),
+            "a chunk of one value, of 40 bytes, not 32",
+        ),
+        (
+            patched(GOOD, ("B", 2, GOOD[2] | blocks.COPIED)),
+            f"a chunk stored as is, of {len(GOOD)} bytes, not 832",
+        ),
+        (patched(GOOD[:40], ("<i", 12, 40)), "40 bytes, too short for the offsets of its 10 blocks"),
+        (patched(GOOD, ("<i", 32, len(GOOD))), f"its blocks start out of its {len(GOOD)} bytes"),
+        (patched(GOOD, ("<i", 36, -5)), f"its blocks start out of its {len(GOOD)} bytes"),
+        (patched(GOOD, ("<i", 32, 40)), f"its blocks start out of its {len(GOOD)} bytes"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "chunk",
+)
+def test_a_chunk_that_lies_is_named(chunk, problem):
+    found = blocks.chunk_problem(chunk, META, 1)
+    assert found is not None and problem in found, found
+
+
+def test_a_stream_checks_the_size_of_its_last_chunk():
+    schunk = blosc2.SChunk(chunksize=1000, data=RNG.bytes(2500), cparams={"typesize": 1})
+    meta = storage.describe(schunk, "s.b2frame", "e")
+    last, whole = schunk.get_chunk(2), schunk.get_chunk(0)
+    assert blocks.chunk_problem(last, meta, 2) is None
+    assert blocks.chunk_problem(whole, meta, 2) == "it holds 1000 bytes, not 500"
+    assert blocks.chunk_problem(last, meta, 0) == "it holds 500 bytes, not 1000"
+    assert blocks.chunk_problem(patched(whole, ("<i", 8, 2000)), meta, 0) == (
+        "its blocks are of 2000 bytes, in a chunk of 1000"
+    )

@@ -248,3 +248,31 @@ def test_passwd_refuses_bad_input(tmp_path):
         result = subprocess.run(catmqtt_cmd(*args), input="x\n", capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and message in result.stderr, result.stderr
     assert sys.executable
+
+
+def test_broker_statedir_keeps_its_log(tmp_path):
+    port = free_port()
+    state = tmp_path / "state"
+    broker = Proc(
+        catmqtt_cmd("broker", "--listen", f"127.0.0.1:{port}", "--ws", "off", "--statedir", state),
+        tmp_path / "console.log",
+    )
+    try:
+        wait_for(lambda: "Broker listening on" in broker.output or not broker.alive(), "the broker")
+        assert broker.alive(), broker.output
+        assert f"Broker listening on tcp://127.0.0.1:{port}" in (state / "broker.log").read_text()
+    finally:
+        broker.stop()
+    assert "broker stopping" in (state / "broker.log").read_text()
+
+
+def test_broker_statedir_that_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        catmqtt_cmd("broker", "--listen", f"127.0.0.1:{free_port()}", "--statedir", tmp_path / "file/state"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1, result.stderr

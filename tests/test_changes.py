@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import blosc2
@@ -143,7 +144,9 @@ def test_plain_file_append_refetches_the_tail(broker, tmp_path, root_dir):
 def test_a_fetch_never_mixes_two_versions(broker, tmp_path, root_dir):
     path = root_dir / "flip.b2nd"
     blosc2.full((2000,), 0, dtype=np.int32, urlpath=str(path), mode="w", chunks=(100,))
-    with running(broker, tmp_path, root_dir) as (_, sub):
+    with running(broker, tmp_path, root_dir) as (pub, sub):
+        # Versions a second apart each settle (a file is announced once left alone this long).
+        pub.root.settle = pub.settings["settle"] = 0.2
         client = catmqtt.Client(sub.url)
         wait_for(lambda: "flip.b2nd" in client.get_list("foo"), "the dataset")
         stop = threading.Event()
@@ -267,3 +270,45 @@ def test_watching_off_leaves_changes_to_the_next_start(broker, tmp_path, root_di
         assert "later.txt" in pub.root.entries
     finally:
         pub.stop()
+
+
+def mark_scan(marker) -> None:
+    """Write `marker`, dated long ago so that it is listed at once: once it is,
+    a scan has seen what was written before it."""
+    marker.write_text("m\n")
+    os.utime(marker, (0, 0))
+
+
+def test_a_file_being_written_is_not_served_half_written(broker, tmp_path, root_dir):
+    # A writer slower than the watcher's debounce.
+    with running(broker, tmp_path, root_dir) as (pub, sub):
+        client = catmqtt.Client(sub.url)
+        pub.root.settle = pub.settings["settle"] = 5.0
+        with open(root_dir / "growing.txt", "w") as f:
+            f.write("part1 \n")
+            f.flush()
+            mark_scan(root_dir / "marker.txt")
+            wait_for(lambda: "marker.txt" in pub.root.entries, "a scan that saw the first part")
+            assert "growing.txt" not in pub.root.entries
+            assert "growing.txt" not in client.get_list("foo")
+            with pytest.raises(catmqtt.errors.NotFound):
+                client.fetch("foo/growing.txt")
+            f.write("part2\n")
+        wait_for(lambda: "growing.txt" in client.get_list("foo"), "the finished file", timeout=60)
+        assert client.fetch("foo/growing.txt") == b"part1 \npart2\n"
+
+
+def test_a_file_being_rewritten_is_served_whole_or_not_at_all(broker, tmp_path, root_dir):
+    with running(broker, tmp_path, root_dir) as (pub, sub):
+        client = catmqtt.Client(sub.url)
+        pub.root.settle = pub.settings["settle"] = 5.0
+        old = (root_dir / "README.md").read_bytes()
+        with open(root_dir / "README.md", "w") as f:
+            f.write("new ")
+            f.flush()
+            mark_scan(root_dir / "marker.txt")
+            wait_for(lambda: "marker.txt" in pub.root.entries, "a scan that saw the first part")
+            # The old version is still announced, and served from the publisher's compressed copy.
+            assert client.fetch("foo/README.md") == old
+            f.write("version\n")
+        wait_for(lambda: client.fetch("foo/README.md") == b"new version\n", "the new version", timeout=60)

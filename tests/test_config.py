@@ -539,6 +539,10 @@ def test_node_settings_password(
         ("subscriber", {"max_stream_bytes": 0}, "max_stream_bytes must be an integer from 1 to"),
         ("subscriber", {"max_temp_bytes": "1GB"}, "max_temp_bytes must be an integer from 1 to"),
         ("subscriber", {"max_fetch_bytes": (1 << 50) + 1}, "max_fetch_bytes must be an integer from 1 to"),
+        ("publisher", {"settle": -1}, "settle must be a number from 0 to 3600, not -1"),
+        ("publisher", {"settle": "1"}, "settle must be a number from 0 to 3600, not '1'"),
+        ("publisher", {"settle": True}, "settle must be a number from 0 to 3600, not True"),
+        ("publisher", {"settle": 1e9}, "settle must be a number from 0 to 3600"),
     ],
 )
 def test_node_settings_bad(role: str, options: dict, match: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -79,6 +80,21 @@ def slices() -> st.SearchStrategy[str]:
     return st.lists(item, max_size=5).map(",".join)
 
 
+def indices() -> st.SearchStrategy[str]:
+    """The `indices` of /api/fetch: JSON lists of per-axis entries, mostly well formed, or anything."""
+    coords = st.one_of(
+        st.integers(-1100, 1100),
+        st.sampled_from([2**63, 2**64, -(2**64), 10**30, 1.5, True, "1", None]),
+    )
+    entry = st.one_of(
+        coords,
+        slices(),
+        st.lists(coords, max_size=4),
+        st.lists(st.lists(st.integers(-20, 20), max_size=3), max_size=3),
+    )
+    return st.one_of(st.lists(entry, max_size=5).map(json.dumps), junk())
+
+
 def chunk_numbers() -> st.SearchStrategy[str]:
     """Chunk and block numbers: within the sample's datasets, or anything."""
     return st.one_of(st.integers(0, 12).map(str), numbers())
@@ -137,6 +153,8 @@ def queries() -> st.SearchStrategy[dict[str, str]]:
         {},
         optional={
             "slice": slices(),
+            "slice_": slices(),
+            "indices": indices(),
             "nchunk": chunk_numbers(),
             "nchunks": chunk_lists(),
             "blocks": chunk_ranges(),
@@ -157,7 +175,11 @@ def requests_to(endpoints: list[str]) -> st.SearchStrategy[tuple[str, str, dict,
 
 # The arguments (required, optional) and headers each endpoint reads.
 ENDPOINTS = {
-    "fetch": ({"slice": slices()}, {}, {"Accept": accepts()}),
+    "fetch": (
+        {},
+        {"slice": slices(), "slice_": slices(), "indices": indices()},
+        {"Accept": accepts(), "Range": ranges()},
+    ),
     "chunk": (
         {"nchunk": chunk_numbers()},
         {"blocks": chunk_ranges()},
@@ -241,3 +263,27 @@ def test_subscriber_datasets(services, endpoint, data):
 def test_publisher_datasets(services, endpoint, data):
     pub, _ = services
     check(pub.app.test_client(), *data.draw(dataset_requests("", endpoint)))
+
+
+def bodies() -> st.SearchStrategy[bytes]:
+    """Bodies of POST /api/fetch: JSON objects of its arguments, other JSON, or anything."""
+    values = st.one_of(slices(), indices(), st.integers(), st.none(), st.lists(st.integers(), max_size=3))
+    arguments = st.fixed_dictionaries({}, optional={"slice_": values, "slice": values, "indices": values})
+    return st.one_of(
+        arguments.map(json.dumps),
+        st.sampled_from(["[]", "null", "1", '"0:10"', "{", "[" * 5000, '{"slice_": "' + "9" * 5000 + '"}']),
+        junk(),
+    ).map(str.encode)
+
+
+@FUZZ
+@given(path=st.sampled_from(DATASETS), body=bodies(), accept=accepts())
+def test_subscriber_fetch_posts(services, path, body, accept):
+    _, sub = services
+    response = sub.app.test_client().post(f"/api/fetch/foo/{path}", data=body, headers={"Accept": accept})
+    status = response.status_code
+    assert status < 500, (path, body[:200], response.get_data()[:500])
+    if status >= 400:
+        error = response.get_json(silent=True)
+        assert isinstance(error, dict) and error["status"] == status and error["error"], (path, body[:200])
+    response.close()

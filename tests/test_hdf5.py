@@ -16,6 +16,7 @@ import pytest
 
 import catmqtt
 from catmqtt import storage
+from catmqtt.blocks import chunk_problem
 from catmqtt.hdf5io import GROUP_ATTRS, export_h5, import_h5
 from catmqtt.roots import hdf5, open_root
 from catmqtt.sample import write_sample
@@ -242,7 +243,7 @@ def served(root, path: str, tmp_path) -> blosc2.NDArray:
     for n in range(meta["nchunks"]):
         data, etag = root.chunk(path, n)
         assert etag == meta["etag"]
-        assert storage.is_chunk(data, storage.chunk_nbytes(meta, n)), (path, n)
+        assert chunk_problem(data, meta, n) is None, (path, n, chunk_problem(data, meta, n))
         array.schunk.update_chunk(n, data)
     return array
 
@@ -452,8 +453,20 @@ def test_cli_on_an_hdf5_root(deployment, tmp_path):
     )
     assert d.cli("show", "h5/scalar.b2nd").stdout == "3.25\n"
     assert d.cli("show", "h5/blosc2-3d.b2nd[19, 29, -3:]").stdout == "[23997 23998 23999]\n"
-    # The publisher said what it skipped.
+    # The publisher said what it skipped, and so do the root's info and the skipped dataset's 404.
     assert "skipping /references: object references" in d.procs["pub-h5"].output
+    root = json.loads(d.cli("info", "h5").stdout)
+    assert {"path": "/references", "reason": "object references"} in root["skipped"]
+    assert root["groups"][""]["title"] == "The catmqtt sample HDF5 file"
+    assert root["groups"]["group"] == {"description": "a group with a subgroup"}
+    assert (root["name"], root["online"], root["subscribed"], root["datasets"]) == ("h5", True, True, 9)
+    result = d.cli("info", "h5/references.b2nd")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: no dataset 'references.b2nd' in root 'h5': its publisher skipped it (object references)\n"
+    )
+    assert d.cli("info", "nowhere").stderr.startswith("Error: no root 'nowhere' is known")
+    assert catmqtt.Root("h5", d.url("sub")).info == root
 
 
 # Import and export
@@ -480,6 +493,7 @@ def tree(root) -> dict[str, object]:
                     a.blocks,
                     a[()].tobytes(),
                     a.schunk.vlmeta.getall(),
+                    {k: a.schunk.meta[k] for k in a.schunk.meta if k != "b2nd"},
                 )
             elif os.path.isfile(full):
                 with open(full, "rb") as f:
@@ -487,11 +501,21 @@ def tree(root) -> dict[str, object]:
     return found
 
 
+# What import keeps of what an HDF5 root skips: as an empty array, as a link.
+IMPORTED = {"/unsupported/empty", "/external"}
+
+
 def test_import_export_import_round_trip(kinds, tmp_path):
     count, skipped = import_h5(kinds, tmp_path / "a")
-    assert count == len(DATASETS)
-    assert {item["path"] for item in skipped} >= set(SKIPPED)
+    assert count == len(DATASETS) + 1
+    assert {item["path"] for item in skipped} >= set(SKIPPED) - IMPORTED
+    assert not {item["path"] for item in skipped} & IMPORTED
     first = tree(tmp_path / "a")
+    assert first["external"] == ("link", "other.h5:/x")
+    assert first["enum.b2nd"][0] == "uint8" and first["enum.b2nd"][6] == {
+        "catmqtt": {"enum": {"A": 0, "B": 1, "C": 2}}
+    }
+    assert first["unsupported/empty.b2nd"][:2] == ("float32", (0,))
     assert first["alias.b2nd"] == ("link", "records.b2nd")
     assert first["grp-alias"] == ("link", "grp")
     assert first[GROUP_ATTRS] == ("attrs", {"title": "kinds"})
@@ -500,13 +524,23 @@ def test_import_export_import_round_trip(kinds, tmp_path):
         for name, (_, path) in DATASETS.items():
             array = blosc2.open(str(tmp_path / "a" / path))
             assert np.array_equal(array[()], h5py_read(f[name], ()).astype(array.dtype)), name
-    assert export_h5(tmp_path / "a", tmp_path / "b.h5") == (len(DATASETS), [])
-    with h5py.File(tmp_path / "b.h5") as f:
+    assert export_h5(tmp_path / "a", tmp_path / "b.h5") == (len(DATASETS) + 1, [])
+    with h5py.File(tmp_path / "b.h5") as f, h5py.File(kinds, locking=False) as original:
+        # What the original holds comes back as it was, with no attribute of ours added.
+        assert h5py.check_enum_dtype(f["enum"].dtype) == {"A": 0, "B": 1, "C": 2}
+        assert f["enum"].dtype.base == np.dtype("u1") and list(f["enum"][()]) == [0, 1, 2, 1]
+        assert f["unsupported/empty"].shape is None and f["unsupported/empty"].dtype == np.dtype("f4")
+        link = f.get("external", getlink=True)
+        assert isinstance(link, h5py.ExternalLink) and (link.filename, link.path) == ("other.h5", "/x")
+        for name in DATASETS:
+            assert set(f[name].attrs) <= set(original[name].attrs), name
+        # Import left out the object reference, and said so.
+        assert set(original["records"].attrs) - set(f["records"].attrs) == {"reference"}
         assert f["filters/gzip"].chunks == (10, 7)
         assert f["filters/gzip"].id.get_create_plist().get_filter(0)[0] == hdf5.BLOSC2_FILTER
         assert f.get("alias", getlink=True).path == "/records"
     count, skipped = import_h5(tmp_path / "b.h5", tmp_path / "c")
-    assert count == len(DATASETS) and skipped == []
+    assert count == len(DATASETS) + 1 and skipped == []
     assert tree(tmp_path / "c") == first
 
 

@@ -43,8 +43,8 @@ NDARRAY = {
     "dtype": "float64",
     "nchunks": 3,
     "typesize": 8,
-    "chunksize": 1234,
-    "nbytes": 560,
+    "chunksize": 224,
+    "nbytes": 672,
     "cparams": {"codec": "ZSTD", "clevel": 5},
     "vlmeta": {"note": "x"},
     "etag": "e2",
@@ -77,6 +77,9 @@ FILE = {
     "vlmeta": {},
     "etag": "e4",
 }
+
+# Items of 8 bytes in a block of Blosc2's largest size.
+BIG_BLOCK = 536866816 // 8
 
 NODE = {"status": "online", "url": "https://example.org:8443/"}
 
@@ -123,6 +126,8 @@ def test_loads_empty_is_none() -> None:
         (b'{"schema": 2}', "payload has schema 2, expected 1"),
         (b'{"schema": "1"}', "payload has schema '1', expected 1"),
         (b'{"schema": null}', "payload has schema None, expected 1"),
+        (b'{"schema": 1, "n": 1' + b"0" * 20 + b"}", "payload has an integer of more than 20 digits"),
+        (b'{"schema": 1, "n": -1' + b"0" * 5000 + b"}", "payload has an integer of more than 20 digits"),
         (
             b" " * (MAX_PAYLOAD + 1),
             f"payload of {MAX_PAYLOAD + 1} bytes is over the {MAX_PAYLOAD} byte limit",
@@ -132,6 +137,12 @@ def test_loads_empty_is_none() -> None:
 def test_loads_bad(payload: bytes, match: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(match)):
         loads(payload)
+
+
+def test_loads_keeps_floats_beyond_json() -> None:
+    # HDF5 attributes in vlmeta may be NaN (a fill value): json.dumps writes them so.
+    obj = loads(b'{"schema": 1, "vlmeta": {"fill": NaN, "max": Infinity}, "n": -12345678901234567890}')
+    assert obj["vlmeta"]["fill"] != obj["vlmeta"]["fill"] and obj["n"] == -12345678901234567890
 
 
 def test_loads_at_the_size_limit() -> None:
@@ -158,6 +169,9 @@ def test_loads_schema_must_be_the_integer_1(schema: bytes) -> None:
 def test_parse_root_good() -> None:
     assert parse_root(copy.deepcopy(ROOT), "r") == ROOT
     assert parse_root(changed(ROOT, url="https://h/x", datasets=0), "r")["datasets"] == 0
+    skipped = [{"path": "/x", "reason": "opaque data"}]
+    groups = {"": {"title": "t"}, "g": {}}
+    assert parse_root(changed(ROOT, skipped=skipped, groups=groups), "r")["skipped"] == skipped
 
 
 ROOT_WHAT = re.escape("announcement of root 'r': ")
@@ -182,6 +196,12 @@ ROOT_WHAT = re.escape("announcement of root 'r': ")
         ({"datasets": "3"}, "field 'datasets' is missing or not int"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"skipped": {"path": "/x"}}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": "/x"}]}, "'skipped' must be a list of objects with a path and a reason"),
+        ({"skipped": [{"path": 1, "reason": "r"}]}, "'skipped' must be a list"),
+        ({"skipped": ["/x"]}, "'skipped' must be a list"),
+        ({"groups": []}, "'groups' must map directories to their attributes"),
+        ({"groups": {"g": "attrs"}}, "'groups' must map directories to their attributes"),
     ],
 )
 def test_parse_root_bad(fields: dict[str, Any], match: str) -> None:
@@ -221,15 +241,43 @@ def test_url_fields_need_a_host(url: str) -> None:
         NDARRAY,
         SCHUNK,
         FILE,
-        changed(NDARRAY, path="scalar", shape=[], chunks=[], blocks=[], nchunks=1),
-        changed(NDARRAY, path="empty", shape=[0, 5], chunks=[0, 5], blocks=[0, 5], nchunks=0),
-        changed(NDARRAY, path="empty2", shape=[3, 0], chunks=[2, 4], blocks=[1, 2], nchunks=0),
-        changed(NDARRAY, path="big-chunks", shape=[3, 4], chunks=[8, 8], blocks=[8, 8], nchunks=1),
-        changed(NDARRAY, dtype=[["a", "<i4"], ["b", "<f8", [2]]]),
-        changed(NDARRAY, shape=[1] * 16, chunks=[1] * 16, blocks=[1] * 16, nchunks=1),
+        changed(NDARRAY, path="scalar", shape=[], chunks=[], blocks=[], nchunks=1, chunksize=8, nbytes=8),
+        changed(
+            NDARRAY,
+            path="empty",
+            shape=[0, 5],
+            chunks=[0, 5],
+            blocks=[0, 5],
+            nchunks=0,
+            chunksize=0,
+            nbytes=0,
+        ),
+        changed(
+            NDARRAY,
+            path="empty2",
+            shape=[3, 0],
+            chunks=[2, 4],
+            blocks=[1, 2],
+            nchunks=0,
+            chunksize=64,
+            nbytes=0,
+        ),
+        changed(
+            NDARRAY,
+            path="big-chunks",
+            shape=[3, 4],
+            chunks=[8, 8],
+            blocks=[8, 8],
+            nchunks=1,
+            chunksize=512,
+            nbytes=512,
+        ),
+        changed(NDARRAY, dtype=[["a", "<i4"], ["b", "<f8", [2]]], typesize=20, chunksize=560, nbytes=1680),
+        changed(NDARRAY, shape=[1] * 16, chunks=[1] * 16, blocks=[1] * 16, nchunks=1, chunksize=8, nbytes=8),
         changed(FILE, path="empty.txt", shape=[0], chunks=[0], nchunks=0, nbytes=0, chunksize=0),
-        changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3),
+        changed(SCHUNK, path="exact", shape=[90], chunks=[30], nchunks=3, nbytes=90),
         changed(FILE, path="é/日本 x+#.txt"),
+        changed(NDARRAY, manifest="0123456789abcdef0123456789abcdef"),
     ],
 )
 def test_parse_dataset_good(meta: dict[str, Any]) -> None:
@@ -295,6 +343,13 @@ ND_WHAT = re.escape("metadata of 'dir/a.b2nd': ")
         ({"vlmeta": "x"}, "field 'vlmeta' is missing or not dict"),
         ({"etag": DELETE}, "field 'etag' is missing or not str"),
         ({"etag": 1}, "field 'etag' is missing or not str"),
+        ({"manifest": ["0" * 32]}, "field 'manifest' is missing or not str"),
+        ({"manifest": {"digest": "0" * 32}}, "field 'manifest' is missing or not str"),
+        ({"manifest": None}, "field 'manifest' is missing or not str"),
+        ({"manifest": 7}, "field 'manifest' is missing or not str"),
+        ({"manifest": ""}, "manifest '' is not a digest (32 of 0-9 a-f)"),
+        ({"manifest": "A" * 32}, "manifest '" + "A" * 32 + "' is not a digest"),
+        ({"manifest": "x" * 1000}, "manifest '" + "x" * 100 + "' is not a digest"),
     ],
 )
 def test_parse_dataset_bad_ndarray(fields: dict[str, Any], match: str) -> None:
@@ -335,6 +390,105 @@ def test_parse_dataset_empty_axis_nchunks() -> None:
         parse_dataset(meta, meta["path"])
 
 
+# Sizes: a chunk is decoded into a buffer sized by them.
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        # Blocks that do not divide the chunks: each chunk is padded to whole blocks (6 by 9).
+        changed(NDARRAY, chunks=[5, 7], blocks=[2, 3], nchunks=2, chunksize=432, nbytes=864),
+        # Chunks and blocks as large as Blosc2 makes them.
+        changed(
+            NDARRAY,
+            shape=[8 * BIG_BLOCK],
+            chunks=[4 * BIG_BLOCK],
+            blocks=[BIG_BLOCK],
+            nchunks=2,
+            chunksize=32 * BIG_BLOCK,
+            nbytes=64 * BIG_BLOCK,
+        ),
+        # An empty file as the publisher describes it.
+        changed(FILE, path="empty.txt", shape=[0], chunks=[1 << 20], nchunks=0, nbytes=0, chunksize=1 << 20),
+        # Items of 8 bytes in chunks of 100 bytes: Blosc2 allows it.
+        changed(SCHUNK, shape=[31], chunks=[12], nchunks=3, typesize=8, chunksize=100, nbytes=250),
+    ],
+)
+def test_parse_dataset_sizes_good(meta: dict[str, Any]) -> None:
+    assert parse_dataset(copy.deepcopy(meta), meta["path"]) == meta
+
+
+@pytest.mark.parametrize(
+    ("base", "fields", "match"),
+    [
+        (NDARRAY, {"blocks": [5, 7]}, "blocks [5, 7] are larger than chunks [4, 7]"),
+        (NDARRAY, {"blocks": [2, 8]}, "blocks [2, 8] are larger than chunks [4, 7]"),
+        (
+            NDARRAY,
+            {"chunksize": 1234},
+            "chunksize 1234 is not 224, the bytes of chunks [4, 7] in blocks [2, 7]",
+        ),
+        (NDARRAY, {"chunksize": 0}, "chunksize 0 is not 224"),
+        (
+            NDARRAY,
+            {"blocks": [3, 7]},
+            "chunksize 224 is not 336, the bytes of chunks [4, 7] in blocks [3, 7]",
+        ),
+        (NDARRAY, {"typesize": 4}, "chunksize 224 is not 112"),
+        (NDARRAY, {"nbytes": 560}, "nbytes 560 is not nchunks 3 times chunksize 224"),
+        (NDARRAY, {"nbytes": 0}, "nbytes 0 is not nchunks 3 times chunksize 224"),
+        (
+            NDARRAY,
+            {"shape": [1 << 62, 4], "chunks": [1 << 62, 1], "blocks": [1, 1], "nchunks": 4},
+            f"shape {[1 << 62, 4]} has more than {(1 << 63) - 1} items",
+        ),
+        (
+            NDARRAY,
+            {"shape": [1 << 28], "chunks": [1 << 28], "blocks": [1], "nchunks": 1},
+            f"chunks of {1 << 31} bytes, more than Blosc2's {(1 << 31) - 33}",
+        ),
+        (
+            NDARRAY,
+            {"shape": [1 << 26], "chunks": [1 << 26], "blocks": [1 << 26], "nchunks": 1},
+            f"blocks of {1 << 29} bytes, more than Blosc2's 536866816",
+        ),
+        (NDARRAY, {"cbytes": -1}, "field 'cbytes' is negative"),
+        (NDARRAY, {"cbytes": "12"}, "field 'cbytes' is missing or not int"),
+        (SCHUNK, {"nbytes": 90}, "shape [100] and chunks [30] are not nbytes 90 and chunksize 30"),
+        (SCHUNK, {"chunksize": 40}, "shape [100] and chunks [30] are not nbytes 100 and chunksize 40"),
+        (
+            SCHUNK,
+            {"typesize": 2},
+            "shape [100] and chunks [30] are not nbytes 100 and chunksize 30 in items of 2",
+        ),
+        (
+            SCHUNK,
+            {"shape": [31], "chunks": [12], "nchunks": 3, "typesize": 8, "chunksize": 100, "nbytes": 350},
+            "shape [31] and chunks [12] are not nbytes 350",
+        ),
+        (
+            SCHUNK,
+            {"shape": [25], "chunks": [12], "nchunks": 3, "typesize": 8, "chunksize": 100, "nbytes": 200},
+            "nchunks 3 does not match nbytes 200 and chunksize 100",
+        ),
+        (
+            SCHUNK,
+            {"shape": [0], "chunks": [0], "nchunks": 0, "typesize": 8, "chunksize": 0, "nbytes": 5},
+            "nchunks 0 does not match nbytes 5 and chunksize 0",
+        ),
+        (
+            FILE,
+            {"shape": [1 << 31], "chunks": [1 << 31], "nchunks": 1, "chunksize": 1 << 31, "nbytes": 1 << 31},
+            f"chunksize {1 << 31} or typesize 1 is beyond Blosc2's limits",
+        ),
+    ],
+)
+def test_parse_dataset_sizes_bad(base: dict[str, Any], fields: dict[str, Any], match: str) -> None:
+    what = re.escape(f"metadata of {base['path']!r}: ")
+    with pytest.raises(BadRequest, match=what + re.escape(match)):
+        parse_dataset(changed(base, **fields), base["path"])
+
+
 # parse_node
 
 
@@ -346,6 +500,8 @@ def test_parse_dataset_empty_axis_nchunks() -> None:
         {"status": "offline"},
         {"status": "lost"},
         {"status": "offline", "url": "not checked when offline"},
+        {"status": "lost", "session": 0},
+        {"status": "lost", "session": (1 << 63) - 1},
     ],
 )
 def test_parse_node_good(status: dict[str, Any]) -> None:
@@ -363,6 +519,12 @@ def test_parse_node_good(status: dict[str, Any]) -> None:
         ({"status": "online", "url": None}, "field 'url' is missing or not str"),
         ({"status": "online", "url": "ws://h:9001"}, "field 'url' is not an http(s) URL"),
         ({"status": "online", "url": "h:8002"}, "field 'url' is not an http(s) URL"),
+        ({"status": "lost", "session": "1"}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": 1e15}, "field 'session' is missing or not int"),
+        ({"status": "lost", "session": -1}, "field 'session' is negative"),
+        ({"status": "lost", "session": 1 << 63}, f"session {1 << 63} is over {(1 << 63) - 1}"),
+        ({"status": "online", "url": "http://h", "will": "7"}, "field 'will' is missing or not int"),
+        ({"status": "online", "url": "http://h", "will": 1 << 63}, f"will {1 << 63} is over"),
     ],
 )
 def test_parse_node_bad(status: dict[str, Any], match: str) -> None:

@@ -18,7 +18,7 @@ import requests
 from flask import Flask
 
 import catmqtt
-from catmqtt import blocks, storage, web
+from catmqtt import blocks, fsutil, storage, web
 from catmqtt.cache import Cache
 from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.fetcher import Fetcher, Source
@@ -586,7 +586,7 @@ def test_limits_of_one_request(broker, tmp_path, root_dir):
 
 
 def test_state_directories_are_never_published(tmp_path, root_dir):
-    storage.make_statedir(root_dir / "_catmqtt" / "subscriber")
+    fsutil.make_statedir(root_dir / "_catmqtt" / "subscriber")
     (root_dir / "_catmqtt" / "subscriber" / "cache.sqlite").write_bytes(b"private")
     root = open_root("foo", root_dir, tmp_path / "state")
     root.scan()

@@ -52,6 +52,8 @@ class Root:
         # Attributes of directories (HDF5 groups), keyed by directory path ("" is the top).
         self.groups: dict[str, dict[str, Any]] = {}
         self.etag = ""
+        # Whether the last scan found files being written (scan again later).
+        self.unsettled = False
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple, bytes] = OrderedDict()
         self._recent_size = 0
@@ -128,15 +130,19 @@ class Root:
                 self._recent_size -= len(self._recent.popitem(last=False)[1])
 
 
-def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike) -> Root:
-    """Return the root `name` of `path`: a directory, or an HDF5 file."""
+def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike, settle: float = 0.0) -> Root:
+    """Return the root `name` of `path`: a directory, or an HDF5 file.
+
+    In a directory, a file changed less than `settle` seconds ago is taken as
+    being written, and not described until it has been left alone that long.
+    """
     resolved = Path(path).resolve()
     if not resolved.exists():
         raise CatmqttError(f"root {os.fspath(path)!r} does not exist")
     if resolved.is_dir():
         from .directory import DirectoryRoot
 
-        return DirectoryRoot(name, resolved, statedir)
+        return DirectoryRoot(name, resolved, statedir, settle)
     # Imported here: h5py is needed by HDF5 roots only (a CatmqttError says so if it is missing).
     from .hdf5 import HDF5Root
 

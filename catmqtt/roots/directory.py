@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import blosc2
 
-from .. import storage
+from .. import fsutil, storage
 from ..errors import BadRequest, Unavailable
 from ..topics import parse_path
 from . import Entry, Root
@@ -23,21 +24,42 @@ class DirectoryRoot(Root):
 
     An entry's source is its file. Blosc2 files are served as they are; plain
     files are compressed once (per etag) into an SChunk in the state directory.
+
+    A file changed less than `settle` seconds ago is being written: a new one
+    is not listed yet, and one that was keeps its old entry (whose reads answer
+    503 "try again" while the file differs from it) until the file settles.
     """
+
+    def __init__(self, name: str, path: Path, statedir: str | os.PathLike, settle: float = 0.0) -> None:
+        super().__init__(name, path, statedir)
+        self.settle = settle
+        # When this process first saw each unsettled version: {path: (etag, monotonic time)},
+        # which counts even where the file's clock is ahead of ours.
+        self._seen: dict[str, tuple[str, float]] = {}
 
     def scan(self) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
+        seen: dict[str, tuple[str, float]] = {}
         for file, path in self._walk():
             try:
-                etag = storage.file_etag(file)
+                st = file.stat()
             except OSError as exc:
                 log.warning("skipping %s: %s", path, exc.strerror)
                 continue
+            etag = storage.stat_etag(st)
             old = self.entries.get(path)
             if old is not None and old.meta["etag"] == etag:
                 found[path] = old
-            else:
+                continue
+            first = self._seen.get(path)
+            seen[path] = first if first is not None and first[0] == etag else (etag, time.monotonic())
+            if max(time.time() - st.st_mtime, time.monotonic() - seen[path][1]) >= self.settle:
+                del seen[path]
                 found[path] = self._describe(file, path, etag)
+            elif old is not None:
+                found[path] = old
+        self._seen = seen
+        self.unsettled = bool(seen)
         self._set_entries(found)
         return found
 
@@ -50,7 +72,7 @@ class DirectoryRoot(Root):
                 full = top / d
                 if d.startswith(".") or full == self.statedir or full.is_symlink():
                     continue
-                if (full / storage.STATE_MARKER).exists():
+                if (full / fsutil.STATE_MARKER).exists():
                     log.info("skipping %s: a catmqtt node's state directory", full)
                     continue
                 if d.endswith(storage.BLOSC2_SUFFIXES):

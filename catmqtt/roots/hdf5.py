@@ -40,8 +40,13 @@ SUFFIX = ".b2nd"
 BLOSC2_FILTER = 32026
 # Attributes that `catmqtt export` writes for `catmqtt import` to read back.
 KIND_ATTR = "catmqtt.kind"  # on a uint8 dataset holding a file's bytes: what the file was
-DTYPE_ATTR = "catmqtt.dtype"  # on variable-length strings that were a fixed-width unicode array
+# On variable-length strings that were a fixed-width unicode array (exports
+# before 0.1 wrote it; it is still read, and hidden).
+DTYPE_ATTR = "catmqtt.dtype"
 JSON_ATTR = "catmqtt.json"  # the names of the attributes stored as JSON text
+# The Blosc2 metalayer of a ``.b2nd`` file imported from HDF5 that records what
+# Blosc2 cannot hold: {"enum": {name: value}} or {"null": true} (a null dataspace).
+METALAYER = "catmqtt"
 HIDDEN_ATTRS = (DTYPE_ATTR, JSON_ATTR)
 # Datasets that HDF5 does not chunk are served in chunks of about this size.
 CHUNK_BYTES = storage.FILE_CHUNKSIZE
@@ -143,6 +148,8 @@ class Layout:
     groups: dict[str, h5py.Group] = field(default_factory=dict)
     # Soft links followed: root path of the link -> root path of its target.
     links: dict[str, str] = field(default_factory=dict)
+    # External links: root path of the link -> (its HDF5 name, "FILE:/PATH").
+    external: dict[str, tuple[str, str]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def aliased(self, path: str) -> bool:
@@ -164,8 +171,9 @@ def walk(h5file: h5py.File) -> Layout:
         for name in sorted(group):
             h5name = f"{group.name.rstrip('/')}/{name}"
             link = group.get(name, getlink=True)
+            rel = f"{dirpath}/{name}" if dirpath else name
             if isinstance(link, h5py.ExternalLink):
-                layout.skip(h5name, f"an external link to {link.filename}:{link.path}")
+                layout.external[rel] = (h5name, f"{link.filename}:{link.path}")
                 continue
             try:
                 obj = group[name]
@@ -173,7 +181,6 @@ def walk(h5file: h5py.File) -> Layout:
                 what = f"a dangling soft link to {link.path}" if isinstance(link, h5py.SoftLink) else exc
                 layout.skip(h5name, str(what))
                 continue
-            rel = f"{dirpath}/{name}" if dirpath else name
             if isinstance(obj, h5py.Group):
                 if obj.id in ancestors:
                     target = link.path if isinstance(link, h5py.SoftLink) else "a group"
@@ -563,7 +570,11 @@ def _string_dtype(dset: h5py.Dataset, encoding: str, wanted: Any, io: AbstractCo
 
 
 def write_array(source: Source, urlpath: Path, chunk: Callable[[int], bytes]) -> None:
-    """Write `source` as a contiguous ``.b2nd`` file, taking chunk `n` from ``chunk(n)``."""
+    """Write `source` as a contiguous ``.b2nd`` file, taking chunk `n` from ``chunk(n)``.
+
+    An enumeration's names and values go in the file's ``catmqtt`` metalayer.
+    """
+    marks = {"enum": source.info["enum"]} if "enum" in source.info else None
     array = blosc2.empty(
         source.shape,
         dtype=source.dtype,
@@ -571,6 +582,7 @@ def write_array(source: Source, urlpath: Path, chunk: Callable[[int], bytes]) ->
         urlpath=str(urlpath),
         contiguous=True,
         mode="w",
+        meta=None if marks is None else {METALAYER: marks},
         **source.layout(),
     )
     for n in range(source.nchunks):
@@ -664,6 +676,8 @@ class HDF5Root(Root):
 
     def _map(self, stamp: str) -> tuple[dict[str, Entry], dict[str, dict[str, Any]], list[dict[str, str]]]:
         layout = walk(self._file)
+        for h5name, target in layout.external.values():
+            layout.skip(h5name, f"an external link to {target}")
         groups: dict[str, dict[str, Any]] = {}
         for path, group in layout.groups.items():
             attrs, problems = read_attrs(group)
