@@ -38,7 +38,8 @@ STREAM_PIECE = 1 << 20
 STREAM_MEMORY = 3 * STREAM_PIECE
 # What building a Blosc2 answer holds: a piece, and Blosc2's buffers for it.
 BUILD_MEMORY = 2 * PIECE
-# How long a large request waits for its share of the budget, and when to ask again.
+# How long a large request waits for its share of the budget; when to ask
+# again (Retry-After): RETRY_AFTER seconds plus up to RETRY_SPREAD - 1 more.
 BUSY_WAIT = 5.0
 RETRY_AFTER = 5
 RETRY_SPREAD = 5
@@ -70,7 +71,7 @@ class Budget:
         if disk > self.limits["disk"]:
             raise TooLarge(
                 f"the answer needs {disk} bytes of temporary disk, over this subscriber's max_temp_bytes"
-                f" ({self.limits['disk']}): ask for .npy (Accept: application/x-npy), or select less"
+                f" ({self.limits['disk']}): raise it, or fetch the data as .npy (Accept: application/x-npy)"
             )
         with self._lock:
             if self._used["threads"] >= self.limits["threads"]:

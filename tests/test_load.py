@@ -19,7 +19,9 @@ import pytest
 import requests
 
 import catmqtt
-from catmqtt.errors import CatmqttError, Unavailable
+from catmqtt.errors import Busy, CatmqttError, TooLarge, Unavailable
+from catmqtt.large import Budget
+from catmqtt.wire import FRAME, error_trailer, read_error_trailer
 
 from conftest import DEADLINE, MOSQUITTO, Broker, Deployment, run_cli, wait_for
 
@@ -206,3 +208,57 @@ def test_a_selection_too_large_for_the_temporary_disk_gets_413(tmp_path, root_di
     finally:
         d.stop_all()
         broker.stop()
+
+
+def test_the_budget_admits_what_fits_and_tells_the_rest_to_come_back():
+    budget = Budget(threads=2, memory=10, disk=100, wait=0)
+    first = budget.enter(memory=5, disk=60)
+    with pytest.raises(Busy, match="large answers hold all the memory or disk they may") as busy:
+        budget.enter(memory=6)
+    assert 5 <= busy.value.retry_after <= 9 and busy.value.status == 503
+    with pytest.raises(Busy, match="large answers hold all the memory or disk"):
+        budget.enter(memory=1, disk=41)
+    second = budget.enter(memory=5, disk=40)
+    with pytest.raises(Busy, match="every HTTP thread for large answers is taken"):
+        budget.enter(memory=0)
+    with pytest.raises(TooLarge, match=re.escape("over this subscriber's max_temp_bytes (100): raise it")):
+        budget.enter(memory=0, disk=101)
+    # A built file keeps its disk only; the thread and the memory are free again.
+    first.keep_only_disk(30)
+    stats = budget.stats()
+    assert stats.pop("busy") == 3
+    assert stats == {
+        **{"threads_used": 1, "memory_used": 5, "disk_used": 70},
+        **{"threads_peak": 2, "memory_peak": 10, "disk_peak": 100},
+        **{"threads_limit": 2, "memory_limit": 10, "disk_limit": 100},
+    }
+    for grant in (first, second, first):
+        grant.release()
+    assert [budget.stats()[f"{key}_used"] for key in ("threads", "memory", "disk")] == [0, 0, 0]
+    # One answer alone may need more memory than the limit.
+    budget.enter(memory=11).release()
+
+
+def test_error_trailers_are_read_back_and_nothing_else_is():
+    trailer = error_trailer("chunk 3 is lost", 500)
+    assert read_error_trailer(b"\x00" * 1000 + trailer) == ("chunk 3 is lost", 500)
+    assert read_error_trailer(trailer) == ("chunk 3 is lost", 500)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",
+        b"\x00" * 15,
+        b"\x00" * 100,
+        error_trailer("x", 500)[:-1],
+        b'{"error": "x", "status": 500}' + FRAME.pack(-2, 29),
+        b'{"error": "x", "status": 500}' + FRAME.pack(-1, 30),
+        b'{"error": "x", "status": 500}' + FRAME.pack(-1, 1 << 40),
+        b"[1, 2, 3]" + FRAME.pack(-1, 9),
+        b'{"status": 500}' + FRAME.pack(-1, 15),
+        b"not json" + FRAME.pack(-1, 8),
+    ],
+)
+def test_a_tail_without_an_error_trailer_is_none(tail: bytes):
+    assert read_error_trailer(tail) is None
