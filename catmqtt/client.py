@@ -204,7 +204,7 @@ class Client:
         if known is None and given is None:
             return self.get_info(dataset)
         meta, checked = known or (given, -math.inf)
-        if time.monotonic() - checked <= self.max_age:
+        if time.monotonic() - checked < self.max_age:
             return meta
         sent = time.monotonic()
         response = self._request(
@@ -301,6 +301,8 @@ class Client:
         fetch every chunk twice, and slow down its own next reads.
         """
         budget = self.chunk_cache.budget
+        if not budget:
+            return
         with self._fill_lock:
             again = []
             for n in numbers:
