@@ -11,7 +11,8 @@ each figure with its reference measured in the same run:
 - for the slices: the same client without its chunk cache, and
   python-blosc2's ``C2Array`` with its chunk cache (``blosc2.open(URLPath(...),
   lazy=True)``) reading the same subscriber, in this process and in a new
-  one (after its imports).
+  one (after its imports); and in a new process, one GET of the dataset's
+  metadata with requests (one round trip: a first read makes two).
 
     python benchmarks/fetch.py [--size 100000000] [--reps 3] [--json out.json]
 
@@ -103,7 +104,7 @@ def timed(fn, reps: int) -> list[float]:
 # A first read in a process of its own, timed after the imports a program reading data has made.
 NEW_PROCESS = """
 import sys, time
-import blosc2, numpy, catmqtt
+import blosc2, numpy, requests, catmqtt
 catmqtt.Client  # loads the client library
 url, dataset, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 began = time.perf_counter()
@@ -113,6 +114,8 @@ print(time.perf_counter() - began)
 FIRST_READS = {
     "catmqtt": "catmqtt.Client(url).fetch(dataset, slice(start, stop))",
     "blosc2": "blosc2.open(blosc2.URLPath(dataset, urlbase=url), lazy=True)[start:stop]",
+    # The floor of a first read: one round trip, as requests makes it.
+    "get": "requests.get(f'{url}/api/info/{dataset}').content",
 }
 
 
@@ -332,8 +335,8 @@ def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
         low, mid, high = (fmt.format(v * unit) for v in (min(times), med(times), max(times)))
         return f"{mid} ({low}-{high})"
 
-    def slice_row(r: dict, figure: str, ref: str | None = None) -> tuple[str, str]:
-        ratio = f"{med(r[figure]) / med(r[ref]):.2f}x blosc2" if ref else ""
+    def slice_row(r: dict, figure: str, ref: str | None = None, label: str = "blosc2") -> tuple[str, str]:
+        ratio = f"{med(r[figure]) / med(r[ref]):.2f}x {label}" if ref else ""
         return spread(r[figure], 1e3, "{:.2f}"), ratio
 
     rows = []
@@ -371,10 +374,11 @@ def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
             (
                 name,
                 "slice 1000:2000, new process (ms)",
-                *slice_row(r, "slice_new_catmqtt", "slice_new_blosc2"),
+                *slice_row(r, "slice_new_catmqtt", "slice_new_get", "one GET"),
                 "<= 5 ms",
             ),
             (name, "  blosc2 C2Array, lazy", *slice_row(r, "slice_new_blosc2"), ""),
+            (name, "  one GET of /api/info", *slice_row(r, "slice_new_get"), ""),
             (
                 name,
                 "slice 1:N-1, warm (s)",

@@ -37,7 +37,15 @@ from .chunkcache import ChunkCache, Key
 from .errors import BadRequest, CatmqttError, Changed, Unavailable, from_status
 from .schema import parse_dataset, parse_root
 from .sessions import environment
-from .slices import as_key, chunks_touched, format_chunk_list, format_key, parse_slice, select
+from .slices import (
+    as_key,
+    chunks_touched,
+    format_chunk_list,
+    format_key,
+    parse_slice,
+    result_shape,
+    select,
+)
 from .topics import parse_path, parse_root_name
 from .wire import ETAG, FRAME, NPY, TRAILER_MAX, read_error_trailer
 
@@ -196,7 +204,7 @@ class Client:
         if known is None and given is None:
             return self.get_info(dataset)
         meta, checked = known or (given, -math.inf)
-        if time.monotonic() - checked <= self.max_age:
+        if time.monotonic() - checked < self.max_age:
             return meta
         sent = time.monotonic()
         response = self._request(
@@ -234,25 +242,26 @@ class Client:
         return result if meta["kind"] == "ndarray" else result.tobytes()
 
     def _fetch_chunks(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
-        from .assemble import Assembler
-
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         found = {n: self.chunk_cache.get((dataset, meta["etag"], n)) for n in numbers}
         cached = {n: data for n, data in found.items() if data is not None}
         missing = [n for n in numbers if n not in cached]
+        # A small part of big chunks: let the subscriber slice, and send only that.
+        chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
+        if 4 * math.prod(result_shape(sel)) * meta["typesize"] < len(missing) * chunk_bytes:
+            result = self._fetch_sliced(dataset, meta, key)
+            self._read_in_part(dataset, meta, missing, chunk_bytes)
+            return result
+        # Imported only here: a first read sliced by the subscriber is quicker without.
+        from .assemble import Assembler
+
         # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
         # pool of threads as they arrive, each chunk with one.
         threaded = len(numbers) > 2
         assembler = Assembler(
             meta, sel, nthreads=1 if threaded else None, sender=f"the subscriber at {self.urlbase}"
         )
-        # A small part of big chunks: let the subscriber slice, and send only that.
-        chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
-        if 4 * assembler.out.nbytes < len(missing) * chunk_bytes:
-            result = self._fetch_sliced(dataset, meta, key, assembler.out.dtype)
-            self._read_in_part(dataset, meta, missing, chunk_bytes)
-            return result
         pending: list[Future] = []
 
         def add(n: int, data: bytes) -> None:
@@ -292,6 +301,8 @@ class Client:
         fetch every chunk twice, and slow down its own next reads.
         """
         budget = self.chunk_cache.budget
+        if not budget:
+            return
         with self._fill_lock:
             again = []
             for n in numbers:
@@ -323,7 +334,7 @@ class Client:
             # Changed, or cut off (the client closed): the chunks are read in part again.
             pass
 
-    def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple, dtype: np.dtype) -> np.ndarray:
+    def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
         import numpy as np
 
         params = {"slice": format_key(key)}
@@ -333,7 +344,7 @@ class Client:
             content = _content(response, cut)
         try:
             if meta["kind"] != "ndarray":
-                return np.frombuffer(content, dtype=dtype)
+                return np.frombuffer(content, dtype=f"V{meta['typesize']}")
             return np.load(io.BytesIO(content), allow_pickle=False)
         except ValueError:
             raise Unavailable(cut) from None

@@ -3,10 +3,11 @@ environment on every request: proxies, a CA bundle, netrc credentials."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import requests
-from requests.utils import get_netrc_auth
+from requests.utils import NETRC_FILES, get_netrc_auth
 
 
 def environment(url: str) -> dict[str, Any]:
@@ -20,4 +21,15 @@ def environment(url: str) -> dict[str, Any]:
     """
     with requests.Session() as probe:
         settings = probe.merge_environment_settings(url, {}, None, None, None)
-    return {"proxies": settings["proxies"], "verify": settings["verify"], "auth": get_netrc_auth(url)}
+    return {"proxies": settings["proxies"], "verify": settings["verify"], "auth": _netrc_auth(url)}
+
+
+def _netrc_auth(url: str) -> tuple[str, str] | None:
+    """Return what ``requests.utils.get_netrc_auth`` does, without importing the
+    netrc module (a millisecond of a new process's first read) when there is
+    no netrc file to read."""
+    netrc = os.environ.get("NETRC")
+    names = [netrc] if netrc is not None else [f"~/{name}" for name in NETRC_FILES]
+    if not any(os.path.exists(os.path.expanduser(name)) for name in names):
+        return None
+    return get_netrc_auth(url)

@@ -25,7 +25,7 @@ from catmqtt.errors import Unavailable
 from catmqtt.slices import parse_slice
 from catmqtt.wire import FRAME
 
-from conftest import Deployment, wait_for
+from conftest import DEADLINE, Deployment, wait_for
 from test_untrusted import ONE_BLOCK, lying_meta, not_found, serving
 
 ROWS, CHUNK, BLOCK = 400_000, 100_000, 10_000
@@ -252,3 +252,55 @@ def test_a_lying_subscribers_chunk_fetched_in_the_background_is_never_cached():
         assert len(client.chunk_cache) == 0
         assert client.fetch("evil/crash.b2nd", "0:5").tolist() == [0, 1, 2, 3, 4]
         assert asked[-1] == "/api/fetch/evil/crash.b2nd"
+
+
+def one_version(scale: int, etag: str) -> tuple[dict, bytes]:
+    """The metadata and the one chunk of evil/crash.b2nd holding ``scale * np.arange(CHUNK)``."""
+    array = blosc2.asarray(scale * np.arange(ROWS // 4), chunks=(CHUNK,), blocks=(BLOCK,))
+    chunk = array.schunk.get_chunk(0)
+    meta = {
+        **lying_meta("crash.b2nd", chunk),
+        "shape": [CHUNK],
+        "chunks": [CHUNK],
+        "blocks": [BLOCK],
+        "chunksize": 8 * CHUNK,
+        "nbytes": 8 * CHUNK,
+        "etag": etag,
+    }
+    return meta, chunk
+
+
+def test_a_chunk_fetched_for_a_version_since_replaced_is_never_served():
+    """A chunk that arrives after the client learned of a new version (a fetch in the
+    background, under way at the change) is kept under its own version's etag, out of reach."""
+    versions = [one_version(1, "v1"), one_version(2, "v2")]
+    current = [0]
+    asked: list[str] = []
+    release = threading.Event()
+
+    def route(path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        asked.append(path)
+        endpoint = path.removeprefix("/api/").partition("/")[0]
+        meta, chunk = versions[current[0]]
+        if endpoint == "info":
+            return 200, {"Content-Type": "application/json"}, json.dumps(meta).encode()
+        if endpoint == "fetch":
+            buffer = io.BytesIO()
+            np.save(buffer, (current[0] + 1) * np.arange(CHUNK)[parse_slice(query["slice"])])
+            return 200, {"Content-Type": "application/x-npy"}, buffer.getvalue()
+        if endpoint == "chunks":
+            # Answered as the version it was asked for was current when it came.
+            release.wait(DEADLINE)
+            chunk = versions[0][1]
+            return 200, {}, FRAME.pack(0, len(chunk)) + chunk
+        return not_found(path)
+
+    with serving(route) as url, catmqtt.Client(url, max_age=0) as client:
+        for _ in range(2):
+            assert client.fetch("evil/crash.b2nd", "0:5").tolist() == [0, 1, 2, 3, 4]
+        wait_for(lambda: "/api/chunks/evil/crash.b2nd" in asked, "the fetch of the whole chunk")
+        current[0] = 1
+        assert client.fetch("evil/crash.b2nd", "0:5").tolist() == [0, 2, 4, 6, 8]
+        release.set()
+        wait_for(lambda: not any(t.name == "catmqtt-fill" for t in threading.enumerate()), "the fetch to end")
+        assert client.fetch("evil/crash.b2nd", "0:5").tolist() == [0, 2, 4, 6, 8]

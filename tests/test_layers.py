@@ -11,7 +11,7 @@ import pytest
 import catmqtt
 
 PACKAGE = Path(catmqtt.__file__).parent
-LAYER0 = ("blocks", "errors", "topics", "schema", "slices", "wire")
+LAYER0 = ("blocks", "chunkcache", "errors", "topics", "schema", "slices", "wire")
 CLIENT_SIDE = ("client", "dtypes", "errors")
 # The client decodes chunks with blosc2 (only when it fetches: test_api checks
 # that `import catmqtt` leaves it out), but never needs a server library.
