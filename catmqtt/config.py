@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
-
-import yaml
 
 from .errors import BadRequest, ConfigError
 from .schema import parse_public_key
 from .topics import DEFAULT_PREFIX, parse_node_id, parse_prefix, parse_root_name
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_FILE = "catmqtt.yaml"
 PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
@@ -97,6 +98,9 @@ def load(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
         if not os.path.exists(DEFAULT_FILE):
             return {}
         path = DEFAULT_FILE
+    # Imported here: a command run without a configuration file starts sooner.
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             conf = yaml.safe_load(f)
