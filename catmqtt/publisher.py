@@ -99,17 +99,9 @@ class Publisher:
         fsutil.make_statedir(settings["statedir"])
         self.root = open_root(name, root_path, settings["statedir"], settings["settle"])
         self.prefix = settings["prefix"]
-        host, port = settings["http"]
         self.app = create_app(self.root)
         # Bind before scanning, which may take a while: a busy port fails at once.
-        self.server = Server(
-            self.app,
-            host,
-            port,
-            settings["http_threads"],
-            settings["http_connections"],
-            settings["http_timeout"],
-        )
+        self.server = Server.for_node(self.app, settings)
         self.root.scan()
         if self.root.unsettled:
             # Files written just before we started (`catmqtt up`'s sample) are

@@ -81,16 +81,8 @@ class Subscriber:
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
         self._ignored = LogThrottle(log)
-        host, port = settings["http"]
         self.app = create_app(self)
-        self.server = Server(
-            self.app,
-            host,
-            port,
-            settings["http_threads"],
-            settings["http_connections"],
-            settings["http_timeout"],
-        )
+        self.server = Server.for_node(self.app, settings)
         self.url = settings["urlbase"] or self.server.url
         self.node = Node(
             "subscriber",

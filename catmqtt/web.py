@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from waitress import wasyncore
@@ -319,6 +320,14 @@ class Server:
         # Held while the trigger is pulled, so that the loop cannot close it meanwhile.
         self._trigger_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
+
+    @classmethod
+    def for_node(cls, app: Flask, settings: dict[str, Any]) -> Server:
+        """Return the server of a node's settings (``http``, ``http_threads``...)."""
+        host, port = settings["http"]
+        return cls(
+            app, host, port, settings["http_threads"], settings["http_connections"], settings["http_timeout"]
+        )
 
     @property
     def url(self) -> str:
