@@ -77,6 +77,9 @@ class Subscriber:
         # Roots whose index awaits a check against the snapshot after (re)connecting.
         self._unreconciled: set[str] = set()
         # Dataset updates, applied in order on one worker; the latest per dataset.
+        # Written by the MQTT thread only (one done future a dataset stays),
+        # read by HTTP threads: a reader that removed a done entry with a
+        # get-then-pop could remove a newer update recorded between the two.
         self._updates = ThreadPoolExecutor(1, thread_name_prefix="updates")
         self._pending: dict[tuple[str, str], Future] = {}
         self._changed = threading.Condition()
@@ -264,9 +267,6 @@ class Subscriber:
             pending.result(timeout=self.fetcher.timeout[1])
         except FutureTimeout:
             raise Unavailable(f"{root}/{path} is being updated; try again", status=503) from None
-        # Forget it unless a newer update came meanwhile.
-        if self._pending.get((root, path)) is pending:
-            self._pending.pop((root, path), None)
 
     def _reconcile_index(self, name: str) -> None:
         """Forget the datasets deleted while we were away, once the snapshot of a root is in.

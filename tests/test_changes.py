@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future
 
 import blosc2
 import numpy as np
@@ -312,3 +313,23 @@ def test_a_file_being_rewritten_is_served_whole_or_not_at_all(broker, tmp_path, 
             assert client.fetch("foo/README.md") == old
             f.write("version\n")
         wait_for(lambda: client.fetch("foo/README.md") == b"new version\n", "the new version", timeout=60)
+
+
+def test_a_reader_never_removes_the_latest_update_of_a_dataset(broker, tmp_path, root_dir):
+    # The MQTT thread records each dataset's latest update for readers to wait on.
+    # A reader that removed the update it had waited for, with a get-then-pop,
+    # removed the newer one instead when it was recorded between the two.
+    with running(broker, tmp_path, root_dir) as (_, sub):
+        key = ("foo", "ds-1d.b2nd")
+        waited, newer = Future(), Future()
+        waited.set_result(None)
+
+        class Recorded(dict):
+            def pop(self, k, *default):
+                # The MQTT thread records a newer update just before the reader's pop.
+                self[k] = newer
+                return super().pop(k, *default)
+
+        sub._pending = Recorded({key: waited})
+        sub._settled(*key)
+        assert key in sub._pending
