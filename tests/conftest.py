@@ -328,16 +328,25 @@ def deployment(broker, tmp_path) -> Iterator[Deployment]:
     d.stop_all()
 
 
+@contextmanager
+def following(broker, workdir: Path, root: Path) -> Iterator[Deployment]:
+    """Publish `root` as ``foo`` with one subscriber following it, as processes."""
+    d = Deployment(broker, workdir)
+    try:
+        d.start_pub("foo", root)
+        d.start_sub()
+        d.wait_root("foo")
+        requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
+        yield d
+    finally:
+        d.stop_all()
+
+
 @pytest.fixture(scope="module")
 def foo(module_broker, sample_root, tmp_path_factory) -> Iterator[Deployment]:
     """The sample root published as ``foo`` and one subscriber following it, shared by a module."""
-    d = Deployment(module_broker, tmp_path_factory.mktemp("foo"))
-    d.start_pub("foo", sample_root)
-    d.start_sub()
-    d.wait_root("foo")
-    requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
-    yield d
-    d.stop_all()
+    with following(module_broker, tmp_path_factory.mktemp("foo"), sample_root) as d:
+        yield d
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask import Flask, Response, request
 
-from conftest import Deployment, running
+from conftest import following, running
 
 ARRAYS = [
     "ds-1d.b2nd",
@@ -46,13 +46,8 @@ def c2root(sample_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def c2(module_broker, c2root, tmp_path_factory) -> Iterator[str]:
     """The urlbase of a subscriber following the root as ``foo``, as C2Array takes it."""
-    d = Deployment(module_broker, tmp_path_factory.mktemp("c2dep"))
-    d.start_pub("foo", c2root)
-    d.start_sub()
-    d.wait_root("foo")
-    requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
-    yield f"{d.url('sub')}/"
-    d.stop_all()
+    with following(module_broker, tmp_path_factory.mktemp("c2dep"), c2root) as d:
+        yield f"{d.url('sub')}/"
 
 
 def local(root: Path, path: str) -> blosc2.NDArray:

@@ -270,13 +270,21 @@ def keygen(tmp_path, name: str) -> tuple[str, str]:
     return str(tmp_path / name), result.stdout.strip()
 
 
+def signed_foo(d, root_dir, tmp_path, *, trust: bool = True) -> tuple[str, str]:
+    """Publish `root_dir` as foo signed with a new key, start a subscriber
+    (trusting that key, or on first use), wait for the root; return the key
+    and the subscriber's URL."""
+    keyfile, key = keygen(tmp_path, "foo.pem")
+    d.start_pub("foo", root_dir, "--sign-key", keyfile)
+    sub_url = d.start_sub("sub", "--trust", key) if trust else d.start_sub()
+    d.wait_root("foo")
+    return key, sub_url
+
+
 def test_a_rogue_client_cannot_change_list_or_hide_a_signed_root(deployment, root_dir, tmp_path):
     d = deployment
-    keyfile, key = keygen(tmp_path, "foo.pem")
+    key, sub_url = signed_foo(d, root_dir, tmp_path)
     rogue_key = signing.generate(tmp_path / "rogue.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    sub_url = d.start_sub("sub", "--trust", key)
-    d.wait_root("foo")
     assert d.cli("subscribe", "foo").stdout == "Ok\n"
     genuine = requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]
     evil_url = "http://127.0.0.1:9"
@@ -320,11 +328,8 @@ def test_a_rogue_client_cannot_change_list_or_hide_a_signed_root(deployment, roo
 
 def test_trust_on_first_use_outlives_a_restart(deployment, root_dir, tmp_path):
     d = deployment
-    keyfile, key = keygen(tmp_path, "foo.pem")
+    key, sub_url = signed_foo(d, root_dir, tmp_path, trust=False)
     rogue_key = signing.generate(tmp_path / "rogue.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    sub_url = d.start_sub()
-    d.wait_root("foo")
     assert d.cli("subscribe", "foo").stdout == "Ok\n"
     url = requests.get(f"{sub_url}/api/roots", timeout=5).json()["foo"]["url"]
     assert f"trusting key {key} for root 'foo'" in d.procs["sub"].output
@@ -440,11 +445,8 @@ def test_a_manifest_that_is_no_digest_is_refused(deployment, root_dir):
 
 def test_junk_numbers_and_a_replayed_status_are_refused(deployment, root_dir, tmp_path):
     d = deployment
-    keyfile, key = keygen(tmp_path, "foo.pem")
+    key, sub_url = signed_foo(d, root_dir, tmp_path)
     rogue_key = signing.generate(tmp_path / "rogue.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    sub_url = d.start_sub("sub", "--trust", key)
-    d.wait_root("foo")
     status = "catmqtt/v1/nodes/publisher/foo"
     with retained(d.broker, status) as seen, rogue_client(d.broker) as rogue:
         wait_for(lambda: b'"online"' in seen.get(status, b""), "the publisher's status")
@@ -497,10 +499,7 @@ def test_a_replayed_tombstone_is_put_right(deployment, root_dir, tmp_path):
     """An old signed tombstone of a dataset that came back hid it: its publisher took the
     tombstone for its own and left it, and subscribers that came later believed it."""
     d = deployment
-    keyfile, key = keygen(tmp_path, "foo.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    d.start_sub("sub", "--trust", key)
-    d.wait_root("foo")
+    key, _ = signed_foo(d, root_dir, tmp_path)
     assert d.cli("subscribe", "foo").stdout == "Ok\n"
     history: list[bytes] = []
     with retained(d.broker, DATASET, history) as seen, rogue_client(d.broker) as rogue:
@@ -584,10 +583,7 @@ def test_a_last_will_of_an_earlier_connection_is_refused(deployment, root_dir, t
     d = deployment
     if d.broker.kind == "amqtt":
         pytest.skip("amqtt sends no last will when another client takes over a client id")
-    keyfile, key = keygen(tmp_path, "foo.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    d.start_sub("sub", "--trust", key)
-    d.wait_root("foo")
+    key, _ = signed_foo(d, root_dir, tmp_path)
     status = "catmqtt/v1/nodes/publisher/foo"
     history: list[bytes] = []
     with retained(d.broker, status, history) as seen:
@@ -652,10 +648,7 @@ def test_a_publisher_withdraws_junk_topics_and_forgets_them(broker, root_dir, tm
 
 def test_what_a_tombstone_withdrew_stays_withdrawn_after_a_restart(deployment, root_dir, tmp_path):
     d = deployment
-    keyfile, key = keygen(tmp_path, "foo.pem")
-    d.start_pub("foo", root_dir, "--sign-key", keyfile)
-    d.start_sub("sub", "--trust", key)
-    d.wait_root("foo")
+    key, _ = signed_foo(d, root_dir, tmp_path)
     assert d.cli("subscribe", "foo").stdout == "Ok\n"
     with retained(d.broker, DATASET) as seen:
         wait_for(lambda: signed_by(seen.get(DATASET, b""), DATASET) == key, "the dataset announced")
