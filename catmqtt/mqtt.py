@@ -126,6 +126,21 @@ class Node:
         self._will_seq: int | None = None
         self._arm_will()
 
+    @classmethod
+    def for_node(cls, role: str, node_id: str, settings: dict[str, Any], url: str, **callbacks: Any) -> Node:
+        """Return the MQTT side of a node of `settings` (broker, prefix, credentials)."""
+        return cls(
+            role,
+            node_id,
+            settings["broker"],
+            settings["prefix"],
+            url,
+            user=settings["mqtt_user"],
+            password=settings["mqtt_password"],
+            cafile=settings["cafile"],
+            **callbacks,
+        )
+
     def _status(self, status: str) -> bytes:
         """Return the payload of a status; every status names its session, so that a
         subscriber tells a replayed status of an earlier one from a current one."""

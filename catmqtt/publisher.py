@@ -111,15 +111,11 @@ class Publisher:
         self.url = settings["urlbase"] or self.server.url
         self.node_id = node_id or name
         self.signer = None if settings["sign_key"] is None else signing.load(settings["sign_key"])
-        self.node = Node(
+        self.node = Node.for_node(
             "publisher",
             self.node_id,
-            settings["broker"],
-            self.prefix,
+            settings,
             self.url,
-            user=settings["mqtt_user"],
-            password=settings["mqtt_password"],
-            cafile=settings["cafile"],
             on_connect=self._announce_all,
             on_message=self._message,
             sign=None if self.signer is None else self.signer.sign,

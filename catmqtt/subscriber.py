@@ -87,15 +87,11 @@ class Subscriber:
         self.app = create_app(self)
         self.server = Server.for_node(self.app, settings)
         self.url = settings["urlbase"] or self.server.url
-        self.node = Node(
+        self.node = Node.for_node(
             "subscriber",
             node_id,
-            settings["broker"],
-            self.prefix,
+            settings,
             self.url,
-            user=settings["mqtt_user"],
-            password=settings["mqtt_password"],
-            cafile=settings["cafile"],
             on_connect=self._on_connect,
             on_message=self._on_message,
         )
