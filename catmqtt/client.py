@@ -23,10 +23,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -47,7 +47,7 @@ from .slices import (
     select,
 )
 from .topics import parse_path, parse_root_name
-from .wire import ETAG, FRAME, NPY, TRAILER_MAX, read_error_trailer
+from .wire import ETAG, FRAME, NPY, TRAILER_MAX, error_from_json, read_error_trailer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +59,12 @@ MAX_AGE = 1.0
 # Chunks read in part (sliced by the subscriber) remembered, so that those read
 # again are fetched whole.
 IN_PART_MAX = 4096
+# A read that the dataset's change cuts short is made again, at most this many
+# times in all, after a pause that doubles from CHANGED_PAUSE seconds.
+CHANGED_TRIES = 3
+CHANGED_PAUSE = 0.2
+
+T = TypeVar("T")
 
 
 class Known(NamedTuple):
@@ -140,10 +146,12 @@ class Client:
             ) from None
         if response.status_code >= 400:
             try:
-                message = str(response.json()["error"])
-            except (ValueError, KeyError, TypeError):
-                message = f"{response.status_code} {response.reason} from {url}"
-            raise from_status(response.status_code, message)
+                error = error_from_json(response.json(), response.status_code)
+            except ValueError:
+                error = None
+            raise error or from_status(
+                response.status_code, f"{response.status_code} {response.reason} from {url}"
+            )
         return response
 
     def get_roots(self) -> dict[str, dict[str, Any]]:
@@ -233,13 +241,24 @@ class Client:
         client has none of its own, saves reading it whole.
         """
         key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
-        meta = self._current(dataset, meta)
-        try:
-            result = self._fetch_chunks(dataset, meta, key)
-        except Changed:
-            # The dataset changed since `meta` was read: once more, with the new version.
-            result = self._fetch_chunks(dataset, self.get_info(dataset), key)
-        return result if meta["kind"] == "ndarray" else result.tobytes()
+        first = self._current(dataset, meta)
+
+        def read(again: bool) -> np.ndarray:
+            # After a change, with the new version's metadata.
+            return self._fetch_chunks(dataset, self.get_info(dataset) if again else first, key)
+
+        result = self._again(read)
+        return result if first["kind"] == "ndarray" else result.tobytes()
+
+    def _again(self, read: Callable[[bool], T]) -> T:
+        """Return ``read(again)``, called again (with `again` true) while the dataset
+        changes under it, at most `CHANGED_TRIES` times in all."""
+        for attempt in range(CHANGED_TRIES - 1):
+            try:
+                return read(attempt > 0)
+            except Changed:
+                time.sleep(CHANGED_PAUSE * 2**attempt)
+        return read(True)
 
     def _fetch_chunks(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
         sel = select(key, meta["shape"])
@@ -356,13 +375,16 @@ class Client:
 
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
         """Return the compressed bytes of chunk `nchunk` of `dataset`, checked against its metadata."""
+        return self._again(lambda again: self._get_chunk(dataset, nchunk))
+
+    def _get_chunk(self, dataset: str, nchunk: int) -> bytes:
         response = self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk})
         known = self._metas.get(dataset)
         meta = None if known is None else known.meta
         if meta is None or meta["etag"] != response.headers.get(ETAG):
             meta = self.get_info(dataset)
         if meta["etag"] != response.headers.get(ETAG):
-            raise Changed(f"{dataset} changed while its chunk {nchunk} was read; read it again")
+            raise Changed(dataset, f"{dataset} changed while its chunk {nchunk} was read; read it again")
         problem = chunk_problem(response.content, meta, nchunk)
         if problem is not None:
             raise Unavailable(
@@ -377,6 +399,9 @@ class Client:
 
         The file is streamed to disk, and appears only once complete.
         """
+        return self._again(lambda again: self._download(dataset, localpath))
+
+    def _download(self, dataset: str, localpath: str | os.PathLike) -> Path:
         dest = Path(localpath) / dataset
         with self._request("GET", f"download/{_quote(dataset)}", stream=True) as response:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -417,8 +442,11 @@ def _frames(response: requests.Response, urlbase: str) -> Iterator[tuple[int, by
         nchunk, size = FRAME.unpack(header)
         data = _read_exact(raw, size, urlbase)
         if nchunk == -1:
-            error = json.loads(data)
-            raise from_status(int(error["status"]), str(error["error"]))
+            try:
+                error = error_from_json(json.loads(data))
+            except ValueError:
+                error = None
+            raise error or Unavailable(f"the subscriber at {urlbase} sent a malformed error frame")
         yield nchunk, data
 
 
@@ -434,10 +462,7 @@ def _content(response: requests.Response, cut: str) -> bytes:
         while part := response.raw.read1(1 << 20):
             parts.append(part)
     except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
-        error = read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size))
-        if error is None:
-            raise Unavailable(cut) from None
-        raise from_status(error[1], error[0]) from None
+        raise read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size)) or Unavailable(cut) from None
     return b"".join(parts)
 
 

@@ -47,12 +47,6 @@ class NotSubscribed(CatmqttError):
     status = 409
 
 
-class Changed(CatmqttError):
-    """The dataset changed since the metadata a request relied on: read it again."""
-
-    status = 412
-
-
 class TooLarge(CatmqttError, ValueError):
     """The request asks for more data than the server is willing to build."""
 
@@ -73,6 +67,20 @@ class Busy(Unavailable):
         self.retry_after = retry_after
 
 
+class Changed(Unavailable):
+    """A dataset changed while being read, or since the metadata a request relied on.
+
+    `path` names it (``ROOT/PATH`` on a subscriber, the root's path on a
+    publisher). Reading it again, metadata first, is the remedy: the client
+    does so by itself. The status is 503 for a read that a change cut
+    short, 412 for a request that named an older version (``etag=``).
+    """
+
+    def __init__(self, path: str, message: str = "", status: int | None = None) -> None:
+        super().__init__(message or f"{path} changed while being read; try again", status)
+        self.path = path
+
+
 class InsufficientStorage(CatmqttError):
     """The disk that holds a node's state directory is full."""
 
@@ -89,7 +97,6 @@ _BY_STATUS = {
     400: BadRequest,
     404: NotFound,
     409: NotSubscribed,
-    412: Changed,
     413: TooLarge,
     502: Unavailable,
     503: Unavailable,
@@ -98,7 +105,10 @@ _BY_STATUS = {
 }
 
 
-def from_status(status: int, message: str) -> CatmqttError:
-    """Return the exception that stands for an HTTP error `status`."""
+def from_status(status: int, message: str, changed: str | None = None) -> CatmqttError:
+    """Return the exception that stands for an HTTP error `status`; `changed`
+    is the path that an error body names as changed (see `Changed`)."""
+    if changed is not None or status == 412:
+        return Changed(changed or "", message, status)
     cls = _BY_STATUS.get(status, CatmqttError)
     return cls(message, status=status)

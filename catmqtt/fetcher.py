@@ -217,7 +217,7 @@ class Fetcher:
     def _read(self, source: Source, nchunk: int) -> bytes:
         data = self.cache.read_chunk(source.root, source.path, source.meta, nchunk)
         if data is None:
-            raise Changed(f"{source.root}/{source.path} changed while being read; read its metadata again")
+            raise Changed(f"{source.root}/{source.path}")
         return data
 
     def missing(self, source: Source, numbers: list[int]) -> list[int]:
@@ -642,8 +642,8 @@ def _check(job: _Pending, data: bytes | bytearray) -> None:
         )
 
 
-def _changing(root: str, path: str) -> Unavailable:
-    return Unavailable(f"{root}/{path} is changing at its publisher; try again", status=503)
+def _changing(root: str, path: str) -> Changed:
+    return Changed(f"{root}/{path}", f"{root}/{path} is changing at its publisher; try again")
 
 
 def _message(body: bytes) -> str:

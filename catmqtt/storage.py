@@ -20,7 +20,7 @@ import numpy as np
 import xxhash
 
 from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
-from .errors import BadRequest, Unavailable
+from .errors import BadRequest, Changed
 
 BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
 # Plain files are cut into chunks of this many bytes.
@@ -171,7 +171,7 @@ def compress_file(src: Path, dst: Path, etag: str) -> blosc2.SChunk:
     # A file written while being read would give a frame of neither version.
     if file_etag(src) != etag:
         remove(tmp)
-        raise Unavailable(f"{src.name!r} is changing; try again", status=503)
+        raise Changed(src.name, f"{src.name!r} is changing; try again")
     os.replace(tmp, dst)
     return blosc2.open(str(dst), mode="r")
 

@@ -25,7 +25,7 @@ from . import caterva2, storage
 from .assemble import Assembler
 from .cache import Cache
 from .dtypes import array_dtype, dtype_from_json
-from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge
 from .fetcher import Fetcher, Source
 from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .mqtt import LogThrottle, Node
@@ -35,7 +35,7 @@ from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, resu
 from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .trust import Trust
 from .web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
-from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_trailer
+from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_json, error_trailer
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class Subscriber:
         try:
             pending.result(timeout=self.fetcher.timeout[1])
         except FutureTimeout:
-            raise Unavailable(f"{root}/{path} is being updated; try again", status=503) from None
+            raise Changed(f"{root}/{path}", f"{root}/{path} is being updated; try again") from None
 
     def _reconcile_index(self, name: str) -> None:
         """Forget the datasets deleted while we were away, once the snapshot of a root is in.
@@ -408,14 +408,14 @@ class Subscriber:
                 for n, data in self.fetcher.stream(source, numbers, missing, parts):
                     assembler.add(n, data)
             except Changed:
-                raise _changed_while_read(target.fullpath) from None
+                raise Changed(target.fullpath) from None
             self.cache.touch(root, path, numbers)
             return assembler.result()
         self.fetcher.ensure(source, numbers, missing)
         key, flip = forward(sel)
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
-                raise _changed_while_read(target.fullpath)
+                raise Changed(target.fullpath)
             if meta["kind"] == "ndarray":
                 result = storage.read_array(handle, key, flip)
             else:
@@ -499,7 +499,7 @@ class Subscriber:
             self.fetcher.ensure(source, numbers)
             with self.cache.reading(root, path, meta) as handle:
                 if handle is None:
-                    raise _changed_while_read(f"{root}/{path}")
+                    raise Changed(f"{root}/{path}")
                 if meta["kind"] == "file":
                     with open(tmp, "wb") as f:
                         for data in storage.iter_bytes(handle):
@@ -538,7 +538,7 @@ class Subscriber:
         self.fetcher.ensure(source, [nchunk])
         with self.cache.reading(root, path, meta) as handle:
             if handle is None:
-                raise _changed_while_read(fullpath)
+                raise Changed(fullpath)
             data = storage.schunk_of(handle).get_chunk(nchunk)
         self.cache.touch(root, path, [nchunk])
         return data, meta["etag"]
@@ -554,7 +554,11 @@ class Subscriber:
         source = self.lookup(fullpath)
         root, path, meta, _ = source
         if etag is not None and etag != meta["etag"]:
-            raise Changed(f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again")
+            raise Changed(
+                fullpath,
+                f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again",
+                412,
+            )
         numbers = parse_chunk_list(numbers_text, meta["nchunks"])
         if len(numbers) > MAX_CHUNKS_PER_REQUEST or len(numbers) * meta["chunksize"] > self.max_fetch:
             raise TooLarge(
@@ -570,7 +574,7 @@ class Subscriber:
                     yield FRAME.pack(n, len(data))
                     yield data
             except CatmqttError as exc:
-                error = json.dumps({"error": exc.message, "status": exc.status}).encode()
+                error = json.dumps(error_json(exc)).encode()
                 yield FRAME.pack(-1, len(error))
                 yield error
                 return
@@ -594,10 +598,6 @@ class Target:
     shape: tuple[int, ...]
     itemsize: int
     nbytes: int
-
-
-def _changed_while_read(fullpath: str) -> Unavailable:
-    return Unavailable(f"{fullpath} changed while being read; try again", status=503)
 
 
 def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
@@ -631,12 +631,10 @@ class Body:
         try:
             yield from self._pieces
         except Exception as exc:
-            message, status = error_of(exc, self._statedir, f"the body of {self._fullpath}")
-            log.warning(
-                "the answer for %s failed midway, and ends with its error: %s", self._fullpath, message
-            )
-            yield error_trailer(message, status)
-            raise StreamCut(message) from exc
+            error = error_of(exc, self._statedir, f"the body of {self._fullpath}")
+            log.warning("the answer for %s failed midway, and ends with its error: %s", self._fullpath, error)
+            yield error_trailer(error)
+            raise StreamCut(error.message) from exc
 
     def close(self) -> None:
         try:

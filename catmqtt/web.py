@@ -25,8 +25,9 @@ from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
 from . import fsutil
-from .errors import BadRequest, Busy, CatmqttError
+from .errors import BadRequest, Busy, CatmqttError, NotFound
 from .slices import parse_int
+from .wire import error_json
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ def tune_allocator() -> None:
         mallopt(ctypes.c_int(option), ctypes.c_int(value))
 
 
-def error_response(message: str, status: int):
-    response = jsonify({"error": message, "status": status})
-    response.status_code = status
+def error_response(exc: CatmqttError) -> Response:
+    response = jsonify(error_json(exc))
+    response.status_code = exc.status
     return response
 
 
@@ -92,7 +93,9 @@ def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     stop = len(data) if stop is None else min(stop, len(data))
     if start >= stop:
         response = error_response(
-            f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
+            CatmqttError(
+                f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
+            )
         )
         response.headers["Content-Range"] = f"bytes */{len(data)}"
         return response
@@ -116,7 +119,7 @@ def configure_app(app: Flask, statedir: Path) -> None:
 
     @app.errorhandler(CatmqttError)
     def catmqtt_error(exc: CatmqttError):
-        response = error_response(exc.message, exc.status)
+        response = error_response(exc)
         if isinstance(exc, Busy):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
@@ -124,28 +127,27 @@ def configure_app(app: Flask, statedir: Path) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 404:
-            return error_response(f"no such endpoint: {request.method} {request.path}", 404)
-        return error_response(f"{exc.name}: {exc.description}", exc.code or 500)
+            return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
+        return error_response(CatmqttError(f"{exc.name}: {exc.description}", exc.code or 500))
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
-        return error_response(*error_of(exc, statedir, f"{request.method} {request.full_path.rstrip('?')}"))
+        return error_response(error_of(exc, statedir, f"{request.method} {request.full_path.rstrip('?')}"))
 
 
-def error_of(exc: Exception, statedir: Path, serving: str) -> tuple[str, int]:
-    """Return the message and status that tell a client of `exc`, raised serving `serving`.
+def error_of(exc: Exception, statedir: Path, serving: str) -> CatmqttError:
+    """Return the error that tells a client of `exc`, raised serving `serving`.
 
     A failure to write into `statedir` because its disk is full is a 507.
     """
     if isinstance(exc, CatmqttError):
-        return exc.message, exc.status
+        return exc
     if fsutil.out_of_space(exc, statedir):
         log.warning("%s: %s", serving, exc)
-        error = fsutil.no_space(statedir)
-        return error.message, error.status
+        return fsutil.no_space(statedir)
     # The details (paths, internals) go to the log, not to the client.
     log.error("internal error serving %s", serving, exc_info=exc)
-    return f"internal error ({type(exc).__name__}); the server's log has the details", 500
+    return CatmqttError(f"internal error ({type(exc).__name__}); the server's log has the details", 500)
 
 
 class StreamCut(Exception):
@@ -234,7 +236,7 @@ class _ErrorTask(ErrorTask):
 
     def execute(self) -> None:
         error = self.request.error
-        body = json.dumps({"error": f"{error.reason}: {error.body}", "status": error.code}).encode()
+        body = json.dumps(error_json(CatmqttError(f"{error.reason}: {error.body}", error.code))).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()

@@ -1,7 +1,12 @@
 """This module names what crosses HTTP between catmqtt nodes: media types, headers, frames."""
 
+from __future__ import annotations
+
 import json
 import struct
+from typing import Any
+
+from .errors import CatmqttError, Changed, from_status
 
 NPY = "application/x-npy"
 CFRAME = "application/x-blosc2"
@@ -22,21 +27,44 @@ PARTS = "X-Catmqtt-Parts"
 TRAILER_MAX = 64 << 10
 
 
-def error_trailer(message: str, status: int) -> bytes:
-    """Return the end of a stream cut short by an error: ``{"error", "status"}``, then its frame."""
-    error = json.dumps({"error": message[:4096], "status": status}).encode()
+def error_json(exc: CatmqttError) -> dict[str, Any]:
+    """Return the JSON body of an error: ``{"error", "status"}``, and ``"changed"``,
+    the path, for `Changed` (a client reads it again)."""
+    body: dict[str, Any] = {"error": exc.message[:4096], "status": exc.status}
+    if isinstance(exc, Changed):
+        body["changed"] = exc.path
+    return body
+
+
+def error_from_json(body: Any, status: int | None = None) -> CatmqttError | None:
+    """Return the error that a JSON error body stands for, or None if it is none.
+
+    `status` is the HTTP status of the answer; a frame's error carries its own.
+    """
+    if not isinstance(body, dict) or "error" not in body:
+        return None
+    changed = body.get("changed")
+    try:
+        status = int(body["status"]) if status is None else status
+    except (KeyError, TypeError, ValueError):
+        return None
+    return from_status(status, str(body["error"])[:4096], changed if isinstance(changed, str) else None)
+
+
+def error_trailer(exc: CatmqttError) -> bytes:
+    """Return the end of a stream cut short by an error: its `error_json`, then its frame."""
+    error = json.dumps(error_json(exc)).encode()
     return error + FRAME.pack(-1, len(error))
 
 
-def read_error_trailer(tail: bytes) -> tuple[str, int] | None:
-    """Return (message, status) if `tail`, the last bytes of a cut stream, ends with an error trailer."""
+def read_error_trailer(tail: bytes) -> CatmqttError | None:
+    """Return the error if `tail`, the last bytes of a cut stream, ends with an error trailer."""
     if len(tail) < FRAME.size:
         return None
     number, size = FRAME.unpack(tail[-FRAME.size :])
     if number != -1 or not 0 < size <= min(TRAILER_MAX, len(tail) - FRAME.size):
         return None
     try:
-        error = json.loads(tail[-FRAME.size - size : -FRAME.size])
-        return str(error["error"]), int(error["status"])
-    except (ValueError, TypeError, KeyError):
+        return error_from_json(json.loads(tail[-FRAME.size - size : -FRAME.size]))
+    except ValueError:
         return None

@@ -21,7 +21,6 @@ import requests
 import catmqtt
 from catmqtt.errors import Busy, CatmqttError, TooLarge, Unavailable
 from catmqtt.large import Budget
-from catmqtt.wire import FRAME, error_trailer, read_error_trailer
 
 from conftest import DEADLINE, MOSQUITTO, Broker, Deployment, run_cli, wait_for
 
@@ -237,28 +236,3 @@ def test_the_budget_admits_what_fits_and_tells_the_rest_to_come_back():
     assert [budget.stats()[f"{key}_used"] for key in ("threads", "memory", "disk")] == [0, 0, 0]
     # One answer alone may need more memory than the limit.
     budget.enter(memory=11).release()
-
-
-def test_error_trailers_are_read_back_and_nothing_else_is():
-    trailer = error_trailer("chunk 3 is lost", 500)
-    assert read_error_trailer(b"\x00" * 1000 + trailer) == ("chunk 3 is lost", 500)
-    assert read_error_trailer(trailer) == ("chunk 3 is lost", 500)
-
-
-@pytest.mark.parametrize(
-    "tail",
-    [
-        b"",
-        b"\x00" * 15,
-        b"\x00" * 100,
-        error_trailer("x", 500)[:-1],
-        b'{"error": "x", "status": 500}' + FRAME.pack(-2, 29),
-        b'{"error": "x", "status": 500}' + FRAME.pack(-1, 30),
-        b'{"error": "x", "status": 500}' + FRAME.pack(-1, 1 << 40),
-        b"[1, 2, 3]" + FRAME.pack(-1, 9),
-        b'{"status": 500}' + FRAME.pack(-1, 15),
-        b"not json" + FRAME.pack(-1, 8),
-    ],
-)
-def test_a_tail_without_an_error_trailer_is_none(tail: bytes):
-    assert read_error_trailer(tail) is None

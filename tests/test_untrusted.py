@@ -8,6 +8,7 @@ import io
 import json
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ import requests
 
 from catmqtt import signing, storage
 from catmqtt.cache import Cache
-from catmqtt.client import Client
-from catmqtt.errors import Unavailable
+from catmqtt.client import CHANGED_TRIES, Client
+from catmqtt.errors import Changed, Unavailable
 from catmqtt.wire import DIGEST, ETAG, FRAME, NPY, PARTS
 
 from conftest import Deployment, publish, rogue_client, run_cli, wait_for
@@ -313,6 +314,43 @@ def lying_subscriber(metas: dict[str, dict], chunks: dict[str, bytes]) -> Route:
         return not_found(path)
 
     return route
+
+
+def test_the_client_reads_again_what_changed_while_being_read(tmp_path):
+    asked: Counter[str] = Counter()
+    changed = {
+        "error": "evil/f.txt changed while being read; try again",
+        "status": 503,
+        "changed": "evil/f.txt",
+    }
+    busy = {"error": "the publisher is unreachable", "status": 503}
+
+    def route(path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        asked[path] += 1
+        json_error = {"Content-Type": "application/json"}
+        if path == "/api/download/evil/f.txt":
+            if asked[path] == 1:
+                return 503, json_error, json.dumps(changed).encode()
+            return 200, {}, b"the new version"
+        if path == "/api/download/evil/always.txt":
+            return 503, json_error, json.dumps(changed).encode()
+        if path == "/api/download/evil/down.txt":
+            return 503, json_error, json.dumps(busy).encode()
+        return not_found(path)
+
+    with serving(route) as url, Client(url) as client:
+        assert client.download("evil/f.txt", tmp_path).read_bytes() == b"the new version"
+        assert asked["/api/download/evil/f.txt"] == 2
+        with pytest.raises(Changed, match="changed while being read") as raised:
+            client.download("evil/always.txt", tmp_path)
+        assert raised.value.path == "evil/f.txt" and raised.value.status == 503
+        assert asked["/api/download/evil/always.txt"] == CHANGED_TRIES
+        # Any other 503 is not the dataset's change: it is not asked again.
+        with pytest.raises(Unavailable) as raised:
+            client.download("evil/down.txt", tmp_path)
+        assert not isinstance(raised.value, Changed) and asked["/api/download/evil/down.txt"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil"]
+    assert [p.name for p in (tmp_path / "evil").iterdir()] == ["f.txt"]
 
 
 def test_the_client_checks_what_its_subscriber_sends():

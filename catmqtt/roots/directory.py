@@ -12,7 +12,7 @@ from typing import Any
 import blosc2
 
 from .. import fsutil, storage
-from ..errors import BadRequest, Unavailable
+from ..errors import BadRequest, Changed
 from ..topics import parse_path
 from . import Entry, Root
 
@@ -157,12 +157,12 @@ class DirectoryRoot(Root):
             data = storage.schunk_of(self._handle(entry)).get_chunk(nchunk)
         except (RuntimeError, ValueError, OSError):
             if self._changed(entry):
-                raise Unavailable(f"{entry.meta['path']!r} is changing; try again", status=503) from None
+                raise Changed(entry.meta["path"], f"{entry.meta['path']!r} is changing; try again") from None
             raise
         # Blosc2 files are read in place: bytes read while the file changes
         # may belong to neither version. (Plain files are read from a copy.)
         if entry.meta["kind"] != "file" and self._changed(entry):
-            raise Unavailable(f"{entry.meta['path']!r} is changing; try again", status=503)
+            raise Changed(entry.meta["path"], f"{entry.meta['path']!r} is changing; try again")
         return data
 
     def _compressed(self, entry: Entry) -> blosc2.SChunk:
@@ -184,5 +184,5 @@ class DirectoryRoot(Root):
             self.path
         ):
             f.close()
-            raise Unavailable(f"{path!r} is changing; try again", status=503)
+            raise Changed(path, f"{path!r} is changing; try again")
         return f, entry.source.name

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import storage
 from ..dtypes import dtype_to_json, to_jsonable
-from ..errors import BadRequest, CatmqttError, Unavailable
+from ..errors import BadRequest, CatmqttError, Changed
 from ..topics import parse_path
 from . import Entry, Root
 
@@ -737,7 +737,7 @@ class HDF5Root(Root):
             return saved.read_bytes()
         except OSError:
             pass
-        changing = Unavailable(f"{entry.meta['path']!r} is changing; try again", status=503)
+        changing = Changed(entry.meta["path"], f"{entry.meta['path']!r} is changing; try again")
         try:
             data, converted = source.chunk(nchunk, self._io)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
@@ -767,5 +767,5 @@ class HDF5Root(Root):
                 raise
             os.replace(tmp, dst)
         if self._changed(source):
-            raise Unavailable(f"{path!r} is changing; try again", status=503)
+            raise Changed(path, f"{path!r} is changing; try again")
         return dst, path.rsplit("/", 1)[-1]
