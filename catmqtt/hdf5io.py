@@ -19,8 +19,8 @@ from .dtypes import to_jsonable
 from .errors import CatmqttError
 
 # Importing roots.hdf5 first raises a CatmqttError saying what to install when h5py is missing.
-from .roots import hdf5
-from .roots.hdf5 import JSON_ATTR, KIND_ATTR, METALAYER, SUFFIX, Skip, attr_value, h5py, hdf5plugin
+from .publisher.roots import hdf5
+from .publisher.roots.hdf5 import JSON_ATTR, KIND_ATTR, METALAYER, SUFFIX, Skip, attr_value, h5py, hdf5plugin
 
 log = logging.getLogger(__name__)
 

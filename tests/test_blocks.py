@@ -8,9 +8,10 @@ import blosc2
 import numpy as np
 import pytest
 
-from catmqtt import blocks, fetcher, storage
+from catmqtt import blocks, storage
 from catmqtt.sample import write_sample
 from catmqtt.schema import parse_dataset
+from catmqtt.subscriber import fetcher
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)

@@ -19,8 +19,8 @@ import requests
 
 import catmqtt
 from catmqtt import storage
-from catmqtt.cache import ACCESS_FLUSH, Cache
 from catmqtt.errors import InsufficientStorage
+from catmqtt.subscriber.cache import ACCESS_FLUSH, Cache
 
 from conftest import MOSQUITTO, Broker, Deployment
 

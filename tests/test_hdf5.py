@@ -18,7 +18,7 @@ import catmqtt
 from catmqtt import storage
 from catmqtt.blocks import chunk_problem
 from catmqtt.hdf5io import GROUP_ATTRS, export_h5, import_h5
-from catmqtt.roots import hdf5, open_root
+from catmqtt.publisher.roots import hdf5, open_root
 from catmqtt.sample import write_sample
 from catmqtt.slices import forward, parse_slice, select
 
@@ -624,7 +624,7 @@ def test_missing_h5py_says_what_to_install(kinds, tmp_path, command):
 
 def test_directory_roots_do_not_import_h5py(sample_root, tmp_path):
     code = (
-        "import sys, catmqtt; from catmqtt.roots import open_root;"
+        "import sys, catmqtt; from catmqtt.publisher.roots import open_root;"
         f" open_root('foo', {str(sample_root)!r}, {str(tmp_path)!r}).scan();"
         " assert 'h5py' not in sys.modules and 'hdf5plugin' not in sys.modules"
     )

@@ -20,7 +20,7 @@ import requests
 
 import catmqtt
 from catmqtt.errors import Busy, CatmqttError, TooLarge, Unavailable
-from catmqtt.large import Budget
+from catmqtt.subscriber.large import Budget
 
 from conftest import DEADLINE, MOSQUITTO, Broker, Deployment, run_cli, wait_for
 

@@ -19,11 +19,11 @@ from flask import Flask
 
 import catmqtt
 from catmqtt import blocks, fsutil, storage, web
-from catmqtt.cache import Cache
 from catmqtt.errors import CatmqttError, Unavailable
-from catmqtt.fetcher import Fetcher, Source
 from catmqtt.publisher import create_app
-from catmqtt.roots import open_root
+from catmqtt.publisher.roots import open_root
+from catmqtt.subscriber.cache import Cache
+from catmqtt.subscriber.fetcher import Fetcher, Source
 from catmqtt.wire import FRAME
 
 from conftest import ChunkCounter, free_port, running, start_publisher, start_subscriber, wait_for

@@ -26,10 +26,10 @@ from flask import Flask, Response, jsonify, request
 from paho.mqtt.enums import CallbackAPIVersion
 
 from catmqtt import config, signing, storage
-from catmqtt.cache import Cache
 from catmqtt.errors import BadRequest, ConfigError
 from catmqtt.schema import parse_public_key
-from catmqtt.trust import Trust
+from catmqtt.subscriber.cache import Cache
+from catmqtt.subscriber.trust import Trust
 from catmqtt.web import Server
 from catmqtt.wire import DIGEST, ETAG
 

@@ -22,9 +22,9 @@ import pytest
 import requests
 
 from catmqtt import signing, storage
-from catmqtt.cache import Cache
 from catmqtt.client import CHANGED_TRIES, Client
 from catmqtt.errors import Changed, Unavailable
+from catmqtt.subscriber.cache import Cache
 from catmqtt.wire import DIGEST, ETAG, FRAME, NPY, PARTS
 
 from conftest import Deployment, publish, rogue_client, run_cli, wait_for

@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..errors import BadRequest
+from ..signing import verify
 from .cache import Cache
-from .errors import BadRequest
-from .signing import verify
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import Busy, TooLarge
+from ..errors import Busy, TooLarge
 
 # Selections over this many bytes are large; a Blosc2 answer is built in pieces this size.
 PIECE = 8 << 20

@@ -20,10 +20,10 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from .. import storage
-from ..dtypes import dtype_to_json, to_jsonable
-from ..errors import BadRequest, CatmqttError, Changed
-from ..topics import parse_path
+from ... import storage
+from ...dtypes import dtype_to_json, to_jsonable
+from ...errors import BadRequest, CatmqttError, Changed
+from ...topics import parse_path
 from . import Entry, Root
 
 try:

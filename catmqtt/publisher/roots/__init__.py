@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import BadRequest, CatmqttError, NotFound
-from ..topics import parse_path
+from ...errors import BadRequest, CatmqttError, NotFound
+from ...topics import parse_path
 
 
 @dataclass

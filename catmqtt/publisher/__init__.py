@@ -12,17 +12,17 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import fsutil, signing, storage
-from .blocks import block_parts, chunk_nbytes, format_parts
-from .errors import BadRequest
-from .mqtt import LogThrottle, Node
+from .. import fsutil, signing, storage
+from ..blocks import block_parts, chunk_nbytes, format_parts
+from ..errors import BadRequest
+from ..mqtt import LogThrottle, Node
+from ..signing import verify
+from ..slices import parse_block_range
+from ..topics import dataset_topic, parse_topic, root_topic
+from ..watch import Watcher
+from ..web import OCTETS, Server, arg_int, chunk_response, configure_app
+from ..wire import DIGEST, ETAG, PARTS
 from .roots import Root, open_root
-from .signing import verify
-from .slices import parse_block_range
-from .topics import dataset_topic, parse_topic, root_topic
-from .watch import Watcher
-from .web import OCTETS, Server, arg_int, chunk_response, configure_app
-from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
 

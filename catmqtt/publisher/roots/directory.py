@@ -11,9 +11,9 @@ from typing import Any
 
 import blosc2
 
-from .. import fsutil, storage
-from ..errors import BadRequest, Changed
-from ..topics import parse_path
+from ... import fsutil, storage
+from ...errors import BadRequest, Changed
+from ...topics import parse_path
 from . import Entry, Root
 
 log = logging.getLogger(__name__)

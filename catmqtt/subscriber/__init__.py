@@ -21,21 +21,22 @@ import blosc2
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from . import caterva2, storage
-from .assemble import Assembler
+from .. import storage
+from ..assemble import Assembler
+from ..dtypes import array_dtype, dtype_from_json
+from ..errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge
+from ..mqtt import LogThrottle, Node
+from ..schema import loads, parse_dataset, parse_node, parse_root
+from ..signing import verify
+from ..slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
+from ..topics import parse_path, parse_root_name, parse_topic, root_topic
+from ..web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
+from ..wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_json, error_trailer
+from . import caterva2
 from .cache import Cache
-from .dtypes import array_dtype, dtype_from_json
-from .errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge
 from .fetcher import Fetcher, Source
 from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
-from .mqtt import LogThrottle, Node
-from .schema import loads, parse_dataset, parse_node, parse_root
-from .signing import verify
-from .slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
-from .topics import parse_path, parse_root_name, parse_topic, root_topic
 from .trust import Trust
-from .web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_response, configure_app, error_of
-from .wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_json, error_trailer
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import blosc2
 
-from . import fsutil, storage
-from .blocks import chunk_problem
-from .errors import ConfigError, InsufficientStorage, NotFound
-from .slices import chunk_coords, chunk_grid, chunk_number
+from .. import fsutil, storage
+from ..blocks import chunk_problem
+from ..errors import ConfigError, InsufficientStorage, NotFound
+from ..slices import chunk_coords, chunk_grid, chunk_number
 
 log = logging.getLogger(__name__)
 

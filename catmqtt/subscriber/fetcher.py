@@ -33,12 +33,12 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from . import storage
-from .blocks import block_parts, chunk_nbytes, chunk_problem, gaps, parse_parts
+from .. import storage
+from ..blocks import block_parts, chunk_nbytes, chunk_problem, gaps, parse_parts
+from ..errors import CatmqttError, Changed, InsufficientStorage, Unavailable
+from ..sessions import environment
+from ..wire import DIGEST, ETAG, PARTS
 from .cache import Cache
-from .errors import CatmqttError, Changed, InsufficientStorage, Unavailable
-from .sessions import environment
-from .wire import DIGEST, ETAG, PARTS
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flask import request
 
-from .dtypes import dtype_from_json
-from .errors import BadRequest, CatmqttError, OutOfRange, TooLarge
+from ..dtypes import dtype_from_json
+from ..errors import BadRequest, CatmqttError, OutOfRange, TooLarge
+from ..slices import format_key, parse_slice
+from ..storage import cparams_from_json
 from .large import PIECE
-from .slices import format_key, parse_slice
-from .storage import cparams_from_json
 
 if TYPE_CHECKING:
-    from .subscriber import Subscriber
+    from . import Subscriber
 
 # The largest POST body /api/fetch reads; C2Array posts only keys too long for a URL.
 MAX_BODY = 8 << 20
