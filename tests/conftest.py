@@ -235,7 +235,7 @@ def start_subscriber(broker, statedir, **settings) -> Subscriber:
         {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
     )
     sub = Subscriber(s, "sub-test").start()
-    wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
+    wait_for(lambda: sub.reader.roots().get("foo", {}).get("online"), "root foo online")
     return sub
 
 
@@ -246,7 +246,7 @@ def running(broker, tmp_path, root_dir, instrument=None, **sub_settings):
     try:
         sub = start_subscriber(broker, tmp_path / "sub", **sub_settings)
         try:
-            sub.subscribe("foo")
+            sub.follower.subscribe("foo")
             yield pub, sub
         finally:
             sub.stop()

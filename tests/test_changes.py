@@ -13,7 +13,8 @@ import requests
 
 import catmqtt
 from catmqtt import storage
-from catmqtt.errors import Unavailable
+from catmqtt.errors import Changed, Unavailable
+from catmqtt.subscriber.follower import Updates
 
 from conftest import ChunkCounter, running, start_publisher, start_subscriber, wait_for
 
@@ -180,7 +181,7 @@ def test_changes_while_subscriber_was_away(broker, tmp_path, root_dir):
     pub = start_publisher(broker, tmp_path / "pub", root_dir)
     try:
         sub = start_subscriber(broker, tmp_path / "sub")
-        sub.subscribe("foo")
+        sub.follower.subscribe("foo")
         client = catmqtt.Client(sub.url)
         before = client.fetch("foo/dir1/ds-2d.b2nd")
         sub.stop()
@@ -205,7 +206,7 @@ def test_damaged_cache_chunk_is_fetched_again(broker, tmp_path, root_dir):
     pub = start_publisher(broker, tmp_path / "pub", root_dir)
     try:
         sub = start_subscriber(broker, tmp_path / "sub")
-        sub.subscribe("foo")
+        sub.follower.subscribe("foo")
         assert np.array_equal(catmqtt.Client(sub.url).fetch("foo/ds-1d.b2nd"), np.arange(1000))
         sub.stop()
         chunk_files = sorted((tmp_path / "sub/cache/foo/ds-1d.b2nd").glob("*.chunk"))
@@ -247,7 +248,7 @@ def test_polling_watcher(broker, tmp_path, root_dir):
     try:
         sub = start_subscriber(broker, tmp_path / "sub")
         try:
-            sub.subscribe("foo")
+            sub.follower.subscribe("foo")
             client = catmqtt.Client(sub.url)
             (root_dir / "polled.txt").write_text("seen by polling\n")
             wait_for(lambda: "polled.txt" in client.get_list("foo"), "the new file, by polling")
@@ -315,21 +316,33 @@ def test_a_file_being_rewritten_is_served_whole_or_not_at_all(broker, tmp_path, 
         wait_for(lambda: client.fetch("foo/README.md") == b"new version\n", "the new version", timeout=60)
 
 
-def test_a_reader_never_removes_the_latest_update_of_a_dataset(broker, tmp_path, root_dir):
+def test_a_reader_never_removes_the_latest_update_of_a_dataset():
     # The MQTT thread records each dataset's latest update for readers to wait on.
     # A reader that removed the update it had waited for, with a get-then-pop,
     # removed the newer one instead when it was recorded between the two.
-    with running(broker, tmp_path, root_dir) as (_, sub):
+    updates = Updates()
+    try:
         key = ("foo", "ds-1d.b2nd")
         waited, newer = Future(), Future()
         waited.set_result(None)
 
         class Recorded(dict):
+            def get(self, k, *default):
+                found = super().get(k, *default)
+                # The MQTT thread records a newer update just after the reader's look.
+                self[k] = newer
+                return found
+
             def pop(self, k, *default):
-                # The MQTT thread records a newer update just before the reader's pop.
                 self[k] = newer
                 return super().pop(k, *default)
 
-        sub._pending = Recorded({key: waited})
-        sub._settled(*key)
-        assert key in sub._pending
+        updates.latest = Recorded({key: waited})
+        updates.settled(*key, timeout=5)
+        assert updates.latest[key] is newer
+        # The newer update, not applied in time, is a change under the read.
+        with pytest.raises(Changed, match="foo/ds-1d.b2nd is being updated; try again") as raised:
+            updates.settled(*key, timeout=0.01)
+        assert raised.value.path == "foo/ds-1d.b2nd" and raised.value.status == 503
+    finally:
+        updates.close()

@@ -211,7 +211,7 @@ def services(tmp_path_factory, sample_root) -> Iterator[tuple]:
     broker = Broker("mosquitto" if MOSQUITTO else "amqtt", tmp).start()
     pub = start_publisher(broker, tmp / "pub", sample_root)
     sub = start_subscriber(broker, tmp / "sub")
-    sub.subscribe("foo")
+    sub.follower.subscribe("foo")
     yield pub, sub
     sub.stop()
     pub.stop()

@@ -191,7 +191,7 @@ def test_a_stopping_subscriber_gives_the_rests_under_way_a_grace(broker, tmp_pat
         sub = start_subscriber(broker, tmp_path / "sub")
         sub.fetcher.rest_grace = 10.0 if released else 0.5
         try:
-            sub.subscribe("foo")
+            sub.follower.subscribe("foo")
             client = catmqtt.Client(sub.url)
             # The rest of chunk 0 is held at the publisher; that of chunk 1 waits for it.
             for start in (21, 121):
@@ -413,7 +413,7 @@ def test_missing_chunks_are_fetched_concurrently(broker, tmp_path, root_dir):
                 active[0] -= 1
 
     with running(broker, tmp_path, root_dir, instrument) as (_, sub):
-        assert np.array_equal(sub.fetch("foo/ds-1d.b2nd", ""), np.arange(1000))
+        assert np.array_equal(sub.reader.fetch("foo/ds-1d.b2nd", ""), np.arange(1000))
     assert max(in_flight) > 1
 
 
@@ -549,13 +549,13 @@ def http10_get(port: int, target: str) -> tuple[int, bytes]:
 def test_large_fetches_stream_in_slabs(broker, tmp_path, root_dir, monkeypatch, accept):
     import io
 
-    from catmqtt import subscriber
+    from catmqtt.subscriber import app
 
     data = np.random.default_rng(5).random((300, 70))
     blosc2.asarray(data, urlpath=str(root_dir / "wide.b2nd"), mode="w", chunks=(32, 16))
     (root_dir / "text.txt").write_bytes(b"0123456789" * 5000)
     # Pieces of a few kilobytes stand in for the 8 MiB ones.
-    monkeypatch.setattr(subscriber, "PIECE", 4000)
+    monkeypatch.setattr(app, "PIECE", 4000)
     with running(broker, tmp_path, root_dir) as (_, sub):
         for key, text in [((slice(None, None, -3), slice(5, 60)), "::-3, 5:60"), ((7,), "7"), ((), "")]:
             response = requests.get(
@@ -606,7 +606,7 @@ def test_stepped_reads_of_byte_streams(broker, tmp_path, root_dir):
     ]
     with running(broker, tmp_path, root_dir) as (_, sub):
         for text, key in cases:
-            assert sub.fetch("foo/big.b2frame", text) == data[key], text
+            assert sub.reader.fetch("foo/big.b2frame", text) == data[key], text
 
 
 def test_publisher_keeps_manifests_per_etag_and_digest_algorithm(tmp_path, root_dir):

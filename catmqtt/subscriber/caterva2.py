@@ -31,7 +31,7 @@ from ..storage import cparams_from_json
 from .large import PIECE
 
 if TYPE_CHECKING:
-    from . import Subscriber
+    from .answers import Answers
 
 # The largest POST body /api/fetch reads; C2Array posts only keys too long for a URL.
 MAX_BODY = 8 << 20
@@ -114,7 +114,7 @@ def fetch_args() -> FetchArgs:
 
 
 @contextmanager
-def gathering(sub: Subscriber, fullpath: str, indices: str) -> Iterator[np.ndarray]:
+def gathering(answers: Answers, fullpath: str, indices: str) -> Iterator[np.ndarray]:
     """Yield the selection `indices` of a dataset, as numpy's advanced indexing gives it.
 
     `indices` is a JSON list with an entry per axis (fewer are fine): an
@@ -124,7 +124,8 @@ def gathering(sub: Subscriber, fullpath: str, indices: str) -> Iterator[np.ndarr
     it: both are held in memory, together at most max_stream_bytes, and
     past `PIECE` within the budget large answers share, until the block ends.
     """
-    meta = sub.lookup(fullpath).meta
+    reader = answers.reader
+    meta = reader.lookup(fullpath).meta
     if meta["kind"] != "ndarray":
         raise BadRequest(f"{fullpath} is not an array: indices select items of arrays only")
     shape = meta["shape"]
@@ -146,9 +147,9 @@ def gathering(sub: Subscriber, fullpath: str, indices: str) -> Iterator[np.ndarr
         box.append(slice(low, high))
         inner.append(int(coords) - low if isinstance(entry, int) else coords - low)
         sizes.append(high - low)
-    limit = min(sub.budget.limits["memory"], sub.max_fetch)
+    limit = min(answers.budget.limits["memory"], reader.max_fetch)
     itemsize = dtype_from_json(meta["dtype"]).itemsize
-    target = sub.selection(fullpath, format_key(tuple(box)))
+    target = reader.selection(fullpath, format_key(tuple(box)))
     held = target.nbytes + math.prod(_gathered_shape(inner, [*sizes, *shape[len(key) :]])) * itemsize
     if held > limit:
         raise TooLarge(
@@ -156,11 +157,11 @@ def gathering(sub: Subscriber, fullpath: str, indices: str) -> Iterator[np.ndarr
             f" max_stream_bytes or max_fetch_bytes ({limit}): ask in parts"
         )
     if held <= PIECE:
-        yield np.asarray(sub.read(target)[tuple(inner)])
+        yield np.asarray(reader.read(target)[tuple(inner)])
         return
-    grant = sub.budget.enter(held)
+    grant = answers.budget.enter(held)
     try:
-        yield np.asarray(sub.builders.run(sub.read, target)[tuple(inner)])
+        yield np.asarray(answers.builders.run(reader.read, target)[tuple(inner)])
     finally:
         grant.release()
 

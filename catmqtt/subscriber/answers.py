@@ -1,0 +1,186 @@
+"""This module builds the subscriber's large answers: selections over `PIECE`
+bytes and whole downloads, within the budget they share (see `large`).
+
+A ``.npy`` (or byte) answer is streamed piece by piece from a builder
+thread; a Blosc2 answer or a download is built whole in a temporary file
+first, so that a failure gets an error status rather than a body cut short.
+
+Threads: HTTP threads start answers; builder threads build them and read
+through the `Reader`; the temporary directory is written only here (one file
+per answer, unlinked as soon as it is open).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from .. import storage
+from ..dtypes import dtype_from_json
+from ..errors import Changed
+from ..web import BY_REFERENCE, StreamCut, error_of
+from ..wire import error_trailer
+from .fetcher import Source
+from .large import BUILD_MEMORY, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
+from .reader import Reader, Target
+
+log = logging.getLogger(__name__)
+
+
+class Answers:
+    """Large answers, built on `builders` within `budget`, their files in `tmpdir`."""
+
+    def __init__(self, reader: Reader, budget: Budget, builders: Builders, tmpdir: Path) -> None:
+        self.reader = reader
+        self.budget = budget
+        self.builders = builders
+        self.tmpdir = tmpdir
+
+    def stats(self) -> dict[str, Any]:
+        return self.budget.stats()
+
+    def stream(self, target: Target, npy: bool) -> tuple[Body, int]:
+        """Return the body of a large selection and its length: ``.npy`` if `npy` and
+        an array, else its bytes; built on a builder thread, piece by piece.
+
+        Every chunk it needs is cached before this returns, so that a failure
+        to fetch one gets an error status; a failure after that ends the body
+        short, with the error (see `Body`).
+        """
+        grant = self.budget.enter(STREAM_MEMORY)
+        try:
+            self.builders.run(self.reader.cache_all, target)
+        except BaseException:
+            grant.release()
+            raise
+        header = b""
+        if npy and target.source.meta["kind"] == "ndarray":
+            dtype = dtype_from_json(target.source.meta["dtype"])
+            buffer = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(dtype)
+            np.lib.format.write_array_header_1_0(
+                buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
+            )
+            header = buffer.getvalue()
+        pieces = self.builders.stream(_as_piece(slab) for slab in self.reader.slabs(target, STREAM_PIECE))
+        body = Body(header, pieces, grant, target.fullpath, self.reader.cache.dir)
+        return body, len(header) + target.nbytes
+
+    def cframe(self, target: Target) -> TempFile:
+        """Return a large selection of an array as a Blosc2 file, whole before anything is sent.
+
+        The whole array is its cached chunks as they are; a part is compressed anew.
+        """
+        meta = target.source.meta
+        if all(s == range(n) for s, n in zip(target.sel, meta["shape"], strict=True)):
+            return self._whole_file(target.source)
+        dtype = dtype_from_json(meta["dtype"])
+
+        def write(tmp: Path) -> None:
+            self.reader.cache_all(target)
+            out = blosc2.empty(target.shape, dtype=dtype, urlpath=str(tmp), contiguous=True, mode="w")
+            row = 0
+            for slab in self.reader.slabs(target):
+                out[row : row + len(slab)] = np.ascontiguousarray(slab)
+                row += len(slab)
+
+        # Blosc2 stores what does not compress as it is, plus a little.
+        grant = self.budget.enter(BUILD_MEMORY, target.nbytes + target.nbytes // 256 + (1 << 20))
+        return self._temp_file(grant, ".b2nd", write)
+
+    def download(self, fullpath: str) -> tuple[TempFile, str]:
+        """Return an open, already unlinked file with the whole dataset, and its name."""
+        source = self.reader.lookup(fullpath)
+        return self._whole_file(source), source.path.rsplit("/", 1)[-1]
+
+    def _whole_file(self, source: Source) -> TempFile:
+        """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
+        root, path, meta, _ = source
+        numbers = list(range(meta["nchunks"]))
+        cache = self.reader.cache
+
+        def write(tmp: Path) -> None:
+            self.reader.follower.settled(root, path)
+            self.reader.fetcher.ensure(source, numbers)
+            with cache.reading(root, path, meta) as handle:
+                if handle is None:
+                    raise Changed(f"{root}/{path}")
+                if meta["kind"] == "file":
+                    with open(tmp, "wb") as f:
+                        for data in storage.iter_bytes(handle):
+                            f.write(data)
+                else:
+                    storage.write_contiguous(handle, meta, tmp)
+            cache.touch(root, path, numbers)
+
+        size = meta["nbytes"] if meta["kind"] == "file" else meta["cbytes"]
+        grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20))
+        return self._temp_file(grant, os.path.splitext(path)[1], write)
+
+    def _temp_file(self, grant: Grant, suffix: str, write: Callable[[Path], None]) -> TempFile:
+        """Have `write` make a file in the tmp directory on a builder thread; return it
+        open and already unlinked, `grant` holding its size of disk until it is closed."""
+        fd, name = tempfile.mkstemp(dir=self.tmpdir, suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            self.builders.build(write, tmp)
+            file = TempFile(tmp, grant, self.builders.closer)
+        except BaseException:
+            grant.release()
+            raise
+        finally:
+            tmp.unlink()
+        grant.keep_only_disk(os.fstat(file.fileno()).st_size)
+        return file
+
+
+def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
+    """Return a slab's bytes: a large one as a view (it is sent from where it is), not a copy."""
+    if isinstance(slab, bytes):
+        return slab
+    view = memoryview(np.ascontiguousarray(slab)).cast("B")
+    return view if len(view) >= BY_REFERENCE else view.tobytes()
+
+
+class Body:
+    """The body of a large answer: a header, then pieces made on a builder thread.
+
+    A failure once it is under way cannot change the status sent: the body
+    then ends with the error (`wire.error_trailer`), short of its
+    Content-Length, and its connection is closed, so that any HTTP client
+    sees it cut and catmqtt's client reports the error. Closing it (waitress
+    does, sent or not) stops the builder and gives back the grant.
+    """
+
+    def __init__(self, header: bytes, pieces: Stream, grant: Grant, fullpath: str, statedir: Path) -> None:
+        self._header = header
+        self._pieces = pieces
+        self._grant = grant
+        self._fullpath = fullpath
+        self._statedir = statedir
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        if self._header:
+            yield self._header
+        try:
+            yield from self._pieces
+        except Exception as exc:
+            error = error_of(exc, self._statedir, f"the body of {self._fullpath}")
+            log.warning("the answer for %s failed midway, and ends with its error: %s", self._fullpath, error)
+            yield error_trailer(error)
+            raise StreamCut(error.message) from exc
+
+    def close(self) -> None:
+        try:
+            self._pieces.close()
+        finally:
+            self._grant.release()

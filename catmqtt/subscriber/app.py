@@ -1,0 +1,154 @@
+"""This module holds the subscriber's Flask views: each reads its request,
+calls the reader, the follower or the large answers, and shapes the answer.
+
+`create_app` needs only those three, so that the views can be tried with
+Flask's test client, without a broker or a port.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+
+import blosc2
+import numpy as np
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
+
+from .. import storage
+from ..web import OCTETS, arg_int, chunk_response, configure_app
+from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
+from . import caterva2
+from .answers import Answers
+from .follower import Follower
+from .large import PIECE
+from .reader import Reader
+
+bp = Blueprint("subscriber", __name__)
+
+
+def _reader() -> Reader:
+    return current_app.config["CATMQTT_READER"]
+
+
+def _answers() -> Answers:
+    return current_app.config["CATMQTT_ANSWERS"]
+
+
+@bp.get("/api/roots")
+def roots():
+    return jsonify(_reader().roots())
+
+
+@bp.post("/api/subscribe/<name>")
+def subscribe(name: str):
+    current_app.config["CATMQTT_FOLLOWER"].subscribe(name)
+    return jsonify("Ok")
+
+
+@bp.post("/api/unsubscribe/<name>")
+def unsubscribe(name: str):
+    current_app.config["CATMQTT_FOLLOWER"].unsubscribe(name)
+    return jsonify("Ok")
+
+
+@bp.get("/api/list/<name>")
+@bp.get("/api/list/<name>/<path:directory>")
+def list_datasets(name: str, directory: str | None = None):
+    return jsonify(_reader().list(name, directory))
+
+
+@bp.get("/api/info/<path:fullpath>")
+def info(fullpath: str):
+    if "/" not in fullpath:
+        return jsonify(_reader().root_info(fullpath))
+    meta = _reader().lookup(fullpath).meta
+    response = jsonify(caterva2.describe(meta))
+    response.set_etag(meta["etag"])
+    return response.make_conditional(request)
+
+
+@bp.get("/api/fetch/<path:fullpath>")
+@bp.post("/api/fetch/<path:fullpath>")
+def fetch(fullpath: str):
+    reader, answers = _reader(), _answers()
+    wanted = caterva2.fetch_args()
+    # Blosc2 unless .npy is asked for: "*/*" picks the first offer.
+    npy = request.accept_mimetypes.best_match([CFRAME, NPY]) == NPY
+    if wanted.indices is not None:
+        with caterva2.gathering(answers, fullpath, wanted.indices) as result:
+            return _array_response(result, npy)
+    target = reader.selection(fullpath, wanted.slice)
+    if target.nbytes <= PIECE or not target.shape:
+        result = reader.read(target)
+        if isinstance(result, bytes):
+            return Response(result, mimetype=OCTETS)
+        return _array_response(result, npy)
+    # A large selection: .npy (or bytes) streamed piece by piece, Blosc2 built
+    # whole in a temporary file, within the budget large answers share.
+    array = target.source.meta["kind"] == "ndarray"
+    if npy or not array:
+        body, length = answers.stream(target, npy)
+        mimetype = NPY if npy and array else OCTETS
+        return Response(body, mimetype=mimetype, headers={"Content-Length": str(length)})
+    return send_file(answers.cframe(target), mimetype=CFRAME)
+
+
+def _array_response(result: np.ndarray, npy: bool) -> Response:
+    """Return an array (0-d for a scalar, as numpy gives it) as .npy or as a Blosc2 frame."""
+    if npy:
+        buffer = io.BytesIO()
+        np.save(buffer, result, allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype=NPY)
+    # np.ascontiguousarray would make a scalar an array of shape (1,).
+    return Response(blosc2.asarray(np.asarray(result, order="C")).to_cframe(), mimetype=CFRAME)
+
+
+@bp.get("/api/chunk/<path:fullpath>")
+def chunk(fullpath: str):
+    data, etag = _reader().chunk(fullpath, arg_int("nchunk"))
+    return chunk_response(data, {ETAG: etag, DIGEST: storage.chunk_digest(data)})
+
+
+@bp.get("/api/chunks/<path:fullpath>")
+def chunks(fullpath: str):
+    frames = _reader().chunks(fullpath, request.args.get("nchunks", ""), request.args.get("etag"))
+    return Response(frames, mimetype=FRAMES)
+
+
+@bp.get("/api/stats")
+def stats():
+    return jsonify({**_reader().fetcher.stats(), "large": _answers().stats()})
+
+
+@bp.get("/api/download/<path:fullpath>")
+def download(fullpath: str):
+    f, name = _answers().download(fullpath)
+    return send_file(f, as_attachment=True, download_name=name, mimetype=OCTETS)
+
+
+@bp.get("/")
+def index():
+    rows = "".join(
+        f"<li><b>{html.escape(r['name'])}</b> ({'online' if r['online'] else 'offline'},"
+        f" {'subscribed' if r['subscribed'] else 'not subscribed'})</li>"
+        for r in _reader().roots().values()
+    )
+    page = (
+        "<!doctype html><title>catmqtt subscriber</title><h1>catmqtt subscriber</h1>"
+        f"<p>Roots known to this subscriber:</p><ul>{rows or '<li>none yet</li>'}</ul>"
+        "<p>API: <code>/api/roots</code>, <code>/api/list/ROOT</code>, <code>/api/info/PATH</code>,"
+        " <code>/api/fetch/PATH?slice=...</code>, <code>/api/download/PATH</code>.</p>"
+    )
+    return Response(page, mimetype="text/html")
+
+
+def create_app(reader: Reader, follower: Follower, answers: Answers, statedir: Path) -> Flask:
+    """Return the subscriber's Flask app, its errors told as JSON (507 when `statedir`'s disk is full)."""
+    app = Flask(__name__)
+    app.config["CATMQTT_READER"] = reader
+    app.config["CATMQTT_FOLLOWER"] = follower
+    app.config["CATMQTT_ANSWERS"] = answers
+    app.register_blueprint(bp)
+    configure_app(app, statedir)
+    return app

@@ -1,0 +1,264 @@
+"""This module reads what clients ask a subscriber for: roots, datasets,
+selections and chunks, fetching the chunks the cache lacks.
+
+The path of a read: `Reader.lookup` finds the dataset's metadata in the
+cache, `Reader.selection` checks the selection against it, and
+`Reader.read` waits for the dataset's latest update (`Follower.settled`),
+has the fetcher bring the missing chunks and decodes the selection from
+them (as they arrive, for an array) or from the cache.
+
+Threads: HTTP threads and builder threads (see `large`) call the reader; it
+keeps no state of its own, and the cache and fetcher it calls have their own
+locks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from .. import storage
+from ..assemble import Assembler
+from ..dtypes import dtype_from_json
+from ..errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge
+from ..slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
+from ..topics import parse_path, parse_root_name
+from ..wire import FRAME, error_json
+from .cache import Cache
+from .fetcher import Fetcher, Source
+from .follower import Follower
+from .large import PIECE
+
+MAX_CHUNKS_PER_REQUEST = 4096
+# What /api/info/ROOT tells of a root's announcement, besides what it skipped and its groups.
+ROOT_FIELDS = ("name", "url", "publisher", "datasets", "etag", "time", "key")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked selection of a dataset: where it is and what it will be."""
+
+    fullpath: str
+    source: Source
+    sel: tuple
+    shape: tuple[int, ...]
+    itemsize: int
+    nbytes: int
+
+
+class Reader:
+    """The operations behind the subscriber's read endpoints."""
+
+    def __init__(self, cache: Cache, fetcher: Fetcher, follower: Follower, max_fetch: int) -> None:
+        self.cache = cache
+        self.fetcher = fetcher
+        self.follower = follower
+        self.max_fetch = max_fetch
+
+    # Roots and datasets
+
+    def roots(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "name": name,
+                "url": root["info"]["url"],
+                "online": self.follower.statuses.online(root["info"]),
+                "subscribed": root["subscribed"],
+                "key": root["info"].get("key"),
+            }
+            for name, root in self.cache.roots().items()
+        }
+
+    def root_of(self, name: str) -> dict[str, Any]:
+        """Return the announcement of a subscribed root, or raise."""
+        root = self.cache.root(parse_root_name(name))
+        if not root["subscribed"]:
+            raise NotSubscribed(f"root {name!r} is not subscribed (run 'catmqtt subscribe {name}')")
+        return root["info"]
+
+    def root_info(self, name: str) -> dict[str, Any]:
+        """Return what root `name`'s publisher announced of it, and how we see it."""
+        root = self.cache.root(parse_root_name(name))
+        info = root["info"]
+        return {
+            **{key: info[key] for key in ROOT_FIELDS if key in info},
+            "skipped": info.get("skipped", []),
+            "groups": info.get("groups", {}),
+            "online": self.follower.statuses.online(info),
+            "subscribed": root["subscribed"],
+        }
+
+    def list(self, name: str, directory: str | None) -> list[str]:
+        self.root_of(name)
+        paths = self.cache.datasets(name)
+        if directory is None:
+            return paths
+        prefix = parse_path(directory.rstrip("/")) + "/"
+        inside = [p for p in paths if p.startswith(prefix)]
+        if not inside and directory.rstrip("/") not in paths:
+            raise NotFound(f"no directory {directory!r} in root {name!r}")
+        return inside or [directory.rstrip("/")]
+
+    def lookup(self, fullpath: str) -> Source:
+        """Return (root, path, metadata, publisher URL) of ``root/path``."""
+        name, sep, path = fullpath.partition("/")
+        if not sep or not path:
+            raise BadRequest(f"invalid dataset path {fullpath!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
+        info = self.root_of(name)
+        try:
+            meta = self.cache.dataset(name, parse_path(path))
+        except NotFound as exc:
+            # An HDF5 object the publisher could not serve (a dataset NAME is served as NAME.b2nd): say why.
+            names = {f"/{path}", f"/{path.removesuffix('.b2nd')}"}
+            reason = next((s["reason"] for s in info.get("skipped", ()) if s["path"] in names), None)
+            if reason is None:
+                raise
+            raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
+        return Source(name, path, meta, info["url"])
+
+    # Selections
+
+    def selection(self, fullpath: str, slice_text: str) -> Target:
+        """Check the selection `slice_text` of a dataset; raise before anything is read."""
+        source = self.lookup(fullpath)
+        meta = source.meta
+        sel = select(parse_slice(slice_text), meta["shape"])
+        itemsize = dtype_from_json(meta["dtype"]).itemsize if meta["kind"] == "ndarray" else meta["typesize"]
+        shape = result_shape(sel)
+        nbytes = math.prod(shape) * itemsize
+        if nbytes > self.max_fetch:
+            raise TooLarge(
+                f"the selection is {nbytes} bytes, over this subscriber's limit of {self.max_fetch}"
+                " (max_fetch_bytes): select less, or use download"
+            )
+        return Target(fullpath, source, sel, shape, itemsize, nbytes)
+
+    def read(self, target: Target, sel: tuple | None = None) -> np.ndarray | bytes:
+        """Return `sel` (by default the whole of `target`), fetching the chunks that are missing."""
+        sel = target.sel if sel is None else sel
+        source = target.source
+        root, path, meta, _ = source
+        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        self.follower.settled(root, path)
+        missing = self.fetcher.missing(source, numbers)
+        if missing and meta["kind"] == "ndarray":
+            # Decoded from the chunks as they arrive, not after their write to the cache.
+            assembler = Assembler(meta, sel)
+            # Of a chunk the selection needs only some blocks of, those come first.
+            parts = {n: blocks for n in missing if (blocks := assembler.partial_blocks(n)) is not None}
+            try:
+                for n, data in self.fetcher.stream(source, numbers, missing, parts):
+                    assembler.add(n, data)
+            except Changed:
+                raise Changed(target.fullpath) from None
+            self.cache.touch(root, path, numbers)
+            return assembler.result()
+        self.fetcher.ensure(source, numbers, missing)
+        key, flip = forward(sel)
+        with self.cache.reading(root, path, meta) as handle:
+            if handle is None:
+                raise Changed(target.fullpath)
+            if meta["kind"] == "ndarray":
+                result = storage.read_array(handle, key, flip)
+            else:
+                result = _read_items(handle, key[0], bool(flip), meta["typesize"])
+        self.cache.touch(root, path, numbers)
+        return result
+
+    def fetch(self, fullpath: str, slice_text: str) -> np.ndarray | bytes:
+        """Return the selection `slice_text` of a dataset, fetching what is missing."""
+        return self.read(self.selection(fullpath, slice_text))
+
+    def slabs(self, target: Target, size: int = PIECE) -> Iterator[np.ndarray | bytes]:
+        """Yield the selection in pieces of about `size` bytes along its first axis, in order."""
+        axis = next(i for i, s in enumerate(target.sel) if isinstance(s, range))
+        rows = len(target.sel[axis])
+        step = max(1, size * rows // max(target.nbytes, 1))
+        for start in range(0, rows, step):
+            piece = target.sel[axis][start : start + step]
+            yield self.read(target, (*target.sel[:axis], piece, *target.sel[axis + 1 :]))
+
+    def cache_all(self, target: Target) -> None:
+        """Have every chunk of `target` in the cache."""
+        root, path, meta, _ = target.source
+        self.follower.settled(root, path)
+        self.fetcher.ensure(target.source, chunks_touched(target.sel, meta["shape"], meta["chunks"]))
+
+    # Chunks
+
+    def chunk(self, fullpath: str, nchunk: int) -> tuple[bytes, str]:
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
+        if not 0 <= nchunk < meta["nchunks"]:
+            raise BadRequest(f"chunk {nchunk} is out of range: {fullpath!r} has {meta['nchunks']} chunks")
+        self.follower.settled(root, path)
+        self.fetcher.ensure(source, [nchunk])
+        with self.cache.reading(root, path, meta) as handle:
+            if handle is None:
+                raise Changed(fullpath)
+            data = storage.schunk_of(handle).get_chunk(nchunk)
+        self.cache.touch(root, path, [nchunk])
+        return data, meta["etag"]
+
+    def chunks(self, fullpath: str, numbers_text: str, etag: str | None) -> Iterator[bytes]:
+        """Return the frames of the compressed chunks `numbers_text` (``0-15,20``) of a dataset.
+
+        Each frame is a header of two little-endian int64, the chunk number and
+        the length of its bytes, then the bytes; chunks come as they are
+        available, in no particular order. A failure once streaming has begun
+        is sent as a frame numbered -1 holding ``{"error", "status"}``.
+        """
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
+        if etag is not None and etag != meta["etag"]:
+            message = f"{fullpath} changed (etag {meta['etag']}, not {etag}); read its metadata again"
+            raise Changed(fullpath, message, 412)
+        numbers = parse_chunk_list(numbers_text, meta["nchunks"])
+        if len(numbers) > MAX_CHUNKS_PER_REQUEST or len(numbers) * meta["chunksize"] > self.max_fetch:
+            raise TooLarge(
+                f"{len(numbers)} chunks of {meta['chunksize']} bytes is more than one request may ask for (at"
+                f" most {MAX_CHUNKS_PER_REQUEST} chunks and max_fetch_bytes {self.max_fetch}): ask in parts"
+            )
+        self.follower.settled(root, path)
+        stream = self.fetcher.stream(source, numbers)
+
+        def frames() -> Iterator[bytes]:
+            try:
+                for n, data in stream:
+                    yield FRAME.pack(n, len(data))
+                    yield data
+            except CatmqttError as exc:
+                error = json.dumps(error_json(exc)).encode()
+                yield FRAME.pack(-1, len(error))
+                yield error
+                return
+            self.cache.touch(root, path, numbers)
+
+        return frames()
+
+
+def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
+    """Return the items of a byte stream that a 1-D selection names."""
+    if isinstance(key, int):
+        return storage.read_items(schunk, key, key + 1)
+    count = len(range(key.start, key.stop, key.step))
+    stop = key.start + (count - 1) * key.step + 1 if count else key.start
+    per_chunk = schunk.chunksize // typesize
+    if key.step <= per_chunk:
+        data = storage.read_items(schunk, key.start, stop)
+        items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+    else:
+        # A step past the chunk length: one item per chunk, never the span between.
+        items = np.frombuffer(
+            b"".join(storage.read_items(schunk, i, i + 1) for i in range(key.start, stop, key.step)),
+            dtype=f"V{typesize}",
+        )
+    if key.step == 1 and not flip:
+        return items.tobytes()
+    return (items[::-1] if flip else items).tobytes()
