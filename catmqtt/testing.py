@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 #: Seconds a wait lasts unless told otherwise.
 DEADLINE = 30.0
@@ -181,7 +181,9 @@ class Proc:
         port = self.port
         if port is None:
             raise ValueError(f"{self.name} was started without a port to wait for")
-        wait_for(lambda: port_open(port), f"{self.name} to listen on port {port}", timeout, procs=[self])
+        # Connecting to loopback costs little: poll often, so that timed start-ups are not rounded up.
+        what = f"{self.name} to listen on port {port}"
+        wait_for(lambda: port_open(port), what, timeout, interval=0.01, procs=[self])
         return self
 
     def peak_rss_mb(self) -> float:
@@ -220,7 +222,7 @@ class Procs:
         self.timeout = timeout
         self.procs: list[Proc] = []
 
-    def __enter__(self) -> Procs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
