@@ -103,7 +103,7 @@ def wait_for(
                     + _tails(procs)
                 )
         if time.monotonic() > deadline:
-            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}" + _tails(procs))
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}" + _tails(procs))
         time.sleep(interval)
 
 
