@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 import requests
 
 import catmqtt
+from catmqtt.testing import Proc, Procs, free_port, wait_for
 
 CHUNK = 4 << 20  # bytes
 WIRE_SERVER = """
@@ -56,40 +56,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-def wait_until(predicate, failure: str, timeout: float = 600, interval: float = 0.05) -> None:
-    """Poll `predicate` every `interval` seconds until it is true; exit with `failure`
-    after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(failure)
-        time.sleep(interval)
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def timed(fn, reps: int) -> list[float]:
@@ -150,63 +116,31 @@ def make_root(root: Path, size: int) -> dict[str, Path]:
     return paths
 
 
-class Run:
+class Run(Procs):
     """The processes of the benchmark, and their peak memory."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
+        # A publisher of a large root may take a while to listen.
+        super().__init__(workdir, timeout=120)
         self.rss: dict[str, float] = {}
 
-    def start(self, name: str, *args: str | Path) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        args = [str(a).replace("{port}", str(port)) for a in args]
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        wait_port(port)
-        return proc, port
-
-    def catmqtt(self, name: str, *args) -> tuple[subprocess.Popen, int]:
-        return self.start(name, sys.executable, "-m", "catmqtt", *args)
-
-    def broker(self) -> str:
-        """Start the embedded broker; return its URL."""
-        _, port = self.catmqtt("broker", "broker", "--listen", "127.0.0.1:{port}", "--ws", "off")
-        return f"mqtt://127.0.0.1:{port}"
-
-    def publisher(self, broker: str, *extra: str) -> tuple[subprocess.Popen, int]:
+    def publisher(self, broker: str, *extra: str) -> Proc:
         """Start a publisher of `<workdir>/root` as root bench, with `extra` options."""
-        return self.catmqtt(
-            "publisher", "pub", "bench", self.workdir / "root", "--http", "127.0.0.1:{port}",
-            "--broker", broker, "--statedir", self.workdir / "pub", "--loglevel", "WARNING", *extra,
+        return self.node(
+            "publisher", ("pub", "bench", self.workdir / "root"), broker, self.workdir / "pub",
+            "--loglevel", "WARNING", *extra,
         )  # fmt: skip
 
-    def subscriber(self, name: str, broker: str, statedir: Path) -> tuple[subprocess.Popen, catmqtt.Client]:
+    def subscriber(self, name: str, broker: str, statedir: Path) -> tuple[Proc, catmqtt.Client]:
         """Start a subscriber, wait until it sees root bench, and subscribe it."""
-        proc, port = self.catmqtt(
-            name, "sub", "--http", "127.0.0.1:{port}", "--broker", broker,
-            "--statedir", statedir, "--loglevel", "WARNING",
-        )  # fmt: skip
-        client = catmqtt.Client(f"http://127.0.0.1:{port}")
-        wait_until(lambda: "bench" in client.get_roots(), "the subscriber never saw the root")
+        proc = self.node(name, ("sub",), broker, statedir, "--loglevel", "WARNING")
+        client = catmqtt.Client(f"http://127.0.0.1:{proc.port}")
+        wait_for(lambda: "bench" in client.get_roots(), "the subscriber to see the root", 600, procs=[proc])
         client.subscribe("bench")
         return proc, client
 
-    def note_rss(self, role: str, proc: subprocess.Popen) -> None:
-        self.rss[role] = max(self.rss.get(role, 0.0), peak_rss_mb(proc.pid))
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.stop(proc)
+    def note_rss(self, role: str, proc: Proc) -> None:
+        self.rss[role] = max(self.rss.get(role, 0.0), proc.peak_rss_mb())
 
 
 def main() -> None:
@@ -224,14 +158,14 @@ def main() -> None:
         paths = make_root(workdir / "root", n)
         # Setup writes must not be written back to disk during the timed fetches.
         os.sync()
-        run = Run(workdir)
-        try:
+        with Run(workdir) as run:
             broker = run.broker()
-            pub, _ = run.publisher(broker)
+            pub = run.publisher(broker)
             wire_args = [x for name, path in paths.items() for x in (name, path)]
-            _, wire = run.start("wire", sys.executable, "-c", WIRE_SERVER, "{port}", *wire_args)
+            wire = free_port()
+            run.start("wire", [sys.executable, "-c", WIRE_SERVER, wire, *wire_args], port=wire)
 
-            def subscriber(tag: str) -> tuple[subprocess.Popen, catmqtt.Client]:
+            def subscriber(tag: str) -> tuple[Proc, catmqtt.Client]:
                 return run.subscriber(f"sub-{tag}", broker, workdir / f"sub-{tag}")
 
             results = {}
@@ -281,9 +215,10 @@ def main() -> None:
                 for _ in range(2):
                     client.fetch(dataset, "1000:2000")
                 etag = client.get_info(dataset)["etag"]
-                wait_until(
+                wait_for(
                     lambda client=client, d=dataset, e=etag: (d, e, 0) in client.chunk_cache,
-                    "chunk 0 never came into the client's cache",
+                    "chunk 0 to come into the client's cache",
+                    600,
                 )
                 r["slice_warm"] = timed(
                     lambda client=client, d=dataset: client.fetch(d, "1000:2000"), reps * 5
@@ -322,8 +257,6 @@ def main() -> None:
                 run.stop(proc)
                 references()
             run.note_rss("publisher", pub)
-        finally:
-            run.stop_all()
 
     report(results, run.rss, n, args.json)
 

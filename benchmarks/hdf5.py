@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import numpy as np
 import requests
 
 import catmqtt
+from catmqtt.testing import Procs, wait_for
 
 COLUMNS = 1024
 CHUNK_ROWS = 256  # 256 rows of 1024 float32: 1 MiB chunks
@@ -70,8 +69,8 @@ def main() -> None:
     for label, selection in selections.items():
         with h5py.File(h5file, "r") as f:
             h5_seconds, expected = timed(h5py_read, f["data"], selection)
-        with Deployment(workdir, h5file) as d:
-            client = catmqtt.Client(d.sub_url)
+        with deployment(workdir, h5file) as url:
+            client = catmqtt.Client(url)
             cold, first = timed(client.fetch, "bench/data.b2nd", selection)
             warm, second = timed(client.fetch, "bench/data.b2nd", selection)
         assert np.array_equal(first, expected) and np.array_equal(second, expected), label
@@ -119,83 +118,28 @@ def timed(func: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-class Deployment:
-    """A broker, a publisher of the file as ``bench`` and a subscriber, each a fresh process."""
-
-    def __init__(self, workdir: Path, h5file: Path) -> None:
-        self.workdir = workdir
-        self.h5file = h5file
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> Deployment:
-        state = self.workdir / "state"
-        shutil.rmtree(state, ignore_errors=True)
-        state.mkdir()
-        broker, pub, sub = free_port(), free_port(), free_port()
-        url = f"mqtt://127.0.0.1:{broker}"
-        self._start(state, "broker", "--listen", f"127.0.0.1:{broker}", "--ws", "off")
-        wait(lambda: port_open(broker), "the broker")
-        self._start(
-            state,
-            "pub",
-            "bench",
-            self.h5file,
-            "--http",
-            f"127.0.0.1:{pub}",
-            "--broker",
-            url,
-            "--statedir",
-            state / "pub",
+@contextmanager
+def deployment(workdir: Path, h5file: Path) -> Iterator[str]:
+    """Run a broker, a publisher of the file as ``bench`` and a subscriber, each a fresh process;
+    yield the subscriber's URL."""
+    state = workdir / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir()
+    with Procs(state) as procs:
+        quiet = ("--loglevel", "WARNING")
+        broker = procs.broker(*quiet)
+        procs.node("pub", ("pub", "bench", h5file), broker, state / "pub", *quiet)
+        sub = procs.node("sub", ("sub",), broker, state / "sub", *quiet)
+        url = f"http://127.0.0.1:{sub.port}"
+        wait_for(
+            lambda: requests.get(f"{url}/api/roots", timeout=5).json()["bench"]["online"],
+            "the root",
+            60,
+            ignore=(OSError, KeyError),
+            procs=[sub],
         )
-        self._start(state, "sub", "--http", f"127.0.0.1:{sub}", "--broker", url, "--statedir", state / "sub")
-        self.sub_url = f"http://127.0.0.1:{sub}"
-        wait(
-            lambda: requests.get(f"{self.sub_url}/api/roots", timeout=5).json()["bench"]["online"], "the root"
-        )
-        requests.post(f"{self.sub_url}/api/subscribe/bench", timeout=30).raise_for_status()
-        return self
-
-    def _start(self, state: Path, *args: object) -> None:
-        with open(state / f"{args[0]}.log", "wb") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "catmqtt", *map(str, args), "--loglevel", "WARNING"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait(predicate: Callable[[], object], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (requests.RequestException, KeyError, OSError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
+        requests.post(f"{url}/api/subscribe/bench", timeout=30).raise_for_status()
+        yield url
 
 
 if __name__ == "__main__":

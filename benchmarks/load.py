@@ -40,7 +40,9 @@ from pathlib import Path
 import blosc2
 import numpy as np
 import requests
-from fetch import CHUNK, Run, wait_until
+from fetch import CHUNK, Run
+
+from catmqtt.testing import Proc, wait_for
 
 NPY = "application/x-npy"
 CFRAME = "application/x-blosc2-cframe"
@@ -163,13 +165,6 @@ def open_temp_bytes(pid: int, tmpdir: Path) -> int:
     return sum(files.values())
 
 
-def rss_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def probe(
     url: str, expected: np.ndarray, times: list[tuple[float, float]], failures: Counter, t0: float
 ) -> None:
@@ -185,7 +180,8 @@ def probe(
     times.append((time.perf_counter() - start, start - t0))
 
 
-def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse.Namespace) -> dict:
+def one_run(sub: Proc, tmpdir: Path, small: np.ndarray, args: argparse.Namespace) -> dict:
+    port = sub.port
     results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
     loader = multiprocessing.get_context("spawn").Process(
         target=load, args=(port, args.clients, args.slow, args.formats, args.seconds, results)
@@ -206,7 +202,7 @@ def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse
             thread.start()
             probes.append(thread)
             tick += 1
-        peak_tmp = max(peak_tmp, open_temp_bytes(pid, tmpdir))
+        peak_tmp = max(peak_tmp, open_temp_bytes(sub.pid, tmpdir))
         time.sleep(0.02)
     for thread in probes:
         thread.join()
@@ -220,7 +216,7 @@ def one_run(port: int, pid: int, tmpdir: Path, small: np.ndarray, args: argparse
         "probes": len(times),
         "failures": sum(failures.values()),
         "failure kinds": dict(failures),
-        "rss": rss_mb(pid, "VmHWM"),
+        "rss": sub.peak_rss_mb(),
         "tmp": peak_tmp / 1e6,
         "clients": clients,
     }
@@ -242,8 +238,7 @@ def main() -> None:
         workdir = Path(tmp)
         print(f"creating a {BIG * 8 / 1e6:.0f} MB array...", flush=True)
         small = make_root(workdir / "root")
-        run = Run(workdir)
-        try:
+        with Run(workdir) as run:
             broker = run.broker()
             run.publisher(broker)
             statedir = workdir / "sub"
@@ -254,9 +249,13 @@ def main() -> None:
             run.stop(proc)
             for i in range(args.runs):
                 proc, client = run.subscriber("sub", broker, statedir)
-                port = int(client.urlbase.rsplit(":", 1)[1])
-                wait_until(lambda c=client: c.fetch("bench/small.b2nd", "500:510") is not None, "no probe")
-                result = one_run(port, proc.pid, statedir / "tmp", small, args)
+                wait_for(
+                    lambda c=client: c.fetch("bench/small.b2nd", "500:510") is not None,
+                    "a first probe",
+                    600,
+                    procs=[proc],
+                )
+                result = one_run(proc, statedir / "tmp", small, args)
                 runs.append(result)
                 print(
                     f"run {i + 1}: probe p50 {result['p50'] * 1e3:.0f} ms, p99 {result['p99'] * 1e3:.0f} ms,"
@@ -269,8 +268,6 @@ def main() -> None:
                 for what, count in sorted(result["clients"].items()):
                     print(f"    {what}: {count}")
                 run.stop(proc)
-        finally:
-            run.stop_all()
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)

@@ -20,11 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,86 +30,32 @@ import numpy as np
 import requests
 
 from catmqtt.storage import file_etag
-
-MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(predicate, what: str, timeout: float = 120.0, interval: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except (requests.RequestException, OSError, ValueError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-class Procs:
-    """The processes of one run, all stopped at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
-    def catmqtt(self, name: str, *args) -> subprocess.Popen:
-        return self.start(name, [sys.executable, "-m", "catmqtt", *map(str, args)])
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+from catmqtt.testing import MOSQUITTO, Procs, free_port, mosquitto_conf, wait_for
 
 
 def start_broker(kind: str, procs: Procs) -> str:
-    port = free_port()
+    """Start a broker of `kind` (amqtt, or mosquitto with the shipped settings); return its URL."""
     if kind == "amqtt":
-        procs.catmqtt("broker", "broker", "--listen", f"127.0.0.1:{port}", "--ws", "off")
-    else:
-        conf = procs.workdir / "mosquitto.conf"
-        shipped = (Path(__file__).resolve().parent.parent / "brokerconf/mosquitto.conf").read_text()
-        lines = [line for line in shipped.splitlines() if not line.startswith(("listener", "protocol"))]
-        conf.write_text(f"listener {port} 127.0.0.1\n" + "\n".join(lines) + "\n")
-        procs.start("mosquitto", [MOSQUITTO, "-c", str(conf)])
-    wait(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True, f"{kind} broker")
+        return procs.broker()
+    port = free_port()
+    conf = procs.workdir / "mosquitto.conf"
+    shipped = (Path(__file__).resolve().parent.parent / "brokerconf/mosquitto.conf").read_text()
+    conf.write_text(mosquitto_conf(shipped, port))
+    procs.start("mosquitto", [MOSQUITTO, "-c", conf], port=port)
     return f"mqtt://127.0.0.1:{port}"
 
 
 def start_node(procs: Procs, role: str, broker: str, *args) -> str:
+    """Start ``catmqtt <role> *args`` with a state directory of its own; return its URL."""
     port = free_port()
-    procs.catmqtt(
-        role,
-        role,
-        *args,
-        "--http",
-        f"127.0.0.1:{port}",
-        "--broker",
-        broker,
-        "--statedir",
-        procs.workdir / f"state-{role}-{port}",
-        "--loglevel",
-        "WARNING",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True, role)
-    return url
+    statedir = procs.workdir / f"state-{role}-{port}"
+    procs.node(role, (role, *args), broker, statedir, "--loglevel", "WARNING", port=port)
+    return f"http://127.0.0.1:{port}"
+
+
+def wait(predicate, what: str, timeout: float = 120.0, interval: float = 0.005) -> None:
+    """Wait as `wait_for` does, polling every 5 ms by default: the figures are timed by these waits."""
+    wait_for(predicate, what, timeout, interval=interval, ignore=(OSError, ValueError))
 
 
 def propagation(kind: str, workdir: Path, changes: int) -> list[float]:
@@ -121,8 +63,7 @@ def propagation(kind: str, workdir: Path, changes: int) -> list[float]:
     root.mkdir()
     path = root / "prop.b2nd"
     blosc2.asarray(np.zeros(1000), urlpath=str(path), mode="w")
-    procs = Procs(workdir)
-    try:
+    with Procs(workdir, timeout=120) as procs:
         broker = start_broker(kind, procs)
         start_node(procs, "pub", broker, "prop", root)
         sub = start_node(procs, "sub", broker)
@@ -143,8 +84,6 @@ def propagation(kind: str, workdir: Path, changes: int) -> list[float]:
             # Let the publisher's watcher settle between changes.
             time.sleep(0.3)
         return times
-    finally:
-        procs.stop()
 
 
 def learning(kind: str, workdir: Path, datasets: int) -> tuple[float, float]:
@@ -154,8 +93,7 @@ def learning(kind: str, workdir: Path, datasets: int) -> tuple[float, float]:
         d = root / f"d{i // 1000:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:05d}.txt").write_text(f"dataset {i}\n")
-    procs = Procs(workdir)
-    try:
+    with Procs(workdir, timeout=120) as procs:
         broker = start_broker(kind, procs)
         started = time.monotonic()
         start_node(procs, "pub", broker, "many", root)
@@ -178,8 +116,6 @@ def learning(kind: str, workdir: Path, datasets: int) -> tuple[float, float]:
             interval=0.05,
         )
         return announced, time.monotonic() - begin
-    finally:
-        procs.stop()
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,9 @@ from pathlib import Path
 import blosc2
 import numpy as np
 import requests
-from fetch import CHUNK, Run, free_port, wait_port, wait_until
+from fetch import CHUNK, Run
+
+from catmqtt.testing import free_port, wait_for
 
 LINK_PROXY = """
 import asyncio, sys
@@ -91,18 +92,15 @@ def main() -> None:
         (workdir / "root").mkdir()
         data = np.random.default_rng(0).random(n)
         blosc2.asarray(data, chunks=(per_chunk,), urlpath=str(workdir / "root" / "random.b2nd"), mode="w")
-        run = Run(workdir)
-        try:
+        with Run(workdir) as run:
             broker = run.broker()
             link_port = free_port()
             # Subscribers reach the publisher through the link.
-            _, pub_port = run.publisher(broker, "--urlbase", f"http://127.0.0.1:{link_port}")
-            proxy = subprocess.Popen(
-                [sys.executable, "-c", LINK_PROXY, str(link_port), str(pub_port)]
-                + [str(args.mbit * 1e6 / 8), str(args.rtt / 2000)]
+            pub = run.publisher(broker, "--urlbase", f"http://127.0.0.1:{link_port}")
+            rate, delay = args.mbit * 1e6 / 8, args.rtt / 2000
+            run.start(
+                "link", [sys.executable, "-c", LINK_PROXY, link_port, pub.port, rate, delay], port=link_port
             )
-            run.procs.append(proxy)
-            wait_port(link_port)
             _, client = run.subscriber("sub", broker, workdir / "sub")
             dataset = "bench/random.b2nd"
             client.get_info(dataset)
@@ -131,14 +129,15 @@ def main() -> None:
                     assert np.array_equal(got, data[offset : offset + 1_000])
                     if kind == "paused":
                         count = len(slices)
-                        wait_until(
-                            lambda count=count: fetched() >= count, "a chunk never came whole", interval=0.005
+                        wait_for(
+                            lambda count=count: fetched() >= count,
+                            "a chunk to come whole",
+                            600,
+                            interval=0.005,
                         )
                         complete.append(time.perf_counter() - start)
-            wait_until(lambda: fetched() >= 2 * args.slices, "the chunks never came whole")
+            wait_for(lambda: fetched() >= 2 * args.slices, "the chunks to come whole", 600)
             stats = requests.get(f"{client.urlbase}/api/stats", timeout=10).json()["total"]
-        finally:
-            run.stop_all()
 
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1e3:.0f} ms ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f})"

@@ -46,8 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="catmqtt-startup-") as tmp:
         workdir = Path(tmp)
         write_sample(workdir / "root")
-        run = Run(workdir)
-        try:
+        with Run(workdir) as run:
             broker = run.broker()
             run.publisher(broker)
             _, client = run.subscriber("subscriber", broker, workdir / "sub")
@@ -67,8 +66,6 @@ def main() -> None:
                 took = timed(command, args.reps)
                 ms = [t * 1e3 for t in (took, floor[-1], took - floor[-1])]
                 print(f"{name:<22}{ms[0]:>8.0f} ms{ms[1]:>14.0f} ms{ms[2]:>10.0f} ms")
-        finally:
-            run.stop_all()
     print(f"python -c pass, median over the run: {statistics.median(floor) * 1e3:.0f} ms")
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,78 +20,19 @@ from catmqtt import config
 from catmqtt.publisher import Publisher
 from catmqtt.sample import write_sample
 from catmqtt.subscriber import Subscriber
+from catmqtt.testing import (  # noqa: F401 (the tests import them from here)
+    DEADLINE,
+    MOSQUITTO,
+    Proc,
+    Procs,
+    catmqtt_cmd,
+    free_port,
+    mosquitto_conf,
+    port_open,
+    wait_for,
+)
 
-MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
-DEADLINE = 30.0
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
-    """Poll `predicate` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = predicate()
-        except (requests.RequestException, OSError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-class Proc:
-    """A catmqtt (or other) command run in the background, with its output in a file."""
-
-    def __init__(self, args: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
-        self.args = args
-        self.log = log
-        with open(log, "ab") as out:
-            self.popen = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env={**os.environ, **(env or {})},
-            )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
-        """Send `sig`, wait for the exit (kill after `timeout`) and return the exit status."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
-def catmqtt_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "catmqtt", *map(str, args)]
 
 
 def run_cli(
@@ -148,15 +85,10 @@ class Broker:
             args = catmqtt_cmd("broker", "--listen", f"127.0.0.1:{self.port}", "--ws", "off")
         else:
             # The shipped configuration, on a free port and without websockets.
-            shipped = (REPO / "brokerconf/mosquitto.conf").read_text()
-            listeners = re.compile(r"^listener 1883 .*$\n^listener 9001 .*$\n^protocol websockets$", re.M)
-            assert listeners.search(shipped), "brokerconf/mosquitto.conf changed: update this fixture"
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(listeners.sub(f"listener {self.port} 127.0.0.1", shipped))
+            conf.write_text(mosquitto_conf((REPO / "brokerconf/mosquitto.conf").read_text(), self.port))
             args = [MOSQUITTO, "-c", str(conf)]
-        self.proc = Proc(args, log)
-        wait_for(lambda: port_open(self.port) or not self.proc.alive(), f"{self.kind} broker")
-        assert self.proc.alive(), self.proc.output
+        self.proc = Proc(args, log, port=self.port).wait_port()
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -266,6 +198,7 @@ class Deployment:
     def __init__(self, broker: Broker, workdir: Path) -> None:
         self.broker = broker
         self.workdir = workdir
+        self.harness = Procs(workdir)
         self.procs: dict[str, Proc] = {}
         self.ports: dict[str, int] = {}
 
@@ -286,20 +219,17 @@ class Deployment:
         `extra` options come last, so that they override the node's.
         """
         port = self.ports.setdefault(key, free_port())
-        node = ("--http", f"127.0.0.1:{port}", "--broker", self.broker.url, "--statedir", self.workdir / key)
-        proc = self.procs[key] = Proc(
-            catmqtt_cmd(*command, *node, *extra), self.workdir / f"{key}.log", env=env
+        self.procs[key] = self.harness.node(
+            key, command, self.broker.url, self.workdir / key, *extra, port=port, env=env
         )
-        wait_for(lambda: port_open(port) or not proc.alive(), f"{key} to listen")
-        assert proc.alive(), proc.output
         return self.url(key)
 
     def stop(self, key: str, sig: int = signal.SIGINT) -> int:
-        return self.procs.pop(key).stop(sig)
+        return self.harness.stop(self.procs.pop(key), sig)
 
     def stop_all(self) -> None:
-        for key in list(self.procs):
-            self.stop(key)
+        self.procs.clear()
+        self.harness.stop_all()
 
     def cli(self, *args: str, key: str = "sub", cwd: Path | None = None) -> subprocess.CompletedProcess:
         return run_cli(*args, sub=self.url(key), cwd=cwd)
@@ -317,7 +247,9 @@ class Deployment:
             roots = requests.get(f"{self.url(key)}/api/roots", timeout=5).json()
             return root in roots and roots[root]["online"] == online
 
-        wait_for(ready, f"root {root!r} (online={online}) at {key}")
+        # The node asked must stay up meanwhile.
+        asked = [self.procs[key]] if key in self.procs else []
+        wait_for(ready, f"root {root!r} (online={online}) at {key}", procs=asked)
 
 
 @pytest.fixture
