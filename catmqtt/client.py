@@ -40,14 +40,13 @@ from .sessions import environment
 from .slices import (
     as_key,
     chunks_touched,
-    format_chunk_list,
     format_key,
     parse_slice,
     result_shape,
     select,
 )
 from .topics import parse_path, parse_root_name
-from .wire import ETAG, FRAME, NPY, TRAILER_MAX, error_from_json, read_error_trailer
+from .wire import ETAG, FRAME, NPY, TRAILER_MAX, error_from_json, format_chunk_list, read_error_trailer
 
 if TYPE_CHECKING:
     import numpy as np
