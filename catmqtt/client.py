@@ -272,8 +272,9 @@ class Client:
             self._read_in_part(dataset, meta, missing, chunk_bytes)
             return result
         # Imported only here: a first read sliced by the subscriber is quicker without.
-        from .assemble import Assembler
+        from .assemble import Assembler, release_gil
 
+        release_gil()
         # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
         # pool of threads as they arrive, each chunk with one.
         threaded = len(numbers) > 2
