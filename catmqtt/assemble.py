@@ -6,11 +6,11 @@ beside the result. Each chunk is checked against the dataset's metadata
 before it is decoded (`blocks.chunk_problem`): Blosc2 writes as many bytes
 as a chunk's header says, whatever room it is given.
 
-Several threads can decode at once, and read the network meanwhile, because
-importing this module tells Blosc2 to release the GIL while it compresses
-and decompresses (``blosc2.set_releasegil(True)``, for the whole process;
-Blosc2's default keeps it): a warm whole fetch of the benchmark's arrays
-took 20-30% less time.
+Several threads can decode at once, and read the network meanwhile, once
+`release_gil` has told Blosc2 to release the GIL while it compresses and
+decompresses (for the whole process; Blosc2's default keeps it): a warm
+whole fetch of the benchmark's arrays took 20-30% less time. Those that
+start threads that decode call it; importing this module changes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from .dtypes import array_dtype
 from .errors import Unavailable
 from .slices import Selection, chunk_coords, chunk_grid, forward
 
-blosc2.set_releasegil(True)
+
+def release_gil() -> None:
+    """Have Blosc2 release the GIL while it compresses and decompresses, in the whole process."""
+    blosc2.set_releasegil(True)
 
 
 class Assembler:

@@ -19,6 +19,9 @@ import math
 import struct
 from typing import Any
 
+# Until catmqtt.subscriber and catmqtt.publisher import them from wire.
+from .wire import format_parts, parse_parts  # noqa: F401
+
 HEADER = 32
 # Blosc2's limits: the largest chunk (BLOSC2_MAX_BUFFERSIZE) and block
 # (BLOSC2_MAXBLOCKSIZE), in bytes; a chunk records a typesize of at most 255
@@ -90,26 +93,6 @@ def block_parts(chunk: bytes, blocks: range, nbytes: int) -> list[tuple[int, int
     head = min(starts)
     start, stop = min(starts[b] for b in blocks), max(ends[b] for b in blocks)
     return [(0, stop)] if start == head else [(0, head), (start, stop)]
-
-
-def format_parts(spans: list[tuple[int, int]], size: int) -> str:
-    """Return spans ``(start, stop)`` of a chunk of `size` bytes as ``"0-159,4000-9999/3529755"``."""
-    return ",".join(f"{start}-{stop - 1}" for start, stop in spans) + f"/{size}"
-
-
-def parse_parts(text: str) -> tuple[list[tuple[int, int]], int] | None:
-    """Parse what `format_parts` returns; None unless the spans are in order, apart
-    and within the size."""
-    spans_text, sep, size_text = text.partition("/")
-    try:
-        size = int(size_text)
-        spans = [(int(a), int(b) + 1) for a, _, b in (span.partition("-") for span in spans_text.split(","))]
-    except ValueError:
-        return None
-    ends = [x for span in spans for x in span]
-    if not sep or ends != sorted(ends) or ends[0] < 0 or ends[-1] > size or any(a >= b for a, b in spans):
-        return None
-    return spans, size
 
 
 def gaps(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:

@@ -7,58 +7,40 @@ client API; :class:`Client` keeps one HTTP session and a cache of
 compressed chunks for many calls, and :class:`Root`, :class:`Dataset` and
 :class:`File` give an object view.
 
-A client may be called from several threads. It starts a pool of decoder
-threads (``catmqtt-decode``), which only decode, and at most one thread at
-a time (``catmqtt-fill``) that fetches chunks whole into its cache; both
-share the session and the cache (which has a lock of its own).
-``Client._fill_lock`` guards the chunks read in part and the fill thread.
+A client may be called from several threads. Its session and the metadata
+it last read (``Client._metas``, whose entries are replaced whole) are
+shared by them. Reading chunks is its `reader.Reader`'s: that module says
+which threads it starts (``catmqtt-decode``, ``catmqtt-fill``) and which lock
+guards what.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import requests
-import urllib3
 
 from .blocks import chunk_problem
-from .chunkcache import ChunkCache, Key
-from .errors import BadRequest, CatmqttError, Changed, Unavailable, from_status
+from .chunkcache import ChunkCache
+from .errors import BadRequest, Changed, Unavailable, from_status
+from .reader import Reader
 from .schema import parse_dataset, parse_root
 from .sessions import environment
-from .slices import (
-    as_key,
-    chunks_touched,
-    format_chunk_list,
-    format_key,
-    parse_slice,
-    result_shape,
-    select,
-)
-from .topics import parse_path, parse_root_name
-from .wire import ETAG, FRAME, NPY, TRAILER_MAX, error_from_json, read_error_trailer
+from .slices import as_key, parse_slice
+from .wire import ETAG, error_from_json, quote_dataset
 
 if TYPE_CHECKING:
     import numpy as np
 
 TIMEOUT = (10, 600)
-DECODERS = min(8, os.cpu_count() or 2)
 CACHE_BYTES = 128 << 20
 MAX_AGE = 1.0
-# Chunks read in part (sliced by the subscriber) remembered, so that those read
-# again are fetched whole.
-IN_PART_MAX = 4096
 # A read that the dataset's change cuts short is made again, at most this many
 # times in all, after a pause that doubles from CHANGED_PAUSE seconds.
 CHANGED_TRIES = 3
@@ -110,20 +92,16 @@ class Client:
         self.session = requests.Session()
         self.session.trust_env = False
         self._environment = environment(self.urlbase)
-        self._decoders: ThreadPoolExecutor | None = None
+        self._reader = Reader(self._request, self.urlbase, self.chunk_cache)
         # Metadata as last read. The cache holds chunks by etag, so that they are
         # read only as long as their etag is known current (see _current); a
         # chunk request names its etag, so a stale entry costs a 412 and one
         # more request, never wrong data.
         self._metas: dict[str, Known] = {}
-        self._fill_lock = threading.Lock()
-        self._in_part: OrderedDict[Key, None] = OrderedDict()
-        self._filler: threading.Thread | None = None
 
     def close(self) -> None:
         self.session.close()
-        if self._decoders is not None:
-            self._decoders.shutdown()
+        self._reader.close()
 
     def __enter__(self) -> Client:
         return self
@@ -168,7 +146,7 @@ class Client:
 
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""
-        return self._request("GET", f"list/{_quote(path.strip('/'), directory=True)}").json()
+        return self._request("GET", f"list/{quote_dataset(path.strip('/'), directory=True)}").json()
 
     def get_info(self, dataset: str) -> dict[str, Any]:
         """Return the metadata of `dataset` (``"foo/dir2/ds-4d.b2nd"``), or what
@@ -176,7 +154,7 @@ class Client:
         skipped and why, its directories' attributes (HDF5 groups')."""
         root = "/" not in dataset
         sent = time.monotonic()
-        response = self._request("GET", f"info/{_quote(dataset, directory=root)}")
+        response = self._request("GET", f"info/{quote_dataset(dataset, directory=root)}")
         return self._parse_info(dataset, response.json(), sent)
 
     def _parse_info(self, dataset: str, meta: Any, sent: float) -> dict[str, Any]:
@@ -216,7 +194,7 @@ class Client:
             return meta
         sent = time.monotonic()
         response = self._request(
-            "GET", f"info/{_quote(dataset)}", headers={"If-None-Match": f'"{meta["etag"]}"'}
+            "GET", f"info/{quote_dataset(dataset)}", headers={"If-None-Match": f'"{meta["etag"]}"'}
         )
         if response.status_code != 304:
             return self._parse_info(dataset, response.json(), sent)
@@ -245,7 +223,7 @@ class Client:
 
         def read(again: bool) -> np.ndarray:
             # After a change, with the new version's metadata.
-            return self._fetch_chunks(dataset, self.get_info(dataset) if again else first, key)
+            return self._reader.read(dataset, self.get_info(dataset) if again else first, key)
 
         result = self._again(read)
         return result if first["kind"] == "ndarray" else result.tobytes()
@@ -260,125 +238,12 @@ class Client:
                 time.sleep(CHANGED_PAUSE * 2**attempt)
         return read(True)
 
-    def _fetch_chunks(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
-        sel = select(key, meta["shape"])
-        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
-        found = {n: self.chunk_cache.get((dataset, meta["etag"], n)) for n in numbers}
-        cached = {n: data for n, data in found.items() if data is not None}
-        missing = [n for n in numbers if n not in cached]
-        # A small part of big chunks: let the subscriber slice, and send only that.
-        chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
-        if 4 * math.prod(result_shape(sel)) * meta["typesize"] < len(missing) * chunk_bytes:
-            result = self._fetch_sliced(dataset, meta, key)
-            self._read_in_part(dataset, meta, missing, chunk_bytes)
-            return result
-        # Imported only here: a first read sliced by the subscriber is quicker without.
-        from .assemble import Assembler
-
-        # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
-        # pool of threads as they arrive, each chunk with one.
-        threaded = len(numbers) > 2
-        assembler = Assembler(
-            meta, sel, nthreads=1 if threaded else None, sender=f"the subscriber at {self.urlbase}"
-        )
-        pending: list[Future] = []
-
-        def add(n: int, data: bytes) -> None:
-            if not threaded:
-                assembler.add(n, data)
-                return
-            pending.append(self._decoder().submit(assembler.add, n, data))
-            # Bound the compressed bytes waiting to be decoded.
-            while len(pending) > 4 * DECODERS:
-                pending.pop(0).result()
-
-        for n, data in cached.items():
-            add(n, data)
-        for batch in _batches(missing):
-            params = {"nchunks": format_chunk_list(batch), "etag": meta["etag"]}
-            with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
-                for n, data in _frames(response, self.urlbase):
-                    self._keep(dataset, meta, n, data)
-                    add(n, data)
-        for future in pending:
-            future.result()
-        return assembler.result()
-
-    def _keep(self, dataset: str, meta: dict[str, Any], nchunk: int, data: bytes) -> None:
-        """Cache a chunk, if it passes the checks any chunk passes before it is decoded."""
-        if self.chunk_cache.budget and chunk_problem(data, meta, nchunk) is None:
-            self.chunk_cache.put((dataset, meta["etag"], nchunk), data)
-
-    def _read_in_part(
-        self, dataset: str, meta: dict[str, Any], numbers: list[int], chunk_bytes: float
-    ) -> None:
-        """Note that chunks `numbers` were read in part; fetch those read so before
-        whole into the cache, in the background, unless a fetch of that kind runs.
-
-        Reading a chunk in part again hints that it will be read once more. A
-        chunk read once is not fetched whole: a scan in small slices would
-        fetch every chunk twice, and slow down its own next reads.
-        """
-        budget = self.chunk_cache.budget
-        if not budget:
-            return
-        with self._fill_lock:
-            again = []
-            for n in numbers:
-                key = (dataset, meta["etag"], n)
-                if key in self._in_part:
-                    del self._in_part[key]
-                    again.append(n)
-                    continue
-                self._in_part[key] = None
-                if len(self._in_part) > IN_PART_MAX:
-                    self._in_part.popitem(last=False)
-            # Whole chunks of at most half the budget, one fetch at a time.
-            again = again[: int(budget // (2 * max(chunk_bytes, 1)))]
-            if not again or (self._filler is not None and self._filler.is_alive()):
-                return
-            self._filler = threading.Thread(
-                target=self._fill, args=(dataset, meta, again), name="catmqtt-fill", daemon=True
-            )
-            self._filler.start()
-
-    def _fill(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> None:
-        """Fetch chunks `numbers` of `dataset` whole into the cache."""
-        params = {"nchunks": format_chunk_list(numbers), "etag": meta["etag"]}
-        try:
-            with self._request("GET", f"chunks/{_quote(dataset)}", params=params, stream=True) as response:
-                for n, data in _frames(response, self.urlbase):
-                    self._keep(dataset, meta, n, data)
-        except CatmqttError:
-            # Changed, or cut off (the client closed): the chunks are read in part again.
-            pass
-
-    def _fetch_sliced(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
-        import numpy as np
-
-        params = {"slice": format_key(key)}
-        cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
-        endpoint = f"fetch/{_quote(dataset)}"
-        with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
-            content = _content(response, cut)
-        try:
-            if meta["kind"] != "ndarray":
-                return np.frombuffer(content, dtype=f"V{meta['typesize']}")
-            return np.load(io.BytesIO(content), allow_pickle=False)
-        except ValueError:
-            raise Unavailable(cut) from None
-
-    def _decoder(self) -> ThreadPoolExecutor:
-        if self._decoders is None:
-            self._decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="catmqtt-decode")
-        return self._decoders
-
     def get_chunk(self, dataset: str, nchunk: int) -> bytes:
         """Return the compressed bytes of chunk `nchunk` of `dataset`, checked against its metadata."""
         return self._again(lambda again: self._get_chunk(dataset, nchunk))
 
     def _get_chunk(self, dataset: str, nchunk: int) -> bytes:
-        response = self._request("GET", f"chunk/{_quote(dataset)}", params={"nchunk": nchunk})
+        response = self._request("GET", f"chunk/{quote_dataset(dataset)}", params={"nchunk": nchunk})
         known = self._metas.get(dataset)
         meta = None if known is None else known.meta
         if meta is None or meta["etag"] != response.headers.get(ETAG):
@@ -403,7 +268,7 @@ class Client:
 
     def _download(self, dataset: str, localpath: str | os.PathLike) -> Path:
         dest = Path(localpath) / dataset
-        with self._request("GET", f"download/{_quote(dataset)}", stream=True) as response:
+        with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.part")
             try:
@@ -418,91 +283,6 @@ class Client:
                 raise
             os.replace(tmp, dest)
         return dest
-
-
-def _batches(numbers: list[int]) -> Iterator[list[int]]:
-    """Split chunk numbers into requests whose query stays short."""
-    batch: list[int] = []
-    for n in numbers:
-        batch.append(n)
-        if len(batch) >= 512 and len(format_chunk_list(batch)) > 2000:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _frames(response: requests.Response, urlbase: str) -> Iterator[tuple[int, bytes]]:
-    """Yield (chunk number, bytes) from a chunks response; raise what an error frame says."""
-    raw = response.raw
-    while True:
-        header = _read_exact(raw, FRAME.size, urlbase, at_frame=True)
-        if header is None:
-            return
-        nchunk, size = FRAME.unpack(header)
-        data = _read_exact(raw, size, urlbase)
-        if nchunk == -1:
-            try:
-                error = error_from_json(json.loads(data))
-            except ValueError:
-                error = None
-            raise error or Unavailable(f"the subscriber at {urlbase} sent a malformed error frame")
-        yield nchunk, data
-
-
-def _content(response: requests.Response, cut: str) -> bytes:
-    """Return the whole body of a streamed response.
-
-    A body cut short raises the error the server ended it with (see
-    `wire.error_trailer`), else Unavailable(`cut`).
-    """
-    parts: list[bytes] = []
-    try:
-        # read1, not read: read loses what it holds when the body proves short.
-        while part := response.raw.read1(1 << 20):
-            parts.append(part)
-    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
-        raise read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size)) or Unavailable(cut) from None
-    return b"".join(parts)
-
-
-def _tail(parts: list[bytes], size: int) -> bytes:
-    """Return the last `size` bytes of the concatenation of `parts`."""
-    last: list[bytes] = []
-    total = 0
-    for part in reversed(parts):
-        last.append(part)
-        total += len(part)
-        if total >= size:
-            break
-    return b"".join(reversed(last))[-size:]
-
-
-def _read_exact(raw: Any, size: int, urlbase: str, *, at_frame: bool = False) -> bytes | None:
-    parts, left = [], size
-    try:
-        while left:
-            part = raw.read(left)
-            if not part:
-                if at_frame and left == size:
-                    return None
-                raise Unavailable(f"the transfer from the subscriber at {urlbase} was cut off")
-            parts.append(part)
-            left -= len(part)
-    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError):
-        raise Unavailable(f"the transfer from the subscriber at {urlbase} was cut off") from None
-    return b"".join(parts)
-
-
-def _quote(dataset: str, *, directory: bool = False) -> str:
-    """Check ``root/path`` (just ``root`` too if `directory`) and quote it for a URL."""
-    root, sep, path = dataset.partition("/")
-    parse_root_name(root)
-    if sep or not directory:
-        if not path:
-            raise BadRequest(f"invalid dataset path {dataset!r}: expected ROOT/PATH, like foo/ds-1d.b2nd")
-        parse_path(path)
-    return quote(dataset)
 
 
 def default_urlbase() -> str:

@@ -15,6 +15,9 @@ from types import EllipsisType
 
 from .errors import BadRequest, OutOfRange
 
+# Until catmqtt.subscriber and catmqtt.publisher import them from wire.
+from .wire import parse_block_range, parse_chunk_list  # noqa: F401
+
 Key = tuple[int | slice | EllipsisType, ...]
 Selection = tuple[int | range, ...]
 
@@ -26,9 +29,6 @@ _ITEM = re.compile(
 _MAX_ITEMS = 64
 # Also keeps every integer of a slice under Python's 4300 digits for int().
 _MAX_TEXT = 4096
-# Chunk and block numbers (and other integers a request names) have at most
-# this many digits: more cannot name anything, and int() refuses over 4300.
-_MAX_DIGITS = 20
 
 
 def parse_slice(text: str) -> Key:
@@ -230,76 +230,3 @@ def forward(sel: Selection) -> tuple[tuple[int | slice, ...], tuple[int, ...]]:
         key.append(slice(s.start, s.stop, s.step) if len(s) > 1 else slice(s.start, s.start + len(s), 1))
         out_axis += 1
     return tuple(key), tuple(flip)
-
-
-def format_chunk_list(numbers: Sequence[int]) -> str:
-    """Write chunk numbers compactly, runs as ranges: ``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    parts = []
-    run_start = prev = None
-    for n in list(numbers) + [None]:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if run_start is not None:
-            parts.append(str(run_start) if run_start == prev else f"{run_start}-{prev}")
-        run_start = prev = n
-    return ",".join(parts)
-
-
-def parse_int(text: str, what: str) -> int:
-    """Parse the decimal integer (ASCII digits, an optional sign) that a request gives
-    as `what`; raise BadRequest."""
-    body = text.strip()
-    if not re.fullmatch(r"[+-]?[0-9]+", body):
-        raise BadRequest(f"{what} {_shown(text)} is not an integer")
-    return _natural(body.lstrip("+-"), what) * (-1 if body.startswith("-") else 1)
-
-
-def parse_chunk_list(text: str, nchunks: int) -> list[int]:
-    """Parse ``"0-15,20"`` into chunk numbers, each below `nchunks`; raise BadRequest."""
-    if not isinstance(text, str) or not text.strip():
-        raise BadRequest("no chunks given: expected a list like 0-15,20")
-    numbers: list[int] = []
-    for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        if not _is_number(first) or (sep and not _is_number(last)):
-            raise BadRequest(f"malformed chunk list {_shown(text)}: {_shown(part.strip())} is not N or N-M")
-        low, high = _natural(first, "chunk"), _natural(last if sep else first, "chunk")
-        if low > high:
-            raise BadRequest(f"malformed chunk list {_shown(text)}: {_shown(part.strip())} runs backwards")
-        if high >= nchunks:
-            raise BadRequest(f"chunk {high} is out of range: the dataset has {nchunks} chunks")
-        numbers.extend(range(low, high + 1))
-        if len(numbers) > nchunks:
-            raise BadRequest(f"chunk list {_shown(text)} names chunks more than once")
-    return numbers
-
-
-def parse_block_range(text: str) -> range:
-    """Parse ``"A-B"`` (or ``"A"``) into the blocks A to B of a chunk; raise BadRequest."""
-    first, sep, last = text.strip().partition("-")
-    if not _is_number(first) or (sep and not _is_number(last)):
-        raise BadRequest(f"malformed block range {_shown(text)}: expected A-B, like 0-3")
-    low, high = _natural(first, "block"), _natural(last if sep else first, "block")
-    if low > high:
-        raise BadRequest(f"malformed block range {_shown(text)}: expected A-B, like 0-3")
-    return range(low, high + 1)
-
-
-def _is_number(text: str) -> bool:
-    return text.isascii() and text.isdecimal()
-
-
-def _natural(digits: str, what: str) -> int:
-    """Return the number that ASCII `digits` write, if it has at most _MAX_DIGITS digits;
-    raise BadRequest naming it `what` otherwise."""
-    significant = digits.lstrip("0")
-    if len(significant) > _MAX_DIGITS:
-        raise BadRequest(f"{what} {_shown(digits)} is out of range: more than {_MAX_DIGITS} digits")
-    # Without the zeros: int() counts them towards its limit of 4300 digits.
-    return int(significant or "0")
-
-
-def _shown(text: str) -> str:
-    """Return `text` quoted for a message, cut if long: a request may send megabytes."""
-    return repr(text) if len(text) <= 100 else repr(text[:100]) + "..."

@@ -26,8 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import fsutil
 from .errors import BadRequest, Busy, CatmqttError, NotFound
-from .slices import parse_int
-from .wire import error_json
+from .wire import error_json, format_content_range, parse_int, pick_range
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +83,19 @@ def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     """
     headers = {**headers, "Accept-Ranges": "bytes"}
     wanted = request.range if "If-Range" not in request.headers else None
-    if wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1:
+    span = None if wanted is None or wanted.units != "bytes" else pick_range(wanted.ranges, len(data))
+    if span is None:
         return Response(data, mimetype=OCTETS, headers=headers)
-    start, stop = wanted.ranges[0]
-    if start < 0:
-        # The last -start bytes (all of them if there are fewer).
-        start, stop = max(len(data) + start, 0), len(data)
-    stop = len(data) if stop is None else min(stop, len(data))
+    start, stop = span
     if start >= stop:
         response = error_response(
             CatmqttError(
                 f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
             )
         )
-        response.headers["Content-Range"] = f"bytes */{len(data)}"
+        response.headers["Content-Range"] = format_content_range(None, len(data))
         return response
-    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+    headers["Content-Range"] = format_content_range(span, len(data))
     headers["Content-Length"] = str(stop - start)
     # A large part is sent from where it is (see _Task), a small one copied.
     part = memoryview(data)[start:stop]

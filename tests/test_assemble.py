@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
+import sys
 
 import blosc2
 import numpy as np
 import pytest
 
-from catmqtt.assemble import Assembler
+from catmqtt.assemble import Assembler, release_gil
 from catmqtt.blocks import chunk_problem
 from catmqtt.errors import BadRequest, Unavailable
 from catmqtt.slices import chunks_touched, select
@@ -127,9 +129,23 @@ def test_chunks_decode_in_place_or_in_part(shape, chunks, blocks, key, copied, p
     assert (assembler.decoded, assembler.partly) == (copied, partly)
 
 
-def test_decoding_releases_the_gil():
-    # Set when catmqtt.assemble was imported; the client's decoder threads rely on it.
-    assert blosc2.set_releasegil(True) is True
+def test_importing_assemble_leaves_the_gil_alone():
+    # In a process of its own: tests in this one may have switched it on.
+    code = (
+        "import blosc2, catmqtt.assemble, catmqtt.client, catmqtt.reader\n"
+        "assert blosc2.set_releasegil(False) is False, 'an import switched the GIL release on'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_release_gil_switches_it_on():
+    # The client's decoder threads rely on it.
+    old = blosc2.set_releasegil(False)
+    try:
+        release_gil()
+        assert blosc2.set_releasegil(old) is True
+    finally:
+        blosc2.set_releasegil(old)
 
 
 def test_a_chunk_is_checked_before_it_is_decoded():

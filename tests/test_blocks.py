@@ -11,7 +11,6 @@ import pytest
 from catmqtt import blocks, storage
 from catmqtt.sample import write_sample
 from catmqtt.schema import parse_dataset
-from catmqtt.subscriber import fetcher
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)
@@ -110,34 +109,16 @@ def test_blocks_that_cannot_be_read_apart():
 
 
 @pytest.mark.parametrize(
-    ("spans", "size", "text", "left"),
+    ("spans", "size", "left"),
     [
-        ([(0, 160)], 1000, "0-159/1000", [(160, 1000)]),
-        ([(0, 160), (400, 500)], 1000, "0-159,400-499/1000", [(160, 400), (500, 1000)]),
-        ([(0, 1000)], 1000, "0-999/1000", []),
-        ([(0, 160), (160, 200)], 200, "0-159,160-199/200", []),
+        ([(0, 160)], 1000, [(160, 1000)]),
+        ([(0, 160), (400, 500)], 1000, [(160, 400), (500, 1000)]),
+        ([(0, 1000)], 1000, []),
+        ([(0, 160), (160, 200)], 200, []),
     ],
 )
-def test_parts_header(spans, size, text, left):
-    assert blocks.format_parts(spans, size) == text
-    assert blocks.parse_parts(text) == (spans, size)
+def test_gaps(spans, size, left):
     assert blocks.gaps(spans, size) == left
-
-
-@pytest.mark.parametrize(
-    "text", ["", "0-159", "0-159/100", "5-3/10", "0-4,2-6/10", "a-b/10", "0-1/x", "-5-1/10", "0-1,/10"]
-)
-def test_parts_header_bad(text):
-    assert blocks.parse_parts(text) is None
-
-
-@pytest.mark.parametrize(
-    "header",
-    ["bytes 0-" + "9" * 5000 + "/10", "bytes ٣-4/10", "bytes 0-4/" + "1" * 21, "bytes 0-4", "bytes -4/10"],
-)
-def test_a_lying_content_range_is_refused(header):
-    # What a publisher says of the bytes it sent is read only if it is plainly a range.
-    assert fetcher.CONTENT_RANGE.fullmatch(header) is None
 
 
 # Checking a chunk against its dataset's metadata

@@ -119,6 +119,17 @@ def test_past_its_max_age_a_read_asks_whether_the_dataset_changed(served):
         assert paths == ["/api/info/foo/rand.b2nd"]
 
 
+def test_decoding_chunks_releases_the_gil(served):
+    d, _ = served
+    old = blosc2.set_releasegil(False)
+    try:
+        with catmqtt.Client(d.url("sub")) as client:
+            assert np.array_equal(client.fetch("foo/rand.b2nd", "0:100000"), RAND[:100000])
+        assert blosc2.set_releasegil(old) is True
+    finally:
+        blosc2.set_releasegil(old)
+
+
 def test_chunks_read_in_part_twice_are_fetched_whole_in_the_background(served):
     d, _ = served
     with catmqtt.Client(d.url("sub"), max_age=3600) as client:

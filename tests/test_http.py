@@ -167,13 +167,13 @@ def test_publisher_sends_some_blocks_first(foo):
     import blosc2
     import numpy as np
 
-    from catmqtt import blocks
+    from catmqtt import blocks, wire
 
     url = f"{foo.url('pub-foo')}/api/chunk/ds-1d.b2nd"
     whole = requests.get(url, params={"nchunk": 3}, timeout=10).content
     response = requests.get(url, params={"nchunk": 3, "blocks": "2-3"}, timeout=10)
     assert response.status_code == 200
-    spans, size = blocks.parse_parts(response.headers["X-Catmqtt-Parts"])
+    spans, size = wire.parse_parts(response.headers["X-Catmqtt-Parts"])
     assert size == len(whole) and len(response.content) < size
     chunk, body = bytearray(size), memoryview(response.content)
     for start, stop in spans:

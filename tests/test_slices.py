@@ -13,12 +13,8 @@ from catmqtt.errors import BadRequest
 from catmqtt.slices import (
     as_key,
     chunks_touched,
-    format_chunk_list,
     format_key,
     forward,
-    parse_block_range,
-    parse_chunk_list,
-    parse_int,
     parse_slice,
     result_shape,
     select,
@@ -490,113 +486,3 @@ def test_forward_huge_values_read_from_blosc2(key: tuple) -> None:
     fkey, flip = forward(select(key, a.shape))
     read = storage.read_array(blosc2.asarray(a, chunks=(5, 5), blocks=(2, 3)), fkey, flip)
     assert np.array_equal(read, a[key])
-
-
-@pytest.mark.parametrize(
-    ("numbers", "text"),
-    [([0], "0"), ([0, 1, 2, 5], "0-2,5"), ([3, 5, 7], "3,5,7"), ([9, 10, 11, 12], "9-12"), ([], "")],
-)
-def test_format_chunk_list(numbers, text):
-    assert format_chunk_list(numbers) == text
-    if numbers:
-        assert parse_chunk_list(text, 13) == numbers
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("", "no chunks given"),
-        ("1,,2", "is not N or N-M"),
-        ("-1", "is not N or N-M"),
-        ("1-", "is not N or N-M"),
-        ("\u0661", "is not N or N-M"),
-        ("5-2", "runs backwards"),
-        ("13", "chunk 13 is out of range"),
-        ("0-12,0", "more than once"),
-        ("0-" + "9" * 5000, r"chunk '9{100}'\.\.\. is out of range: more than 20 digits"),
-        ("9" * 21, "is out of range: more than 20 digits"),
-        ("1" + "0" * 20 + "-0", "is out of range: more than 20 digits"),
-        ("9" * 20, "chunk 99999999999999999999 is out of range: the dataset has 13 chunks"),
-        ("x" * 5000, r"malformed chunk list 'x{100}'\.\.\.: 'x{100}'\.\.\. is not N or N-M"),
-    ],
-)
-def test_parse_chunk_list_bad(text, match):
-    with pytest.raises(BadRequest, match=match):
-        parse_chunk_list(text, 13)
-
-
-@pytest.mark.parametrize(("text", "numbers"), [("0" * 5000 + "1-2", [1, 2]), ("12", [12])])
-def test_parse_chunk_list_good(text, numbers):
-    assert parse_chunk_list(text, 13) == numbers
-
-
-@pytest.mark.parametrize(
-    ("text", "blocks"),
-    [
-        ("0-3", range(0, 4)),
-        ("5", range(5, 6)),
-        (" 2-2 ", range(2, 3)),
-        ("10-11", range(10, 12)),
-        ("0" * 5000 + "1", range(1, 2)),
-        ("0-" + "9" * 20, range(0, 10**20)),
-    ],
-)
-def test_parse_block_range(text, blocks):
-    assert parse_block_range(text) == blocks
-
-
-@pytest.mark.parametrize("text", ["", "-1", "3-1", "a-b", "1-", "1--2", "0,2", "\u0661"])
-def test_parse_block_range_bad(text):
-    with pytest.raises(BadRequest, match="malformed block range"):
-        parse_block_range(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("0-" + "9" * 5000, r"block '9{100}'\.\.\. is out of range: more than 20 digits"),
-        ("9" * 5000, "is out of range: more than 20 digits"),
-        ("9" * 21 + "-" + "9" * 22, "is out of range: more than 20 digits"),
-    ],
-)
-def test_parse_block_range_too_large(text, match):
-    with pytest.raises(BadRequest, match=match):
-        parse_block_range(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("0", 0),
-        (" 7 ", 7),
-        ("-3", -3),
-        ("+4", 4),
-        ("0" * 5000 + "1", 1),
-        ("-" + "0" * 5000 + "2", -2),
-        ("9" * 20, 10**20 - 1),
-        ("-" + "9" * 20, 1 - 10**20),
-    ],
-)
-def test_parse_int(text, value):
-    assert parse_int(text, "query argument n") == value
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("", "query argument n '' is not an integer"),
-        ("x", "query argument n 'x' is not an integer"),
-        ("1_0", "'1_0' is not an integer"),
-        ("\u0663", "'\u0663' is not an integer"),
-        ("1e3", "'1e3' is not an integer"),
-        ("0x10", "'0x10' is not an integer"),
-        ("--1", "'--1' is not an integer"),
-        ("9" * 21, "is out of range: more than 20 digits"),
-        ("9" * 5000, r"query argument n '9{100}'\.\.\. is out of range: more than 20 digits"),
-        ("-" + "9" * 5000, "is out of range: more than 20 digits"),
-        ("x" * 5000, r"'x{100}'\.\.\. is not an integer"),
-    ],
-)
-def test_parse_int_bad(text, match):
-    with pytest.raises(BadRequest, match=match):
-        parse_int(text, "query argument n")

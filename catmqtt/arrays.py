@@ -1,0 +1,44 @@
+"""This module writes and reads the arrays a fetch answers with: .npy (`wire.NPY`)
+or a Blosc2 frame (`wire.CFRAME`).
+
+Apart from `catmqtt.wire` because these formats need numpy and Blosc2, which
+`wire` (and with it ``import catmqtt``) does without.
+"""
+
+from __future__ import annotations
+
+import io
+
+import blosc2
+import numpy as np
+
+from .wire import CFRAME, NPY
+
+
+def encode_array(array: np.ndarray, npy: bool) -> tuple[bytes, str]:
+    """Return `array` (0-d for a scalar, as numpy gives it) as .npy if `npy`, else as
+    a Blosc2 frame, and its media type."""
+    if npy:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue(), NPY
+    # np.ascontiguousarray would make a scalar an array of shape (1,).
+    return blosc2.asarray(np.asarray(array, order="C")).to_cframe(), CFRAME
+
+
+def decode_array(data: bytes, npy: bool) -> np.ndarray:
+    """Return the array that `encode_array` wrote as `data` (.npy if `npy`, else a
+    Blosc2 frame); raise ValueError if `data` is not that."""
+    if npy:
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except EOFError:
+            raise ValueError("not .npy: no data") from None
+        # np.load also reads .npz archives.
+        if not isinstance(array, np.ndarray):
+            raise ValueError("not .npy: an .npz archive")
+        return array
+    try:
+        return blosc2.ndarray_from_cframe(data)[()]
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"not a Blosc2 frame of an array: {exc}") from None

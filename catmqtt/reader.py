@@ -1,0 +1,236 @@
+"""This module reads a client's selections of a dataset from its compressed chunks.
+
+A `Reader` serves one `client.Client`: it keeps the client's cache of
+compressed chunks filled, fetches the chunks a selection needs that the cache
+lacks, and decodes them; a small part of big chunks it has the subscriber
+slice instead.
+
+Threads and locks. Reads run on the callers' threads, any number at once. A
+pool of decoder threads (``catmqtt-decode``, started on the first read of
+more than two chunks) only decodes, into the result of the read that queued
+the chunk. At most one thread at a time (``catmqtt-fill``) fetches chunks
+read in part whole into the cache. All share the client's session and the
+cache (`ChunkCache` has a lock of its own, held for no I/O);
+``Reader._fill_lock`` guards the chunks read in part and the fill thread.
+Neither lock is taken while the other is held.
+Decoding runs with Blosc2 releasing the GIL (`assemble.release_gil`), so
+that decoder threads and the network proceed at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3
+
+from .blocks import chunk_problem
+from .chunkcache import ChunkCache, Key
+from .errors import CatmqttError, Unavailable
+from .slices import chunks_touched, format_key, result_shape, select
+from .wire import FRAME, NPY, TRAILER_MAX, format_chunk_list, quote_dataset, read_error_trailer, read_frames
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DECODERS = min(8, os.cpu_count() or 2)
+# Chunks read in part (sliced by the subscriber) remembered, so that those read
+# again are fetched whole.
+IN_PART_MAX = 4096
+# What a read fails with when the network does.
+NETWORK_ERRORS = (requests.RequestException, OSError, urllib3.exceptions.HTTPError)
+
+
+class Reader:
+    """Read selections of datasets from the subscriber at `urlbase`, through `request`
+    (`client.Client._request`), keeping compressed chunks in `cache`."""
+
+    def __init__(self, request: Callable[..., requests.Response], urlbase: str, cache: ChunkCache) -> None:
+        self._request = request
+        self.urlbase = urlbase
+        self.chunk_cache = cache
+        self._decoders: ThreadPoolExecutor | None = None
+        self._fill_lock = threading.Lock()
+        self._in_part: OrderedDict[Key, None] = OrderedDict()
+        self._filler: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.shutdown()
+
+    def read(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
+        """Return selection `key` of `dataset`, whose metadata is `meta` (current)."""
+        sel = select(key, meta["shape"])
+        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        found = {n: self.chunk_cache.get((dataset, meta["etag"], n)) for n in numbers}
+        cached = {n: data for n, data in found.items() if data is not None}
+        missing = [n for n in numbers if n not in cached]
+        # A small part of big chunks: let the subscriber slice, and send only that.
+        chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
+        if 4 * math.prod(result_shape(sel)) * meta["typesize"] < len(missing) * chunk_bytes:
+            result = self._read_sliced(dataset, meta, key)
+            self._read_in_part(dataset, meta, missing, chunk_bytes)
+            return result
+        # Imported only here: a first read sliced by the subscriber is quicker without.
+        from .assemble import Assembler, release_gil
+
+        release_gil()
+        # Up to two chunks are decoded here, each with Blosc2's threads; more, by a
+        # pool of threads as they arrive, each chunk with one.
+        threaded = len(numbers) > 2
+        assembler = Assembler(
+            meta, sel, nthreads=1 if threaded else None, sender=f"the subscriber at {self.urlbase}"
+        )
+        pending: list[Future] = []
+
+        def add(n: int, data: bytes) -> None:
+            if not threaded:
+                assembler.add(n, data)
+                return
+            pending.append(self._decoder().submit(assembler.add, n, data))
+            # Bound the compressed bytes waiting to be decoded.
+            while len(pending) > 4 * DECODERS:
+                pending.pop(0).result()
+
+        for n, data in cached.items():
+            add(n, data)
+        for batch in _batches(missing):
+            # Closed at once if a chunk is refused, and its response with it.
+            with closing(self._chunks(dataset, meta, batch)) as chunks:
+                for n, data in chunks:
+                    self._keep(dataset, meta, n, data)
+                    add(n, data)
+        for future in pending:
+            future.result()
+        return assembler.result()
+
+    def _chunks(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> Iterator[tuple[int, bytes]]:
+        """Yield (number, bytes) of chunks `numbers` of `dataset`, as the subscriber sends them."""
+        sender = f"the subscriber at {self.urlbase}"
+        params = {"nchunks": format_chunk_list(numbers), "etag": meta["etag"]}
+        with self._request("GET", f"chunks/{quote_dataset(dataset)}", params=params, stream=True) as response:
+
+            def read(size: int) -> bytes:
+                try:
+                    return response.raw.read(size)
+                except NETWORK_ERRORS:
+                    raise Unavailable(f"the transfer from {sender} was cut off") from None
+
+            yield from read_frames(read, sender)
+
+    def _keep(self, dataset: str, meta: dict[str, Any], nchunk: int, data: bytes) -> None:
+        """Cache a chunk, if it passes the checks any chunk passes before it is decoded."""
+        if self.chunk_cache.budget and chunk_problem(data, meta, nchunk) is None:
+            self.chunk_cache.put((dataset, meta["etag"], nchunk), data)
+
+    def _read_in_part(
+        self, dataset: str, meta: dict[str, Any], numbers: list[int], chunk_bytes: float
+    ) -> None:
+        """Note that chunks `numbers` were read in part; fetch those read so before
+        whole into the cache, in the background, unless a fetch of that kind runs.
+
+        Reading a chunk in part again hints that it will be read once more. A
+        chunk read once is not fetched whole: a scan in small slices would
+        fetch every chunk twice, and slow down its own next reads.
+        """
+        budget = self.chunk_cache.budget
+        if not budget:
+            return
+        with self._fill_lock:
+            again = []
+            for n in numbers:
+                key = (dataset, meta["etag"], n)
+                if key in self._in_part:
+                    del self._in_part[key]
+                    again.append(n)
+                    continue
+                self._in_part[key] = None
+                if len(self._in_part) > IN_PART_MAX:
+                    self._in_part.popitem(last=False)
+            # Whole chunks of at most half the budget, one fetch at a time.
+            again = again[: int(budget // (2 * max(chunk_bytes, 1)))]
+            if not again or (self._filler is not None and self._filler.is_alive()):
+                return
+            self._filler = threading.Thread(
+                target=self._fill, args=(dataset, meta, again), name="catmqtt-fill", daemon=True
+            )
+            self._filler.start()
+
+    def _fill(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> None:
+        """Fetch chunks `numbers` of `dataset` whole into the cache."""
+        try:
+            with closing(self._chunks(dataset, meta, numbers)) as chunks:
+                for n, data in chunks:
+                    self._keep(dataset, meta, n, data)
+        except CatmqttError:
+            # Changed, or cut off (the client closed): the chunks are read in part again.
+            pass
+
+    def _read_sliced(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
+        import numpy as np
+
+        from .arrays import decode_array
+
+        params = {"slice": format_key(key)}
+        cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
+        endpoint = f"fetch/{quote_dataset(dataset)}"
+        with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
+            content = _content(response, cut)
+        try:
+            if meta["kind"] != "ndarray":
+                return np.frombuffer(content, dtype=f"V{meta['typesize']}")
+            return decode_array(content, npy=True)
+        except ValueError:
+            raise Unavailable(cut) from None
+
+    def _decoder(self) -> ThreadPoolExecutor:
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="catmqtt-decode")
+        return self._decoders
+
+
+def _batches(numbers: list[int]) -> Iterator[list[int]]:
+    """Split chunk numbers into requests whose query stays short."""
+    batch: list[int] = []
+    for n in numbers:
+        batch.append(n)
+        if len(batch) >= 512 and len(format_chunk_list(batch)) > 2000:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _content(response: requests.Response, cut: str) -> bytes:
+    """Return the whole body of a streamed response.
+
+    A body cut short raises the error the server ended it with (see
+    `wire.error_trailer`), else Unavailable(`cut`).
+    """
+    parts: list[bytes] = []
+    try:
+        # read1, not read: read loses what it holds when the body proves short.
+        while part := response.raw.read1(1 << 20):
+            parts.append(part)
+    except NETWORK_ERRORS:
+        raise read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size)) or Unavailable(cut) from None
+    return b"".join(parts)
+
+
+def _tail(parts: list[bytes], size: int) -> bytes:
+    """Return the last `size` bytes of the concatenation of `parts`."""
+    last: list[bytes] = []
+    total = 0
+    for part in reversed(parts):
+        last.append(part)
+        total += len(part)
+        if total >= size:
+            break
+    return b"".join(reversed(last))[-size:]
