@@ -26,6 +26,14 @@ def encode_array(array: np.ndarray, npy: bool) -> tuple[bytes, str]:
     return blosc2.asarray(np.asarray(array, order="C")).to_cframe(), CFRAME
 
 
+def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """Return the header of a .npy file of an array of `dtype` and `shape` (its data follows)."""
+    buffer = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(dtype)
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
 def decode_array(data: bytes, npy: bool) -> np.ndarray:
     """Return the array that `encode_array` wrote as `data` (.npy if `npy`, else a
     Blosc2 frame); raise ValueError if `data` is not that."""

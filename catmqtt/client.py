@@ -9,7 +9,7 @@ compressed chunks for many calls, and :class:`Root`, :class:`Dataset` and
 
 A client may be called from several threads. Its session and the metadata
 it last read (``Client._metas``, whose entries are replaced whole) are
-shared by them. Reading chunks is its `reader.Reader`'s: that module says
+shared by them. Reading chunks is its `client_reader.Reader`'s: that module says
 which threads it starts (``catmqtt-decode``, ``catmqtt-fill``) and which lock
 guards what.
 """
@@ -28,8 +28,8 @@ import requests
 
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache
+from .client_reader import Reader
 from .errors import BadRequest, Changed, Unavailable, from_status
-from .reader import Reader
 from .schema import parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, parse_slice

@@ -132,7 +132,7 @@ def test_chunks_decode_in_place_or_in_part(shape, chunks, blocks, key, copied, p
 def test_importing_assemble_leaves_the_gil_alone():
     # In a process of its own: tests in this one may have switched it on.
     code = (
-        "import blosc2, catmqtt.assemble, catmqtt.client, catmqtt.reader\n"
+        "import blosc2, catmqtt.assemble, catmqtt.client, catmqtt.client_reader\n"
         "assert blosc2.set_releasegil(False) is False, 'an import switched the GIL release on'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

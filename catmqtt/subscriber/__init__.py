@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..assemble import release_gil
 from ..mqtt import Node
 from ..web import Server
 from .answers import Answers
@@ -54,6 +55,8 @@ class Subscriber:
 
     def _start(self) -> None:
         settings = self.settings
+        # Chunks are decoded on many threads at once (HTTP threads, builders).
+        release_gil()
         self.cache = Cache(settings["statedir"])
         self._stops.append(self.cache.close)
         tmpdir = settings["statedir"] / "tmp"

@@ -12,7 +12,6 @@ per answer, unlinked as soon as it is open).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tempfile
@@ -24,6 +23,7 @@ import blosc2
 import numpy as np
 
 from .. import storage
+from ..arrays import npy_header
 from ..dtypes import dtype_from_json
 from ..errors import Changed
 from ..web import BY_REFERENCE, StreamCut, error_of
@@ -63,13 +63,7 @@ class Answers:
             raise
         header = b""
         if npy and target.source.meta["kind"] == "ndarray":
-            dtype = dtype_from_json(target.source.meta["dtype"])
-            buffer = io.BytesIO()
-            descr = np.lib.format.dtype_to_descr(dtype)
-            np.lib.format.write_array_header_1_0(
-                buffer, {"descr": descr, "fortran_order": False, "shape": target.shape}
-            )
-            header = buffer.getvalue()
+            header = npy_header(dtype_from_json(target.source.meta["dtype"]), target.shape)
         pieces = self.builders.stream(_as_piece(slab) for slab in self.reader.slabs(target, STREAM_PIECE))
         body = Body(header, pieces, grant, target.fullpath, self.reader.cache.dir)
         return body, len(header) + target.nbytes

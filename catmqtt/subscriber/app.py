@@ -8,14 +8,13 @@ Flask's test client, without a broker or a port.
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 
-import blosc2
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from .. import storage
+from ..arrays import encode_array
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
 from . import caterva2
@@ -95,13 +94,8 @@ def fetch(fullpath: str):
 
 
 def _array_response(result: np.ndarray, npy: bool) -> Response:
-    """Return an array (0-d for a scalar, as numpy gives it) as .npy or as a Blosc2 frame."""
-    if npy:
-        buffer = io.BytesIO()
-        np.save(buffer, result, allow_pickle=False)
-        return Response(buffer.getvalue(), mimetype=NPY)
-    # np.ascontiguousarray would make a scalar an array of shape (1,).
-    return Response(blosc2.asarray(np.asarray(result, order="C")).to_cframe(), mimetype=CFRAME)
+    data, mimetype = encode_array(result, npy)
+    return Response(data, mimetype=mimetype)
 
 
 @bp.get("/api/chunk/<path:fullpath>")

@@ -14,7 +14,6 @@ locks.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ import numpy as np
 from .. import storage
 from ..assemble import Assembler
 from ..dtypes import dtype_from_json
-from ..errors import BadRequest, CatmqttError, Changed, NotFound, NotSubscribed, TooLarge
-from ..slices import chunks_touched, forward, parse_chunk_list, parse_slice, result_shape, select
+from ..errors import BadRequest, Changed, NotFound, NotSubscribed, TooLarge
+from ..slices import chunks_touched, forward, parse_slice, result_shape, select
 from ..topics import parse_path, parse_root_name
-from ..wire import FRAME, error_json
+from ..wire import frames, parse_chunk_list
 from .cache import Cache
 from .fetcher import Fetcher, Source
 from .follower import Follower
@@ -209,10 +208,8 @@ class Reader:
     def chunks(self, fullpath: str, numbers_text: str, etag: str | None) -> Iterator[bytes]:
         """Return the frames of the compressed chunks `numbers_text` (``0-15,20``) of a dataset.
 
-        Each frame is a header of two little-endian int64, the chunk number and
-        the length of its bytes, then the bytes; chunks come as they are
-        available, in no particular order. A failure once streaming has begun
-        is sent as a frame numbered -1 holding ``{"error", "status"}``.
+        Chunks come as they are available, in no particular order; a failure
+        once streaming has begun ends the frames with an error frame (see `wire.frames`).
         """
         source = self.lookup(fullpath)
         root, path, meta, _ = source
@@ -228,19 +225,12 @@ class Reader:
         self.follower.settled(root, path)
         stream = self.fetcher.stream(source, numbers)
 
-        def frames() -> Iterator[bytes]:
-            try:
-                for n, data in stream:
-                    yield FRAME.pack(n, len(data))
-                    yield data
-            except CatmqttError as exc:
-                error = json.dumps(error_json(exc)).encode()
-                yield FRAME.pack(-1, len(error))
-                yield error
-                return
+        def touched() -> Iterator[tuple[int, bytes]]:
+            yield from stream
+            # Only once all are sent.
             self.cache.touch(root, path, numbers)
 
-        return frames()
+        return frames(touched())
 
 
 def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
