@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,14 @@ from .reader import Reader, Target
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class Answers:
     """Large answers, built on `builders` within `budget`, their files in `tmpdir`."""
 
-    def __init__(self, reader: Reader, budget: Budget, builders: Builders, tmpdir: Path) -> None:
-        self.reader = reader
-        self.budget = budget
-        self.builders = builders
-        self.tmpdir = tmpdir
+    reader: Reader
+    budget: Budget
+    builders: Builders
+    tmpdir: Path
 
     def stats(self) -> dict[str, Any]:
         return self.budget.stats()
@@ -145,6 +146,7 @@ def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
     return view if len(view) >= BY_REFERENCE else view.tobytes()
 
 
+@dataclass
 class Body:
     """The body of a large answer: a header, then pieces made on a builder thread.
 
@@ -155,26 +157,25 @@ class Body:
     does, sent or not) stops the builder and gives back the grant.
     """
 
-    def __init__(self, header: bytes, pieces: Stream, grant: Grant, fullpath: str, statedir: Path) -> None:
-        self._header = header
-        self._pieces = pieces
-        self._grant = grant
-        self._fullpath = fullpath
-        self._statedir = statedir
+    header: bytes
+    pieces: Stream
+    grant: Grant
+    fullpath: str
+    statedir: Path
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
-        if self._header:
-            yield self._header
+        if self.header:
+            yield self.header
         try:
-            yield from self._pieces
+            yield from self.pieces
         except Exception as exc:
-            error = error_of(exc, self._statedir, f"the body of {self._fullpath}")
-            log.warning("the answer for %s failed midway, and ends with its error: %s", self._fullpath, error)
+            error = error_of(exc, self.statedir, f"the body of {self.fullpath}")
+            log.warning("the answer for %s failed midway, and ends with its error: %s", self.fullpath, error)
             yield error_trailer(error)
             raise StreamCut(error.message) from exc
 
     def close(self) -> None:
         try:
-            self._pieces.close()
+            self.pieces.close()
         finally:
-            self._grant.release()
+            self.grant.release()

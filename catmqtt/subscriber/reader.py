@@ -51,14 +51,15 @@ class Target:
     nbytes: int
 
 
+@dataclass(frozen=True)
 class Reader:
-    """The operations behind the subscriber's read endpoints."""
+    """The operations behind the subscriber's read endpoints; selections are
+    refused over `max_fetch` bytes."""
 
-    def __init__(self, cache: Cache, fetcher: Fetcher, follower: Follower, max_fetch: int) -> None:
-        self.cache = cache
-        self.fetcher = fetcher
-        self.follower = follower
-        self.max_fetch = max_fetch
+    cache: Cache
+    fetcher: Fetcher
+    follower: Follower
+    max_fetch: int
 
     # Roots and datasets
 
