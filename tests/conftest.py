@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -24,6 +25,7 @@ from catmqtt import config
 from catmqtt.publisher import Publisher
 from catmqtt.sample import write_sample
 from catmqtt.subscriber import Subscriber
+from catmqtt.subscriber.flights import Fetcher
 
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 DEADLINE = 30.0
@@ -229,12 +231,18 @@ def start_publisher(broker, statedir, root_dir, instrument=None, **settings) -> 
     return pub.start()
 
 
-def start_subscriber(broker, statedir, **settings) -> Subscriber:
-    """Start a subscriber in this process and wait until it sees root foo online."""
+def start_subscriber(broker, statedir, fetch: dict | None = None, **settings) -> Subscriber:
+    """Start a subscriber in this process and wait until it sees root foo online;
+    `fetch` sets fields of its fetcher's FetchSettings that are not settings of its own."""
     s = config.node_settings(
         {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
     )
-    sub = Subscriber(s, "sub-test").start()
+    sub = Subscriber(s, "sub-test")
+    if fetch:
+        # Before it starts: a fetcher that did nothing yet has nothing to hand over.
+        sub.fetcher.close()
+        sub.fetcher = Fetcher(sub.cache, replace(sub.fetcher.settings, **fetch))
+    sub.start()
     wait_for(lambda: sub.roots().get("foo", {}).get("online"), "root foo online")
     return sub
 

@@ -11,7 +11,7 @@ import pytest
 from catmqtt import blocks, storage
 from catmqtt.sample import write_sample
 from catmqtt.schema import parse_dataset
-from catmqtt.subscriber import fetcher
+from catmqtt.subscriber import transport
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)
@@ -137,7 +137,7 @@ def test_parts_header_bad(text):
 )
 def test_a_lying_content_range_is_refused(header):
     # What a publisher says of the bytes it sent is read only if it is plainly a range.
-    assert fetcher.CONTENT_RANGE.fullmatch(header) is None
+    assert transport.CONTENT_RANGE.fullmatch(header) is None
 
 
 # Checking a chunk against its dataset's metadata

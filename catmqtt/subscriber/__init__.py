@@ -34,7 +34,7 @@ from ..web import BY_REFERENCE, OCTETS, Server, StreamCut, arg_int, chunk_respon
 from ..wire import CFRAME, DIGEST, ETAG, FRAME, FRAMES, NPY, error_json, error_trailer
 from . import caterva2
 from .cache import Cache
-from .fetcher import Fetcher, Source
+from .flights import Fetcher, FetchSettings, Source
 from .large import BUILD_MEMORY, PIECE, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .trust import Trust
 
@@ -64,7 +64,9 @@ class Subscriber:
         large_threads = max(1, settings["http_threads"] // 2)
         self.budget = Budget(large_threads, settings["max_stream_bytes"], settings["max_temp_bytes"])
         self.builders = Builders(large_threads)
-        self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
+        self.fetcher = Fetcher(
+            self.cache, FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
+        )
         self.trust = Trust(settings["trust"], self.cache)
         # Node statuses by (role, id, the key that signed them or None).
         self.nodes: dict[tuple[str, str, str | None], dict[str, Any]] = {}
