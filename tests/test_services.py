@@ -333,7 +333,7 @@ def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
         assert not thread.is_alive(), "the request is still waiting"
         assert [type(e) for e in errors] == [Unavailable] and "stopping" in str(errors[0])
         # Nothing left behind for the next request to wait for.
-        assert not fetcher._inflight
+        assert fetcher.in_flight() == 0
     finally:
         cache.close()
 

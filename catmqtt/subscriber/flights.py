@@ -123,6 +123,11 @@ class Fetcher:
         """Return the counters since start: per dataset (``root/path``) and in total."""
         return self._stats.snapshot()
 
+    def in_flight(self) -> int:
+        """Return how many chunks are on their way: being fetched, or written to the cache."""
+        with self._lock:
+            return len(self._inflight)
+
     def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
         return self.transport.manifest(Source(root, path, meta, url))
