@@ -20,6 +20,7 @@ from catmqtt import config
 from catmqtt.publisher import Publisher
 from catmqtt.sample import write_sample
 from catmqtt.subscriber import Subscriber
+from catmqtt.subscriber.flights import FetchSettings
 from catmqtt.testing import (  # noqa: F401 (the tests import them from here)
     DEADLINE,
     MOSQUITTO,
@@ -161,12 +162,14 @@ def start_publisher(broker, statedir, root_dir, instrument=None, **settings) -> 
     return pub.start()
 
 
-def start_subscriber(broker, statedir, **settings) -> Subscriber:
-    """Start a subscriber in this process and wait until it sees root foo online."""
+def start_subscriber(broker, statedir, fetch: dict | None = None, **settings) -> Subscriber:
+    """Start a subscriber in this process and wait until it sees root foo online;
+    `fetch` sets fields of its fetcher's FetchSettings that are not settings of its own."""
     s = config.node_settings(
         {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
     )
-    sub = Subscriber(s, "sub-test").start()
+    tuned = None if fetch is None else FetchSettings(s["fetch_workers"], s["fetch_timeout"], **fetch)
+    sub = Subscriber(s, "sub-test", tuned).start()
     wait_for(lambda: sub.reader.roots().get("foo", {}).get("online"), "root foo online")
     return sub
 

@@ -23,7 +23,7 @@ from catmqtt.errors import CatmqttError, Unavailable
 from catmqtt.publisher import create_app
 from catmqtt.publisher.roots import open_root
 from catmqtt.subscriber.cache import Cache
-from catmqtt.subscriber.fetcher import Fetcher, Source
+from catmqtt.subscriber.flights import Fetcher, FetchSettings, Source
 from catmqtt.wire import FRAME
 
 from conftest import ChunkCounter, free_port, running, start_publisher, start_subscriber, wait_for
@@ -188,8 +188,7 @@ def test_a_stopping_subscriber_gives_the_rests_under_way_a_grace(broker, tmp_pat
 
     pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
     try:
-        sub = start_subscriber(broker, tmp_path / "sub")
-        sub.fetcher.rest_grace = 10.0 if released else 0.5
+        sub = start_subscriber(broker, tmp_path / "sub", fetch={"rest_grace": 10.0 if released else 0.5})
         try:
             sub.follower.subscribe("foo")
             client = catmqtt.Client(sub.url)
@@ -263,23 +262,23 @@ def test_the_rest_of_a_chunk_waits_for_other_fetches(broker, tmp_path, root_dir)
     assert rest and min(rest) > log.index(("5", "sent")), log
 
 
-def test_blocks_come_first_only_over_a_slow_link(broker, tmp_path, root_dir):
+# Seconds the rest of a chunk may take: 3600, any link is fast; 0, any link is slow.
+@pytest.mark.parametrize(("parts_worth", "in_parts"), [(3600.0, False), (0.0, True)])
+def test_blocks_come_first_only_over_a_slow_link(broker, tmp_path, root_dir, parts_worth, in_parts):
     data = np.random.default_rng(3).random(1 << 20)
     # Chunks of 2 MiB (large enough to measure the link), blocks of 128 KiB.
     blosc2.asarray(data, chunks=(1 << 18,), blocks=(1 << 14,), urlpath=str(root_dir / "big.b2nd"), mode="w")
     counters = []
-    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+    instrument = lambda app: counters.append(ChunkCounter(app))  # noqa: E731
+    with running(broker, tmp_path, root_dir, instrument, fetch={"parts_worth": parts_worth}) as (_, sub):
         client = catmqtt.Client(sub.url)
         counter = counters[0]
         # Chunk 0 whole: its bytes tell how fast the link is.
         assert np.array_equal(client.fetch("foo/big.b2nd", "0:262144"), data[:262144])
-        sub.fetcher.parts_worth = 3600.0  # seconds: any link is fast
         assert np.array_equal(client.fetch("foo/big.b2nd", "262145:262150"), data[262145:262150])
-        sub.fetcher.parts_worth = 0.0  # any link is slow
-        assert np.array_equal(client.fetch("foo/big.b2nd", "524289:524300"), data[524289:524300])
-        wait_for(lambda: cached(sub, "big.b2nd", [0, 1, 2]) == {0, 1, 2}, "chunks 0-2 in the cache")
-        assert sorted(counter.requests) == [("big.b2nd", "0"), ("big.b2nd", "1"), ("big.b2nd", "2")]
-        assert {r[:2] for r in counter.ranges} == {("big.b2nd", "2")}
+        wait_for(lambda: cached(sub, "big.b2nd", [0, 1]) == {0, 1}, "chunks 0-1 in the cache")
+        assert sorted(counter.requests) == [("big.b2nd", "0"), ("big.b2nd", "1")]
+        assert {r[:2] for r in counter.ranges} == ({("big.b2nd", "1")} if in_parts else set())
 
 
 def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
@@ -287,11 +286,11 @@ def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
     # Chunks of 64 KiB: none alone is large enough to measure the link.
     blosc2.asarray(data, chunks=(1 << 13,), blocks=(1 << 10,), urlpath=str(root_dir / "small.b2nd"), mode="w")
     counters = []
-    with running(broker, tmp_path, root_dir, lambda app: counters.append(ChunkCounter(app))) as (_, sub):
+    # A link is slow here if a chunk takes over a second: measured, loopback is
+    # fast even on a loaded machine.
+    instrument = lambda app: counters.append(ChunkCounter(app))  # noqa: E731
+    with running(broker, tmp_path, root_dir, instrument, fetch={"parts_worth": 1.0}) as (_, sub):
         client = catmqtt.Client(sub.url)
-        # A link is slow here if a chunk takes over a second: measured, loopback is
-        # fast even on a loaded machine.
-        sub.fetcher.parts_worth = 1.0
         ranged = []
         for n in range(40):
             start = n * (1 << 13) + 5
@@ -304,9 +303,18 @@ def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
     assert ranged and ranged[0] == 0 and ranged[-1] < 30, f"chunks fetched in parts: {ranged}"
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [{"workers": 0}, {"timeout": 0}, {"parts_worth": -1.0}, {"rest_grace": -0.5}],
+)
+def test_fetch_settings_are_checked(knobs):
+    with pytest.raises(ValueError, match="invalid fetch settings"):
+        FetchSettings(**{"workers": 2, "timeout": 5, **knobs})
+
+
 def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
     cache = Cache(tmp_path)
-    fetcher = Fetcher(cache, workers=2, timeout=5)
+    fetcher = Fetcher(cache, FetchSettings(workers=2, timeout=5))
     fetcher.close()
     source = Source("foo", "ds.b2nd", {"etag": "e", "nchunks": 1, "nbytes": 8}, "http://127.0.0.1:9")
     errors: list[Exception] = []
@@ -325,7 +333,7 @@ def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
         assert not thread.is_alive(), "the request is still waiting"
         assert [type(e) for e in errors] == [Unavailable] and "stopping" in str(errors[0])
         # Nothing left behind for the next request to wait for.
-        assert not fetcher._inflight
+        assert fetcher.in_flight() == 0
     finally:
         cache.close()
 

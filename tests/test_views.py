@@ -21,7 +21,7 @@ from catmqtt.schema import dumps
 from catmqtt.subscriber.answers import Answers
 from catmqtt.subscriber.app import create_app
 from catmqtt.subscriber.cache import Cache
-from catmqtt.subscriber.fetcher import Fetcher
+from catmqtt.subscriber.flights import Fetcher, FetchSettings
 from catmqtt.subscriber.follower import Follower
 from catmqtt.subscriber.large import Budget, Builders
 from catmqtt.subscriber.reader import Reader
@@ -68,7 +68,7 @@ def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
     root = open_root("foo", sample_root, tmp_path / "pub")
     root.scan()
     cache = Cache(tmp_path / "sub")
-    fetcher = Fetcher(cache, 2, 5)
+    fetcher = Fetcher(cache, FetchSettings(2, 5))
     topics = Topics()
     follower = Follower(PREFIX, cache, Trust(None, cache), fetcher, topics)
     reader = Reader(cache, fetcher, follower, max_fetch=1 << 20)

@@ -5,7 +5,8 @@ Its parts (``docs/architecture.rst`` has the whole picture):
 
 - `follower`: what MQTT says of roots, datasets and nodes, kept in the cache;
 - `reader`: the reads behind the endpoints; `answers`: the large ones;
-- `fetcher`: chunks and manifests from publishers; `cache`: the chunk cache;
+- `flights`: each missing chunk fetched once, `transport`: publishers over HTTP;
+- `cache`: the chunk cache;
 - `app`: the Flask views; `caterva2`: the Caterva2 dialect python-blosc2 speaks.
 
 `Subscriber` puts them together: its constructor only keeps the settings;
@@ -23,7 +24,7 @@ from ..web import Server
 from .answers import Answers
 from .app import create_app
 from .cache import Cache
-from .fetcher import Fetcher
+from .flights import Fetcher, FetchSettings
 from .follower import Follower
 from .large import Budget, Builders
 from .reader import Reader
@@ -35,11 +36,16 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    """A subscriber: MQTT follower, chunk cache and HTTP server."""
+    """A subscriber: MQTT follower, chunk cache and HTTP server.
 
-    def __init__(self, settings: dict[str, Any], node_id: str) -> None:
+    `fetch` tunes its fetcher beyond the settings (by default, the settings'
+    ``fetch_workers`` and ``fetch_timeout``).
+    """
+
+    def __init__(self, settings: dict[str, Any], node_id: str, fetch: FetchSettings | None = None) -> None:
         self.settings = settings
         self.node_id = node_id
+        self.fetch = fetch or FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
         self.url: str | None = None
         self._stops: list = []
 
@@ -64,7 +70,7 @@ class Subscriber:
         # What a killed subscriber left: nothing else writes here.
         for stale in tmpdir.iterdir():
             stale.unlink()
-        self.fetcher = Fetcher(self.cache, settings["fetch_workers"], settings["fetch_timeout"])
+        self.fetcher = Fetcher(self.cache, self.fetch)
         self._stops.append(self.fetcher.close)
         # At most half the HTTP threads answer large requests, the rest stay for small ones.
         large_threads = max(1, settings["http_threads"] // 2)

@@ -29,7 +29,7 @@ from ..dtypes import dtype_from_json
 from ..errors import Changed
 from ..web import BY_REFERENCE, StreamCut, error_of
 from ..wire import error_trailer
-from .fetcher import Source
+from .flights import Source
 from .large import BUILD_MEMORY, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .reader import Reader, Target
 

@@ -34,7 +34,7 @@ from ..mqtt import LogThrottle
 from ..schema import loads, parse_dataset, parse_root
 from ..topics import parse_root_name, parse_topic, root_topic
 from .cache import Cache
-from .fetcher import Fetcher
+from .flights import Fetcher
 from .statuses import Statuses
 from .trust import Trust
 

@@ -30,7 +30,7 @@ from ..slices import chunks_touched, forward, parse_slice, result_shape, select
 from ..topics import parse_path, parse_root_name
 from ..wire import frames, parse_chunk_list
 from .cache import Cache
-from .fetcher import Fetcher, Source
+from .flights import Fetcher, Source
 from .follower import Follower
 from .large import PIECE
 
