@@ -1,8 +1,15 @@
-"""This module defines the JSON payloads of catmqtt's MQTT topics.
+"""This module defines the JSON payloads of catmqtt's MQTT topics, and the
+types of what they carry: `DatasetMeta` and `RootInfo`.
 
 Builders stamp ``"schema": 1``; parsers check every field a node relies on,
 so that junk published by anyone on a catmqtt topic is refused here with a
 BadRequest instead of breaking a node later.
+
+The types are typed dictionaries, not classes: metadata crosses JSON at
+every hop (MQTT, the cache's index, HTTP, the client) and is served as it
+was announced, fields catmqtt does not know included; a class would
+convert it at each. What is checked once `parse_dataset` or `parse_root`
+returns is what the types say.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import binascii
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import urlsplit
 
 from .blocks import MAX_BLOCKSIZE, MAX_CHUNKSIZE
@@ -36,6 +43,58 @@ KEY_PREFIX = "ed25519:"
 # digits slowly, then refuses past 4300); sequence numbers and sessions fit 64 bits.
 MAX_DIGITS = 20
 MAX_SEQ = (1 << 63) - 1
+
+
+class DatasetMeta(TypedDict):
+    """A dataset's metadata: announced on ``.../ds/<path>``, kept by the
+    subscriber, answered by ``/api/info``; built by `storage.describe`,
+    `storage.describe_file` and the HDF5 root, checked by `parse_dataset`."""
+
+    path: str
+    kind: Literal["ndarray", "schunk", "file"]
+    # Items along each axis, and per chunk (a byte stream's are 1-D).
+    shape: list[int]
+    chunks: list[int]
+    # Arrays only: items per block along each axis, and the dtype (`dtypes.dtype_to_json`).
+    blocks: NotRequired[list[int]]
+    dtype: NotRequired[str | list]
+    nchunks: int
+    # Bytes of a whole chunk, of an item, of the data, and compressed (not for plain files).
+    chunksize: int
+    typesize: int
+    nbytes: int
+    cbytes: NotRequired[int]
+    cratio: NotRequired[float]
+    cparams: dict[str, Any]
+    vlmeta: dict[str, Any]
+    # The version: any change of the data gives another etag.
+    etag: str
+    # The digest of the chunks' manifest, where the root keeps one (directory roots):
+    # chunks of an older version that it confirms are kept (see `has_manifest`).
+    manifest: NotRequired[str]
+    # HDF5 roots: what the dataset was in its file.
+    hdf5: NotRequired[dict[str, Any]]
+
+
+class RootInfo(TypedDict):
+    """A root's announcement on ``.../roots/<name>``, checked by `parse_root`."""
+
+    name: str
+    url: str
+    publisher: str
+    datasets: int
+    etag: str
+    time: float
+    skipped: NotRequired[list[dict[str, str]]]
+    groups: NotRequired[dict[str, dict[str, Any]]]
+    # The public key that signed it, if signed.
+    key: NotRequired[str]
+
+
+def has_manifest(meta: DatasetMeta) -> bool:
+    """Whether a manifest vouches for the dataset's chunks: then a chunk is known
+    by its digest, whatever version or URL it was fetched for."""
+    return "manifest" in meta
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
@@ -114,7 +173,7 @@ def _url(obj: dict[str, Any], key: str, what: str) -> str:
     return url.rstrip("/")
 
 
-def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
+def parse_root(obj: dict[str, Any], name: str) -> RootInfo:
     """Check the announcement of root `name` and return it."""
     what = f"announcement of root {name!r}"
     if _field(obj, "name", str, what) != name:
@@ -136,7 +195,7 @@ def parse_root(obj: dict[str, Any], name: str) -> dict[str, Any]:
     return obj
 
 
-def parse_dataset(obj: dict[str, Any], path: str) -> dict[str, Any]:
+def parse_dataset(obj: dict[str, Any], path: str) -> DatasetMeta:
     """Check the metadata of dataset `path` and return it."""
     what = f"metadata of {path!r}"
     if _field(obj, "path", str, what) != path:
