@@ -151,7 +151,7 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
         if not root.exists():
             write_sample(root)
     # The HTTP servers bind first, so that a busy port fails before anything runs.
-    publisher = Publisher(args.name, root, pub_s)
+    publisher = Publisher(args.name, root, pub_s).bind()
     subscriber = Subscriber(sub_s, _default_id(sub_s["statedir"]))
     broker = BrokerProcess(listen, ws, b["amqtt_conf"], pub_s["loglevel"], base / "broker")
     try:
