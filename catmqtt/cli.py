@@ -120,8 +120,8 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     from . import signing
     from .broker import BrokerProcess
     from .publisher import Publisher
-    from .sample import write_sample
     from .subscriber import Subscriber
+    from .tools.sample import write_sample
     from .web import tune_allocator, tune_switching
 
     base = Path(args.statedir)
@@ -187,18 +187,18 @@ def cmd_sample(args: argparse.Namespace, conf: dict) -> int:
             "give the DIR to write the sample root into, --h5 FILE for the sample HDF5 file, or both"
         )
     if args.dir is not None:
-        from .sample import write_sample
+        from .tools.sample import write_sample
 
         print(f"Sample root written to {write_sample(args.dir)}")
     if args.h5 is not None:
-        from .hdf5io import write_sample_h5
+        from .tools.hdf5io import write_sample_h5
 
         print(f"Sample HDF5 file written to {write_sample_h5(args.h5)}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace, conf: dict) -> int:
-    from .hdf5io import import_h5
+    from .tools.hdf5io import import_h5
 
     # Skipped items are printed below rather than logged.
     _logging(config.parse_loglevel(args.loglevel or "ERROR"))
@@ -209,7 +209,7 @@ def cmd_import(args: argparse.Namespace, conf: dict) -> int:
 
 
 def cmd_export(args: argparse.Namespace, conf: dict) -> int:
-    from .hdf5io import export_h5
+    from .tools.hdf5io import export_h5
 
     _logging(config.parse_loglevel(args.loglevel or "ERROR"))
     count, skipped = export_h5(args.dir, args.file)
