@@ -22,8 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from catmqtt import config
 from catmqtt.publisher import Publisher
-from catmqtt.sample import write_sample
 from catmqtt.subscriber import Subscriber
+from catmqtt.tools.sample import write_sample
 
 MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 DEADLINE = 30.0
