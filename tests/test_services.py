@@ -18,9 +18,9 @@ import requests
 from flask import Flask
 
 import catmqtt
-from catmqtt import blocks, fsutil, storage, web
+from catmqtt import blocks, config, fsutil, storage, web
 from catmqtt.errors import CatmqttError, Unavailable
-from catmqtt.publisher import create_app
+from catmqtt.publisher import Publisher, create_app
 from catmqtt.publisher.roots import open_root
 from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.fetcher import Fetcher, Source
@@ -483,6 +483,20 @@ def test_publisher_keeps_chunks_read_for_parts_a_moment(tmp_path, root_dir):
     client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
     client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
     assert reads[-2:] == [0, 0]
+
+
+def test_a_publisher_does_no_io_until_started(tmp_path, root_dir):
+    settings = config.node_settings(
+        {}, "publisher", broker="mqtt://127.0.0.1:1", http="127.0.0.1:0", statedir=tmp_path / "state"
+    )
+    pub = Publisher("foo", root_dir, settings)
+    # No state directory, no socket, no scan: its app serves an empty root meanwhile.
+    assert not (tmp_path / "state").exists() and pub.server is None and pub.url is None
+    assert pub.app.test_client().get("/api/list").json == []
+    pub.bind()
+    assert (tmp_path / "state").is_dir() and pub.url == f"http://127.0.0.1:{pub.server.port}"
+    assert pub.root.entries == {}
+    pub.stop()
 
 
 def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):

@@ -70,11 +70,8 @@ class Publisher:
         self._scan_lock = threading.Lock()
         self._rescan: threading.Timer | None = None
         self._stopping = threading.Event()
-        self.watcher = None
-        if settings["watch"] != "off":
-            self.watcher = Watcher(
-                self.root.path, self.refresh, mode=settings["watch"], ignore=[self.root.statedir]
-            )
+        # Set by start(), unless watching is off.
+        self.watcher: Watcher | None = None
 
     def bind(self) -> Publisher:
         """Make the state directory and bind the HTTP server's socket, which start()
@@ -108,8 +105,10 @@ class Publisher:
         )
         self.server.start()
         self.node.start()
-        if self.watcher is not None:
-            self.watcher.start()
+        if self.settings["watch"] != "off":
+            self.watcher = Watcher(
+                self.root.path, self.refresh, mode=self.settings["watch"], ignore=[self.root.statedir]
+            ).start()
         self._rescan_if_unsettled()
         log.info(
             "publishing root %r (%d datasets) from %s at %s",
