@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fetch import Run
 
-from catmqtt.sample import write_sample
+from catmqtt.tools.sample import write_sample
 
 
 def timed(args: list[str], reps: int) -> float:

@@ -19,9 +19,6 @@ import math
 import struct
 from typing import Any
 
-# Until catmqtt.subscriber and catmqtt.publisher import them from wire.
-from .wire import format_parts, parse_parts  # noqa: F401
-
 HEADER = 32
 # Blosc2's limits: the largest chunk (BLOSC2_MAX_BUFFERSIZE) and block
 # (BLOSC2_MAXBLOCKSIZE), in bytes; a chunk records a typesize of at most 255

@@ -1,14 +1,13 @@
-"""This module is the ``catmqtt`` command: services (broker, pub, sub, up), tools
-(sample, import, export) and client commands (roots, subscribe, list, info, show, download)."""
+"""This module is the ``catmqtt`` command: its parser, services (broker, pub, sub,
+up), tools (sample, import, export) and `main`; the client commands (roots,
+subscribe, list, info, show, download) are in :mod:`.cli_client`."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import hashlib
-import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -18,12 +17,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, config
+from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
 from .errors import CatmqttError, ConfigError
 
 log = logging.getLogger("catmqtt")
-
-# The most items `catmqtt --json show` prints.
-JSON_ITEMS = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,8 +117,8 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     from . import signing
     from .broker import BrokerProcess
     from .publisher import Publisher
-    from .sample import write_sample
     from .subscriber import Subscriber
+    from .tools.sample import write_sample
     from .web import tune_allocator, tune_switching
 
     base = Path(args.statedir)
@@ -151,8 +148,8 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
         if not root.exists():
             write_sample(root)
     # The HTTP servers bind first, so that a busy port fails before anything runs.
-    publisher = Publisher(args.name, root, pub_s)
-    subscriber = Subscriber(sub_s, _default_id(sub_s["statedir"]))
+    publisher = Publisher(args.name, root, pub_s).bind()
+    subscriber = Subscriber(sub_s, _default_id(sub_s["statedir"])).bind()
     broker = BrokerProcess(listen, ws, b["amqtt_conf"], pub_s["loglevel"], base / "broker")
     try:
         broker.wait_ready()
@@ -187,40 +184,31 @@ def cmd_sample(args: argparse.Namespace, conf: dict) -> int:
             "give the DIR to write the sample root into, --h5 FILE for the sample HDF5 file, or both"
         )
     if args.dir is not None:
-        from .sample import write_sample
+        from .tools.sample import write_sample
 
         print(f"Sample root written to {write_sample(args.dir)}")
     if args.h5 is not None:
-        from .hdf5io import write_sample_h5
+        from .tools.hdf5io import write_sample_h5
 
         print(f"Sample HDF5 file written to {write_sample_h5(args.h5)}")
     return 0
 
 
-def cmd_import(args: argparse.Namespace, conf: dict) -> int:
-    from .hdf5io import import_h5
+def cmd_convert(args: argparse.Namespace, conf: dict) -> int:
+    """Run ``catmqtt import`` (HDF5 file to root directory) or ``export`` (back)."""
+    from .tools import hdf5io
 
     # Skipped items are printed below rather than logged.
     _logging(config.parse_loglevel(args.loglevel or "ERROR"))
-    count, skipped = import_h5(args.file, args.dir)
-    print(f"Imported {count} datasets from {args.file} into {args.dir}")
-    _print_skipped(skipped)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace, conf: dict) -> int:
-    from .hdf5io import export_h5
-
-    _logging(config.parse_loglevel(args.loglevel or "ERROR"))
-    count, skipped = export_h5(args.dir, args.file)
-    print(f"Exported {count} datasets from {args.dir} to {args.file}")
-    _print_skipped(skipped)
-    return 0
-
-
-def _print_skipped(skipped: list[dict[str, str]]) -> None:
+    if args.command == "import":
+        count, skipped = hdf5io.import_h5(args.file, args.dir)
+        print(f"Imported {count} datasets from {args.file} into {args.dir}")
+    else:
+        count, skipped = hdf5io.export_h5(args.dir, args.file)
+        print(f"Exported {count} datasets from {args.dir} to {args.file}")
     for item in skipped:
         print(f"Skipped {item['path']}: {item['reason']}")
+    return 0
 
 
 def cmd_passwd(args: argparse.Namespace, conf: dict) -> int:
@@ -235,108 +223,6 @@ def cmd_passwd(args: argparse.Namespace, conf: dict) -> int:
     set_password(args.file, args.user, password)
     print(f"Password of {args.user} set in {args.file}")
     return 0
-
-
-def cmd_roots(args: argparse.Namespace, client: Any) -> int:
-    roots = client.get_roots()
-    if args.json:
-        return _json(roots)
-    for name in sorted(roots):
-        root = roots[name]
-        print(
-            name + (" (subscribed)" if root["subscribed"] else "") + ("" if root["online"] else " (offline)")
-        )
-    return 0
-
-
-def cmd_subscribe(args: argparse.Namespace, client: Any) -> int:
-    return _print(client.subscribe(args.root), args.json)
-
-
-def cmd_unsubscribe(args: argparse.Namespace, client: Any) -> int:
-    return _print(client.unsubscribe(args.root), args.json)
-
-
-def cmd_list(args: argparse.Namespace, client: Any) -> int:
-    root = args.path.strip("/").split("/", 1)[0]
-    paths = [f"{root}/{p}" for p in client.get_list(args.path)]
-    if args.json:
-        return _json(paths)
-    for path in paths:
-        print(path)
-    return 0
-
-
-def cmd_info(args: argparse.Namespace, client: Any) -> int:
-    return _json(client.get_info(args.path))
-
-
-def cmd_show(args: argparse.Namespace, client: Any) -> int:
-    import numpy as np
-
-    from .dtypes import to_jsonable
-    from .errors import TooLarge
-    from .slices import parse_slice, result_shape, select
-
-    path, slice_ = _split_slice(args.path)
-    meta = client.get_info(path)
-    if args.json:
-        # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory too.
-        size = math.prod(result_shape(select(parse_slice(slice_ or ""), meta["shape"])))
-        if size > JSON_ITEMS:
-            raise TooLarge(
-                f"the selection has {size} items, over the {JSON_ITEMS} that --json prints:"
-                " select less, or save it with 'catmqtt download'"
-            )
-    result = client.fetch(path, slice_, meta=meta)
-    if args.json:
-        return _json(to_jsonable(result))
-    if isinstance(result, bytes):
-        try:
-            print(result.decode())
-        except UnicodeDecodeError:
-            print(repr(result))
-    else:
-        with np.printoptions(threshold=1000):
-            print(result)
-    return 0
-
-
-def cmd_download(args: argparse.Namespace, client: Any) -> int:
-    dest = client.download(args.path, args.output)
-    if args.json:
-        return _json({"path": str(dest)})
-    print(f"Dataset saved to {dest}")
-    return 0
-
-
-def _split_slice(text: str) -> tuple[str, str | None]:
-    """Split ``foo/x.b2nd[1,2]`` into the path and the slice."""
-    if text.endswith("]") and "[" in text:
-        at = text.rindex("[")
-        return text[:at], text[at + 1 : -1]
-    return text, None
-
-
-def _print(value: Any, as_json: bool) -> int:
-    print(json.dumps(value) if as_json else value)
-    return 0
-
-
-def _json(value: Any) -> int:
-    """Print `value` as indented JSON, with lists of plain values on one line."""
-    print(_layout(value, ""))
-    return 0
-
-
-def _layout(value: Any, pad: str) -> str:
-    inner = pad + "  "
-    if isinstance(value, dict) and value:
-        items = (f"{inner}{json.dumps(str(k))}: {_layout(v, inner)}" for k, v in value.items())
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
-        return "[\n" + ",\n".join(inner + _layout(v, inner) for v in value) + f"\n{pad}]"
-    return json.dumps(value)
 
 
 def _default_id(statedir: Path) -> str:
@@ -379,28 +265,31 @@ def _service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--statedir", metavar="DIR", help="state directory (default ./_catmqtt/<role>[.<id>])")
 
 
+def _either_side(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """Add an option that may be given before the command name or after it.
+
+    With SUPPRESS as its default, a subcommand's parser leaves out what was not
+    given rather than overwriting what was given before the subcommand name
+    (main sets what is missing).
+    """
+    p.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS keeps a subcommand's parser from overwriting what was given
-    # before the subcommand name.
-    p.add_argument(
+    _either_side(
+        p,
         "--sub",
         metavar="URL",
-        default=argparse.SUPPRESS,
         help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)",
     )
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    _either_side(p, "--json", action="store_true", help="print JSON")
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS, as for the client options: given before the command name, an
-    # option is not undone by the command's parser (main sets what is missing).
-    p.add_argument(
-        "--conf",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help=f"config file (default ./{config.DEFAULT_FILE} if present)",
+    _either_side(
+        p, "--conf", metavar="FILE", help=f"config file (default ./{config.DEFAULT_FILE} if present)"
     )
-    p.add_argument("--loglevel", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING or ERROR")
+    _either_side(p, "--loglevel", help="DEBUG, INFO (default), WARNING or ERROR")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -474,11 +363,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="the directory to write")
     p.add_argument("--h5", metavar="FILE", help="write the sample HDF5 file FILE")
 
-    p = add("import", cmd_import, "write an HDF5 file as a native root directory (needs catmqtt[hdf5])", True)
+    p = add(
+        "import", cmd_convert, "write an HDF5 file as a native root directory (needs catmqtt[hdf5])", True
+    )
     p.add_argument("file", metavar="FILE.h5", help="the HDF5 file to read")
     p.add_argument("dir", metavar="DIR", help="the directory to write (new or empty)")
 
-    p = add("export", cmd_export, "write a native root directory as an HDF5 file (needs catmqtt[hdf5])", True)
+    p = add(
+        "export", cmd_convert, "write a native root directory as an HDF5 file (needs catmqtt[hdf5])", True
+    )
     p.add_argument("dir", metavar="DIR", help="the root directory to read")
     p.add_argument("file", metavar="FILE.h5", help="the HDF5 file to write (replaced if it exists)")
 

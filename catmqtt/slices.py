@@ -15,9 +15,6 @@ from types import EllipsisType
 
 from .errors import BadRequest, OutOfRange
 
-# Until catmqtt.subscriber and catmqtt.publisher import them from wire.
-from .wire import parse_block_range, parse_chunk_list  # noqa: F401
-
 Key = tuple[int | slice | EllipsisType, ...]
 Selection = tuple[int | range, ...]
 

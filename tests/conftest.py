@@ -18,7 +18,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from catmqtt import config
 from catmqtt.publisher import Publisher
-from catmqtt.sample import write_sample
 from catmqtt.subscriber import Subscriber
 from catmqtt.subscriber.flights import FetchSettings
 from catmqtt.testing import (  # noqa: F401 (the tests import them from here)
@@ -32,6 +31,7 @@ from catmqtt.testing import (  # noqa: F401 (the tests import them from here)
     port_open,
     wait_for,
 )
+from catmqtt.tools.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 

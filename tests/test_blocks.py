@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from catmqtt import blocks, storage
-from catmqtt.sample import write_sample
 from catmqtt.schema import parse_dataset
+from catmqtt.tools.sample import write_sample
 
 N, BLOCK = 8 * 4096, 4096
 RNG = np.random.default_rng(7)

@@ -17,10 +17,12 @@ import pytest
 import catmqtt
 from catmqtt import storage
 from catmqtt.blocks import chunk_problem
-from catmqtt.hdf5io import GROUP_ATTRS, export_h5, import_h5
-from catmqtt.publisher.roots import hdf5, open_root
-from catmqtt.sample import write_sample
+from catmqtt.publisher.roots import open_root
+from catmqtt.publisher.roots.hdf5chunks import BLOSC2_FILTER, Source
+from catmqtt.publisher.roots.hdf5tree import KIND_ATTR
 from catmqtt.slices import forward, parse_slice, select
+from catmqtt.tools.hdf5io import GROUP_ATTRS, export_h5, import_h5
+from catmqtt.tools.sample import write_sample
 
 from conftest import ChunkCounter, catmqtt_cmd, run_cli, running, wait_for
 
@@ -370,7 +372,7 @@ def test_converted_chunks_are_kept(kinds, tmp_path, monkeypatch):
     def refuse(*args):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(hdf5.Source, "chunk", refuse)
+    monkeypatch.setattr(Source, "chunk", refuse)
     assert again.chunk("filters/lz4.b2nd", 1) == first
 
 
@@ -537,7 +539,7 @@ def test_import_export_import_round_trip(kinds, tmp_path):
         # Import left out the object reference, and said so.
         assert set(original["records"].attrs) - set(f["records"].attrs) == {"reference"}
         assert f["filters/gzip"].chunks == (10, 7)
-        assert f["filters/gzip"].id.get_create_plist().get_filter(0)[0] == hdf5.BLOSC2_FILTER
+        assert f["filters/gzip"].id.get_create_plist().get_filter(0)[0] == BLOSC2_FILTER
         assert f.get("alias", getlink=True).path == "/records"
     count, skipped = import_h5(tmp_path / "b.h5", tmp_path / "c")
     assert count == len(DATASETS) + 1 and skipped == []
@@ -549,8 +551,8 @@ def test_export_keeps_files_byte_for_byte(tmp_path):
     count, skipped = export_h5(tmp_path / "sample", tmp_path / "sample.h5")
     assert count == 10 and skipped == []
     with h5py.File(tmp_path / "sample.h5") as f:
-        assert f["README.md"].attrs[hdf5.KIND_ATTR] == "file"
-        assert f["ds-hello.b2frame"].attrs[hdf5.KIND_ATTR] == "b2frame"
+        assert f["README.md"].attrs[KIND_ATTR] == "file"
+        assert f["ds-hello.b2frame"].attrs[KIND_ATTR] == "b2frame"
         assert f["dir2/ds-4d"].dtype == np.complex128 and f["dir2/ds-4d"].chunks == (1, 2, 3, 4)
         assert f["ds-sc-attr"].attrs["b"] == "foo"
     import_h5(tmp_path / "sample.h5", tmp_path / "back")

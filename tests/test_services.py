@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,10 +19,11 @@ import requests
 from flask import Flask
 
 import catmqtt
-from catmqtt import blocks, fsutil, storage, web
+from catmqtt import config, fsutil, storage, web, wire
 from catmqtt.errors import CatmqttError, Unavailable
-from catmqtt.publisher import create_app
+from catmqtt.publisher import Publisher, create_app
 from catmqtt.publisher.roots import open_root
+from catmqtt.subscriber import Subscriber
 from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.flights import Fetcher, FetchSettings, Source
 from catmqtt.wire import FRAME
@@ -376,9 +378,9 @@ def test_parts_without_the_blocks_asked_for_are_not_used_early(broker, tmp_path,
             # A publisher that sends the header and block offsets, not the blocks.
             parts = response.headers.get("X-Catmqtt-Parts")
             if parts:
-                spans, size = blocks.parse_parts(parts)
+                spans, size = wire.parse_parts(parts)
                 response.set_data(response.get_data()[: spans[0][1] - spans[0][0]])
-                response.headers["X-Catmqtt-Parts"] = blocks.format_parts(spans[:1], size)
+                response.headers["X-Catmqtt-Parts"] = wire.format_parts(spans[:1], size)
             return response
 
     with running(broker, tmp_path, root_dir, instrument) as (_, sub):
@@ -491,6 +493,52 @@ def test_publisher_keeps_chunks_read_for_parts_a_moment(tmp_path, root_dir):
     client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
     client.get("/api/chunk/ds-1d.b2nd?nchunk=0")
     assert reads[-2:] == [0, 0]
+
+
+def test_a_publisher_does_no_io_until_started(tmp_path, root_dir):
+    settings = config.node_settings(
+        {}, "publisher", broker="mqtt://127.0.0.1:1", http="127.0.0.1:0", statedir=tmp_path / "state"
+    )
+    pub = Publisher("foo", root_dir, settings)
+    # No state directory, no socket, no scan: its app serves an empty root meanwhile.
+    assert not (tmp_path / "state").exists() and pub.server is None and pub.url is None
+    assert pub.app.test_client().get("/api/list").json == []
+    pub.bind()
+    assert (tmp_path / "state").is_dir() and pub.url == f"http://127.0.0.1:{pub.server.port}"
+    assert pub.root.entries == {}
+    pub.stop()
+
+
+def test_a_subscriber_does_no_io_until_bound(tmp_path):
+    settings = config.node_settings(
+        {}, "subscriber", broker="mqtt://127.0.0.1:1", http="127.0.0.1:0", statedir=tmp_path / "state"
+    )
+    sub = Subscriber(settings, "sub-1")
+    assert not (tmp_path / "state").exists() and sub.url is None
+    sub.bind()
+    assert (
+        tmp_path / "state" / "cache.sqlite"
+    ).is_file() and sub.url == f"http://127.0.0.1:{sub.server.port}"
+    # Bound, not yet serving nor connected.
+    assert sub.node is None
+    sub.stop()
+    with socket.create_server(("127.0.0.1", sub.server.port)):
+        pass
+
+
+def test_a_subscriber_that_cannot_bind_undoes_what_it_did(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        settings = config.node_settings(
+            {}, "subscriber", broker="mqtt://127.0.0.1:1", http=f"127.0.0.1:{port}", statedir=tmp_path / "s"
+        )
+        sub = Subscriber(settings, "sub-1")
+        with pytest.raises(CatmqttError, match="address already in use"):
+            sub.start()
+    # The cache it opened is closed.
+    assert sub.url is None
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        sub.cache.set_subscribed("foo", True)
 
 
 def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):

@@ -10,7 +10,8 @@ Its parts (``docs/architecture.rst`` has the whole picture):
 - `app`: the Flask views; `caterva2`: the Caterva2 dialect python-blosc2 speaks.
 
 `Subscriber` puts them together: its constructor only keeps the settings;
-`start` opens the cache, binds the HTTP port and connects to the broker.
+`bind` opens the cache and binds the HTTP port, `start` (binding first if
+need be) serves and connects to the broker.
 """
 
 from __future__ import annotations
@@ -47,19 +48,31 @@ class Subscriber:
         self.node_id = node_id
         self.fetch = fetch or FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
         self.url: str | None = None
+        self.node: Node | None = None
         self._stops: list = []
 
+    def bind(self) -> Subscriber:
+        """Open the cache and bind the HTTP server's socket, which start() does if not
+        done yet: call it first for a busy port to fail before anything runs."""
+        if self.url is None:
+            self._undone_on_failure(self._bind)
+        return self
+
     def start(self) -> Subscriber:
-        """Open the cache, serve HTTP and follow MQTT; on a failure, undo what was done and raise."""
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        """Bind, then serve HTTP and follow MQTT."""
+        self.bind()
+        self._undone_on_failure(self._start)
         log.info("subscriber serving at %s (state in %s)", self.url, self.settings["statedir"])
         return self
 
-    def _start(self) -> None:
+    def _undone_on_failure(self, step) -> None:
+        try:
+            step()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _bind(self) -> None:
         settings = self.settings
         # Chunks are decoded on many threads at once (HTTP threads, builders).
         release_gil()
@@ -88,10 +101,12 @@ class Subscriber:
         self.server = Server.for_node(self.app, settings)
         self._stops.append(self.server.stop)
         self.url = settings["urlbase"] or self.server.url
+
+    def _start(self) -> None:
         self.node = Node.for_node(
             "subscriber",
             self.node_id,
-            settings,
+            self.settings,
             self.url,
             on_connect=self.follower.on_connect,
             on_message=self.follower.on_message,
@@ -101,9 +116,10 @@ class Subscriber:
         self._stops.append(self.node.stop)
 
     def stop(self) -> None:
-        """Stop what `start` started, the last first."""
+        """Stop what `bind` and `start` started, the last first."""
         while self._stops:
             self._stops.pop()()
+        self.url = None
 
 
 class _Later:

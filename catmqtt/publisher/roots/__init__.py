@@ -4,6 +4,16 @@ A root is a set of datasets under one name: a directory of Blosc2 and plain
 files (:mod:`.directory`), or an HDF5 file (:mod:`.hdf5`). Each kind scans
 its source into entries carrying the metadata announced on MQTT, and serves
 their chunks as compressed Blosc2 bytes.
+
+Threads: one scan runs at a time (the publisher's ``_scan_lock``), on the
+thread that starts the publisher, its watcher thread or its rescan timer;
+HTTP threads read entries and chunks meanwhile. A scan builds a new entries
+dict and swaps it in whole, with the root's etag, under ``Root._lock``;
+readers take ``root.entries`` once and use that snapshot. ``Root._recent_lock``
+guards the chunks kept for their next parts; an entry's ``lock`` is held
+around reading its bytes where the kind of root asks for it (an HDF5 root
+holds its own ``_io`` lock around every h5py call instead). No two of these
+locks are held together.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ... import storage
+from ...blocks import block_parts, chunk_nbytes
 from ...errors import BadRequest, CatmqttError, NotFound
 from ...topics import parse_path
 
@@ -30,6 +42,19 @@ class Entry:
     # The digest of each compressed chunk, for roots that keep manifests.
     digests: list[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class ChunkReply:
+    """What a request for one chunk is answered with."""
+
+    data: bytes
+    # The dataset's etag, and the digest of `data`.
+    etag: str
+    digest: str
+    # The (start, stop) byte ranges of `data` to send when some blocks come first;
+    # None to send the whole chunk.
+    spans: list[tuple[int, int]] | None = None
 
 
 class Root:
@@ -118,6 +143,22 @@ class Root:
         if part:
             self._keep(key, data)
         return data, etag
+
+    def chunk_reply(
+        self, path: str, nchunk: int, blocks: range | None = None, *, ranged: bool = False
+    ) -> ChunkReply:
+        """Return the answer to a request for chunk `nchunk` of `path`: its bytes, its
+        digest and, when only `blocks` of it are wanted first, the byte spans holding
+        them. `ranged`: the request asks for a byte range of the chunk."""
+        entry = self.get(path)
+        data, etag = self.chunk(path, nchunk, part=blocks is not None or ranged)
+        # The manifest has the digest already, unless the dataset changed meanwhile.
+        known = entry.digests is not None and entry.meta["etag"] == etag
+        digest = entry.digests[nchunk] if known else storage.chunk_digest(data)
+        # Some blocks first: the chunk's header, block offsets and those blocks.
+        # (The whole chunk if its blocks cannot be sent apart.)
+        spans = None if blocks is None else block_parts(data, blocks, chunk_nbytes(entry.meta, nchunk))
+        return ChunkReply(data, etag, digest, spans)
 
     def _keep(self, key: tuple, data: bytes) -> None:
         if len(data) > self.recent_bytes:

@@ -14,13 +14,25 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from . import storage
-from .dtypes import to_jsonable
-from .errors import CatmqttError
+from .. import storage
+from ..dtypes import to_jsonable
+from ..errors import CatmqttError
 
-# Importing roots.hdf5 first raises a CatmqttError saying what to install when h5py is missing.
-from .publisher.roots import hdf5
-from .publisher.roots.hdf5 import JSON_ATTR, KIND_ATTR, METALAYER, SUFFIX, Skip, attr_value, h5py, hdf5plugin
+# These raise a CatmqttError saying what to install when h5py is missing.
+from ..publisher.roots.hdf5chunks import METALAYER, Source, plan, set_vlmeta, write_array
+from ..publisher.roots.hdf5tree import (
+    JSON_ATTR,
+    KIND_ATTR,
+    SUFFIX,
+    Layout,
+    Skip,
+    attr_value,
+    h5py,
+    hdf5plugin,
+    open_file,
+    read_attrs,
+    walk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +63,9 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CatmqttError(f"{os.fspath(dst)!r} exists and is not an empty directory")
     io = threading.RLock()
-    with hdf5.open_file(src) as h5file:
+    with open_file(src) as h5file:
         try:
-            layout = hdf5.walk(h5file)
+            layout = walk(h5file)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise CatmqttError(f"cannot read the HDF5 file {os.fspath(src)!r}: {exc}") from None
         dst.mkdir(parents=True, exist_ok=True)
@@ -61,12 +73,12 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
             if path and layout.aliased(path):
                 continue
             (dst / path).mkdir(parents=True, exist_ok=True)
-            attrs, problems = hdf5.read_attrs(group)
+            attrs, problems = read_attrs(group)
             for problem in problems:
                 layout.skip(group.name, problem)
             if attrs:
                 frame = blosc2.SChunk(urlpath=str(dst / path / GROUP_ATTRS), contiguous=True, mode="w")
-                hdf5.set_vlmeta(frame, attrs)
+                set_vlmeta(frame, attrs)
         written = 0
         for path, (h5name, dset) in layout.datasets.items():
             if layout.aliased(path):
@@ -76,7 +88,7 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
                     _import_null(dset, dst / path)
                     written += 1
                     continue
-                source = hdf5.plan(h5name, dset, io)
+                source = plan(h5name, dset, io)
                 for problem in source.problems:
                     layout.skip(h5name, problem)
                 _import_dataset(source, dst, path, io)
@@ -96,7 +108,7 @@ def _import_null(dset: h5py.Dataset, target: Path) -> None:
         raise Skip(f"{target.name!r} is already in {target.parent}")
     if dset.dtype.kind not in "biufcSV" or h5py.check_string_dtype(dset.dtype):
         raise Skip(f"an empty dataset (null dataspace) of type {dset.dtype}")
-    attrs, problems = hdf5.read_attrs(dset)
+    attrs, problems = read_attrs(dset)
     if problems:
         raise Skip("; ".join(problems))
     array = blosc2.empty(
@@ -107,10 +119,10 @@ def _import_null(dset: h5py.Dataset, target: Path) -> None:
         mode="w",
         meta={METALAYER: {"null": True}},
     )
-    hdf5.set_vlmeta(array.schunk, attrs)
+    set_vlmeta(array.schunk, attrs)
 
 
-def _import_dataset(source: hdf5.Source, dst: Path, path: str, io: AbstractContextManager) -> None:
+def _import_dataset(source: Source, dst: Path, path: str, io: AbstractContextManager) -> None:
     """Write one dataset: a ``.b2nd`` array, or the file an export stored as bytes."""
     if source.attrs.get(KIND_ATTR) and source.dtype == np.uint8 and len(source.shape) == 1:
         target = dst / path.removesuffix(SUFFIX)
@@ -123,10 +135,10 @@ def _import_dataset(source: hdf5.Source, dst: Path, path: str, io: AbstractConte
     target = dst / path
     if target.exists():
         raise Skip(f"{target.name!r} is already in {target.parent}")
-    hdf5.write_array(source, target, lambda n: source.chunk(n, io)[0])
+    write_array(source, target, lambda n: source.chunk(n, io)[0])
 
 
-def _make_links(dst: Path, links: dict[str, str], layout: hdf5.Layout) -> None:
+def _make_links(dst: Path, links: dict[str, str], layout: Layout) -> None:
     """Make the soft links symbolic links, once their targets exist (a link may target a link).
 
     Links met inside a linked group are already there, through the group's link.
@@ -146,7 +158,7 @@ def _make_links(dst: Path, links: dict[str, str], layout: hdf5.Layout) -> None:
             return
 
 
-def _make_external_links(dst: Path, layout: hdf5.Layout) -> None:
+def _make_external_links(dst: Path, layout: Layout) -> None:
     """Make each external link a symbolic link whose target reads ``FILE:/PATH``
     (it points nowhere in the root; export makes it an external link again)."""
     for path, (h5name, target) in layout.external.items():

@@ -1,0 +1,119 @@
+"""This module holds the client commands of ``catmqtt`` (roots, subscribe,
+unsubscribe, list, info, show, download), which ask a subscriber over HTTP, and
+how they print what it answers.
+
+Each takes the parsed arguments and a :class:`catmqtt.Client`; it imports
+numpy only when it reads data, so that the others start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+# The most items `catmqtt --json show` prints.
+JSON_ITEMS = 1_000_000
+
+
+def cmd_roots(args: argparse.Namespace, client: Any) -> int:
+    roots = client.get_roots()
+    if args.json:
+        return _json(roots)
+    for name in sorted(roots):
+        root = roots[name]
+        print(
+            name + (" (subscribed)" if root["subscribed"] else "") + ("" if root["online"] else " (offline)")
+        )
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace, client: Any) -> int:
+    return _print(client.subscribe(args.root), args.json)
+
+
+def cmd_unsubscribe(args: argparse.Namespace, client: Any) -> int:
+    return _print(client.unsubscribe(args.root), args.json)
+
+
+def cmd_list(args: argparse.Namespace, client: Any) -> int:
+    root = args.path.strip("/").split("/", 1)[0]
+    paths = [f"{root}/{p}" for p in client.get_list(args.path)]
+    if args.json:
+        return _json(paths)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, client: Any) -> int:
+    return _json(client.get_info(args.path))
+
+
+def cmd_show(args: argparse.Namespace, client: Any) -> int:
+    import numpy as np
+
+    from .dtypes import to_jsonable
+    from .errors import TooLarge
+    from .slices import parse_slice, result_shape, select
+
+    path, slice_ = _split_slice(args.path)
+    meta = client.get_info(path)
+    if args.json:
+        # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory too.
+        size = math.prod(result_shape(select(parse_slice(slice_ or ""), meta["shape"])))
+        if size > JSON_ITEMS:
+            raise TooLarge(
+                f"the selection has {size} items, over the {JSON_ITEMS} that --json prints:"
+                " select less, or save it with 'catmqtt download'"
+            )
+    result = client.fetch(path, slice_, meta=meta)
+    if args.json:
+        return _json(to_jsonable(result))
+    if isinstance(result, bytes):
+        try:
+            print(result.decode())
+        except UnicodeDecodeError:
+            print(repr(result))
+    else:
+        with np.printoptions(threshold=1000):
+            print(result)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, client: Any) -> int:
+    dest = client.download(args.path, args.output)
+    if args.json:
+        return _json({"path": str(dest)})
+    print(f"Dataset saved to {dest}")
+    return 0
+
+
+def _split_slice(text: str) -> tuple[str, str | None]:
+    """Split ``foo/x.b2nd[1,2]`` into the path and the slice."""
+    if text.endswith("]") and "[" in text:
+        at = text.rindex("[")
+        return text[:at], text[at + 1 : -1]
+    return text, None
+
+
+def _print(value: Any, as_json: bool) -> int:
+    print(json.dumps(value) if as_json else value)
+    return 0
+
+
+def _json(value: Any) -> int:
+    """Print `value` as indented JSON, with lists of plain values on one line."""
+    print(_layout(value, ""))
+    return 0
+
+
+def _layout(value: Any, pad: str) -> str:
+    inner = pad + "  "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(str(k))}: {_layout(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(inner + _layout(v, inner) for v in value) + f"\n{pad}]"
+    return json.dumps(value)

@@ -1,0 +1,264 @@
+"""This module holds the publisher service: it scans one root, announces it on
+MQTT and serves it over HTTP through the app of :mod:`.app`.
+
+The constructor only builds objects; :meth:`Publisher.bind` makes the state
+directory and binds the HTTP socket, :meth:`Publisher.start` scans the root and
+starts the threads:
+
+- the MQTT thread (paho's) runs ``_announce_all`` on every (re)connect and
+  ``_message`` for each retained message of our root the broker replays;
+- the watcher thread, and the timer thread of a rescan once unsettled files
+  may have settled, run ``refresh``: a scan, then announcements of what changed;
+- the HTTP worker threads run the views, which only call the root (see
+  :mod:`.roots` for what guards its entries and chunks).
+
+``_scan_lock`` guards scanning the root and ``_rescan`` (the pending timer);
+``_publish_lock`` guards ``_announced``, ``_tombstones`` and the order of our
+publications. The two are never held together: a scan's result is taken out
+of ``_scan_lock`` before it is announced under ``_publish_lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from .. import fsutil, signing
+from ..errors import BadRequest
+from ..mqtt import LogThrottle, Node
+from ..signing import verify
+from ..topics import dataset_topic, parse_topic, root_topic
+from ..watch import Watcher
+from ..web import Server
+from .app import create_app
+from .roots import open_root
+
+# The publisher's log lines are named as its module was before it was split.
+log = logging.getLogger(__package__)
+
+
+class Publisher:
+    """A running publisher: HTTP server plus MQTT announcements of one root."""
+
+    def __init__(
+        self, name: str, root_path: str | os.PathLike, settings: dict[str, Any], node_id: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.prefix = settings["prefix"]
+        self.node_id = node_id or name
+        # Opening a root only tells its kind; start() scans it.
+        self.root = open_root(name, root_path, settings["statedir"], settings["settle"])
+        self.app = create_app(self.root)
+        # Set by bind(): the HTTP server and the URL it is reached at.
+        self.server: Server | None = None
+        self.url: str | None = None
+        # Set by start(): the key we sign with, and our side of MQTT.
+        self.signer: signing.Signer | None = None
+        self.node: Node | None = None
+        # What we last announced on each topic of our root (b"" once cleared),
+        # and the tombstones we sent, so that our own messages coming back are
+        # told from someone else's; written under _publish_lock.
+        self._announced: dict[str, bytes] = {}
+        self._tombstones: dict[str, bytes] = {}
+        self._publish_lock = threading.Lock()
+        self._withdrawals = LogThrottle(log)
+        # Scans run one at a time: the watcher's, and a later one while files are being written.
+        self._scan_lock = threading.Lock()
+        self._rescan: threading.Timer | None = None
+        self._stopping = threading.Event()
+        # Set by start(), unless watching is off.
+        self.watcher: Watcher | None = None
+
+    def bind(self) -> Publisher:
+        """Make the state directory and bind the HTTP server's socket, which start()
+        does if not done yet: call it first for a busy port to fail before anything runs."""
+        if self.server is None:
+            fsutil.make_statedir(self.settings["statedir"])
+            self.server = Server.for_node(self.app, self.settings)
+            self.url = self.settings["urlbase"] or self.server.url
+        return self
+
+    def start(self) -> Publisher:
+        """Bind (before scanning, which may take a while: a busy port fails at once),
+        scan the root, then serve it and announce it."""
+        self.bind()
+        self.root.scan()
+        if self.root.unsettled:
+            # Files written just before we started (`catmqtt up`'s sample) are
+            # listed from the first announcement; later ones when they settle.
+            time.sleep(self.settings["settle"])
+            self.root.scan()
+        if self.settings["sign_key"] is not None:
+            self.signer = signing.load(self.settings["sign_key"])
+        self.node = Node.for_node(
+            "publisher",
+            self.node_id,
+            self.settings,
+            self.url,
+            on_connect=self._announce_all,
+            on_message=self._message,
+            sign=None if self.signer is None else self.signer.sign,
+        )
+        self.server.start()
+        self.node.start()
+        if self.settings["watch"] != "off":
+            self.watcher = Watcher(
+                self.root.path, self.refresh, mode=self.settings["watch"], ignore=[self.root.statedir]
+            ).start()
+        self._rescan_if_unsettled()
+        log.info(
+            "publishing root %r (%d datasets) from %s at %s",
+            self.root.name,
+            len(self.root.entries),
+            self.root.path,
+            self.url,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop watching, announcing and serving; what was not started is left alone."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._stopping.set()
+        with self._scan_lock:
+            rescan = self._rescan
+        if rescan is not None:
+            rescan.cancel()
+            rescan.join()
+        if self.node is not None:
+            self.node.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def _announce_all(self) -> None:
+        """Announce the root and every dataset; runs on every (re)connect."""
+        with self._publish_lock:
+            # Retained topics of our root that we no longer serve are withdrawn,
+            # and ours that someone else changed are restored, in _message as the
+            # broker replays them.
+            root_topic_ = root_topic(self.prefix, self.root.name)
+            self.node.subscribe(root_topic_)
+            self.node.subscribe(f"{root_topic_}/ds/#")
+            for path, entry in self.root.entries.items():
+                self._announce(dataset_topic(self.prefix, self.root.name, path), entry.meta)
+            self._announce(root_topic_, self._root_payload())
+
+    def refresh(self) -> None:
+        """Scan the root again and announce what changed (the watcher calls this)."""
+        self._refresh()
+        self._rescan_if_unsettled()
+
+    def _refresh(self) -> None:
+        if self._stopping.is_set():
+            return
+        with self._scan_lock:
+            old = self.root.entries
+            new = self.root.scan()
+        changed = [p for p in new if p not in old or old[p].meta != new[p].meta]
+        gone = [p for p in old if p not in new]
+        if not changed and not gone:
+            return
+        log.info("root %r: %d datasets new or changed, %d gone", self.root.name, len(changed), len(gone))
+        with self._publish_lock:
+            # Removals first: a renamed file is never listed under both names.
+            for path in gone:
+                self._withdraw(dataset_topic(self.prefix, self.root.name, path), {"path": path})
+            for path in changed:
+                self._announce(dataset_topic(self.prefix, self.root.name, path), new[path].meta)
+            self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
+
+    def _rescan_if_unsettled(self) -> None:
+        """Scan again once files being written may have settled (nothing else
+        would tell us: the watcher has seen their last change already)."""
+        with self._scan_lock:
+            if self.root.unsettled and self._rescan is None and not self._stopping.is_set():
+                self._rescan = threading.Timer(self.settings["settle"], self._rescan_now)
+                self._rescan.daemon = True
+                self._rescan.start()
+
+    def _rescan_now(self) -> None:
+        self._refresh()
+        with self._scan_lock:
+            self._rescan = None
+        self._rescan_if_unsettled()
+
+    def _announce(self, topic: str, obj: dict[str, Any]) -> None:
+        """Publish `obj` on `topic`, signed if we sign (_publish_lock held)."""
+        payload = self.node.payload(topic, obj)
+        self._announced[topic] = payload
+        # Our tombstone of an earlier withdrawal is no longer ours: replayed, it is restored over.
+        self._tombstones.pop(topic, None)
+        self.node.publish(topic, payload)
+
+    def _withdraw(self, topic: str, ident: dict[str, Any]) -> None:
+        """Clear `topic`, after a signed tombstone if we sign (_publish_lock held):
+        subscribers that trust our key ignore a bare clear, which anyone can send."""
+        if self.signer is not None:
+            tombstone = self.node.payload(topic, {**ident, "deleted": True})
+            self._tombstones[topic] = tombstone
+            self.node.publish(topic, tombstone)
+        self._announced[topic] = b""
+        self.node.publish(topic, b"")
+
+    def _root_payload(self) -> dict[str, Any]:
+        return {
+            "name": self.root.name,
+            "url": self.url,
+            "publisher": self.node_id,
+            "datasets": len(self.root.entries),
+            "etag": self.root.etag,
+            "skipped": self.root.skipped,
+            "groups": self.root.groups,
+            "time": time.time(),
+        }
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        """Withdraw what we no longer serve; restore what someone else changed."""
+        try:
+            what = parse_topic(self.prefix, topic)
+        except BadRequest:
+            return
+        # Check the topic: amqtt may replay retained messages beyond the filter.
+        if what.kind not in ("root", "dataset") or what.name != self.root.name:
+            return
+        with self._publish_lock:
+            if self._ours(topic, payload):
+                if not payload:
+                    # Our clear is back: nothing on the topic is left to tell ours
+                    # (and a stranger's junk topics do not pile up here).
+                    self._announced.pop(topic, None)
+                    self._tombstones.pop(topic, None)
+                return
+            if what.kind == "dataset" and what.path not in self.root.entries:
+                if payload:
+                    self._withdrawals.info("withdrawing the announcement of %s, which is gone", what.path)
+                    self._withdraw(topic, {"path": what.path})
+                return
+            if topic in self._announced:
+                self.node.restore(topic, self._announced[topic])
+
+    def _ours(self, topic: str, payload: bytes) -> bool:
+        """Tell whether `payload` on `topic` says what we announced last there: that
+        announcement, or an earlier one of the same content (a retained copy from
+        our last run, which our new one follows), or our tombstone."""
+        mine = self._announced.get(topic)
+        if payload in (mine, self._tombstones.get(topic)):
+            return True
+        if not payload or not mine:
+            return False
+        try:
+            theirs, ours = json.loads(payload), json.loads(mine)
+            if self.signer is not None and verify(topic, theirs) != self.signer.public:
+                return False
+        except (ValueError, BadRequest):
+            return False
+        return isinstance(theirs, dict) and _lasting(theirs) == _lasting(ours)
+
+
+def _lasting(obj: dict[str, Any]) -> dict[str, Any]:
+    """Return an announcement without what changes each time it is made."""
+    return {k: v for k, v in obj.items() if k not in ("time", "seq", "sig")}
