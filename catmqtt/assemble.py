@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
 
 import blosc2
 import numpy as np
@@ -26,6 +26,9 @@ from .blocks import HEADER, chunk_problem, cut
 from .dtypes import array_dtype
 from .errors import Unavailable
 from .slices import Selection, chunk_coords, chunk_grid, forward
+
+if TYPE_CHECKING:
+    from .schema import DatasetMeta
 
 
 def release_gil() -> None:
@@ -42,7 +45,7 @@ class Assembler:
     """
 
     def __init__(
-        self, meta: dict[str, Any], sel: Selection, *, nthreads: int | None = None, sender: str = ""
+        self, meta: DatasetMeta, sel: Selection, *, nthreads: int | None = None, sender: str = ""
     ) -> None:
         # Blosc2 threads for each chunk: callers that decode several chunks at once
         # in threads of their own ask for one, else each call starts Blosc2's threads.

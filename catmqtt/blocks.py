@@ -17,7 +17,10 @@ from __future__ import annotations
 import bisect
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schema import DatasetMeta
 
 HEADER = 32
 # Blosc2's limits: the largest chunk (BLOSC2_MAX_BUFFERSIZE) and block
@@ -125,7 +128,7 @@ def cut(chunk: bytes, blocks: range, nbytes: int) -> bytes | None:
     return b"".join([header, struct.pack(f"<{len(blocks)}i", *offsets), *pieces])
 
 
-def chunk_nbytes(meta: dict[str, Any], nchunk: int) -> int:
+def chunk_nbytes(meta: DatasetMeta, nchunk: int) -> int:
     """Return the uncompressed size of chunk `nchunk` of a dataset described by `meta`."""
     if meta["kind"] == "ndarray":
         return meta["chunksize"]
@@ -133,7 +136,7 @@ def chunk_nbytes(meta: dict[str, Any], nchunk: int) -> int:
     return min(meta["chunksize"], meta["nbytes"] - nchunk * meta["chunksize"])
 
 
-def chunk_problem(chunk: bytes | bytearray, meta: dict[str, Any], nchunk: int) -> str | None:
+def chunk_problem(chunk: bytes | bytearray, meta: DatasetMeta, nchunk: int) -> str | None:
     """Return what makes `chunk` not chunk `nchunk` of a dataset described by `meta`
     (checked by ``schema.parse_dataset``); None if nothing does.
 

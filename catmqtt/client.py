@@ -30,7 +30,7 @@ from .blocks import chunk_problem
 from .chunkcache import ChunkCache
 from .client_reader import Reader
 from .errors import BadRequest, Changed, Unavailable, from_status
-from .schema import parse_dataset, parse_root
+from .schema import DatasetMeta, parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, parse_slice
 from .wire import ETAG, error_from_json, quote_dataset
@@ -52,7 +52,7 @@ T = TypeVar("T")
 class Known(NamedTuple):
     """A dataset's metadata, and when (``time.monotonic()``) it was last known current."""
 
-    meta: dict[str, Any]
+    meta: DatasetMeta
     checked: float
 
 
@@ -202,7 +202,7 @@ class Client:
         return meta
 
     def fetch(
-        self, dataset: str, slice_: Any = None, *, meta: dict[str, Any] | None = None
+        self, dataset: str, slice_: Any = None, *, meta: DatasetMeta | None = None
     ) -> np.ndarray | bytes:
         """Return a selection of `dataset`.
 
@@ -376,7 +376,7 @@ class Root:
 class File:
     """A byte stream of a root: a ``.b2frame`` SChunk or a plain file."""
 
-    def __init__(self, root: Root, path: str, meta: dict[str, Any]) -> None:
+    def __init__(self, root: Root, path: str, meta: DatasetMeta) -> None:
         self.root = root
         self.name = path
         self.path = f"{root.name}/{path}"

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import requests
 import urllib3
@@ -39,6 +39,8 @@ from .wire import FRAME, NPY, TRAILER_MAX, format_chunk_list, quote_dataset, rea
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .schema import DatasetMeta
 
 DECODERS = min(8, os.cpu_count() or 2)
 # Chunks read in part (sliced by the subscriber) remembered, so that those read
@@ -65,7 +67,7 @@ class Reader:
         if self._decoders is not None:
             self._decoders.shutdown()
 
-    def read(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
+    def read(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray:
         """Return selection `key` of `dataset`, whose metadata is `meta` (current)."""
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
@@ -111,7 +113,7 @@ class Reader:
             future.result()
         return assembler.result()
 
-    def _chunks(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> Iterator[tuple[int, bytes]]:
+    def _chunks(self, dataset: str, meta: DatasetMeta, numbers: list[int]) -> Iterator[tuple[int, bytes]]:
         """Yield (number, bytes) of chunks `numbers` of `dataset`, as the subscriber sends them."""
         sender = f"the subscriber at {self.urlbase}"
         params = {"nchunks": format_chunk_list(numbers), "etag": meta["etag"]}
@@ -125,14 +127,12 @@ class Reader:
 
             yield from read_frames(read, sender)
 
-    def _keep(self, dataset: str, meta: dict[str, Any], nchunk: int, data: bytes) -> None:
+    def _keep(self, dataset: str, meta: DatasetMeta, nchunk: int, data: bytes) -> None:
         """Cache a chunk, if it passes the checks any chunk passes before it is decoded."""
         if self.chunk_cache.budget and chunk_problem(data, meta, nchunk) is None:
             self.chunk_cache.put((dataset, meta["etag"], nchunk), data)
 
-    def _read_in_part(
-        self, dataset: str, meta: dict[str, Any], numbers: list[int], chunk_bytes: float
-    ) -> None:
+    def _read_in_part(self, dataset: str, meta: DatasetMeta, numbers: list[int], chunk_bytes: float) -> None:
         """Note that chunks `numbers` were read in part; fetch those read so before
         whole into the cache, in the background, unless a fetch of that kind runs.
 
@@ -163,7 +163,7 @@ class Reader:
             )
             self._filler.start()
 
-    def _fill(self, dataset: str, meta: dict[str, Any], numbers: list[int]) -> None:
+    def _fill(self, dataset: str, meta: DatasetMeta, numbers: list[int]) -> None:
         """Fetch chunks `numbers` of `dataset` whole into the cache."""
         try:
             with closing(self._chunks(dataset, meta, numbers)) as chunks:
@@ -173,7 +173,7 @@ class Reader:
             # Changed, or cut off (the client closed): the chunks are read in part again.
             pass
 
-    def _read_sliced(self, dataset: str, meta: dict[str, Any], key: tuple) -> np.ndarray:
+    def _read_sliced(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray:
         import numpy as np
 
         from .arrays import decode_array

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import BadRequest
+
+if TYPE_CHECKING:
+    from .schema import DatasetMeta
 
 
 def dtype_to_json(dtype: np.dtype) -> str | list:
@@ -41,7 +44,7 @@ def dtype_from_json(value: object) -> np.dtype:
     return dtype
 
 
-def array_dtype(meta: dict[str, Any]) -> np.dtype:
+def array_dtype(meta: DatasetMeta) -> np.dtype:
     """Return the dtype of an array's metadata, if its items are of ``typesize`` bytes."""
     dtype = dtype_from_json(meta["dtype"])
     if dtype.itemsize != meta["typesize"]:

@@ -13,7 +13,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blosc2
 import numpy as np
@@ -21,6 +21,9 @@ import xxhash
 
 from .dtypes import dtype_from_json, dtype_to_json, to_jsonable
 from .errors import BadRequest, Changed
+
+if TYPE_CHECKING:
+    from .schema import DatasetMeta
 
 BLOSC2_SUFFIXES = (".b2nd", ".b2frame", ".b2")
 # Plain files are cut into chunks of this many bytes.
@@ -106,10 +109,10 @@ def open_blosc2(path: Path) -> blosc2.NDArray | blosc2.SChunk | None:
 
 def describe(
     obj: blosc2.NDArray | blosc2.SChunk, path: str, etag: str, kind: str | None = None
-) -> dict[str, Any]:
+) -> DatasetMeta:
     """Return the metadata of an opened dataset, as announced and served."""
     schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
-    meta: dict[str, Any] = {"path": path}
+    meta: DatasetMeta = {"path": path}
     if isinstance(obj, blosc2.NDArray):
         meta.update(
             kind="ndarray",
@@ -138,7 +141,7 @@ def describe(
     return meta
 
 
-def describe_file(path: str, size: int, etag: str) -> dict[str, Any]:
+def describe_file(path: str, size: int, etag: str) -> DatasetMeta:
     """Return the metadata of a plain file, before it is compressed."""
     chunks = min(size, FILE_CHUNKSIZE) or FILE_CHUNKSIZE
     return {
@@ -176,7 +179,7 @@ def compress_file(src: Path, dst: Path, etag: str) -> blosc2.SChunk:
     return blosc2.open(str(dst), mode="r")
 
 
-def create_sparse(meta: dict[str, Any], urlpath: Path) -> blosc2.NDArray | blosc2.SChunk:
+def create_sparse(meta: DatasetMeta, urlpath: Path) -> blosc2.NDArray | blosc2.SChunk:
     """Create an empty sparse container (one file per chunk) shaped like `meta`."""
     remove(urlpath)
     urlpath.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,7 @@ def schunk_of(obj: blosc2.NDArray | blosc2.SChunk) -> blosc2.SChunk:
     return obj.schunk if isinstance(obj, blosc2.NDArray) else obj
 
 
-def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: dict[str, Any], dst: Path) -> None:
+def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: DatasetMeta, dst: Path) -> None:
     """Write `src` as one contiguous Blosc2 file, moving compressed chunks as they are."""
     cparams = cparams_from_json(meta["cparams"])
     if isinstance(src, blosc2.NDArray):

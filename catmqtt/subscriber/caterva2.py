@@ -31,6 +31,7 @@ from ..storage import cparams_from_json
 from .large import PIECE
 
 if TYPE_CHECKING:
+    from ..schema import DatasetMeta
     from .answers import Answers
 
 # The largest POST body /api/fetch reads; C2Array posts only keys too long for a URL.
@@ -38,7 +39,7 @@ MAX_BODY = 8 << 20
 _MAX_AXES = 64
 
 
-def describe(meta: dict[str, Any]) -> dict[str, Any]:
+def describe(meta: DatasetMeta) -> DatasetMeta:
     """Return a dataset's metadata with what ``C2Array`` reads besides our own fields.
 
     ``schunk`` carries what Caterva2 says of a dataset's super-chunk, with

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blosc2
 
@@ -44,6 +44,9 @@ from ..errors import CatmqttError, Changed, InsufficientStorage
 from ..wire import DIGEST, ETAG
 from .cache import Cache
 from .transport import Manifests, Source, Transport, changing, check_chunk, damaged, stopping
+
+if TYPE_CHECKING:
+    from ..schema import DatasetMeta
 
 __all__ = ["FetchSettings", "Fetcher", "Source"]
 
@@ -128,7 +131,7 @@ class Fetcher:
         with self._lock:
             return len(self._inflight)
 
-    def manifest(self, root: str, path: str, meta: dict[str, Any], url: str) -> list[str]:
+    def manifest(self, root: str, path: str, meta: DatasetMeta, url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
         return self.transport.manifest(Source(root, path, meta, url))
 

@@ -28,7 +28,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import requests
@@ -41,6 +41,9 @@ from ..blocks import chunk_problem
 from ..errors import Changed, Unavailable
 from ..sessions import environment
 from ..wire import ETAG, PARTS, format_block_range, format_range, parse_content_range, parse_parts
+
+if TYPE_CHECKING:
+    from ..schema import DatasetMeta
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class Source(NamedTuple):
 
     root: str
     path: str
-    meta: dict[str, Any]
+    meta: DatasetMeta
     url: str
 
 

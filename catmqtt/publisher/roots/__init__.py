@@ -24,12 +24,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ... import storage
 from ...blocks import block_parts, chunk_nbytes
 from ...errors import BadRequest, CatmqttError, NotFound
 from ...topics import parse_path
+
+if TYPE_CHECKING:
+    from ...schema import DatasetMeta
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Entry:
     """One dataset of a root: where it comes from, its metadata and, once opened, its data."""
 
     source: Any
-    meta: dict[str, Any]
+    meta: DatasetMeta
     handle: Any = None
     # The digest of each compressed chunk, for roots that keep manifests.
     digests: list[str] | None = None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blosc2
 import numpy as np
@@ -25,6 +25,9 @@ from ...dtypes import dtype_to_json, to_jsonable
 
 # Imported first: it says what to install when h5py is missing.
 from .hdf5tree import DTYPE_ATTR, Skip, h5py, read_attrs
+
+if TYPE_CHECKING:
+    from ...schema import DatasetMeta
 
 BLOSC2_FILTER = 32026
 # The Blosc2 metalayer of a ``.b2nd`` file imported from HDF5 that records what
@@ -96,7 +99,7 @@ class Source:
         """Return the chunks and blocks to give Blosc2 (nothing for a scalar, which has none)."""
         return {"chunks": self.chunks, "blocks": self.blocks} if self.shape else {}
 
-    def describe(self, path: str, etag: str) -> dict[str, Any]:
+    def describe(self, path: str, etag: str) -> DatasetMeta:
         """Return the metadata of this dataset served at `path`, as `storage.describe` gives it."""
         cbytes = self.dset.id.get_storage_size()
         nbytes = self.nchunks * self.chunksize
