@@ -100,13 +100,14 @@ class Follower:
     def __init__(self, prefix: str, cache: Cache, trust: Trust, fetcher: Fetcher, topics: Topics) -> None:
         self.prefix = prefix
         self.cache = cache
+        self.catalogue = cache.catalogue
         self.trust = trust
         self.fetcher = fetcher
         self.topics = topics
         self.statuses = Statuses()
         self.updates = Updates()
         self._lock = threading.Condition()
-        self._subscribed = set(cache.subscribed())
+        self._subscribed = set(self.catalogue.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
         # Roots whose index awaits a check against the snapshot after (re)connecting.
@@ -143,7 +144,7 @@ class Follower:
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:
-            last = self.cache.root(name)["info"]
+            last = self.catalogue.root(name)["info"]
         except NotFound:
             last = None
         # Checked before its key may be pinned: junk pins nothing.
@@ -197,7 +198,7 @@ class Follower:
     def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
         try:
-            url = self.cache.root(root)["info"]["url"]
+            url = self.catalogue.root(root)["info"]["url"]
             digests = self.fetcher.manifest(root, path, new, url)
         except CatmqttError as exc:
             log.warning("%s/%s changed and its manifest is unavailable (%s): chunks dropped", root, path, exc)
@@ -214,7 +215,7 @@ class Follower:
         root's own announcement counts.
         """
         try:
-            expected = self.cache.root(name)["info"]["datasets"]
+            expected = self.catalogue.root(name)["info"]["datasets"]
         except NotFound:
             return
         with self._lock:
@@ -236,13 +237,13 @@ class Follower:
 
     def subscribe(self, name: str) -> None:
         """Follow root `name`; returns once the broker replayed its datasets."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         if self.subscribed(name) and root["subscribed"]:
             return
         with self._lock:
             self._seen[name] = set()
             self._unreconciled.add(name)
-        self.cache.set_subscribed(name, True)
+        self.catalogue.set_subscribed(name, True)
         with self._lock:
             self._subscribed.add(name)
         self.topics.subscribe(f"{root_topic(self.prefix, name)}/ds/#")
@@ -255,8 +256,8 @@ class Follower:
                     )
 
     def unsubscribe(self, name: str) -> None:
-        self.cache.root(parse_root_name(name))
-        self.cache.set_subscribed(name, False)
+        self.catalogue.root(parse_root_name(name))
+        self.catalogue.set_subscribed(name, False)
         with self._lock:
             self._subscribed.discard(name)
         self.topics.unsubscribe(f"{root_topic(self.prefix, name)}/ds/#")

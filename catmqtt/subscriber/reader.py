@@ -56,6 +56,7 @@ class Reader:
 
     def __init__(self, cache: Cache, fetcher: Fetcher, follower: Follower, max_fetch: int) -> None:
         self.cache = cache
+        self.catalogue = cache.catalogue
         self.fetcher = fetcher
         self.follower = follower
         self.max_fetch = max_fetch
@@ -71,19 +72,19 @@ class Reader:
                 "subscribed": root["subscribed"],
                 "key": root["info"].get("key"),
             }
-            for name, root in self.cache.roots().items()
+            for name, root in self.catalogue.roots().items()
         }
 
     def root_of(self, name: str) -> dict[str, Any]:
         """Return the announcement of a subscribed root, or raise."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         if not root["subscribed"]:
             raise NotSubscribed(f"root {name!r} is not subscribed (run 'catmqtt subscribe {name}')")
         return root["info"]
 
     def root_info(self, name: str) -> dict[str, Any]:
         """Return what root `name`'s publisher announced of it, and how we see it."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         info = root["info"]
         return {
             **{key: info[key] for key in ROOT_FIELDS if key in info},
