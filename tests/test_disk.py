@@ -20,7 +20,8 @@ import requests
 import catmqtt
 from catmqtt import storage
 from catmqtt.errors import InsufficientStorage
-from catmqtt.subscriber.cache import ACCESS_FLUSH, Cache
+from catmqtt.subscriber.cache import Cache
+from catmqtt.subscriber.chunks import ACCESS_FLUSH
 
 from conftest import MOSQUITTO, Broker, Deployment
 
@@ -139,19 +140,19 @@ def test_full_disk(tmp_path, root_dir, small_disk):
 def test_failed_commit_leaves_the_index_usable(tmp_path):
     """A COMMIT can fail (on a full disk, where SQLite writes its log): the
     transaction is rolled back, not left open for every later one to fail on."""
-    cache = Cache(tmp_path)
+    cache = Cache.open(tmp_path)
     try:
         # A deferred constraint makes the COMMIT itself fail, as a full disk can.
-        cache._db.execute("PRAGMA foreign_keys = ON")
-        cache._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-        cache._db.execute(
+        cache.index.query("PRAGMA foreign_keys = ON")
+        cache.index.query("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        cache.index.query(
             "CREATE TABLE child (id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
         )
-        with pytest.raises(sqlite3.IntegrityError), cache._transaction() as db:
+        with pytest.raises(sqlite3.IntegrityError), cache.index.transaction() as db:
             db.execute("INSERT INTO child VALUES (1)")
-        assert not cache._db.in_transaction
+        assert not cache.index._db.in_transaction
         cache.set_root("foo", {"name": "foo", "url": "http://x"})
-        cache.set_subscribed("foo", True)
+        cache.catalogue.set_subscribed("foo", True)
     finally:
         cache.close()
-    assert Cache(tmp_path).subscribed() == ["foo"]
+    assert Cache.open(tmp_path).catalogue.subscribed() == ["foo"]

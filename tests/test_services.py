@@ -214,7 +214,7 @@ def test_a_stopping_subscriber_gives_the_rests_under_way_a_grace(broker, tmp_pat
             return any(t.name.startswith("rest") for t in threading.enumerate())
 
         wait_for(lambda: not resting(), "the rests' threads to end")
-        cache = Cache(tmp_path / "sub")
+        cache = Cache.open(tmp_path / "sub")
         try:
             meta = cache.dataset("foo", "ds-1d.b2nd")
             kept = cache.cached_chunks("foo", "ds-1d.b2nd", meta, [0, 1])
@@ -315,7 +315,7 @@ def test_fetch_settings_are_checked(knobs):
 
 
 def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
-    cache = Cache(tmp_path)
+    cache = Cache.open(tmp_path)
     fetcher = Fetcher(cache, FetchSettings(workers=2, timeout=5))
     fetcher.close()
     source = Source("foo", "ds.b2nd", {"etag": "e", "nchunks": 1, "nbytes": 8}, "http://127.0.0.1:9")

@@ -165,17 +165,17 @@ def test_bad_trust_settings(value, message):
 
 def test_trust_on_first_use_then_only_that_key(tmp_path):
     a, b = signing.generate(tmp_path / "a.pem"), signing.generate(tmp_path / "b.pem")
-    cache = Cache(tmp_path / "state")
+    cache = Cache.open(tmp_path / "state")
     try:
-        trust = Trust(None, cache)
+        trust = Trust(None, cache.catalogue)
         unsigned = {"schema": 1, "name": "foo"}
         # Neither a clear nor an announcement that failed other checks (pin=False) pins.
         assert trust.check(ROOT, "foo", None, None, pin=False) is None
         assert trust.check(ROOT, "foo", b.sign(ROOT, unsigned), None, pin=False) == b.public
-        assert cache.first_key("foo") is None
+        assert cache.catalogue.first_key("foo") is None
         first = a.sign(ROOT, unsigned)
         assert trust.check(ROOT, "foo", first, None, pin=True) == a.public
-        assert cache.first_key("foo") == a.public
+        assert cache.catalogue.first_key("foo") == a.public
         for refused, message in [
             (unsigned, "unsigned, but root 'foo' was first announced under"),
             (b.sign(ROOT, unsigned), re.escape(f"signed by {b.public}")),
@@ -190,7 +190,7 @@ def test_trust_on_first_use_then_only_that_key(tmp_path):
         # The same announcement again (a retained copy replayed on reconnect) is fine.
         assert trust.check(ROOT, "foo", newer, newer, pin=True) == a.public
         # Configured keys win over the pinned one.
-        configured = Trust({"foo": [b.public], "*": [a.public]}, cache)
+        configured = Trust({"foo": [b.public], "*": [a.public]}, cache.catalogue)
         assert configured.check(ROOT, "foo", b.sign(ROOT, unsigned), None, pin=True) == b.public
         with pytest.raises(BadRequest, match="subscriber.trust accepts root 'foo' only under"):
             configured.check(ROOT, "foo", a.sign(ROOT, unsigned), None, pin=True)
@@ -203,7 +203,7 @@ def test_trust_on_first_use_then_only_that_key(tmp_path):
         assert trust.check(bar, "bar", None, unsigned, pin=False) is None
         stranger = signed_with_seq(Ed25519PrivateKey.generate(), bar, unsigned, (1 << 63) - 1)
         assert trust.check(bar, "bar", stranger, None, pin=True) == stranger["key"]
-        assert cache.first_key("bar") == "" and trust.keys("bar") is None
+        assert cache.catalogue.first_key("bar") == "" and trust.keys("bar") is None
         # A stranger's high sequence number does not make another key's announcements replays.
         assert trust.check(bar, "bar", a.sign(bar, unsigned), stranger, pin=True) == a.public
     finally:
@@ -215,7 +215,7 @@ def test_a_version_is_its_etag_and_its_manifest(tmp_path):
     arr = blosc2.asarray(np.arange(100), chunks=(10,), blocks=(5,))
     data = arr.schunk.get_chunk(0)
     meta = {**storage.describe(arr, "x.b2nd", "e1"), "manifest": "m1"}
-    cache = Cache(tmp_path / "state")
+    cache = Cache.open(tmp_path / "state")
     try:
         cache.set_dataset("foo", "x.b2nd", meta)
         assert cache.store_chunk("foo", "x.b2nd", meta, 0, data, storage.chunk_digest(data), "http://x")

@@ -281,10 +281,10 @@ def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):
         d.start_sub()
         announce(d, signing.generate(tmp_path / "rogue.pem"), {"evil": (url, liar.chunks)})
         d.stop("sub")
-        cache = Cache(d.workdir / "sub")
+        cache = Cache.open(d.workdir / "sub")
         try:
             meta = cache.dataset("evil", path)
-            digest, root_url = storage.chunk_digest(ONE_BLOCK), cache.root("evil")["info"]["url"]
+            digest, root_url = storage.chunk_digest(ONE_BLOCK), cache.catalogue.root("evil")["info"]["url"]
             assert cache.store_chunk("evil", path, meta, 0, ONE_BLOCK, digest, root_url)
         finally:
             cache.close()

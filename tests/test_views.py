@@ -67,10 +67,10 @@ def announce_root(follower: Follower, name: str, datasets: int) -> None:
 def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
     root = open_root("foo", sample_root, tmp_path / "pub")
     root.scan()
-    cache = Cache(tmp_path / "sub")
+    cache = Cache.open(tmp_path / "sub")
     fetcher = Fetcher(cache, FetchSettings(2, 5))
     topics = Topics()
-    follower = Follower(PREFIX, cache, Trust(None, cache), fetcher, topics)
+    follower = Follower(PREFIX, cache, Trust(None, cache.catalogue), fetcher, topics)
     reader = Reader(cache, fetcher, follower, max_fetch=1 << 20)
     (tmp_path / "sub" / "tmp").mkdir()
     builders = Builders(2)

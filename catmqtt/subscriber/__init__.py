@@ -6,7 +6,8 @@ Its parts (``docs/architecture.rst`` has the whole picture):
 - `follower`: what MQTT says of roots, datasets and nodes, kept in the cache;
 - `reader`: the reads behind the endpoints; `answers`: the large ones;
 - `flights`: each missing chunk fetched once, `transport`: publishers over HTTP;
-- `cache`: the chunk cache;
+- `cache`: the chunk cache (`index`, its SQLite file; `catalogue`, the roots;
+  `chunks`, the containers);
 - `app`: the Flask views; `caterva2`: the Caterva2 dialect python-blosc2 speaks.
 
 `Subscriber` puts them together: its constructor only keeps the settings;
@@ -76,7 +77,7 @@ class Subscriber:
         settings = self.settings
         # Chunks are decoded on many threads at once (HTTP threads, builders).
         release_gil()
-        self.cache = Cache(settings["statedir"])
+        self.cache = Cache.open(settings["statedir"])
         self._stops.append(self.cache.close)
         tmpdir = settings["statedir"] / "tmp"
         tmpdir.mkdir(exist_ok=True)
@@ -92,7 +93,11 @@ class Subscriber:
         self._stops.append(builders.close)
         # Messages come once the node connects, in start: the follower is made before.
         self.follower = Follower(
-            settings["prefix"], self.cache, Trust(settings["trust"], self.cache), self.fetcher, _Later(self)
+            settings["prefix"],
+            self.cache,
+            Trust(settings["trust"], self.cache.catalogue),
+            self.fetcher,
+            _Later(self),
         )
         self._stops.append(self.follower.close)
         self.reader = Reader(self.cache, self.fetcher, self.follower, settings["max_fetch_bytes"])

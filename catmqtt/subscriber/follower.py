@@ -31,7 +31,7 @@ from .. import storage
 from ..dtypes import array_dtype
 from ..errors import BadRequest, CatmqttError, Changed, NotFound
 from ..mqtt import LogThrottle
-from ..schema import loads, parse_dataset, parse_root
+from ..schema import DatasetMeta, has_manifest, loads, parse_dataset, parse_root
 from ..topics import parse_root_name, parse_topic, root_topic
 from .cache import Cache
 from .flights import Fetcher
@@ -100,13 +100,14 @@ class Follower:
     def __init__(self, prefix: str, cache: Cache, trust: Trust, fetcher: Fetcher, topics: Topics) -> None:
         self.prefix = prefix
         self.cache = cache
+        self.catalogue = cache.catalogue
         self.trust = trust
         self.fetcher = fetcher
         self.topics = topics
         self.statuses = Statuses()
         self.updates = Updates()
         self._lock = threading.Condition()
-        self._subscribed = set(cache.subscribed())
+        self._subscribed = set(self.catalogue.subscribed())
         # Datasets announced in the current connection's snapshot, per root.
         self._seen: dict[str, set[str]] = {}
         # Roots whose index awaits a check against the snapshot after (re)connecting.
@@ -143,7 +144,7 @@ class Follower:
 
     def _on_root(self, topic: str, name: str, obj: dict[str, Any] | None) -> None:
         try:
-            last = self.cache.root(name)["info"]
+            last = self.catalogue.root(name)["info"]
         except NotFound:
             last = None
         # Checked before its key may be pinned: junk pins nothing.
@@ -176,11 +177,11 @@ class Follower:
 
     # On the updates worker
 
-    def _apply_dataset(self, root: str, path: str, obj: dict[str, Any] | None) -> None:
+    def _apply_dataset(self, root: str, path: str, obj: DatasetMeta | None) -> None:
         """Record a dataset's new metadata, and sort out its cached chunks."""
         old = self.cache.set_dataset(root, path, obj)
         if old is not None:
-            if "manifest" in old and "manifest" in obj:
+            if has_manifest(old) and has_manifest(obj):
                 self._keep_unchanged(root, path, old, obj)
             else:
                 log.info("%s/%s changed: its cached chunks are dropped", root, path)
@@ -194,10 +195,10 @@ class Follower:
             self._lock.notify_all()
         self._reconcile_index(root)
 
-    def _keep_unchanged(self, root: str, path: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    def _keep_unchanged(self, root: str, path: str, old: DatasetMeta, new: DatasetMeta) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
         try:
-            url = self.cache.root(root)["info"]["url"]
+            url = self.catalogue.root(root)["info"]["url"]
             digests = self.fetcher.manifest(root, path, new, url)
         except CatmqttError as exc:
             log.warning("%s/%s changed and its manifest is unavailable (%s): chunks dropped", root, path, exc)
@@ -214,7 +215,7 @@ class Follower:
         root's own announcement counts.
         """
         try:
-            expected = self.cache.root(name)["info"]["datasets"]
+            expected = self.catalogue.root(name)["info"]["datasets"]
         except NotFound:
             return
         with self._lock:
@@ -236,13 +237,13 @@ class Follower:
 
     def subscribe(self, name: str) -> None:
         """Follow root `name`; returns once the broker replayed its datasets."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         if self.subscribed(name) and root["subscribed"]:
             return
         with self._lock:
             self._seen[name] = set()
             self._unreconciled.add(name)
-        self.cache.set_subscribed(name, True)
+        self.catalogue.set_subscribed(name, True)
         with self._lock:
             self._subscribed.add(name)
         self.topics.subscribe(f"{root_topic(self.prefix, name)}/ds/#")
@@ -255,8 +256,8 @@ class Follower:
                     )
 
     def unsubscribe(self, name: str) -> None:
-        self.cache.root(parse_root_name(name))
-        self.cache.set_subscribed(name, False)
+        self.catalogue.root(parse_root_name(name))
+        self.catalogue.set_subscribed(name, False)
         with self._lock:
             self._subscribed.discard(name)
         self.topics.unsubscribe(f"{root_topic(self.prefix, name)}/ds/#")

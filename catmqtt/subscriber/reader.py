@@ -26,10 +26,12 @@ from .. import storage
 from ..assemble import Assembler
 from ..dtypes import dtype_from_json
 from ..errors import BadRequest, Changed, NotFound, NotSubscribed, TooLarge
+from ..schema import RootInfo
 from ..slices import chunks_touched, forward, parse_slice, result_shape, select
 from ..topics import parse_path, parse_root_name
 from ..wire import frames, parse_chunk_list
 from .cache import Cache
+from .catalogue import Catalogue
 from .flights import Fetcher, Source
 from .follower import Follower
 from .large import PIECE
@@ -61,6 +63,10 @@ class Reader:
     follower: Follower
     max_fetch: int
 
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.cache.catalogue
+
     # Roots and datasets
 
     def roots(self) -> dict[str, dict[str, Any]]:
@@ -72,19 +78,19 @@ class Reader:
                 "subscribed": root["subscribed"],
                 "key": root["info"].get("key"),
             }
-            for name, root in self.cache.roots().items()
+            for name, root in self.catalogue.roots().items()
         }
 
-    def root_of(self, name: str) -> dict[str, Any]:
+    def root_of(self, name: str) -> RootInfo:
         """Return the announcement of a subscribed root, or raise."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         if not root["subscribed"]:
             raise NotSubscribed(f"root {name!r} is not subscribed (run 'catmqtt subscribe {name}')")
         return root["info"]
 
     def root_info(self, name: str) -> dict[str, Any]:
         """Return what root `name`'s publisher announced of it, and how we see it."""
-        root = self.cache.root(parse_root_name(name))
+        root = self.catalogue.root(parse_root_name(name))
         info = root["info"]
         return {
             **{key: info[key] for key in ROOT_FIELDS if key in info},

@@ -39,6 +39,7 @@ from urllib3.util import Retry
 from .. import storage
 from ..blocks import chunk_problem
 from ..errors import Changed, Unavailable
+from ..schema import has_manifest
 from ..sessions import environment
 from ..wire import ETAG, PARTS, format_block_range, format_range, parse_content_range, parse_parts
 
@@ -167,7 +168,7 @@ class Transport:
         digests = [str(d) for d in digests]
         # The announcement names the manifest's digest: the publisher's word
         # (its signature, where it signs) for every chunk.
-        if "manifest" in meta and (
+        if has_manifest(meta) and (
             len(digests) != meta["nchunks"] or storage.manifest_digest(digests) != meta["manifest"]
         ):
             raise Unavailable(

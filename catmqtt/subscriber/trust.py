@@ -4,7 +4,7 @@ Keys come from the configuration (``subscriber.trust``: a list of keys for
 every root, or a map from root names to keys, ``"*"`` standing for the other
 roots) or, for a root the configuration does not name, from the first
 announcement of that root believed (trust on first use, kept in the cache's
-index; a root first announced unsigned stays so). Under a known key, an
+catalogue; a root first announced unsigned stays so). Under a known key, an
 announcement must be signed by it, newer than the last one accepted on its
 topic (its sequence number), and a withdrawal must be a signed tombstone: a
 bare clear is ignored. An unsigned root is believed as it comes, as catmqtt
@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..signing import verify
-from .cache import Cache
+from .catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 class Trust:
     """The keys a subscriber accepts each root under, and the freshness of what it accepted."""
 
-    def __init__(self, configured: dict[str, list[str]] | None, cache: Cache) -> None:
+    def __init__(self, configured: dict[str, list[str]] | None, catalogue: Catalogue) -> None:
         self.configured = configured or {}
-        self.cache = cache
+        self.catalogue = catalogue
         # The highest sequence number accepted on each topic under each key since
         # start (the cache keeps the last accepted announcements, for after a restart).
         self._latest: dict[tuple[str, str], int] = {}
@@ -42,7 +42,7 @@ class Trust:
             return self.configured[root]
         if "*" in self.configured:
             return self.configured["*"]
-        first = self.cache.first_key(root)
+        first = self.catalogue.first_key(root)
         return [first] if first else None
 
     def check(
@@ -75,19 +75,19 @@ class Trust:
                 known = last.get("seq", -1) if last.get("key") == signer else -1
             else:
                 # Withdrawn before a restart, perhaps: what the tombstone withdrew is older.
-                withdrawn = self.cache.tombstone(topic)
+                withdrawn = self.catalogue.tombstone(topic)
                 known = withdrawn[1] if withdrawn is not None and withdrawn[0] == signer else -1
             latest = max(self._latest.get((topic, signer), -1), known)
             if seq < latest:
                 raise BadRequest(f"sequence number {seq} is older than {latest}: a replay")
             self._latest[(topic, signer)] = seq
             if obj.get("deleted") is True:
-                self.cache.set_tombstone(topic, signer, seq)
-        if pin and keys is None and self.cache.first_key(root) is None:
+                self.catalogue.set_tombstone(topic, signer, seq)
+        if pin and keys is None and self.catalogue.first_key(root) is None:
             # Known without a record, a root was first announced unsigned (it
             # was recorded as it came, or by a catmqtt that pinned signed ones only).
             first = signer if last is None else None
-            self.cache.set_first_key(root, first or "")
+            self.catalogue.set_first_key(root, first or "")
             if first is not None:
                 log.warning("trusting key %s for root %r from now on (first use)", first, root)
         return signer
