@@ -20,7 +20,7 @@ was shut down) fails, and so forgets itself, on the thread holding it.
 those waiting to be written, `Stats._lock` the counters. Each future of a
 `_Pending` is set once, by the thread that ends its step. No lock of this
 module is held while another is taken (but `_lock` again) or while the network
-or the cache is used; the cache takes its own (``Slot.lock`` -> ``Cache._lock``)
+or the cache is used; the cache takes its own (``Slot.lock`` -> ``Index.lock``)
 within its calls, and `transport` its own within its calls.
 """
 
