@@ -175,9 +175,10 @@ def start_subscriber(broker, statedir, fetch: dict | None = None, **settings) ->
 
 
 @contextmanager
-def running(broker, tmp_path, root_dir, instrument=None, **sub_settings):
-    """Run a publisher of `root_dir` as foo and a subscriber following it, in this process."""
-    pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument)
+def running(broker, tmp_path, root_dir, instrument=None, pub_settings: dict | None = None, **sub_settings):
+    """Run a publisher of `root_dir` as foo (with `pub_settings`) and a subscriber
+    following it (with `sub_settings`), in this process."""
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, instrument, **(pub_settings or {}))
     try:
         sub = start_subscriber(broker, tmp_path / "sub", **sub_settings)
         try:

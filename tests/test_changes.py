@@ -146,9 +146,8 @@ def test_plain_file_append_refetches_the_tail(broker, tmp_path, root_dir):
 def test_a_fetch_never_mixes_two_versions(broker, tmp_path, root_dir):
     path = root_dir / "flip.b2nd"
     blosc2.full((2000,), 0, dtype=np.int32, urlpath=str(path), mode="w", chunks=(100,))
-    with running(broker, tmp_path, root_dir) as (pub, sub):
-        # Versions a second apart each settle (a file is announced once left alone this long).
-        pub.root.settle = pub.settings["settle"] = 0.2
+    # Versions a second apart each settle (a file is announced once left alone this long).
+    with running(broker, tmp_path, root_dir, pub_settings={"settle": 0.2}) as (pub, sub):
         client = catmqtt.Client(sub.url)
         wait_for(lambda: "flip.b2nd" in client.get_list("foo"), "the dataset")
         stop = threading.Event()
@@ -283,9 +282,8 @@ def mark_scan(marker) -> None:
 
 def test_a_file_being_written_is_not_served_half_written(broker, tmp_path, root_dir):
     # A writer slower than the watcher's debounce.
-    with running(broker, tmp_path, root_dir) as (pub, sub):
+    with running(broker, tmp_path, root_dir, pub_settings={"settle": 5.0}) as (pub, sub):
         client = catmqtt.Client(sub.url)
-        pub.root.settle = pub.settings["settle"] = 5.0
         with open(root_dir / "growing.txt", "w") as f:
             f.write("part1 \n")
             f.flush()
@@ -301,9 +299,8 @@ def test_a_file_being_written_is_not_served_half_written(broker, tmp_path, root_
 
 
 def test_a_file_being_rewritten_is_served_whole_or_not_at_all(broker, tmp_path, root_dir):
-    with running(broker, tmp_path, root_dir) as (pub, sub):
+    with running(broker, tmp_path, root_dir, pub_settings={"settle": 5.0}) as (pub, sub):
         client = catmqtt.Client(sub.url)
-        pub.root.settle = pub.settings["settle"] = 5.0
         old = (root_dir / "README.md").read_bytes()
         with open(root_dir / "README.md", "w") as f:
             f.write("new ")

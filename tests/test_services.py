@@ -538,7 +538,7 @@ def test_a_subscriber_that_cannot_bind_undoes_what_it_did(tmp_path):
     # The cache it opened is closed.
     assert sub.url is None
     with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
-        sub.cache.set_subscribed("foo", True)
+        sub.cache.catalogue.set_subscribed("foo", True)
 
 
 def test_publisher_refuses_a_root_that_is_not_a_directory(tmp_path):
