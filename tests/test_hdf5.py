@@ -18,7 +18,7 @@ import catmqtt
 from catmqtt import storage
 from catmqtt.blocks import chunk_problem
 from catmqtt.publisher.roots import open_root
-from catmqtt.publisher.roots.hdf5chunks import BLOSC2_FILTER, Source
+from catmqtt.publisher.roots.hdf5chunks import BLOSC2_FILTER, ChunkPlan
 from catmqtt.publisher.roots.hdf5tree import KIND_ATTR
 from catmqtt.slices import forward, parse_slice, select
 from catmqtt.tools.hdf5io import GROUP_ATTRS, export_h5, import_h5
@@ -372,7 +372,7 @@ def test_converted_chunks_are_kept(kinds, tmp_path, monkeypatch):
     def refuse(*args):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(Source, "chunk", refuse)
+    monkeypatch.setattr(ChunkPlan, "chunk", refuse)
     assert again.chunk("filters/lz4.b2nd", 1) == first
 
 

@@ -25,7 +25,7 @@ from catmqtt.publisher import Publisher, create_app
 from catmqtt.publisher.roots import open_root
 from catmqtt.subscriber import Subscriber
 from catmqtt.subscriber.cache import Cache
-from catmqtt.subscriber.flights import Fetcher, FetchSettings, Source
+from catmqtt.subscriber.flights import Fetcher, FetchSettings, Upstream
 from catmqtt.wire import FRAME
 
 from conftest import ChunkCounter, free_port, running, start_publisher, start_subscriber, wait_for
@@ -318,7 +318,7 @@ def test_a_closed_fetcher_says_it_is_stopping(tmp_path):
     cache = Cache.open(tmp_path)
     fetcher = Fetcher(cache, FetchSettings(workers=2, timeout=5))
     fetcher.close()
-    source = Source("foo", "ds.b2nd", {"etag": "e", "nchunks": 1, "nbytes": 8}, "http://127.0.0.1:9")
+    source = Upstream("foo", "ds.b2nd", {"etag": "e", "nchunks": 1, "nbytes": 8}, "http://127.0.0.1:9")
     errors: list[Exception] = []
 
     def ensure() -> None:

@@ -29,7 +29,7 @@ from ..dtypes import dtype_from_json
 from ..errors import Changed
 from ..web import BY_REFERENCE, StreamCut, error_of
 from ..wire import error_trailer
-from .flights import Source
+from .flights import Upstream
 from .large import BUILD_MEMORY, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .reader import Reader, Target
 
@@ -96,7 +96,7 @@ class Answers:
         source = self.reader.lookup(fullpath)
         return self._whole_file(source), source.path.rsplit("/", 1)[-1]
 
-    def _whole_file(self, source: Source) -> TempFile:
+    def _whole_file(self, source: Upstream) -> TempFile:
         """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
         root, path, meta, _ = source
         numbers = list(range(meta["nchunks"]))

@@ -43,12 +43,12 @@ from ..blocks import block_parts, chunk_nbytes, gaps
 from ..errors import CatmqttError, Changed, InsufficientStorage
 from ..wire import DIGEST, ETAG
 from .cache import Cache
-from .transport import Manifests, Source, Transport, changing, check_chunk, damaged, stopping
+from .transport import Manifests, Transport, Upstream, changing, check_chunk, damaged, stopping
 
 if TYPE_CHECKING:
     from ..schema import DatasetMeta
 
-__all__ = ["FetchSettings", "Fetcher", "Source"]
+__all__ = ["FetchSettings", "Fetcher", "Upstream"]
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,9 @@ class Fetcher:
 
     def manifest(self, root: str, path: str, meta: DatasetMeta, url: str) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
-        return self.transport.manifest(Source(root, path, meta, url))
+        return self.transport.manifest(Upstream(root, path, meta, url))
 
-    def ensure(self, source: Source, numbers: list[int], missing: list[int] | None = None) -> None:
+    def ensure(self, source: Upstream, numbers: list[int], missing: list[int] | None = None) -> None:
         """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones
         (`missing`, when the caller asked `missing` already)."""
         if missing is None:
@@ -149,7 +149,7 @@ class Fetcher:
 
     def stream(
         self,
-        source: Source,
+        source: Upstream,
         numbers: list[int],
         missing: list[int] | None = None,
         parts: dict[int, range] | None = None,
@@ -188,14 +188,14 @@ class Fetcher:
                 refill()
                 yield n, data
 
-    def missing(self, source: Source, numbers: list[int]) -> list[int]:
+    def missing(self, source: Upstream, numbers: list[int]) -> list[int]:
         """Return the chunks of `numbers` that are not cached, and count the others as hits."""
         root, path, meta, _ = source
         cached = self.cache.cached_chunks(root, path, meta, numbers)
         self.count(f"{root}/{path}", cache_hits=len(cached))
         return [n for n in numbers if n not in cached]
 
-    def _parts_pay(self, source: Source) -> bool:
+    def _parts_pay(self, source: Upstream) -> bool:
         """Tell whether fetching some blocks of a chunk first is worth it: if the
         publisher's link is slow, or not measured yet."""
         meta = source.meta
@@ -203,13 +203,13 @@ class Fetcher:
         chunk = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
         return speed is None or chunk / speed > self.settings.parts_worth
 
-    def _read(self, source: Source, nchunk: int) -> bytes:
+    def _read(self, source: Upstream, nchunk: int) -> bytes:
         data = self.cache.read_chunk(source.root, source.path, source.meta, nchunk)
         if data is None:
             raise Changed(f"{source.root}/{source.path}")
         return data
 
-    def _pending(self, source: Source, nchunk: int, blocks: range | None = None) -> _Pending:
+    def _pending(self, source: Upstream, nchunk: int, blocks: range | None = None) -> _Pending:
         """Return the fetch of a chunk, started now unless one is under way (or being
         stored); in parts, `blocks` first, if given and the chunk is an array's."""
         root, path, meta, url = source
@@ -479,7 +479,7 @@ class _Pending:
     bytes (`fetched`), then its write to the cache (`stored`); when fetched in parts,
     the bytes of `blocks` come first (`early`)."""
 
-    source: Source
+    source: Upstream
     key: tuple
     fetched: Future
     stored: Future

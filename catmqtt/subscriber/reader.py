@@ -32,7 +32,7 @@ from ..topics import parse_path, parse_root_name
 from ..wire import frames, parse_chunk_list
 from .cache import Cache
 from .catalogue import Catalogue
-from .flights import Fetcher, Source
+from .flights import Fetcher, Upstream
 from .follower import Follower
 from .large import PIECE
 
@@ -46,7 +46,7 @@ class Target:
     """A checked selection of a dataset: where it is and what it will be."""
 
     fullpath: str
-    source: Source
+    source: Upstream
     sel: tuple
     shape: tuple[int, ...]
     itemsize: int
@@ -111,7 +111,7 @@ class Reader:
             raise NotFound(f"no directory {directory!r} in root {name!r}")
         return inside or [directory.rstrip("/")]
 
-    def lookup(self, fullpath: str) -> Source:
+    def lookup(self, fullpath: str) -> Upstream:
         """Return (root, path, metadata, publisher URL) of ``root/path``."""
         name, sep, path = fullpath.partition("/")
         if not sep or not path:
@@ -126,7 +126,7 @@ class Reader:
             if reason is None:
                 raise
             raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
-        return Source(name, path, meta, info["url"])
+        return Upstream(name, path, meta, info["url"])
 
     # Selections
 

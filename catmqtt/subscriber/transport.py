@@ -59,7 +59,7 @@ SAMPLE = 1 << 20
 MANIFEST_DIGESTS = 1 << 18
 
 
-class Source(NamedTuple):
+class Upstream(NamedTuple):
     """A version of a dataset (its metadata) and the publisher to fetch its chunks from."""
 
     root: str
@@ -114,14 +114,14 @@ class Transport:
         with self._links_lock:
             return self._speeds.get(url)
 
-    def chunk(self, source: Source, nchunk: int, limit: int) -> tuple[Any, bytes]:
+    def chunk(self, source: Upstream, nchunk: int, limit: int) -> tuple[Any, bytes]:
         """Fetch chunk `nchunk` whole: (headers, body of at most `limit` bytes)."""
         with self._under_way(source.url, self._foreground):
             headers, body, _ = self.get(source, f"chunk/{quote(source.path)}", limit, nchunk=nchunk)
         return headers, body
 
     def blocks(
-        self, source: Source, nchunk: int, limit: int, blocks: range
+        self, source: Upstream, nchunk: int, limit: int, blocks: range
     ) -> tuple[Any, bytes | bytearray, list[tuple[int, int]] | None]:
         """Fetch what decoding `blocks` of chunk `nchunk` needs: (headers, chunk, spans),
         the chunk with the bytes of `spans` in and its other bytes zeros; spans None
@@ -145,7 +145,7 @@ class Transport:
         return headers, data, spans
 
     def piece(
-        self, source: Source, nchunk: int, limit: int, span: tuple[int, int], closing: threading.Event
+        self, source: Upstream, nchunk: int, limit: int, span: tuple[int, int], closing: threading.Event
     ) -> tuple[Any, bytes, int | None]:
         """Fetch bytes `span` of chunk `nchunk` once nothing else is fetched from its
         publisher, unless `closing` is set by then; as `get` with a span."""
@@ -154,7 +154,7 @@ class Transport:
                 raise stopping()
             return self.get(source, f"chunk/{quote(source.path)}", limit, span, nchunk=nchunk)
 
-    def manifest(self, source: Source) -> list[str]:
+    def manifest(self, source: Upstream) -> list[str]:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
         root, path, meta, url = source
         try:
@@ -179,7 +179,7 @@ class Transport:
         return digests
 
     def get(
-        self, source: Source, endpoint: str, limit: int, span: tuple[int, int] | None = None, **params: Any
+        self, source: Upstream, endpoint: str, limit: int, span: tuple[int, int] | None = None, **params: Any
     ) -> tuple[Any, bytes, int | None]:
         """GET from a publisher: (headers, body of at most `limit` bytes, None). With
         `span` (start, stop), only those bytes are asked for; if they alone came, the
@@ -273,7 +273,7 @@ class Manifests:
         self._lock = threading.Lock()
         self._manifests: OrderedDict[tuple, Future] = OrderedDict()
 
-    def digests(self, source: Source) -> list[str] | None:
+    def digests(self, source: Upstream) -> list[str] | None:
         """Return the digest of every chunk of a dataset version that names its
         manifest (fetched once, and kept a while); None for one that does not."""
         root, path, meta, _ = source
@@ -302,7 +302,7 @@ class Manifests:
         return [f for f in self._manifests.values() if f.done() and f.exception() is None]
 
 
-def check_chunk(source: Source, nchunk: int, data: bytes | bytearray) -> None:
+def check_chunk(source: Upstream, nchunk: int, data: bytes | bytearray) -> None:
     """Refuse a chunk that is not what its dataset's metadata says, before
     anything decodes or caches it."""
     root, path, meta, url = source
@@ -316,7 +316,7 @@ def check_chunk(source: Source, nchunk: int, data: bytes | bytearray) -> None:
         )
 
 
-def damaged(source: Source, nchunk: int) -> Unavailable:
+def damaged(source: Upstream, nchunk: int) -> Unavailable:
     root, path, _, url = source
     return Unavailable(
         f"publisher of root {root!r} at {url} sent a damaged chunk {nchunk} of {path!r}", status=502

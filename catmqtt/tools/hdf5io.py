@@ -19,7 +19,7 @@ from ..dtypes import to_jsonable
 from ..errors import CatmqttError
 
 # These raise a CatmqttError saying what to install when h5py is missing.
-from ..publisher.roots.hdf5chunks import METALAYER, Source, plan, set_vlmeta, write_array
+from ..publisher.roots.hdf5chunks import METALAYER, ChunkPlan, plan, set_vlmeta, write_array
 from ..publisher.roots.hdf5tree import (
     JSON_ATTR,
     KIND_ATTR,
@@ -122,7 +122,7 @@ def _import_null(dset: h5py.Dataset, target: Path) -> None:
     set_vlmeta(array.schunk, attrs)
 
 
-def _import_dataset(source: Source, dst: Path, path: str, io: AbstractContextManager) -> None:
+def _import_dataset(source: ChunkPlan, dst: Path, path: str, io: AbstractContextManager) -> None:
     """Write one dataset: a ``.b2nd`` array, or the file an export stored as bytes."""
     if source.attrs.get(KIND_ATTR) and source.dtype == np.uint8 and len(source.shape) == 1:
         target = dst / path.removesuffix(SUFFIX)

@@ -22,7 +22,7 @@ from typing import Any
 from ... import storage
 from ...errors import CatmqttError, Changed
 from . import Entry, Root
-from .hdf5chunks import Source, plan, write_array
+from .hdf5chunks import ChunkPlan, plan, write_array
 from .hdf5tree import SUFFIX, Layout, Skip, announced, h5py, open_file, read_attrs, walk
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class HDF5Root(Root):
     """The datasets of one HDF5 file, as last scanned.
 
-    An entry's source is a :class:`Source` (datasets reached through soft
+    An entry's source is a :class:`ChunkPlan` (datasets reached through soft
     links share their target's). Chunks that are not passed through are
     converted once per file etag into ``<statedir>/hdf5/<file etag>/``.
     Any change to the file changes every dataset's etag: HDF5 can rewrite
@@ -108,7 +108,7 @@ class HDF5Root(Root):
             groups[path], more = announced(attrs)
             for problem in problems + more:
                 layout.skip(group.name, problem)
-        sources: dict[Any, Source | None] = {}
+        sources: dict[Any, ChunkPlan | None] = {}
         found: dict[str, Entry] = {}
         # A dataset is planned under its own name, before any alias of it.
         for path in sorted(layout.datasets, key=layout.aliased):
@@ -124,7 +124,7 @@ class HDF5Root(Root):
             found[path] = Entry(source, meta)
         return found, groups, layout.skipped
 
-    def _plan(self, layout: Layout, h5name: str, dset: h5py.Dataset, stamp: str) -> Source | None:
+    def _plan(self, layout: Layout, h5name: str, dset: h5py.Dataset, stamp: str) -> ChunkPlan | None:
         try:
             source = plan(h5name, dset, self._io)
         except Skip as exc:
@@ -147,7 +147,7 @@ class HDF5Root(Root):
                 if old.name != stamp:
                     shutil.rmtree(old, ignore_errors=True)
 
-    def _changed(self, source: Source) -> bool:
+    def _changed(self, source: ChunkPlan) -> bool:
         """Tell whether the file is no longer the version `source` was planned at."""
         try:
             return source.stamp != self._stamp or storage.file_etag(self.path) != source.stamp
@@ -155,7 +155,7 @@ class HDF5Root(Root):
             return True
 
     def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
-        source: Source = entry.source
+        source: ChunkPlan = entry.source
         saved = self.statedir / "hdf5" / source.stamp / source.key / str(nchunk)
         try:
             return saved.read_bytes()
@@ -179,7 +179,7 @@ class HDF5Root(Root):
 
     def download(self, path: str) -> tuple[Path, str]:
         entry = self.get(path)
-        source: Source = entry.source
+        source: ChunkPlan = entry.source
         dst = self.statedir / "hdf5" / source.stamp / f"{source.key}{SUFFIX}"
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """This module plans how one HDF5 dataset is served as a Blosc2 array (`plan`),
-makes its chunks (`Source.chunk`: passed through, inflated here, or read
+makes its chunks (`ChunkPlan.chunk`: passed through, inflated here, or read
 through h5py and compressed) and writes it as a ``.b2nd`` file.
 
 It holds no state of its own: every h5py call is made holding the `io` lock
@@ -59,7 +59,7 @@ def set_vlmeta(schunk: blosc2.SChunk, attrs: dict[str, Any]) -> None:
 
 
 @dataclass
-class Source:
+class ChunkPlan:
     """One HDF5 dataset as a Blosc2 array, and how its chunks are made."""
 
     name: str
@@ -245,7 +245,7 @@ def flat_blocks(chunks: tuple[int, ...], nitems: int) -> tuple[int, ...] | None:
     return tuple(blocks) if rest == 1 else None
 
 
-def plan(h5name: str, dset: h5py.Dataset, io: AbstractContextManager) -> Source:
+def plan(h5name: str, dset: h5py.Dataset, io: AbstractContextManager) -> ChunkPlan:
     """Return how to serve `dset`, or raise Skip saying why it cannot be."""
     shape = dset.shape
     if shape is None:
@@ -266,11 +266,11 @@ def plan(h5name: str, dset: h5py.Dataset, io: AbstractContextManager) -> Source:
     common = {"name": h5name, "dset": dset, "shape": shape, "dtype": dtype, "attrs": attrs, "info": info}
     common.update(problems=problems, cparams=_cparams(dtype), strings=strings)
     if not shape:
-        return Source(chunks=(), blocks=(), mode="read", **common)
+        return ChunkPlan(chunks=(), blocks=(), mode="read", **common)
     chunks = dset.chunks
     if chunks is None:
         chunks = _contiguous_chunks(shape, dtype)
-        return Source(chunks=chunks, blocks=_blocks(shape, chunks, dtype), mode="read", **common)
+        return ChunkPlan(chunks=chunks, blocks=_blocks(shape, chunks, dtype), mode="read", **common)
     # Stored bytes can be used when they are items of the served dtype (byte-swapped at most).
     raw = not strings and dset.id.get_type().get_size() == dtype.itemsize
     pipeline = [f[0] for f in filters]
@@ -279,11 +279,11 @@ def plan(h5name: str, dset: h5py.Dataset, io: AbstractContextManager) -> Source:
         if probe is not None:
             info["passthrough"] = True
             common["cparams"] = probe[1]
-            return Source(chunks=chunks, blocks=probe[0], mode="blosc2", **common)
+            return ChunkPlan(chunks=chunks, blocks=probe[0], mode="blosc2", **common)
     blocks = _blocks(shape, chunks, dtype)
     if raw and pipeline in DEFLATE_PIPELINES and (dtype == dset.dtype or dtype.fields is None):
-        return Source(chunks=chunks, blocks=blocks, mode="deflate", shuffle=len(pipeline) == 2, **common)
-    return Source(chunks=chunks, blocks=blocks, mode="read", **common)
+        return ChunkPlan(chunks=chunks, blocks=blocks, mode="deflate", shuffle=len(pipeline) == 2, **common)
+    return ChunkPlan(chunks=chunks, blocks=blocks, mode="read", **common)
 
 
 def _cparams(dtype: np.dtype) -> blosc2.CParams:
@@ -405,7 +405,7 @@ def _string_dtype(dset: h5py.Dataset, encoding: str, wanted: Any, io: AbstractCo
     return np.dtype(f"U{width}")
 
 
-def write_array(source: Source, urlpath: Path, chunk: Callable[[int], bytes]) -> None:
+def write_array(source: ChunkPlan, urlpath: Path, chunk: Callable[[int], bytes]) -> None:
     """Write `source` as a contiguous ``.b2nd`` file, taking chunk `n` from ``chunk(n)``.
 
     An enumeration's names and values go in the file's ``catmqtt`` metalayer.
