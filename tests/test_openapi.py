@@ -51,3 +51,11 @@ def test_path_parameters_are_those_of_the_paths(role):
             used = [parameters[ref["$ref"].rpartition("/")[2]] for ref in operation.get("parameters", [])]
             named = {p["name"] for p in used if p["in"] == "path"}
             assert named == set(re.findall(r"{(\w+)}", path)), (method, path)
+
+
+@pytest.mark.parametrize("role, path", [("publisher", "README.md"), ("subscriber", "foo/README.md")])
+def test_downloads_are_octet_streams(apps, role, path):
+    # The publisher's were typed by the file's name (text/markdown here), as its document did not say.
+    response = apps[role].test_client().get(f"/api/download/{path}")
+    assert response.status_code == 200 and response.mimetype == "application/octet-stream"
+    response.close()

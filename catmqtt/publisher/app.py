@@ -62,7 +62,9 @@ def manifest(path: str):
 def download(path: str):
     root = _root()
     file, name = root.download(path)
-    return send_file(file, as_attachment=True, download_name=name, etag=root.get(path).meta["etag"])
+    return send_file(
+        file, as_attachment=True, download_name=name, mimetype=OCTETS, etag=root.get(path).meta["etag"]
+    )
 
 
 @bp.get("/api/openapi.json")
