@@ -7,6 +7,14 @@ each API's operations in `publisher` and `subscriber`. The schemas of
 `DatasetMeta` and `RootInfo` are derived from their types in `schema`, so
 that a field added there is documented here. ``tests/test_openapi.py``
 checks each document against its app's routes and fuzzes the app with it.
+
+A new route is a new entry in the paths of `publisher` or `subscriber`,
+made by `_operation` (the test fails until it is there); a new error
+status, an entry in `ERRORS`. Bearer tokens would be a ``securitySchemes``
+entry in `COMPONENTS` (``{"type": "http", "scheme": "bearer"}``), a
+top-level ``"security"`` in the subscriber's document, ``"security": []``
+on the operations open to all, and 401 (and 403) among the errors of the
+others.
 """
 
 from __future__ import annotations
