@@ -26,13 +26,12 @@ from werkzeug.exceptions import HTTPException
 
 from . import fsutil
 from .errors import BadRequest, Busy, CatmqttError, NotFound
-from .wire import error_json, format_content_range, parse_int, pick_range
+from .wire import OCTETS, error_json, format_content_range, parse_int, pick_range
 
 log = logging.getLogger(__name__)
 
 # Pieces of a response body at least this big are sent from where they are, not copied.
 BY_REFERENCE = 64 << 10
-OCTETS = "application/octet-stream"
 # glibc's mallopt options.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # The unsent bytes a connection may hold before its worker waits.
@@ -124,7 +123,12 @@ def configure_app(app: Flask, statedir: Path) -> None:
     def http_error(exc: HTTPException):
         if exc.code == 404:
             return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
-        return error_response(CatmqttError(f"{exc.name}: {exc.description}", exc.code or 500))
+        response = error_response(CatmqttError(f"{exc.name}: {exc.description}", exc.code or 500))
+        # What werkzeug's own answer says in headers: a 405's Allow, which HTTP requires.
+        for name, value in exc.get_headers():
+            if name != "Content-Type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

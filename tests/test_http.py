@@ -105,6 +105,7 @@ def test_subscribe_needs_post(foo):
     response = requests.get(f"{foo.url('sub')}/api/subscribe/foo", timeout=10)
     assert response.status_code == 405
     assert "Method Not Allowed" in response.json()["error"]
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
 
 
 @pytest.mark.parametrize(

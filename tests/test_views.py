@@ -92,7 +92,7 @@ def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
             for n in range(entry.meta["nchunks"]):
                 data, digest = root.chunk(path, n)
                 assert cache.store_chunk("foo", path, cache.dataset("foo", path), n, data, digest, PUBLISHER)
-        yield SimpleNamespace(client=app.test_client(), topics=topics, root=root, fetcher=fetcher)
+        yield SimpleNamespace(app=app, client=app.test_client(), topics=topics, root=root, fetcher=fetcher)
     finally:
         follower.close()
         builders.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
+from .. import openapi
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import DIGEST, ETAG, PARTS, format_parts, parse_block_range
 from .roots import Root
@@ -61,14 +62,21 @@ def manifest(path: str):
 def download(path: str):
     root = _root()
     file, name = root.download(path)
-    return send_file(file, as_attachment=True, download_name=name, etag=root.get(path).meta["etag"])
+    return send_file(
+        file, as_attachment=True, download_name=name, mimetype=OCTETS, etag=root.get(path).meta["etag"]
+    )
+
+
+@bp.get("/api/openapi.json")
+def openapi_document():
+    return jsonify(openapi.publisher())
 
 
 def create_app(root: Root) -> Flask:
     """Return the publisher's Flask app serving `root` (scanned or not: the app reads
     its entries at each request)."""
     # Named as the publisher module was, whose name its log lines carry.
-    app = Flask(__package__)
+    app = Flask(__package__, static_folder=None)
     app.config["CATMQTT_ROOT"] = root
     app.register_blueprint(bp)
     configure_app(app, root.statedir)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
-from .. import storage
+from .. import openapi, storage
 from ..arrays import encode_array
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
@@ -121,6 +121,11 @@ def download(fullpath: str):
     return send_file(f, as_attachment=True, download_name=name, mimetype=OCTETS)
 
 
+@bp.get("/api/openapi.json")
+def openapi_document():
+    return jsonify(openapi.subscriber())
+
+
 @bp.get("/")
 def index():
     rows = "".join(
@@ -139,7 +144,7 @@ def index():
 
 def create_app(reader: Reader, follower: Follower, answers: Answers, statedir: Path) -> Flask:
     """Return the subscriber's Flask app, its errors told as JSON (507 when `statedir`'s disk is full)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["CATMQTT_READER"] = reader
     app.config["CATMQTT_FOLLOWER"] = follower
     app.config["CATMQTT_ANSWERS"] = answers
