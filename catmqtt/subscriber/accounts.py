@@ -192,7 +192,8 @@ class Accounts:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            if user is not None and db.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
+            known = db.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone()
+            if user is not None and known is None:
                 raise NotFound(f"no user {user!r}: add it with 'catmqtt user add {user}' first")
             try:
                 db.execute(

@@ -111,7 +111,8 @@ class Guard:
         host = _hostname(request.host)
         if not (_is_ip(host) or host in self.hosts):
             raise CatmqttError(
-                f"this subscriber does not answer for host {host[:100]!r}: add it to subscriber.allowed_hosts",
+                f"this subscriber does not answer for host {host[:100]!r}:"
+                " add it to subscriber.allowed_hosts",
                 421,
             )
         if request.method not in SAFE_METHODS:
@@ -121,9 +122,9 @@ class Guard:
         if request.endpoint in OPEN:
             return
         g.principal = principal = self._principal()
-        if request.method not in SAFE_METHODS and request.endpoint not in READING_POSTS:
-            if not principal.admin:
-                raise Forbidden(f"{principal.name} is not an admin: {request.method} {request.path} needs one")
+        changes = request.method not in SAFE_METHODS and request.endpoint not in READING_POSTS
+        if changes and not principal.admin:
+            raise Forbidden(f"{principal.name} is not an admin: {request.method} {request.path} needs one")
         args = request.view_args or {}
         root = args.get("name") or (args.get("fullpath") or "").split("/")[0]
         if root and not self.may_read(principal, root):
@@ -237,4 +238,3 @@ def logout() -> Response:
     response = jsonify("Ok")
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
-
