@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, config
+from .cli_accounts import add_commands, client_password
 from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
 from .errors import CatmqttError, ConfigError
 
@@ -283,6 +284,13 @@ def _client_options(p: argparse.ArgumentParser) -> None:
         help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)",
     )
     _either_side(p, "--json", action="store_true", help="print JSON")
+    _either_side(
+        p,
+        "--user",
+        metavar="NAME",
+        help=f"log in as NAME (default ${config.USER_ENV}); password: ${config.USER_PASSWORD_ENV}, or asked",
+    )
+    _either_side(p, "--token", help=f"send this token (default ${config.TOKEN_ENV})")
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -359,6 +367,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the password file (created if missing)")
     p.add_argument("user", help="the MQTT user name")
 
+    add_commands(lambda name, func, help: add(name, func, help, True))
+
     p = add("sample", cmd_sample, "write the sample root into a directory, or the sample HDF5 file", True)
     p.add_argument("dir", nargs="?", help="the directory to write")
     p.add_argument("--h5", metavar="FILE", help="write the sample HDF5 file FILE")
@@ -406,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         args.json = getattr(args, "json", False)
+        user, token = config.client_credentials(
+            conf, getattr(args, "user", None), getattr(args, "token", None)
+        )
+        url = config.client_sub(conf, getattr(args, "sub", None))
         # One command reads once: a chunk cache would only hold memory.
-        with Client(config.client_sub(conf, getattr(args, "sub", None)), cache_bytes=0) as client:
+        with Client(url, cache_bytes=0, user=user, password=client_password(user), token=token) as client:
             return args.func(args, client)
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 DEFAULT_FILE = "catmqtt.yaml"
 PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
+USER_ENV = "CATMQTT_USER"
+USER_PASSWORD_ENV = "CATMQTT_PASSWORD"
+TOKEN_ENV = "CATMQTT_TOKEN"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "poll", "off")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -275,6 +278,26 @@ def client_sub(conf: dict, option: str | None) -> str:
         or DEFAULTS["client"]["sub"]
     )
     return parse_http_url(url, "subscriber URL")
+
+
+def client_credentials(conf: dict, user: str | None, token: str | None) -> tuple[str | None, str | None]:
+    """Return the user and the token a client logs in with, one of them None.
+
+    The first found wins: ``--token``, ``--user``, ``$CATMQTT_TOKEN``,
+    ``$CATMQTT_USER``, ``client.token``, ``client.user``.
+    """
+    client = conf.get("client") or {}
+    for kind, value in (
+        ("token", token),
+        ("user", user),
+        ("token", os.environ.get(TOKEN_ENV)),
+        ("user", os.environ.get(USER_ENV)),
+        ("token", client.get("token")),
+        ("user", client.get("user")),
+    ):
+        if value:
+            return (None, value) if kind == "token" else (value, None)
+    return None, None
 
 
 def default_statedir(role: str, node_id: str | None) -> Path:
