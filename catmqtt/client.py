@@ -149,9 +149,12 @@ class Client:
         url = f"{self.urlbase}/api/{endpoint}"
         try:
             return self._send(method, url, **kwargs)
-        except Unauthorized:
-            if self.user is None:
+        except Unauthorized as exc:
+            if self.user is None and "Authorization" in self.session.headers:
                 raise
+            if self.user is None:
+                hint = "has accounts: give a user and password, or a token"
+                raise Unauthorized(f"{exc} (the subscriber at {self.urlbase} {hint})") from None
         # No session yet, or an expired one.
         self.login()
         return self._send(method, url, **kwargs)
