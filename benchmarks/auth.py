@@ -106,7 +106,7 @@ def main() -> None:
         runs = " ".join(f"{v * 1e6:.0f}" for v in values)
         print(f"  {kind:14} {median * 1e6:7.0f} us  x{median / base:.3f}   (runs: {runs})")
     for kind, seconds in checks.items():
-        print(f"  checking a {kind} alone: {seconds * 1e6:.0f} us, {seconds / base:.1%} of a request")
+        print(f"  {kind} check alone: {seconds * 1e6:.0f} us, {seconds / base:.1%} of a request")
 
 
 def check_cost(
