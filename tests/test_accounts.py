@@ -556,3 +556,31 @@ def test_no_accounts_still_checks_hosts_and_origins(sample_root, tmp_path):
             )
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize(
+    "user, token, env, conf, want",
+    [
+        (None, None, {}, {}, (None, None)),
+        ("alice", None, {}, {}, ("alice", None)),
+        (None, "t1", {}, {}, (None, "t1")),
+        ("alice", "t1", {}, {}, (None, "t1")),
+        ("alice", None, {"CATMQTT_TOKEN": "t2"}, {}, ("alice", None)),
+        (None, None, {"CATMQTT_TOKEN": "t2", "CATMQTT_USER": "bob"}, {}, (None, "t2")),
+        (None, None, {"CATMQTT_USER": "bob"}, {"token": "t3"}, ("bob", None)),
+        (None, None, {}, {"token": "t3", "user": "carol"}, (None, "t3")),
+        (None, None, {}, {"user": "carol"}, ("carol", None)),
+    ],
+)
+def test_client_credentials(monkeypatch, user, token, env, conf, want):
+    for name in ("CATMQTT_TOKEN", "CATMQTT_USER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.client_credentials({"client": conf}, user, token) == want
+
+
+@pytest.mark.parametrize("user_auth", [{"user": "a"}, {"password": "x"}, "alice", ["a", "b"]])
+def test_bad_user_auth(user_auth):
+    with pytest.raises(errors.BadRequest, match="user_auth must be"):
+        catmqtt.get_roots("http://127.0.0.1:1", user_auth=user_auth)

@@ -304,7 +304,8 @@ def test_expect_continue_without_body_is_answered_at_once(foo, node, extra):
 
 def test_expect_continue_with_body_still_continues(foo):
     request = (
-        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     )
     received = raw_exchange(foo.url("sub"), request, body=b"{}")
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), received
@@ -326,7 +327,11 @@ def test_expect_continue_with_body_still_continues(foo):
             "Content-Length is invalid",
         ),
         ("GARBAGE\r\n\r\n", 400, "Start line is invalid"),
-        ("GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "Transfer-Encoding"),
+        (
+            "GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "Transfer-Encoding",
+        ),
     ],
 )
 def test_malformed_http_gets_a_json_error(foo, node, request_, status, message):
