@@ -260,7 +260,8 @@ def _routes() -> list[tuple[str, str, str]]:
 def test_every_endpoint_wants_credentials(site, endpoint, method, url):
     response = requests.request(method, f"{site.url}{url}", timeout=30)
     if endpoint in OPEN:
-        assert response.status_code == 400, response.text
+        # The login page, or a login without credentials.
+        assert response.status_code == (200 if method == "GET" else 400), response.text
         return
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -285,6 +286,20 @@ def test_login_with_form_and_cookie(site):
     assert out.ok and "catmqtt_session=;" in out.headers["Set-Cookie"]
     again = requests.get(f"{site.url}/api/roots", headers=bearer(body["token"]))
     assert again.status_code == 401 and "ended" in again.json()["error"]
+
+
+def test_login_page_for_people(site):
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    index = requests.get(f"{site.url}/", headers=html, allow_redirects=False)
+    assert index.status_code == 303 and index.headers["Location"] == "auth/login"
+    page = requests.get(f"{site.url}/auth/login", headers=html)
+    assert page.ok and '<form method="post" action="login">' in page.text
+    form = {"username": "other", "password": PASSWORDS["other"]}
+    same = {**html, "Origin": site.url, "Sec-Fetch-Site": "same-origin"}
+    logged = requests.post(f"{site.url}/auth/login", data=form, headers=same, allow_redirects=False)
+    assert logged.status_code == 303 and logged.headers["Location"] == "../"
+    index = requests.get(f"{site.url}/", headers=html, cookies=logged.cookies)
+    assert index.ok and "<b>foo</b>" in index.text and "bar" not in index.text
 
 
 @pytest.mark.parametrize(

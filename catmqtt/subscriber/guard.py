@@ -16,7 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request
 
 from ..errors import BadRequest, CatmqttError, Forbidden, TooLarge, Unauthorized
 from ..web import error_response
@@ -27,7 +27,7 @@ COOKIE = "catmqtt_session"
 MAX_LOGIN_BYTES = 4096
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # Endpoints that answer without credentials.
-OPEN = {"auth.login", "auth.jwt_login"}
+OPEN = {"auth.login", "auth.jwt_login", "auth.login_page"}
 # POSTs that only read: any other request but a GET or HEAD needs an admin.
 READING_POSTS = {"subscriber.fetch", "auth.logout"}
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
@@ -105,7 +105,7 @@ class Guard:
             response.headers["WWW-Authenticate"] = 'Bearer realm="catmqtt"'
             return response
 
-    def check(self) -> None:
+    def check(self) -> Response | None:
         """Refuse a foreign Host (421), a cross-site change (403), missing or bad credentials (401),
         a reader's change or a root not shared with the user (403)."""
         host = _hostname(request.host)
@@ -121,7 +121,13 @@ class Guard:
             return
         if request.endpoint in OPEN:
             return
-        g.principal = principal = self._principal()
+        try:
+            g.principal = principal = self._principal()
+        except Unauthorized:
+            # A person opening the index page is shown the login form.
+            if request.endpoint == "subscriber.index" and "text/html" in request.accept_mimetypes.values():
+                return redirect("auth/login", 303)
+            raise
         changes = request.method not in SAFE_METHODS and request.endpoint not in READING_POSTS
         if changes and not principal.admin:
             raise Forbidden(f"{principal.name} is not an admin: {request.method} {request.path} needs one")
@@ -209,7 +215,12 @@ def login() -> Response:
         raise BadRequest("this subscriber has no accounts: every request is answered without a login")
     name, password = _credentials()
     token, session = guard.accounts.login(name, password, guard.secret, guard.ttl)
-    response = jsonify({"token": token, "expires": session.expires})
+    # The login page's form goes back to the index; programs (C2Array too) get JSON.
+    browser = not request.is_json and request.accept_mimetypes.best_match(["application/json", "text/html"])
+    if browser == "text/html":
+        response = redirect("../" if request.path == "/auth/login" else "../../", 303)
+    else:
+        response = jsonify({"token": token, "expires": session.expires})
     response.set_cookie(
         COOKIE,
         token,
@@ -220,6 +231,18 @@ def login() -> Response:
         path="/",
     )
     return response
+
+
+LOGIN_PAGE = """<!doctype html><title>catmqtt subscriber: log in</title><h1>catmqtt subscriber</h1>
+<form method="post" action="login"><p><label>User <input name="username" autocomplete="username"></label>
+<p><label>Password <input name="password" type="password" autocomplete="current-password"></label>
+<p><button>Log in</button></form>"""
+
+
+@bp.get("/auth/login")
+def login_page() -> Response:
+    """A form for people: it posts to /auth/login, which sets the session cookie."""
+    return Response(LOGIN_PAGE, mimetype="text/html")
 
 
 @bp.post("/auth/jwt/login")
