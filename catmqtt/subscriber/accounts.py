@@ -16,6 +16,7 @@ taken here.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -97,12 +98,16 @@ class Accounts:
         from pwdlib.hashers.argon2 import Argon2Hasher
 
         self._hasher = PasswordHash((Argon2Hasher(),))
-        # Verified against when the user is unknown, so that a wrong name takes as long as a wrong password.
-        self._dummy = self._hasher.hash("catmqtt")
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_TABLES)
         os.chmod(self.path, 0o600)
+
+    @functools.cached_property
+    def _dummy(self) -> str:
+        """A hash to verify against when the user is unknown, so that a wrong name takes as
+        long as a wrong password (made at the first such login: a hash takes 0.2 s)."""
+        return self._hasher.hash("catmqtt")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
