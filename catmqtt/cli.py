@@ -363,7 +363,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("keygen", cmd_keygen, "make a key to sign announcements with, and print its public key", True)
     p.add_argument("file", help="where to write the private key (PEM, mode 0600; never overwritten)")
 
-    p = add("passwd", cmd_passwd, "set a user's password in an amqtt password file", True)
+    p = add(
+        "passwd",
+        cmd_passwd,
+        "set an MQTT user's password in an amqtt password file (the broker's, not 'catmqtt user')",
+        True,
+    )
     p.add_argument("file", help="the password file (created if missing)")
     p.add_argument("user", help="the MQTT user name")
 

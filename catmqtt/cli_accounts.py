@@ -77,7 +77,11 @@ def cmd_token(args: argparse.Namespace, conf: dict) -> int:
 
 def add_commands(add) -> None:
     """Add the account commands with `add(name, func, help)`, which returns a command's parser."""
-    p = add("user", cmd_user, "add, delete or list the users of a subscriber (running or not)")
+    p = add(
+        "user",
+        cmd_user,
+        "add, delete or list the users of a subscriber's HTTP API (running or not; MQTT users: passwd)",
+    )
     _account_options(p, ("add", "del", "list"), "the user's name")
     p.add_argument("--admin", action="store_true", help="the user may change what the subscriber keeps")
     p = add("token", cmd_token, "make, list or revoke the agent tokens of a subscriber (running or not)")
