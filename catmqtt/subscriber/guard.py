@@ -11,6 +11,7 @@ is made, and its `Accounts` gives each thread a connection of its own.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import time
 from typing import Any
@@ -22,6 +23,8 @@ from ..errors import BadRequest, CatmqttError, Forbidden, TooLarge, Unauthorized
 from ..web import error_response
 from .accounts import Accounts, Principal
 from .tokens import AGENT_PREFIX, BadToken, parse_password, parse_token, parse_username
+
+log = logging.getLogger(__name__)
 
 COOKIE = "catmqtt_session"
 MAX_LOGIN_BYTES = 4096
@@ -214,7 +217,12 @@ def login() -> Response:
     if guard.accounts is None:
         raise BadRequest("this subscriber has no accounts: every request is answered without a login")
     name, password = _credentials()
-    token, session = guard.accounts.login(name, password, guard.secret, guard.ttl)
+    try:
+        token, session = guard.accounts.login(name, password, guard.secret, guard.ttl)
+    except Unauthorized:
+        # For whoever watches for guessing (fail2ban and the like).
+        log.warning("failed login of %r from %s", name, request.remote_addr)
+        raise
     # The login page's form goes back to the index; programs (C2Array too) get JSON.
     browser = not request.is_json and request.accept_mimetypes.best_match(["application/json", "text/html"])
     if browser == "text/html":
@@ -226,7 +234,8 @@ def login() -> Response:
         token,
         expires=session.expires,
         httponly=True,
-        secure=request.is_secure,
+        # Behind a proxy that ends TLS, urlbase says that browsers use https.
+        secure=request.is_secure or (guard.urlbase or "").startswith("https:"),
         samesite="Strict",
         path="/",
     )
