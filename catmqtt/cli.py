@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from . import __version__, config
 from .cli_accounts import add_commands, client_password
 from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
-from .errors import CatmqttError, ConfigError
+from .errors import CatmqttError, ConfigError, Unauthorized
 
 log = logging.getLogger("catmqtt")
 
@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     for name in ("conf", "loglevel"):
         setattr(args, name, getattr(args, name, None))
+    user = token = None
     try:
         conf = config.load(args.conf)
         if args.service:
@@ -428,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         # One command reads once: a chunk cache would only hold memory.
         with Client(url, cache_bytes=0, user=user, password=client_password(user), token=token) as client:
             return args.func(args, client)
+    except Unauthorized as exc:
+        given = user is not None or token is not None
+        hint = "" if given else " (--user NAME or $CATMQTT_USER; --token or $CATMQTT_TOKEN)"
+        print(f"Error: {exc}{hint}", file=sys.stderr)
+        return 1
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

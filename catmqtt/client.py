@@ -149,12 +149,13 @@ class Client:
         url = f"{self.urlbase}/api/{endpoint}"
         try:
             return self._send(method, url, **kwargs)
-        except Unauthorized as exc:
+        except Unauthorized:
             if self.user is None and "Authorization" in self.session.headers:
                 raise
             if self.user is None:
-                hint = "has accounts: give a user and password, or a token"
-                raise Unauthorized(f"{exc} (the subscriber at {self.urlbase} {hint})") from None
+                raise Unauthorized(
+                    f"the subscriber at {self.urlbase} has accounts: give a user and password, or a token"
+                ) from None
         # No session yet, or an expired one.
         self.login()
         return self._send(method, url, **kwargs)

@@ -382,7 +382,11 @@ def test_cli_with_user_and_token(site):
     assert result.returncode == 1 and result.stderr.startswith("Error: wrong user name or password")
     assert len(result.stderr.splitlines()) == 1
     result = site.cli("roots")
-    assert result.returncode == 1 and "has accounts" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert (
+        result.returncode == 1
+        and "has accounts: give a user and password, or a token (--user NAME" in result.stderr
+        and len(result.stderr.splitlines()) == 1
+    )
     result = site.cli("subscribe", "foo", "--user", "reader", env=env)
     assert result.returncode == 1 and "not an admin" in result.stderr
     result = site.cli("roots", "--user", "reader")

@@ -162,7 +162,10 @@ class Guard:
         elif COOKIE in request.cookies:
             token = request.cookies[COOKIE]
         if not token:
-            raise Unauthorized("log in first: POST /auth/login, then send 'Authorization: Bearer TOKEN'")
+            raise Unauthorized(
+                "credentials needed: log in (POST /auth/login) and send the token (Authorization: Bearer)"
+                " or the cookie it gives"
+            )
         if token.startswith(AGENT_PREFIX):
             principal = self.accounts.of_agent(token)
             if principal is None:
