@@ -155,6 +155,14 @@ def test_store(tmp_path):
     assert accounts.of_session(accounts.login("alice", "pw", SECRET, 60)[1]).admin is False
     with pytest.raises(errors.NotFound):
         accounts.revoke_agent("bot")
+    # Users and tokens of their own share one space of names.
+    with pytest.raises(errors.BadRequest, match="there is a user 'alice'"):
+        accounts.create_agent("alice")
+    accounts.create_agent("robot")
+    with pytest.raises(errors.BadRequest, match="there is an agent token 'robot'"):
+        accounts.add_user("robot", "pw")
+    with pytest.raises(errors.BadRequest, match="days"):
+        accounts.create_agent("later", days=-1)
     assert (tmp_path / "accounts.sqlite").stat().st_mode & 0o777 == 0o600
 
 

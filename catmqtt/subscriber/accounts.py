@@ -128,13 +128,23 @@ class Accounts:
     def add_user(self, name: str, password: str, admin: bool = False) -> None:
         """Add user `name`; raise BadRequest if there is one already."""
         parse_username(name)
-        try:
-            self._db().execute(
-                "INSERT INTO users (name, hash, admin, created) VALUES (?, ?, ?, ?)",
-                (name, self._hasher.hash(password), int(admin), time.time()),
-            )
-        except sqlite3.IntegrityError:
-            raise BadRequest(f"there is a user {name!r} already: 'catmqtt user del {name}' first") from None
+        hashed = self._hasher.hash(password)
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM agents WHERE name = ? AND user IS NULL", (name,)).fetchone():
+                raise BadRequest(
+                    f"there is an agent token {name!r}, which reads as {name!r}: choose another name"
+                )
+            try:
+                db.execute(
+                    "INSERT INTO users (name, hash, admin, created) VALUES (?, ?, ?, ?)",
+                    (name, hashed, int(admin), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise BadRequest(
+                    f"there is a user {name!r} already: 'catmqtt user del {name}' first"
+                ) from None
 
     def delete_user(self, name: str) -> None:
         """Delete user `name`, its sessions and the agent tokens that act as it."""
@@ -197,9 +207,12 @@ class Accounts:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            known = db.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone()
+            known = db.execute("SELECT 1 FROM users WHERE name = ?", (user or name,)).fetchone()
             if user is not None and known is None:
                 raise NotFound(f"no user {user!r}: add it with 'catmqtt user add {user}' first")
+            # A token of its own reads as its name: it must not pass for a user.
+            if user is None and known is not None:
+                raise BadRequest(f"there is a user {name!r}: name the token otherwise, or give --user {name}")
             try:
                 db.execute(
                     "INSERT INTO agents VALUES (?, ?, ?, ?, ?)",
