@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, config
+from .cli_accounts import add_commands, client_password
 from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
-from .errors import CatmqttError, ConfigError
+from .errors import CatmqttError, ConfigError, Unauthorized
 
 log = logging.getLogger("catmqtt")
 
@@ -283,6 +284,13 @@ def _client_options(p: argparse.ArgumentParser) -> None:
         help=f"the subscriber (default ${config.SUB_ENV}, else http://127.0.0.1:8002)",
     )
     _either_side(p, "--json", action="store_true", help="print JSON")
+    _either_side(
+        p,
+        "--user",
+        metavar="NAME",
+        help=f"log in as NAME (default ${config.USER_ENV}); password: ${config.USER_PASSWORD_ENV}, or asked",
+    )
+    _either_side(p, "--token", help=f"send this token (default ${config.TOKEN_ENV})")
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -355,9 +363,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("keygen", cmd_keygen, "make a key to sign announcements with, and print its public key", True)
     p.add_argument("file", help="where to write the private key (PEM, mode 0600; never overwritten)")
 
-    p = add("passwd", cmd_passwd, "set a user's password in an amqtt password file", True)
+    p = add(
+        "passwd",
+        cmd_passwd,
+        "set an MQTT user's password in an amqtt password file (the broker's, not 'catmqtt user')",
+        True,
+    )
     p.add_argument("file", help="the password file (created if missing)")
     p.add_argument("user", help="the MQTT user name")
+
+    add_commands(lambda name, func, help: add(name, func, help, True))
 
     p = add("sample", cmd_sample, "write the sample root into a directory, or the sample HDF5 file", True)
     p.add_argument("dir", nargs="?", help="the directory to write")
@@ -399,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     for name in ("conf", "loglevel"):
         setattr(args, name, getattr(args, name, None))
+    user = token = None
     try:
         conf = config.load(args.conf)
         if args.service:
@@ -406,9 +422,18 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         args.json = getattr(args, "json", False)
+        user, token = config.client_credentials(
+            conf, getattr(args, "user", None), getattr(args, "token", None)
+        )
+        url = config.client_sub(conf, getattr(args, "sub", None))
         # One command reads once: a chunk cache would only hold memory.
-        with Client(config.client_sub(conf, getattr(args, "sub", None)), cache_bytes=0) as client:
+        with Client(url, cache_bytes=0, user=user, password=client_password(user), token=token) as client:
             return args.func(args, client)
+    except Unauthorized as exc:
+        given = user is not None or token is not None
+        hint = "" if given else " (--user NAME or $CATMQTT_USER; --token or $CATMQTT_TOKEN)"
+        print(f"Error: {exc}{hint}", file=sys.stderr)
+        return 1
     except CatmqttError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

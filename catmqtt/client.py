@@ -29,7 +29,7 @@ import requests
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache
 from .client_reader import Reader
-from .errors import BadRequest, Changed, Unavailable, from_status
+from .errors import BadRequest, Changed, Unauthorized, Unavailable, from_status
 from .schema import DatasetMeta, parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, parse_slice
@@ -75,12 +75,22 @@ class Client:
         with the metadata it last checked, from its cache, without asking
         the subscriber; past that, a read first asks whether the dataset
         changed (a conditional GET of its metadata).
+    user, password : str, optional
+        An account on a subscriber with accounts on: the client logs in
+        when the subscriber first asks for credentials, and again when its
+        session expires.
+    token : str, optional
+        A token instead (an agent token from ``catmqtt token create``, or a
+        session token from ``POST /auth/login``), sent with every request.
     """
 
     def __init__(
         self,
         urlbase: str | None = None,
         *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
         timeout: Any = TIMEOUT,
         cache_bytes: int = CACHE_BYTES,
         max_age: float = MAX_AGE,
@@ -92,6 +102,10 @@ class Client:
         self.session = requests.Session()
         self.session.trust_env = False
         self._environment = environment(self.urlbase)
+        self.user = user
+        self._password = password
+        if token:
+            self._use_token(token)
         self._reader = Reader(self._request, self.urlbase, self.chunk_cache)
         # Metadata as last read. The cache holds chunks by etag, so that they are
         # read only as long as their etag is known current (see _current); a
@@ -109,9 +123,44 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _use_token(self, token: str) -> None:
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        # A netrc entry's Basic credentials would replace the token.
+        self._environment["auth"] = None
+
+    def login(self) -> str:
+        """Log in as `user` with `password`; return the session token, which later requests send."""
+        if self.user is None:
+            raise Unauthorized(
+                f"the subscriber at {self.urlbase} wants a user (or a token) and none was given"
+            )
+        login = {"username": self.user, "password": self._password or ""}
+        try:
+            response = self._send("POST", f"{self.urlbase}/auth/login", json=login)
+        except Unauthorized as exc:
+            raise Unauthorized(f"{exc} ({self.user} at {self.urlbase})") from None
+        token = response.json()["token"]
+        self._use_token(token)
+        return token
+
     def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
-        """Send a request; turn every failure into a catmqtt.errors exception."""
+        """Send a request, logging in first if the subscriber asks for it and the client
+        has a user; turn every failure into a catmqtt.errors exception."""
         url = f"{self.urlbase}/api/{endpoint}"
+        try:
+            return self._send(method, url, **kwargs)
+        except Unauthorized:
+            if self.user is None and "Authorization" in self.session.headers:
+                raise
+            if self.user is None:
+                raise Unauthorized(
+                    f"the subscriber at {self.urlbase} has accounts: give a user and password, or a token"
+                ) from None
+        # No session yet, or an expired one.
+        self.login()
+        return self._send(method, url, **kwargs)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
             response = self.session.request(method, url, timeout=self.timeout, **self._environment, **kwargs)
         except requests.Timeout:
@@ -295,44 +344,69 @@ def default_urlbase() -> str:
     return config.client_sub(config.load(None), None)
 
 
-def _client(urlbase: str | None) -> Client:
+def credentials(user_auth: dict[str, str] | None) -> dict[str, str | None]:
+    """Return `Client`'s keyword arguments for Caterva2's ``user_auth``:
+    ``{"username": ..., "password": ...}``, or ``{"token": ...}``."""
+    if not user_auth:
+        return {}
+    if not isinstance(user_auth, dict) or not ({"username", "token"} & set(user_auth)):
+        raise BadRequest('user_auth must be {"username": ..., "password": ...} or {"token": ...}')
+    return {
+        "user": user_auth.get("username"),
+        "password": user_auth.get("password"),
+        "token": user_auth.get("token"),
+    }
+
+
+def _client(urlbase: str | None, user_auth: dict[str, str] | None) -> Client:
     """A client for one call: a cache would only hold memory until it is closed."""
-    return Client(urlbase, cache_bytes=0)
+    return Client(urlbase, cache_bytes=0, **credentials(user_auth))
 
 
-def get_roots(urlbase: str | None = None) -> dict[str, dict[str, Any]]:
-    """Return the roots known to the subscriber at `urlbase`."""
-    with _client(urlbase) as c:
+def get_roots(
+    urlbase: str | None = None, user_auth: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Return the roots known to the subscriber at `urlbase` (`user_auth`: see `credentials`)."""
+    with _client(urlbase, user_auth) as c:
         return c.get_roots()
 
 
-def subscribe(root: str, urlbase: str | None = None) -> str:
+def subscribe(root: str, urlbase: str | None = None, user_auth: dict[str, str] | None = None) -> str:
     """Ask the subscriber at `urlbase` to follow `root`."""
-    with _client(urlbase) as c:
+    with _client(urlbase, user_auth) as c:
         return c.subscribe(root)
 
 
-def get_list(root: str, urlbase: str | None = None) -> list[str]:
+def get_list(root: str, urlbase: str | None = None, user_auth: dict[str, str] | None = None) -> list[str]:
     """Return the dataset paths of `root` (or of ``root/dir``)."""
-    with _client(urlbase) as c:
+    with _client(urlbase, user_auth) as c:
         return c.get_list(root)
 
 
-def get_info(dataset: str, urlbase: str | None = None) -> dict[str, Any]:
+def get_info(
+    dataset: str, urlbase: str | None = None, user_auth: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Return the metadata of `dataset`."""
-    with _client(urlbase) as c:
+    with _client(urlbase, user_auth) as c:
         return c.get_info(dataset)
 
 
-def fetch(dataset: str, urlbase: str | None = None, slice_: Any = None) -> np.ndarray | bytes:
+def fetch(
+    dataset: str, urlbase: str | None = None, slice_: Any = None, user_auth: dict[str, str] | None = None
+) -> np.ndarray | bytes:
     """Return a selection of `dataset` (see :meth:`Client.fetch`)."""
-    with _client(urlbase) as c:
+    with _client(urlbase, user_auth) as c:
         return c.fetch(dataset, slice_)
 
 
-def download(dataset: str, urlbase: str | None = None, localpath: str | os.PathLike = ".") -> Path:
+def download(
+    dataset: str,
+    urlbase: str | None = None,
+    localpath: str | os.PathLike = ".",
+    user_auth: dict[str, str] | None = None,
+) -> Path:
     """Save `dataset` under `localpath` and return the path written."""
-    with _client(urlbase) as c:
+    with _client(urlbase, user_auth) as c:
         return c.download(dataset, localpath)
 
 
@@ -345,13 +419,23 @@ class Root:
         The root's name.
     urlbase : str, optional
         The subscriber's base URL.
+    user_auth : dict, optional
+        ``{"username": ..., "password": ...}`` or ``{"token": ...}`` for a
+        subscriber with accounts on, as Caterva2's ``Root`` takes it.
     client : Client, optional
-        A client to share; one is made from `urlbase` otherwise.
+        A client to share; one is made from `urlbase` and `user_auth` otherwise.
     """
 
-    def __init__(self, name: str, urlbase: str | None = None, *, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        urlbase: str | None = None,
+        *,
+        user_auth: dict[str, str] | None = None,
+        client: Client | None = None,
+    ) -> None:
         self.name = name
-        self.client = client or Client(urlbase)
+        self.client = client or Client(urlbase, **credentials(user_auth))
         self.client.subscribe(name)
 
     @property

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 DEFAULT_FILE = "catmqtt.yaml"
 PASSWORD_ENV = "CATMQTT_MQTT_PASSWORD"
 SUB_ENV = "CATMQTT_SUB"
+USER_ENV = "CATMQTT_USER"
+USER_PASSWORD_ENV = "CATMQTT_PASSWORD"
+TOKEN_ENV = "CATMQTT_TOKEN"
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "poll", "off")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -69,8 +72,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_stream_bytes": 256 << 20,
         "max_temp_bytes": 1 << 30,
         "trust": None,
+        "auth": False,
+        "access": None,
+        "allowed_hosts": None,
+        "token_ttl": 28800,
     },
-    "client": {"sub": "http://127.0.0.1:8002"},
+    "client": {"sub": "http://127.0.0.1:8002", "user": None, "token": None},
 }
 
 
@@ -200,7 +207,38 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         _int_in(s, "max_stream_bytes", 1, 1 << 50)
         _int_in(s, "max_temp_bytes", 1, 1 << 50)
         s["trust"] = parse_trust(s["trust"])
+        if not isinstance(s["auth"], bool):
+            raise ConfigError(f"auth must be true or false, not {s['auth']!r}")
+        _int_in(s, "token_ttl", 1, 366 * 86400)
+        s["access"] = parse_access(s["access"])
+        s["allowed_hosts"] = parse_allowed_hosts(s["allowed_hosts"])
     return s
+
+
+def parse_access(value: object) -> dict[str, list[str]]:
+    """Return ``subscriber.access`` as {root: [user or agent token name, ...]}; {} if unset."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"access must map root names to lists of users, not {value!r}")
+    access = {}
+    for root, names in value.items():
+        _check(parse_root_name, root)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"access: root {root!r} must map to a list of user names, not {names!r}")
+        access[root] = names
+    return access
+
+
+def parse_allowed_hosts(value: object) -> list[str]:
+    """Return ``subscriber.allowed_hosts``: the host names, besides its own, a subscriber answers for."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(h, str) and h and " " not in h for h in value):
+        raise ConfigError(f"allowed_hosts must be a list of host names, not {value!r}")
+    return value
 
 
 def parse_trust(value: object) -> dict[str, list[str]] | None:
@@ -240,6 +278,26 @@ def client_sub(conf: dict, option: str | None) -> str:
         or DEFAULTS["client"]["sub"]
     )
     return parse_http_url(url, "subscriber URL")
+
+
+def client_credentials(conf: dict, user: str | None, token: str | None) -> tuple[str | None, str | None]:
+    """Return the user and the token a client logs in with, one of them None.
+
+    The first found wins: ``--token``, ``--user``, ``$CATMQTT_TOKEN``,
+    ``$CATMQTT_USER``, ``client.token``, ``client.user``.
+    """
+    client = conf.get("client") or {}
+    for kind, value in (
+        ("token", token),
+        ("user", user),
+        ("token", os.environ.get(TOKEN_ENV)),
+        ("user", os.environ.get(USER_ENV)),
+        ("token", client.get("token")),
+        ("user", client.get("user")),
+    ):
+        if value:
+            return (None, value) if kind == "token" else (value, None)
+    return None, None
 
 
 def default_statedir(role: str, node_id: str | None) -> Path:

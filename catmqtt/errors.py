@@ -32,6 +32,19 @@ class OutOfRange(BadRequest, IndexError):
     """An index is past the end of its axis, or there are more indices than axes."""
 
 
+class Unauthorized(CatmqttError):
+    """The subscriber wants credentials (a user's password, a token), or those given are wrong."""
+
+    status = 401
+
+
+class Forbidden(CatmqttError):
+    """The credentials are good but do not allow this: an admin's command, a root not shared,
+    a request from another site."""
+
+    status = 403
+
+
 class NotFound(CatmqttError, KeyError):
     """The root, dataset or directory does not exist."""
 
@@ -95,6 +108,8 @@ class ConfigError(CatmqttError, ValueError):
 
 _BY_STATUS = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: NotSubscribed,
     413: TooLarge,

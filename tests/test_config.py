@@ -266,7 +266,7 @@ def test_load_good(tmp_path: Path, text: str, expected: dict[str, Any]) -> None:
         ("publisher:\n  colour: red\n", "unknown key(s) colour in section 'publisher' (known: http, urlbase"),
         ("subscriber.s1:\n  name: r\n  zz: 1\n", "unknown key(s) name, zz in section 'subscriber.s1'"),
         ("broker:\n  http: x\n", "unknown key(s) http in section 'broker'"),
-        ("client:\n  url: x\n", "unknown key(s) url in section 'client' (known: sub)"),
+        ("client:\n  url: x\n", "unknown key(s) url in section 'client' (known: sub, user, token)"),
         ("- broker\n- publisher\n", "must hold a mapping of sections"),
         ("hello\n", "must hold a mapping of sections"),
         ("42\n", "must hold a mapping of sections"),

@@ -297,7 +297,7 @@ def raw_exchange(url: str, request: bytes, body: bytes = b"") -> bytes:
 @pytest.mark.parametrize("extra", ["", "Content-Length: 0\r\n"])
 def test_expect_continue_without_body_is_answered_at_once(foo, node, extra):
     endpoint = "/api/list" if node == "pub-foo" else "/api/roots"
-    request = f"GET {endpoint} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{extra}\r\n"
+    request = f"GET {endpoint} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n{extra}\r\n"
     received = raw_exchange(foo.url(node), request.encode())
     assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received
     assert b"100 Continue" not in received
@@ -305,7 +305,8 @@ def test_expect_continue_without_body_is_answered_at_once(foo, node, extra):
 
 def test_expect_continue_with_body_still_continues(foo):
     request = (
-        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        b"POST /api/subscribe/foo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     )
     received = raw_exchange(foo.url("sub"), request, body=b"{}")
     assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), received
@@ -317,17 +318,21 @@ def test_expect_continue_with_body_still_continues(foo):
     [
         # Past Python's 4300 digits for int(): waitress closed the connection unanswered.
         (
-            f"GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n",
+            f"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {BIG}\r\n\r\n",
             400,
             "Content-Length is invalid",
         ),
         (
-            "GET /api/stats HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\n",
+            "GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1a\r\n\r\n",
             400,
             "Content-Length is invalid",
         ),
         ("GARBAGE\r\n\r\n", 400, "Start line is invalid"),
-        ("GET /api/stats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "Transfer-Encoding"),
+        (
+            "GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "Transfer-Encoding",
+        ),
     ],
 )
 def test_malformed_http_gets_a_json_error(foo, node, request_, status, message):

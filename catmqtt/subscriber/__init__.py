@@ -8,7 +8,8 @@ Its parts (``docs/architecture.rst`` has the whole picture):
 - `flights`: each missing chunk fetched once, `transport`: publishers over HTTP;
 - `cache`: the chunk cache (`index`, its SQLite file; `catalogue`, the roots;
   `chunks`, the containers);
-- `app`: the Flask views; `caterva2`: the Caterva2 dialect python-blosc2 speaks.
+- `app`: the Flask views; `guard`: hosts, origins and accounts (`accounts`,
+  `tokens`) before them; `caterva2`: the Caterva2 dialect python-blosc2 speaks.
 
 `Subscriber` puts them together: its constructor only keeps the settings;
 `bind` opens the cache and binds the HTTP port, `start` (binding first if
@@ -23,11 +24,13 @@ from typing import Any
 from ..assemble import release_gil
 from ..mqtt import Node
 from ..web import Server
+from .accounts import Accounts, load_secret
 from .answers import Answers
 from .app import create_app
 from .cache import Cache
 from .flights import Fetcher, FetchSettings
 from .follower import Follower
+from .guard import Guard
 from .large import Budget, Builders
 from .reader import Reader
 from .trust import Trust
@@ -103,6 +106,9 @@ class Subscriber:
         self.reader = Reader(self.cache, self.fetcher, self.follower, settings["max_fetch_bytes"])
         self.answers = Answers(self.reader, budget, builders, tmpdir)
         self.app = create_app(self.reader, self.follower, self.answers, self.cache.dir)
+        secret = load_secret(settings["statedir"], settings["auth"])
+        accounts = None if secret is None else Accounts(settings["statedir"])
+        Guard(settings, accounts, secret).install(self.app)
         self.server = Server.for_node(self.app, settings)
         self._stops.append(self.server.stop)
         self.url = settings["urlbase"] or self.server.url

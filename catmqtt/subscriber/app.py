@@ -20,6 +20,7 @@ from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
 from . import caterva2
 from .answers import Answers
 from .follower import Follower
+from .guard import readable
 from .large import PIECE
 from .reader import Reader
 
@@ -36,7 +37,7 @@ def _answers() -> Answers:
 
 @bp.get("/api/roots")
 def roots():
-    return jsonify(_reader().roots())
+    return jsonify(readable(_reader().roots()))
 
 
 @bp.post("/api/subscribe/<name>")
@@ -131,7 +132,7 @@ def index():
     rows = "".join(
         f"<li><b>{html.escape(r['name'])}</b> ({'online' if r['online'] else 'offline'},"
         f" {'subscribed' if r['subscribed'] else 'not subscribed'})</li>"
-        for r in _reader().roots().values()
+        for r in readable(_reader().roots()).values()
     )
     page = (
         "<!doctype html><title>catmqtt subscriber</title><h1>catmqtt subscriber</h1>"
