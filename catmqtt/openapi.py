@@ -117,6 +117,15 @@ ERRORS = {
     412: 'The dataset changed since the etag the request gave; the body names it ("changed").',
     413: "The request asks for more than the server builds for one request: ask in parts.",
     416: "A byte range that this resource cannot answer.",
+    401: (
+        "Accounts are on and the request has no valid credentials: log in (POST /auth/login) and"
+        " send the token (Authorization: Bearer) or the session cookie."
+    ),
+    403: (
+        "The user may not: a reader's change (subscribing, unsubscribing), a root not shared with"
+        " the user, or a change sent by a page of another site."
+    ),
+    421: "The subscriber does not answer for this Host (subscriber.allowed_hosts).",
     502: "The dataset's publisher answered with an error, or with bytes that are not what it announced.",
     503: (
         "The server is busy with large answers (with Retry-After), a publisher cannot be reached,"
@@ -174,6 +183,18 @@ COMPONENTS: dict[str, Any] = {
             "type": "object",
             "properties": {"path": _STRING, "etag": _STRING, "digests": _STRINGS},
             "required": ["path", "etag", "digests"],
+        },
+        "Login": {
+            "type": "object",
+            "description": "A login, as JSON or as form fields.",
+            "properties": {"username": _STRING, "password": _STRING},
+            "required": ["username", "password"],
+        },
+        "Session": {
+            "type": "object",
+            "description": "A session: its bearer token, and when it expires (seconds since the epoch).",
+            "properties": {"token": _STRING, "expires": {"type": "number"}},
+            "required": ["token", "expires"],
         },
         "Selection": {
             "type": "object",
@@ -393,7 +414,7 @@ def subscriber() -> dict[str, Any]:
         OCTETS,
     )
     fetch_errors = (*_READS, 413, 416)
-    return _document(
+    document = _document(
         "catmqtt subscriber",
         "A subscriber serves the roots it follows, fetching the chunks a request needs from their"
         ' publishers once and caching them. Every error is JSON, {"error", "status"}, and may name'
@@ -488,5 +509,51 @@ def subscriber() -> dict[str, Any]:
                 )
             },
             "/api/openapi.json": {"get": _openapi()},
+            **_auth(),
         },
     )
+    return _guarded(document)
+
+
+def _auth() -> dict[str, dict[str, Any]]:
+    """The login paths of a subscriber, open to all."""
+    session = _ok("The session; its token is also set as the session cookie.", _ref("schemas", "Session"))
+    login = _operation(
+        "Log in with a user name and password.",
+        session,
+        (400, 401, 413),
+        body={
+            "required": True,
+            "content": {
+                JSON: {"schema": _ref("schemas", "Login")},
+                "application/x-www-form-urlencoded": {"schema": _ref("schemas", "Login")},
+            },
+        },
+        more={"303": {"description": "A login posted by the login page: back to the status page."}},
+    )
+    return {
+        "/auth/login": {
+            "get": {**_operation("The login page.", _ok("The page.", _STRING, HTML)), "security": []},
+            "post": {**login, "security": []},
+        },
+        "/auth/jwt/login": {
+            "post": {**login, "summary": "Log in, as python-blosc2's c2context does.", "security": []}
+        },
+        "/auth/logout": {"post": _operation("End the session.", _ok("Done.", {"const": "Ok"}))},
+    }
+
+
+def _guarded(document: dict[str, Any]) -> dict[str, Any]:
+    """Return the subscriber's `document` with its credentials (needed when accounts are on)
+    and the refusals every request may get: a foreign Host, a cross-site change, no credentials."""
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "A session or an agent token."},
+        "session": {"type": "apiKey", "in": "cookie", "name": "catmqtt_session"},
+    }
+    # Without accounts, no credentials are needed.
+    document["security"] = [{}, {"bearer": []}, {"session": []}]
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status in (401, 403, 421):
+                operation["responses"].setdefault(str(status), _ref("responses", str(status)))
+    return document

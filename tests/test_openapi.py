@@ -17,7 +17,7 @@ from catmqtt import openapi
 from catmqtt.publisher.app import create_app as create_publisher_app
 
 from test_fuzz import DATASETS
-from test_views import node  # noqa: F401 - the subscriber fixture
+from test_views import node, node_with_accounts  # noqa: F401 - the subscriber fixtures
 
 # Flask's converters, <path:fullpath>, as OpenAPI writes them, {fullpath}.
 _VARIABLE = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -138,3 +138,11 @@ def test_publisher_answers_as_documented(case, apps):
 @FUZZ
 def test_subscriber_answers_as_documented(case, apps):
     case.call_and_validate(app=apps["subscriber"])
+
+
+@SUBSCRIBER.parametrize()
+@FUZZ
+def test_subscriber_with_accounts_answers_as_documented(case, node_with_accounts):  # noqa: F811
+    app = node_with_accounts.app
+    case.call_and_validate(app=app, headers={"Authorization": f"Bearer {node_with_accounts.token}"})
+    case.call_and_validate(app=app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import blosc2
@@ -18,11 +19,13 @@ import pytest
 
 from catmqtt.publisher.roots import open_root
 from catmqtt.schema import dumps
+from catmqtt.subscriber.accounts import Accounts
 from catmqtt.subscriber.answers import Answers
 from catmqtt.subscriber.app import create_app
 from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.flights import Fetcher, FetchSettings
 from catmqtt.subscriber.follower import Follower
+from catmqtt.subscriber.guard import Guard
 from catmqtt.subscriber.large import Budget, Builders
 from catmqtt.subscriber.reader import Reader
 from catmqtt.subscriber.trust import Trust
@@ -30,6 +33,7 @@ from catmqtt.topics import dataset_topic, node_topic, root_topic
 from catmqtt.wire import CFRAME, ETAG, FRAME, NPY
 
 PREFIX = "catmqtt"
+SECRET = b"a secret of the tests"
 PUBLISHER = "http://publisher.invalid:8001"
 
 
@@ -65,6 +69,20 @@ def announce_root(follower: Follower, name: str, datasets: int) -> None:
 
 @pytest.fixture
 def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
+    """A subscriber's app, as `Subscriber` makes it without accounts."""
+    with views(tmp_path, sample_root) as made:
+        yield made
+
+
+@pytest.fixture
+def node_with_accounts(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
+    """A subscriber's app with accounts: `token` is an admin's."""
+    with views(tmp_path, sample_root, accounts=True) as made:
+        yield made
+
+
+@contextmanager
+def views(tmp_path, sample_root, accounts: bool = False) -> Iterator[SimpleNamespace]:
     root = open_root("foo", sample_root, tmp_path / "pub")
     root.scan()
     cache = Cache.open(tmp_path / "sub")
@@ -76,6 +94,12 @@ def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
     builders = Builders(2)
     answers = Answers(reader, Budget(2, 64 << 20, 64 << 20), builders, tmp_path / "sub" / "tmp")
     app = create_app(reader, follower, answers, cache.dir)
+    store = Accounts(tmp_path / "sub") if accounts else None
+    Guard({"http": ("127.0.0.1", 0)}, store, SECRET if accounts else None).install(app)
+    token = None
+    if store is not None:
+        store.add_user("admin", "a password", admin=True)
+        token = store.login("admin", "a password", SECRET, 3600)[0]
     try:
         announce_root(follower, "foo", len(root.entries))
         announce_root(follower, "bar", 0)
@@ -92,8 +116,12 @@ def node(tmp_path, sample_root) -> Iterator[SimpleNamespace]:
             for n in range(entry.meta["nchunks"]):
                 data, digest = root.chunk(path, n)
                 assert cache.store_chunk("foo", path, cache.dataset("foo", path), n, data, digest, PUBLISHER)
-        yield SimpleNamespace(app=app, client=app.test_client(), topics=topics, root=root, fetcher=fetcher)
+        yield SimpleNamespace(
+            app=app, client=app.test_client(), topics=topics, root=root, fetcher=fetcher, token=token
+        )
     finally:
+        if store is not None:
+            store.close()
         follower.close()
         builders.close()
         fetcher.close()

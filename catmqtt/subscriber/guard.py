@@ -120,7 +120,8 @@ class Guard:
             )
         if request.method not in SAFE_METHODS:
             self._check_origin()
-        if self.accounts is None:
+        # No such route, or not with this method: its 404 or 405 runs no view.
+        if self.accounts is None or request.routing_exception is not None:
             return
         if request.endpoint in OPEN:
             return
