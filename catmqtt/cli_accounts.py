@@ -16,9 +16,17 @@ from .errors import ConfigError
 
 
 def _accounts(args: argparse.Namespace, conf: dict):
-    from .subscriber.accounts import Accounts
+    """Return the accounts of the subscriber's state directory. Only adding a user or
+    making a token starts them: the other actions refuse a directory without any
+    (a mistyped --statedir would otherwise show no users, or delete none, quietly)."""
+    from .subscriber.accounts import FILE, Accounts
 
     s = config.node_settings(conf, "subscriber", args.id, statedir=args.statedir)
+    if args.action not in ("add", "create") and not (s["statedir"] / FILE).is_file():
+        raise ConfigError(
+            f"no accounts in {s['statedir']}: not a subscriber's state directory (--statedir, --id),"
+            f" or no user added there yet ('catmqtt user add NAME --admin --statedir {s['statedir']}')"
+        )
     return Accounts(s["statedir"])
 
 

@@ -183,6 +183,17 @@ def cli(*args: str, statedir: Path | None = None, stdin: str = "", env: dict | N
     )
 
 
+@pytest.mark.parametrize(
+    "args", [("user", "list"), ("user", "del", "bob"), ("token", "list"), ("token", "revoke", "t")]
+)
+def test_account_commands_refuse_a_directory_without_accounts(tmp_path, args):
+    # A mistyped --statedir is said so, not shown as a subscriber without users.
+    result = cli(*args, statedir=tmp_path / "typo")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: no accounts in {tmp_path / 'typo'}: not a subscriber's state")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "typo").exists()
+
+
 def add_user(statedir: Path, name: str, password: str, *flags: str) -> None:
     result = cli("user", "add", name, *flags, statedir=statedir, stdin=password + "\n")
     assert result.returncode == 0, result.stderr
