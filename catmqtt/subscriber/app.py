@@ -3,6 +3,8 @@ calls the reader, the follower or the large answers, and shapes the answer.
 
 `create_app` needs only those three, so that the views can be tried with
 Flask's test client, without a broker or a port.
+
+Threads: the views run on the HTTP threads and keep no state of their own.
 """
 
 from __future__ import annotations

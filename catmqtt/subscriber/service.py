@@ -1,6 +1,10 @@
 """This module holds `Subscriber`, which puts the subscriber's parts together:
 its constructor only keeps the settings; `bind` opens the cache and binds the
 HTTP port, `start` (binding first if need be) serves and connects to the broker.
+
+Threads: `bind`, `start` and `stop` are called by the thread that runs the
+subscriber (the command's main thread), never at once; what each part
+starts, and which thread owns what, is in ``docs/architecture.rst``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""This module holds the directory root: ``.b2nd``, ``.b2frame``, ``.b2`` and plain files."""
+"""This module holds the directory root: ``.b2nd``, ``.b2frame``, ``.b2`` and plain files.
+
+Threads: as every root's (see the package's docstring). ``DirectoryRoot._seen``,
+the unsettled versions of files, is read and written by scans only, which
+run one at a time.
+"""
 
 from __future__ import annotations
 
