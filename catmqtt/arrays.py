@@ -2,22 +2,29 @@
 or a Blosc2 frame (`wire.CFRAME`).
 
 Apart from `catmqtt.wire` because these formats need numpy and Blosc2, which
-`wire` (and with it ``import catmqtt``) does without.
+`wire` (and with it ``import catmqtt``) does without. They are imported by the
+functions, not by the module: the client imports it with the rest of the
+client (a module loaded at a first read cost that read a millisecond),
+before it needs numpy.
 """
 
 from __future__ import annotations
 
 import io
-
-import blosc2
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .wire import CFRAME, NPY
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def encode_array(array: np.ndarray, npy: bool) -> tuple[bytes, str]:
     """Return `array` (0-d for a scalar, as numpy gives it) as .npy if `npy`, else as
     a Blosc2 frame, and its media type."""
+    import blosc2
+    import numpy as np
+
     if npy:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
@@ -28,6 +35,8 @@ def encode_array(array: np.ndarray, npy: bool) -> tuple[bytes, str]:
 
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """Return the header of a .npy file of an array of `dtype` and `shape` (its data follows)."""
+    import numpy as np
+
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(dtype)
     np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
@@ -37,6 +46,9 @@ def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 def decode_array(data: bytes, npy: bool) -> np.ndarray:
     """Return the array that `encode_array` wrote as `data` (.npy if `npy`, else a
     Blosc2 frame); raise ValueError if `data` is not that."""
+    import blosc2
+    import numpy as np
+
     if npy:
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import requests
 import urllib3
 
+from .arrays import decode_array
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache, Key
 from .errors import CatmqttError, Unavailable
@@ -175,8 +176,6 @@ class Reader:
 
     def _read_sliced(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray:
         import numpy as np
-
-        from .arrays import decode_array
 
         params = {"slice": format_key(key)}
         cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
