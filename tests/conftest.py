@@ -151,6 +151,28 @@ class ChunkCounter:
                 time.sleep(delay)
 
 
+def up_on_free_ports(workdir: Path) -> tuple[Proc, int, int, int]:
+    """Start ``catmqtt up`` in `workdir` on free loopback ports, its websockets off;
+    return it and its MQTT, publisher and subscriber ports."""
+    mqtt, pub, sub = free_port(), free_port(), free_port()
+    up = Proc(
+        catmqtt_cmd(
+            "up",
+            "--listen",
+            f"127.0.0.1:{mqtt}",
+            "--ws",
+            "off",
+            "--pub-http",
+            f"127.0.0.1:{pub}",
+            "--sub-http",
+            f"127.0.0.1:{sub}",
+        ),
+        workdir / "up.log",
+        cwd=workdir,
+    )
+    return up, mqtt, pub, sub
+
+
 def start_publisher(broker, statedir, root_dir, instrument=None, **settings) -> Publisher:
     """Start a publisher of `root_dir` as foo in this process; `instrument(app)` may add hooks."""
     s = config.node_settings(

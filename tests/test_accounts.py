@@ -27,9 +27,8 @@ from catmqtt.subscriber.tokens import (
     parse_token,
     parse_username,
 )
-from catmqtt.testing import Proc
 
-from conftest import Broker, Deployment, catmqtt_cmd, free_port, wait_for
+from conftest import Broker, Deployment, catmqtt_cmd, up_on_free_ports, wait_for
 
 SECRET = b"s" * 32
 PASSWORDS = {"root": "r00t pw", "reader": "read-pw", "other": "other-pw"}
@@ -505,23 +504,8 @@ def test_token_expiry_and_the_client_logs_in_again(sample_root, tmp_path):
 
 
 def test_up_with_accounts(tmp_path):
-    mqtt, pub, sub = free_port(), free_port(), free_port()
     (tmp_path / "catmqtt.yaml").write_text("subscriber:\n  auth: true\n")
-    up = Proc(
-        catmqtt_cmd(
-            "up",
-            "--listen",
-            f"127.0.0.1:{mqtt}",
-            "--ws",
-            "off",
-            "--pub-http",
-            f"127.0.0.1:{pub}",
-            "--sub-http",
-            f"127.0.0.1:{sub}",
-        ),
-        tmp_path / "up.log",
-        cwd=tmp_path,
-    )
+    up, mqtt, pub, sub = up_on_free_ports(tmp_path)
     url = f"http://127.0.0.1:{sub}"
     try:
         wait_for(lambda: "Press Ctrl+C to stop." in up.output or not up.alive(), "catmqtt up")

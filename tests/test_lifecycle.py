@@ -13,7 +13,7 @@ import requests
 import catmqtt
 from catmqtt.errors import Unavailable
 
-from conftest import Broker, Proc, catmqtt_cmd, free_port, port_open, run_cli, wait_for
+from conftest import Broker, Proc, catmqtt_cmd, free_port, port_open, run_cli, up_on_free_ports, wait_for
 
 
 def test_restarts_keep_subscriptions_and_cache(deployment, sample_root):
@@ -112,22 +112,7 @@ def test_up_reads_yaml_switches_and_wildcard_addresses(tmp_path):
 
 
 def test_up_runs_everything_and_stops_cleanly(tmp_path):
-    mqtt, pub, sub = free_port(), free_port(), free_port()
-    up = Proc(
-        catmqtt_cmd(
-            "up",
-            "--listen",
-            f"127.0.0.1:{mqtt}",
-            "--ws",
-            "off",
-            "--pub-http",
-            f"127.0.0.1:{pub}",
-            "--sub-http",
-            f"127.0.0.1:{sub}",
-        ),
-        tmp_path / "up.log",
-        cwd=tmp_path,
-    )
+    up, mqtt, pub, sub = up_on_free_ports(tmp_path)
     try:
         wait_for(lambda: "Press Ctrl+C to stop." in up.output or not up.alive(), "catmqtt up")
         assert f"mqtt://127.0.0.1:{mqtt}" in up.output
