@@ -30,13 +30,22 @@ import json
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import NotFound
 from ..schema import DatasetMeta, RootInfo, has_manifest
 from .catalogue import Catalogue
 from .chunks import Accesses, Chunks, same_layout, version
 from .index import Index
+
+
+class Usage(NamedTuple):
+    """How much the cache holds: the bytes of its indexed chunks, its budget (None
+    without one) and how many chunks were evicted since it opened."""
+
+    bytes: int
+    limit: int | None
+    evictions: int
 
 
 class Cache:
@@ -69,6 +78,11 @@ class Cache:
     def dir(self) -> Path:
         """The state directory."""
         return self.index.dir
+
+    def usage(self) -> Usage:
+        """Return how much the cache holds."""
+        rows = self.index.query("SELECT COALESCE(SUM(nbytes), 0) FROM chunks")
+        return Usage(rows[0][0], None, 0)
 
     def close(self) -> None:
         with self.index.lock:

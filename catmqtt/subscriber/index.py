@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS keys (root TEXT PRIMARY KEY, key TEXT NOT NULL);
 -- The last signed tombstone believed on each topic, against replays of what it
 -- withdrew after a restart (added the same way).
 CREATE TABLE IF NOT EXISTS tombstones (topic TEXT PRIMARY KEY, key TEXT NOT NULL, seq INTEGER NOT NULL);
+-- What is pinned (mirrored, never evicted): a whole root (path ''), a directory
+-- or a dataset of it (added the same way).
+CREATE TABLE IF NOT EXISTS pins (root TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (root, path));
+-- Eviction takes the least recently used chunks first.
+CREATE INDEX IF NOT EXISTS chunks_by_access ON chunks (last_access);
 """
 
 
