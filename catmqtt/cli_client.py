@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from .progress import on_terminal
+
 # The most items `catmqtt --json show` prints.
 JSON_ITEMS = 1_000_000
 
@@ -83,7 +85,7 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
 
 
 def cmd_download(args: argparse.Namespace, client: Any) -> int:
-    dest = client.download(args.path, args.output)
+    dest = client.download(args.path, args.output, progress=on_terminal())
     if args.json:
         return _json({"path": str(dest)})
     print(f"Dataset saved to {dest}")

@@ -308,30 +308,61 @@ class Client:
             )
         return response.content
 
-    def download(self, dataset: str, localpath: str | os.PathLike = ".") -> Path:
+    def download(self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
         """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.
 
-        The file is streamed to disk, and appears only once complete.
+        The file is streamed to disk, and appears only once complete. With
+        `progress`, a progress bar on standard error follows its chunks as
+        they come (the subscriber fetching them from its publisher, where it
+        lacks them), and the file is put together here from them.
         """
-        return self._again(lambda again: self._download(dataset, localpath))
+        return self._again(lambda again: self._download(dataset, localpath, progress))
 
-    def _download(self, dataset: str, localpath: str | os.PathLike) -> Path:
+    def _download(self, dataset: str, localpath: str | os.PathLike, progress: bool) -> Path:
         dest = Path(localpath) / dataset
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            if progress:
+                self._download_chunks(dataset, tmp)
+            else:
+                self._download_file(dataset, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, dest)
+        return dest
+
+    def _download_file(self, dataset: str, tmp: Path) -> None:
+        """Write the whole file the subscriber makes of `dataset` at `tmp`."""
         with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.part")
             try:
                 with open(tmp, "wb") as f:
                     for block in response.iter_content(1 << 20):
                         f.write(block)
             except requests.RequestException:
-                tmp.unlink(missing_ok=True)
                 raise Unavailable(f"the download of {dataset} from {self.urlbase} was cut off") from None
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, dest)
-        return dest
+
+    def _download_chunks(self, dataset: str, tmp: Path) -> None:
+        """Write `dataset` at `tmp` from its chunks, showing a bar of the bytes they hold."""
+        import blosc2
+
+        from .progress import bar
+        from .storage import WholeFile
+
+        meta = self._current(dataset, None)
+        numbers = list(range(meta["nchunks"]))
+        with bar(dataset, meta["nbytes"], show=True) as drawn, WholeFile(meta, tmp) as out:
+            for n, data in self._reader.chunks(dataset, meta, numbers):
+                problem = chunk_problem(data, meta, n)
+                if problem is not None:
+                    raise Unavailable(
+                        f"the subscriber at {self.urlbase} sent chunk {n} of {dataset}, which is not"
+                        f" what its metadata says: {problem}",
+                        status=502,
+                    )
+                out.put(n, data)
+                drawn.update(blosc2.get_cbuffer_sizes(data)[0])
 
 
 def default_urlbase() -> str:
@@ -404,10 +435,12 @@ def download(
     urlbase: str | None = None,
     localpath: str | os.PathLike = ".",
     user_auth: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Save `dataset` under `localpath` and return the path written."""
+    """Save `dataset` under `localpath` and return the path written (with a
+    progress bar on standard error if `progress`)."""
     with _client(urlbase, user_auth) as c:
-        return c.download(dataset, localpath)
+        return c.download(dataset, localpath, progress)
 
 
 class Root:
@@ -483,9 +516,10 @@ class File:
         """Return the selection `key` (an index, slice or slice string)."""
         return self.root.client.fetch(self.path, key, meta=self.meta)
 
-    def download(self, localpath: str | os.PathLike = ".") -> Path:
-        """Save the whole dataset under `localpath`; return the path written."""
-        return self.root.client.download(self.path, localpath)
+    def download(self, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
+        """Save the whole dataset under `localpath`; return the path written (with
+        a progress bar on standard error if `progress`)."""
+        return self.root.client.download(self.path, localpath, progress)
 
 
 class Dataset(File):

@@ -114,6 +114,13 @@ class Reader:
             future.result()
         return assembler.result()
 
+    def chunks(self, dataset: str, meta: DatasetMeta, numbers: list[int]) -> Iterator[tuple[int, bytes]]:
+        """Yield (number, bytes) of chunks `numbers` of `dataset`, as the subscriber sends
+        them, asking for a few hundred at a time at most."""
+        for batch in _batches(numbers):
+            with closing(self._chunks(dataset, meta, batch)) as chunks:
+                yield from chunks
+
     def _chunks(self, dataset: str, meta: DatasetMeta, numbers: list[int]) -> Iterator[tuple[int, bytes]]:
         """Yield (number, bytes) of chunks `numbers` of `dataset`, as the subscriber sends them."""
         sender = f"the subscriber at {self.urlbase}"

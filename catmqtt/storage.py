@@ -224,29 +224,65 @@ def schunk_of(obj: blosc2.NDArray | blosc2.SChunk) -> blosc2.SChunk:
 
 def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: DatasetMeta, dst: Path) -> None:
     """Write `src` as one contiguous Blosc2 file, moving compressed chunks as they are."""
-    cparams = cparams_from_json(meta["cparams"])
-    if isinstance(src, blosc2.NDArray):
-        out = blosc2.empty(
-            src.shape,
-            dtype=src.dtype,
-            chunks=src.chunks,
-            blocks=src.blocks,
-            urlpath=str(dst),
-            contiguous=True,
-            cparams=cparams,
-            mode="w",
-        )
-        for n in range(src.schunk.nchunks):
-            out.schunk.update_chunk(n, src.schunk.get_chunk(n))
-        out_schunk = out.schunk
-    else:
-        out_schunk = blosc2.SChunk(
-            chunksize=src.chunksize, urlpath=str(dst), contiguous=True, cparams=cparams, mode="w"
-        )
-        for n in range(src.nchunks):
-            out_schunk.insert_chunk(n, src.get_chunk(n))
-    for key, value in meta["vlmeta"].items():
-        out_schunk.vlmeta[key] = value
+    schunk = schunk_of(src)
+    with WholeFile(meta, dst) as out:
+        for n in range(schunk.nchunks):
+            out.put(n, schunk.get_chunk(n))
+
+
+class WholeFile:
+    """A dataset written whole at `dst` from its compressed chunks, put in any order:
+    a contiguous Blosc2 file (shaped, and with the vlmeta, as `meta` says), or a
+    plain file's bytes. Use it in a ``with`` block, which finishes the file."""
+
+    def __init__(self, meta: DatasetMeta, dst: Path) -> None:
+        self._meta = meta
+        self._file = None
+        self._out: blosc2.SChunk | None = None
+        if meta["kind"] == "file":
+            # Closed by __exit__.
+            self._file = open(dst, "wb")  # noqa: SIM115
+            return
+        cparams = cparams_from_json(meta["cparams"])
+        if meta["kind"] == "ndarray":
+            self._handle: Any = blosc2.empty(
+                tuple(meta["shape"]),
+                dtype=dtype_from_json(meta["dtype"]),
+                chunks=tuple(meta["chunks"]),
+                blocks=tuple(meta["blocks"]),
+                urlpath=str(dst),
+                contiguous=True,
+                cparams=cparams,
+                mode="w",
+            )
+        else:
+            self._handle = blosc2.SChunk(
+                chunksize=meta["chunksize"], urlpath=str(dst), contiguous=True, cparams=cparams, mode="w"
+            )
+            # Uninitialised chunks, each replaced when its bytes come.
+            if meta["shape"][0]:
+                self._handle.fill_special(meta["shape"][0], blosc2.SpecialValue.UNINIT)
+        self._out = schunk_of(self._handle)
+
+    def put(self, nchunk: int, data: bytes) -> None:
+        """Write chunk `nchunk`, whose compressed bytes are `data`."""
+        if self._file is not None:
+            self._file.seek(nchunk * self._meta["chunksize"])
+            self._file.write(blosc2.decompress(data))
+        else:
+            self._out.update_chunk(nchunk, data)
+
+    def __enter__(self) -> WholeFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            for key, value in self._meta["vlmeta"].items():
+                self._out.vlmeta[key] = value
+            # Closes the file: an SChunk does not keep its NDArray alive.
+            del self._out, self._handle
 
 
 def iter_bytes(schunk: blosc2.SChunk) -> Iterator[bytes]:
