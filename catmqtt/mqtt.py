@@ -4,6 +4,12 @@ A node connects to the broker in the background, retries with backoff when
 it is unreachable, keeps a retained status topic (``online`` while it runs,
 ``offline`` after a clean stop, ``lost`` through its last will), and hands
 every incoming message to one callback that may not raise.
+
+An "online" status may carry a summary of the node's work (`Node.set_summary`,
+a subscriber's cache figures), replaced whole. Its owner's thread publishes it
+while paho's thread may publish the status too (at a reconnection): should the
+older land last, the node sees its own status differ from the current one and
+restores that (`Node._message`).
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ class Node:
         # topics: when each was last restored, what to restore, and those put off meanwhile.
         self._state = "online"
         self._current: bytes | None = None
+        # What "online" says of the node's work (a subscriber's cache), replaced whole.
+        self._summary: dict[str, Any] | None = None
         self._restored: dict[str, float] = {}
         self._restoring: dict[str, bytes] = {}
         self._timers: dict[str, threading.Timer] = {}
@@ -154,6 +162,8 @@ class Node:
             info.update(url=self.url, version=__version__)
             if self._will_seq is not None:
                 info["will"] = self._will_seq
+            if self._summary is not None:
+                info["summary"] = self._summary
         return self.payload(self.status_topic, {**info, "time": time.time()})
 
     def _arm_will(self) -> None:
@@ -226,6 +236,14 @@ class Node:
             self._timers.pop(topic, None)
             payload = self._restoring[topic]
         self.restore(topic, payload)
+
+    def set_summary(self, summary: dict[str, Any]) -> None:
+        """Have the "online" status carry `summary`: published at once if the node is
+        connected (its retained status replaced), else with the next connection.
+        Called from a thread of the node's owner (the subscriber's ``status-summary``)."""
+        self._summary = summary
+        if self.connected.is_set() and self._state == "online":
+            self.publish(self.status_topic, self._stand_by("online"))
 
     def subscribe(self, topic_filter: str) -> None:
         # QoS 0: amqtt runs out of QoS 1 packet ids on large retained snapshots.
