@@ -98,6 +98,8 @@ class Node:
         self.status_topic = node_topic(prefix, role, node_id)
         self.session = int(time.time() * 1000)
         self.connected = threading.Event()
+        # Set once a connection ended (paho's on_disconnect), cleared by the next.
+        self._gone = threading.Event()
         self._on_connect = on_connect
         self._on_message = on_message
         self._sign = sign
@@ -197,13 +199,18 @@ class Node:
             for timer in self._timers.values():
                 timer.cancel()
             self._timers.clear()
-        if self.connected.is_set():
+        connected = self.connected.is_set()
+        if connected:
             info = self.client.publish(self.status_topic, self._stand_by("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
         self.client.disconnect()
+        if connected:
+            # Stopping paho's loop at once may close the socket before the
+            # DISCONNECT is sent, and the broker then sends the will: "lost".
+            self._gone.wait(timeout=2)
         self.client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> paho.MQTTMessageInfo:
@@ -258,6 +265,7 @@ class Node:
             return
         log.info("connected to broker %s", self.broker.url)
         self._unreachable_logged = False
+        self._gone.clear()
         self.publish(self.status_topic, self._stand_by("online"))
         # Someone else's status on our topic is put right (see _message).
         self.subscribe(self.status_topic)
@@ -275,6 +283,7 @@ class Node:
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         self._arm_will()
+        self._gone.set()
         if self.connected.is_set():
             self.connected.clear()
             if reason_code.is_failure:
