@@ -151,6 +151,8 @@ class Reporter:
         self.interval = interval
         self._stop = threading.Event()
         self._last: dict[str, Any] | None = None
+        # How many times it looked, and how many summaries it handed over (written by its thread only).
+        self.turns = self.published = 0
         self._thread = threading.Thread(target=self._run, name="status-summary", daemon=True)
 
     def first(self) -> dict[str, Any]:
@@ -178,3 +180,5 @@ class Reporter:
             if summary != self._last:
                 self._last = summary
                 self.publish(summary)
+                self.published += 1
+            self.turns += 1

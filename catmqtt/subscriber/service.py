@@ -121,13 +121,13 @@ class Subscriber:
             on_message=self.follower.on_message,
         )
         figures = self.app.config["CATMQTT_FIGURES"]
-        reporter = Reporter(figures.summary, self.node.set_summary, self.summary_interval)
-        self.node.set_summary(reporter.first())
+        self.reporter = Reporter(figures.summary, self.node.set_summary, self.summary_interval)
+        self.node.set_summary(self.reporter.first())
         self.server.start()
         self.node.start()
         self._stops.append(self.node.stop)
-        reporter.start()
-        self._stops.append(reporter.stop)
+        self.reporter.start()
+        self._stops.append(self.reporter.stop)
 
     def stop(self) -> None:
         """Stop what `bind` and `start` started, the last first."""
