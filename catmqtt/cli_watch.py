@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from .errors import Unavailable
 
 __all__ = ["add_commands", "cmd_nodes", "cmd_stats"]
 
@@ -27,8 +30,10 @@ def cmd_nodes(args: argparse.Namespace, client: Any) -> int:
     if args.json:
         print(json.dumps(nodes, indent=2))
         return 0
-    for node in nodes:
-        print(f"{node['role']} {node['id']} {node['status']} {node.get('url') or '-'}")
+    with _answer_of(client, "nodes"):
+        lines = [f"{node['role']} {node['id']} {node['status']} {node.get('url') or '-'}" for node in nodes]
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -37,11 +42,32 @@ def cmd_stats(args: argparse.Namespace, client: Any) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    with _answer_of(client, "stats"):
+        rows = _stats_rows(stats)
+    for name, value in rows:
+        print(f"{name + ':':<14}{value}")
+    return 0
+
+
+@contextmanager
+def _answer_of(client: Any, endpoint: str) -> Iterator[None]:
+    """Turn an answer that is not what this catmqtt reads into a one-line error."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Unavailable(
+            f"the subscriber at {client.urlbase} answered /api/{endpoint} with what this catmqtt does"
+            f" not read ({type(exc).__name__}: {str(exc)[:100]}): is it another version?",
+            status=502,
+        ) from None
+
+
+def _stats_rows(stats: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     total, cache = stats["total"], stats["cache"]
     hits, misses = total["cache_hits"], total["cache_misses"]
     reads = hits + misses
     limit = "no limit" if cache["limit"] is None else _size(cache["limit"])
-    rows = (
+    return (
         ("cache hits", f"{hits} chunks"),
         ("cache misses", f"{misses} chunks"),
         ("hit ratio", "-" if not reads else f"{100 * hits / reads:.1f} %"),
@@ -50,14 +76,11 @@ def cmd_stats(args: argparse.Namespace, client: Any) -> int:
         ("cache", f"{_size(cache['bytes'])} of {limit}"),
         ("evictions", f"{cache['evictions']} chunks"),
     )
-    for name, value in rows:
-        print(f"{name + ':':<14}{value}")
-    return 0
 
 
 def _size(nbytes: int) -> str:
     """Return a byte count as people read it, and exactly: ``1.5 MiB (1572864 bytes)``."""
-    value, unit = float(nbytes), "bytes"
+    value, unit = float(int(nbytes)), "bytes"
     for bigger in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
             break

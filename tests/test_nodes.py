@@ -1,16 +1,21 @@
 """Node statuses: which one of a node ``/api/nodes`` shows when several keys sign
 them (a table, forged statuses among them), and ``catmqtt nodes`` against real
 processes on both brokers: a publisher killed shows ``lost`` (its last will),
-one stopped cleanly ``offline``."""
+one stopped cleanly ``offline``; and ``nodes`` and ``stats`` refusing in one line
+an answer they do not read."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 
+import pytest
 import requests
 
 from catmqtt import signing
+from catmqtt.cli_watch import cmd_nodes, cmd_stats
+from catmqtt.errors import Unavailable
 from catmqtt.schema import SCHEMA
 from catmqtt.subscriber.statuses import Statuses
 from catmqtt.topics import node_topic
@@ -102,3 +107,45 @@ def test_catmqtt_nodes_shows_lost_and_offline(deployment, sample_root):
         (sub_id, "online", None),
     ]
     assert nodes[2]["summary"]["cache_bytes"] == 0 and nodes[0]["roots"] == ["bar"]
+
+
+class Answering:
+    """A client whose subscriber answers `answer` to everything."""
+
+    urlbase = "http://127.0.0.1:8002"
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def nodes(self):
+        return self.answer
+
+    def stats(self):
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [{"a": 1}, [None], [{"role": "publisher"}], 7, "text"])
+def test_nodes_refuses_an_answer_it_does_not_read(answer, capsys):
+    with pytest.raises(Unavailable, match="answered /api/nodes with what this catmqtt does not read"):
+        cmd_nodes(argparse.Namespace(json=False), Answering(answer))
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {},
+        [],
+        {"total": {"cache_hits": 1}},
+        {"total": {"cache_hits": 1, "cache_misses": "2", "fetched_bytes": 3}, "cache": {}},
+        {
+            "total": {"cache_hits": 1, "cache_misses": 2, "fetched_bytes": "x"},
+            "cache": {"bytes": 1, "limit": None, "evictions": 0},
+            "served_bytes": 1,
+        },
+    ],
+)
+def test_stats_refuses_an_answer_it_does_not_read(answer, capsys):
+    with pytest.raises(Unavailable, match="answered /api/stats with what this catmqtt does not read"):
+        cmd_stats(argparse.Namespace(json=False), Answering(answer))
+    assert capsys.readouterr().out == ""
