@@ -20,6 +20,7 @@ from catmqtt import config
 from catmqtt.errors import BadRequest
 from catmqtt.schema import loads, parse_node
 from catmqtt.subscriber import Subscriber
+from catmqtt.subscriber.accounts import Accounts
 from catmqtt.subscriber.metrics import Reporter
 from catmqtt.topics import node_topic
 
@@ -128,11 +129,17 @@ def test_streamed_and_file_answers_count_what_is_sent(amqtt, tmp_path, root_dir)
             wait_for(counted, f"the bytes of /api/{endpoint} counted")
 
 
-def test_metrics_need_credentials_with_accounts(node_with_accounts):  # noqa: F811
+def test_metrics_need_credentials_with_accounts(node_with_accounts, tmp_path):  # noqa: F811
     client = node_with_accounts.client
     refused = client.get("/metrics")
     assert refused.status_code == 401 and refused.get_json()["status"] == 401
-    answer = client.get("/metrics", headers={"Authorization": f"Bearer {node_with_accounts.token}"})
+    # An agent token, as Prometheus sends it (authorization: credentials_file), not an admin's.
+    accounts = Accounts(tmp_path / "sub")
+    try:
+        agent = accounts.create_agent("prometheus")
+    finally:
+        accounts.close()
+    answer = client.get("/metrics", headers={"Authorization": f"Bearer {agent}"})
     assert answer.status_code == 200 and answer.headers["Content-Type"] == CONTENT_TYPE_LATEST
     names = {family.name for family in text_string_to_metric_families(answer.text)}
     assert {
