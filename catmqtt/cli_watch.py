@@ -31,7 +31,8 @@ def cmd_nodes(args: argparse.Namespace, client: Any) -> int:
         print(json.dumps(nodes, indent=2))
         return 0
     with _answer_of(client, "nodes"):
-        lines = [f"{node['role']} {node['id']} {node['status']} {node.get('url') or '-'}" for node in nodes]
+        fields = ((node["role"], node["id"], node["status"], node.get("url") or "-") for node in nodes)
+        lines = [" ".join(_shown(str(field)) for field in four) for four in fields]
     for line in lines:
         print(line)
     return 0
@@ -86,3 +87,9 @@ def _size(nbytes: int) -> str:
             break
         value, unit = value / 1024, bigger
     return f"{nbytes} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({nbytes} bytes)"
+
+
+def _shown(text: str) -> str:
+    """Return `text` with spaces and unprintable characters escaped: a node says what
+    its URL is, and must not add lines or columns to the output."""
+    return "".join(c if c.isprintable() and not c.isspace() else f"\\x{ord(c):02x}" for c in text)

@@ -149,3 +149,12 @@ def test_stats_refuses_an_answer_it_does_not_read(answer, capsys):
     with pytest.raises(Unavailable, match="answered /api/stats with what this catmqtt does not read"):
         cmd_stats(argparse.Namespace(json=False), Answering(answer))
     assert capsys.readouterr().out == ""
+
+
+def test_nodes_prints_one_line_a_node_whatever_a_node_says(capsys):
+    forged = "http://10.6.6.6:8001\nsubscriber evil online http://10.6.6.6"
+    answer = [{"role": "publisher", "id": "foo", "status": "online", "url": forged}]
+    assert cmd_nodes(argparse.Namespace(json=False), Answering(answer)) == 0
+    assert capsys.readouterr().out == (
+        "publisher foo online http://10.6.6.6:8001\\x0asubscriber\\x20evil\\x20online\\x20http://10.6.6.6\n"
+    )
