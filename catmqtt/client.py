@@ -193,6 +193,15 @@ class Client:
         """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
         return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Return the status of each node the subscriber hears of, sorted by role and id:
+        ``{"role", "id", "status", "url", ...}`` (status ``online``, ``offline`` or ``lost``)."""
+        return self._request("GET", "nodes").json()
+
+    def stats(self) -> dict[str, Any]:
+        """Return the subscriber's counters since it started (``/api/stats``)."""
+        return self._request("GET", "stats").json()
+
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""
         return self._request("GET", f"list/{quote_dataset(path.strip('/'), directory=True)}").json()
