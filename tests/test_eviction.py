@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import shutil
 import signal
 import sqlite3
 import threading
@@ -391,3 +392,26 @@ def test_the_index_stays_true_when_killed_while_evicting(deployment, data_root):
     deployment.stop("sub")
     check_on_disk(statedir, data_root)
     assert sum(nbytes for _, nbytes in indexed(statedir).values()) <= BUDGET
+
+
+def test_min_free_evicts_without_a_budget(one_broker, tmp_path, data_root, monkeypatch, caplog):
+    from catmqtt.subscriber import eviction
+
+    with running(one_broker, tmp_path, data_root) as (_, sub):
+        # A disk with 1 GiB and 600 kB free before the cache writes anything.
+        total = 10 << 30
+        free = (1 << 30) + 600_000
+
+        def disk_usage(path):
+            left = free - sub.cache.usage().bytes
+            return shutil._ntuple_diskusage(total, total - left, left)
+
+        monkeypatch.setattr(eviction.shutil, "disk_usage", disk_usage)
+        statedir = tmp_path / "sub"
+        for n in range(8):
+            read_chunk(sub.url, n)
+            wait_for(lambda n=n: n in indexed(statedir), f"chunk {n} stored")
+        usage = sub.cache.usage()
+        assert usage.bytes <= 600_000 and usage.evictions >= 4 and usage.limit is None
+        assert "to keep 1073741824 bytes free on the disk of" in caplog.text
+        assert "(subscriber.min_free)" in caplog.text

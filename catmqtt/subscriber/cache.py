@@ -224,7 +224,8 @@ class Cache:
 
     def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
         """Record that chunks were just read (see `Accesses`), and give back the
-        claims on them (see `Chunks.release`)."""
+        claims on them (see `Chunks.evict`)."""
         nchunks = list(nchunks)
-        self.chunks.release(root, path, nchunks)
+        with self.index.lock:
+            self.chunks.claims.release(root, path, nchunks)
         self.accesses.touch(root, path, nchunks)

@@ -16,7 +16,7 @@ later chunks down. Its row is deleted (committed) first: a crash in between
 leaves a chunk file no row names, harmless (overwritten when the chunk is
 fetched again). A chunk being read is never evicted: `cached_chunks`, which
 tells a reader what is cached, claims the chunks it is asked about, and the
-reader's `release` (with its access) gives them back; the eviction checks the
+reader gives them back with its access (`Cache.touch`); the eviction checks the
 claims and deletes the rows under ``Index.lock``, which `cached_chunks` holds
 while it claims and looks, so a reader either sees the chunk gone or has it
 claimed. A claim a failed read never released lapses after `CLAIM_LEASE`.
@@ -35,7 +35,7 @@ The ``eviction`` thread evicts chunks (`lru`, `evict`).
 Locks, in this order: a dataset's ``Slot.lock`` guards its container handle,
 its version and its verified chunks, and is held for the container's disk
 I/O; then ``Index.lock`` guards the connection, ``Chunks._slots``,
-``Chunks._claims`` and ``Accesses``, and is never held while waiting for a
+``Claims`` and ``Accesses``, and is never held while waiting for a
 ``Slot.lock``.
 """
 
@@ -117,10 +117,9 @@ class Chunks:
         self.catalogue = catalogue
         self.data_dir = index.dir / "cache"
         self.accesses = Accesses(index)
-        # Under index.lock: the open slots, and the chunks readers claimed
-        # (dataset -> chunk number -> [readers, time.monotonic() of the last claim]).
+        # Under index.lock, both.
         self._slots: dict[tuple[str, str], Slot] = {}
-        self._claims: dict[tuple[str, str], dict[int, list]] = {}
+        self.claims = Claims()
         for statement in _USAGE:
             index.query(statement)
 
@@ -235,7 +234,7 @@ class Chunks:
             return set()
         with self.index.lock:
             # Claimed before they are looked for: see `evict`.
-            self._claim(root, path, wanted)
+            self.claims.claim(root, path, wanted)
             # One query over the span of the request, not one per chunk nor over the whole dataset.
             rows = self.index.query(
                 "SELECT nchunk, digest FROM chunks"
@@ -304,38 +303,6 @@ class Chunks:
                 return None
             return storage.schunk_of(self._container(root, path, meta, slot)).get_chunk(nchunk)
 
-    def _claim(self, root: str, path: str, numbers: Iterable[int]) -> None:
-        """Claim chunks for a reader (index.lock held)."""
-        claims = self._claims.setdefault((root, path), {})
-        now = time.monotonic()
-        for n in numbers:
-            claim = claims.setdefault(n, [0, now])
-            claim[0] += 1
-            claim[1] = now
-
-    def release(self, root: str, path: str, numbers: Iterable[int]) -> None:
-        """Give back the claims a reader's `cached_chunks` made on chunks, once read."""
-        with self.index.lock:
-            claims = self._claims.get((root, path))
-            if claims is None:
-                return
-            for n in numbers:
-                claim = claims.get(n)
-                if claim is not None:
-                    claim[0] -= 1
-                    if claim[0] <= 0:
-                        del claims[n]
-            if not claims:
-                del self._claims[(root, path)]
-
-    def _claimed(self, root: str, path: str) -> set[int]:
-        """Return the chunks of a dataset claimed by readers (index.lock held); drop lapsed claims."""
-        claims = self._claims.get((root, path), {})
-        lapsed = time.monotonic() - CLAIM_LEASE
-        for n in [n for n, (_, when) in claims.items() if when < lapsed]:
-            del claims[n]
-        return set(claims)
-
     def lru(self, count: int, skip: int) -> list[tuple[str, str, int, float, int]]:
         """Return (root, path, number, last access, bytes) of the least recently read chunks
         of the datasets' current versions, pinned ones left out: `count` of them,
@@ -356,7 +323,7 @@ class Chunks:
             if slot.version != version(meta):
                 return []
             with self.index.transaction() as db:
-                busy = self._claimed(root, path) | self.accesses.pending(root, path)
+                busy = self.claims.held(root, path) | self.accesses.pending(root, path)
                 gone = []
                 for n, when in chosen:
                     if n not in busy:
@@ -387,6 +354,46 @@ class Chunks:
                 yield None
             else:
                 yield self._container(root, path, meta, slot)
+
+
+class Claims:
+    """The chunks that readers were told are cached and have not read yet (see
+    `Chunks.evict`); under index.lock."""
+
+    def __init__(self) -> None:
+        # Dataset -> chunk number -> [readers, time.monotonic() of the last claim].
+        self._claims: dict[tuple[str, str], dict[int, list]] = {}
+
+    def claim(self, root: str, path: str, numbers: Iterable[int]) -> None:
+        """Claim chunks for a reader."""
+        claims = self._claims.setdefault((root, path), {})
+        now = time.monotonic()
+        for n in numbers:
+            claim = claims.setdefault(n, [0, now])
+            claim[0] += 1
+            claim[1] = now
+
+    def release(self, root: str, path: str, numbers: Iterable[int]) -> None:
+        """Give back a reader's claims on chunks, once read."""
+        claims = self._claims.get((root, path))
+        if claims is None:
+            return
+        for n in numbers:
+            claim = claims.get(n)
+            if claim is not None:
+                claim[0] -= 1
+                if claim[0] <= 0:
+                    del claims[n]
+        if not claims:
+            del self._claims[(root, path)]
+
+    def held(self, root: str, path: str) -> set[int]:
+        """Return the chunks of a dataset claimed by readers; drop lapsed claims."""
+        claims = self._claims.get((root, path), {})
+        lapsed = time.monotonic() - CLAIM_LEASE
+        for n in [n for n, (_, when) in claims.items() if when < lapsed]:
+            del claims[n]
+        return set(claims)
 
 
 class Accesses:

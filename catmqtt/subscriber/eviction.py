@@ -161,7 +161,7 @@ class Evictor:
         limit; return whether that could not be done."""
         limit = self.limit()
         used = self.chunks.usage()
-        self._warn(limit, used)
+        self._warn(limit, used + demand)
         if used + demand <= limit:
             return False
         target = min(limit - demand, limit - limit // SLACK)
@@ -192,16 +192,16 @@ class Evictor:
             used = self.chunks.usage()
         return False
 
-    def _warn(self, limit: int, used: int) -> None:
+    def _warn(self, limit: int, wanted: int) -> None:
         """Say when min_free, not the budget, makes chunks go, once each time it starts."""
-        forced = (self.budget is None or limit < self.budget) and used > limit
+        forced = (self.budget is None or limit < self.budget) and wanted > limit
         if forced and not self._forced:
             log.warning(
                 "evicting cached chunks to keep %d bytes free on the disk of %s (subscriber.min_free):"
-                " the cache may hold %d bytes now, it holds %d",
+                " the cache may hold %d bytes now, and would hold %d",
                 self.min_free,
                 self.chunks.index.dir,
                 max(limit, 0),
-                used,
+                wanted,
             )
         self._forced = forced
