@@ -10,8 +10,9 @@ budget (but while a chunk is being written); it fails with
 InsufficientStorage (HTTP 507 to a reader waiting for the chunk) for a chunk
 larger than the budget, or when all that is left is pinned or being read.
 Otherwise the thread wakes every `CHECK` seconds to look at the free space.
-A pass evicts down to `SLACK` below the limit, so that the writer does not
-wait at every chunk.
+A pass starts when the cached chunks pass a high mark (half `SLACK` below
+the limit), and evicts down to `SLACK` below it, so that the writer seldom
+waits.
 
 Threads: the ``eviction`` thread alone evicts; the cache writer waits in
 `room`; any thread reads `budget` and `evictions`. ``Evictor._cond`` guards
@@ -47,7 +48,7 @@ CHECK = 5.0
 STATFS = 1.0
 # Seconds the cache writer waits for room at most.
 ROOM_WAIT = 30.0
-# A pass evicts down to the limit less 1/SLACK of it.
+# A pass evicts down to the limit less 1/SLACK of it, once past half as much below it.
 SLACK = 20
 
 
@@ -73,6 +74,7 @@ class Evictor:
         # Under _cond: bytes the writer waits to store, passes ended and under way,
         # the last pass that could not make its room, whether to stop.
         self._demand = 0
+        self._wake = False
         self._passes = 0
         self._running = False
         self._stuck = -1
@@ -122,6 +124,10 @@ class Evictor:
                 self._demand = max(self._demand, nbytes)
                 self._cond.notify_all()
                 self._cond.wait(0.5)
+            # Past the high mark: room is made in the background, before a store has to wait.
+            if not self._running and self.chunks.usage() + nbytes > high(self.limit()):
+                self._wake = True
+                self._cond.notify_all()
 
     def _full(self, nbytes: int, what: str) -> str:
         limit = self.limit()
@@ -139,10 +145,10 @@ class Evictor:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closing or self._demand, timeout=CHECK)
+                self._cond.wait_for(lambda: self._closing or self._demand or self._wake, timeout=CHECK)
                 if self._closing:
                     return
-                demand, self._demand = self._demand, 0
+                demand, self._demand, self._wake = self._demand, 0, False
                 self._running = True
             try:
                 stuck = self._pass(demand)
@@ -162,7 +168,7 @@ class Evictor:
         limit = self.limit()
         used = self.chunks.usage()
         self._warn(limit, used + demand)
-        if used + demand <= limit:
+        if used + demand <= high(limit):
             return False
         target = min(limit - demand, limit - limit // SLACK)
         skipped = 0
@@ -205,3 +211,8 @@ class Evictor:
                 wanted,
             )
         self._forced = forced
+
+
+def high(limit: int) -> int:
+    """Return the bytes of chunks past which a pass starts."""
+    return limit - limit // (2 * SLACK)
