@@ -381,6 +381,7 @@ def test_the_index_stays_true_when_killed_while_evicting(deployment, data_root):
         fetched = BUDGET // (ITEMS * 8) + random.randrange(8, 40)
         wait_for(lambda: stats(url)["fetched_chunks"] >= fetched, f"{fetched} chunks fetched")
         deployment.stop("sub", signal.SIGKILL)
+        assert len(indexed(statedir)) < fetched - 8
     finally:
         stop.set()
         for t in threads:

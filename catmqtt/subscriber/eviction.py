@@ -6,10 +6,11 @@ keeps ``subscriber.min_free`` bytes free.
 
 The cache writer asks for room before it stores a chunk (`Evictor.room`):
 it waits while the ``eviction`` thread makes it, so the chunks never pass the
-budget (but while a chunk is being written); it fails with
+budget, not even while one is written (there is one writer); it fails with
 InsufficientStorage (HTTP 507 to a reader waiting for the chunk) for a chunk
 larger than the budget, or when all that is left is pinned or being read.
 Otherwise the thread wakes every `CHECK` seconds to look at the free space.
+(`Chunks.remap` writes without asking: it keeps chunks that were cached.)
 A pass starts when the cached chunks pass a high mark (half `SLACK` below
 the limit), and evicts down to `SLACK` below it, so that the writer seldom
 waits.
