@@ -100,7 +100,12 @@ class Evictor:
         when, room = self._statfs
         now = time.monotonic()
         if now - when > STATFS:
-            free = shutil.disk_usage(self.chunks.index.dir).free
+            try:
+                free = shutil.disk_usage(self.chunks.index.dir).free
+            except OSError as exc:
+                # Writing there fails too, with its own error: nothing to evict for.
+                log.warning("cannot tell the free space of %s: %s", self.chunks.index.dir, exc)
+                free = self.min_free + (1 << 62)
             room = self.chunks.usage() + free - self.min_free
             self._statfs = (now, room)
         return room if self.budget is None else min(self.budget, room)
