@@ -416,3 +416,15 @@ def test_min_free_evicts_without_a_budget(one_broker, tmp_path, data_root, monke
         assert usage.bytes <= 600_000 and usage.evictions >= 4 and usage.limit is None
         assert "to keep 1073741824 bytes free on the disk of" in caplog.text
         assert "(subscriber.min_free)" in caplog.text
+
+
+def test_a_download_larger_than_the_budget_gets_507(one_broker, tmp_path, data_root):
+    # A download is built from the cache, whole: all its chunks at once.
+    with running(one_broker, tmp_path, data_root, cache_size="1MiB") as (_, sub):
+        r = requests.get(f"{sub.url}/api/download/foo/ds.b2nd", timeout=60)
+        assert r.status_code == 507, r.text
+        assert r.json()["error"].endswith(
+            "the cache's budget of 1048576 bytes (subscriber.cache_size, --cache-size)"
+            " holds only chunks being read or pinned"
+        )
+        assert sub.cache.usage().bytes <= 1 << 20
