@@ -428,3 +428,9 @@ def test_a_download_larger_than_the_budget_gets_507(one_broker, tmp_path, data_r
             " holds only chunks being read or pinned"
         )
         assert sub.cache.usage().bytes <= 1 << 20
+        # The failed download holds nothing: other chunks are cached in its place.
+        cached = set(indexed(tmp_path / "sub"))
+        n = min(set(range(NCHUNKS)) - cached)
+        r = requests.get(f"{sub.url}/api/chunk/foo/ds.b2nd", params={"nchunk": n}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert n in indexed(tmp_path / "sub")

@@ -222,10 +222,15 @@ class Cache:
         """See `Chunks.remap`."""
         return self.chunks.remap(root, path, old, new, digests)
 
+    def release(self, root: str, path: str, nchunks: Iterable[int]) -> None:
+        """Give back the claims on chunks of a read that failed (see `Chunks.evict`);
+        one that succeeded gives them back with `touch`."""
+        with self.index.lock:
+            self.chunks.claims.release(root, path, nchunks)
+
     def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
         """Record that chunks were just read (see `Accesses`), and give back the
         claims on them (see `Chunks.evict`)."""
         nchunks = list(nchunks)
-        with self.index.lock:
-            self.chunks.claims.release(root, path, nchunks)
+        self.release(root, path, nchunks)
         self.accesses.touch(root, path, nchunks)

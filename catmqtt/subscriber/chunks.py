@@ -19,7 +19,8 @@ tells a reader what is cached, claims the chunks it is asked about, and the
 reader gives them back with its access (`Cache.touch`); the eviction checks the
 claims and deletes the rows under ``Index.lock``, which `cached_chunks` holds
 while it claims and looks, so a reader either sees the chunk gone or has it
-claimed. A claim a failed read never released lapses after `CLAIM_LEASE`.
+claimed. A read that fails to fetch gives its claims back too (`Fetcher`);
+one that fails otherwise (a client gone mid-stream) lapses after `CLAIM_LEASE`.
 
 The bytes of the indexed chunks are kept by SQLite triggers in a TEMP table
 (`usage`): summed once when the cache opens, then changed with every row,
