@@ -33,6 +33,8 @@ from .topics import node_topic
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 30
+# The most statuses remembered as on their way back from the broker (see Node._echo).
+UNECHOED = 16
 # Seconds between two restores of a topic that someone else overwrites.
 RESTORE_INTERVAL = 1.0
 # A LogThrottle writes at most this many lines every this many seconds.
@@ -107,6 +109,9 @@ class Node:
         # topics: when each was last restored, what to restore, and those put off meanwhile.
         self._state = "online"
         self._current: bytes | None = None
+        # The statuses published that the broker has not sent back yet, oldest first
+        # (under _restore_lock): one coming back is no one else's (see _message).
+        self._unechoed: list[bytes] = []
         # What "online" says of the node's work (a subscriber's cache), replaced whole.
         self._summary: dict[str, Any] | None = None
         self._restored: dict[str, float] = {}
@@ -181,6 +186,8 @@ class Node:
         anew: a subscriber takes a signed status no newer than one it saw for a replay."""
         self._state = status
         self._current = self._status(status)
+        with self._restore_lock:
+            self._unechoed = [*self._unechoed[-(UNECHOED - 1) :], self._current]
         return self._current
 
     def payload(self, topic: str, obj: dict[str, Any]) -> bytes:
@@ -237,6 +244,21 @@ class Node:
             self._restored[topic] = time.monotonic()
         self._restore_log.warning("someone else changed or cleared %s; announcing it again", topic)
         self.publish(topic, payload)
+
+    def _echo(self, payload: bytes) -> bool:
+        """Tell whether `payload`, on the status topic, is one of this node's statuses
+        coming back from the broker: the last, or an earlier one with the last still on
+        its way (a summary replaced at once). The broker sends a topic's messages in
+        order, so those published before it are forgotten: sent again, they are
+        someone else's replay."""
+        with self._restore_lock:
+            if payload not in self._unechoed:
+                return False
+            del self._unechoed[: self._unechoed.index(payload) + 1]
+            if payload == self._current:
+                # Kept: the broker sends it again, retained, at every subscription.
+                self._unechoed.append(payload)
+            return True
 
     def _restore_later(self, topic: str) -> None:
         with self._restore_lock:
@@ -298,7 +320,7 @@ class Node:
 
     def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
         current = self._current
-        if message.topic == self.status_topic and current is not None and message.payload != current:
+        if message.topic == self.status_topic and not self._echo(message.payload) and current is not None:
             self.restore(self.status_topic, self._stand_by(self._state))
         if self._on_message is None:
             return

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from catmqtt import config
 from catmqtt.errors import BadRequest
+from catmqtt.mqtt import Node
 from catmqtt.schema import loads, parse_node
 from catmqtt.subscriber import Subscriber
 from catmqtt.subscriber.accounts import Accounts
@@ -217,11 +218,33 @@ class StatusWatcher:
 
     def summaries(self) -> list[tuple[float, dict]]:
         with self.lock:
-            return [(t, obj["summary"]) for t, obj in self.seen if obj and obj["status"] == "online"]
+            return [(t, obj.get("summary")) for t, obj in self.seen if obj and obj["status"] == "online"]
 
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def test_summaries_replaced_at_once_are_not_taken_for_someone_elses(amqtt, caplog):
+    """A node's earlier status coming back after it published a newer one is its own,
+    not someone else's to put right: publishing it again would repeat a summary."""
+    s = config.node_settings({}, "subscriber", broker=amqtt.url)
+    quick = Node.for_node("subscriber", "quick", s, "http://127.0.0.1:9")
+    watcher = StatusWatcher(amqtt, quick.status_topic)
+    try:
+        quick.start()
+        wait_for(watcher.summaries, "the first status")
+        # Fewer than the statuses a node remembers (UNECHOED): a summary a second is usual.
+        for n in range(10):
+            quick.set_summary({"n": n})
+        wait_for(lambda: watcher.summaries()[-1][1] == {"n": 9}, "the last summary")
+        # Every status published came back, the last included.
+        wait_for(lambda: quick._unechoed == [quick._current], "the statuses back from the broker")
+        assert [summary for _, summary in watcher.summaries()] == [None, *({"n": n} for n in range(10))]
+        assert "announcing it again" not in caplog.text
+    finally:
+        quick.stop()
+        watcher.stop()
 
 
 def test_status_summary_follows_reads_at_most_every_interval(amqtt, tmp_path, root_dir):
