@@ -29,7 +29,7 @@ import requests
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache
 from .client_reader import Reader
-from .errors import BadRequest, Changed, Unauthorized, Unavailable, from_status
+from .errors import BadRequest, Changed, NotFound, Unauthorized, Unavailable, from_status
 from .schema import DatasetMeta, parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, parse_slice
@@ -45,6 +45,8 @@ MAX_AGE = 1.0
 # times in all, after a pause that doubles from CHANGED_PAUSE seconds.
 CHANGED_TRIES = 3
 CHANGED_PAUSE = 0.2
+# Seconds between looks at a pin being fetched (Client.pin with wait).
+PIN_POLL = 0.5
 
 T = TypeVar("T")
 
@@ -192,6 +194,43 @@ class Client:
     def unsubscribe(self, root: str) -> str:
         """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
         return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
+
+    def pin(
+        self, path: str, *, wait: bool = False, progress: Callable[[int, int], object] | None = None
+    ) -> Any:
+        """Pin ``ROOT[/PATH]`` (subscribing to ROOT): the subscriber fetches it whole in the
+        background and keeps it cached. Returns ``"Ok"``; with `wait`, once all is cached,
+        the pin as `pins` lists it, `progress` called with its bytes cached and in total
+        as they grow. Raises Unavailable if something stops it (a publisher offline)."""
+        ok = self._request("POST", f"pin/{quote_dataset(path.strip('/'), directory=True)}").json()
+        if not wait:
+            return ok
+        root, _, inside = path.strip("/").partition("/")
+        while True:
+            pin = next((p for p in self.pins() if (p["root"], p["path"]) == (root, inside)), None)
+            if pin is None:
+                raise NotFound(f"{path} is no longer pinned")
+            if progress is not None:
+                progress(pin["cached"], pin["total"])
+            if pin["done"]:
+                return pin
+            if pin["error"]:
+                raise Unavailable(
+                    f"{path} is not cached whole ({pin['cached']} of {pin['total']} bytes): {pin['error']}"
+                )
+            time.sleep(PIN_POLL)
+
+    def unpin(self, path: str) -> str:
+        """Unpin ``ROOT[/PATH]``, as pinned; returns ``"Ok"``."""
+        return self._request("POST", f"unpin/{quote_dataset(path.strip('/'), directory=True)}").json()
+
+    def pins(self) -> list[dict[str, Any]]:
+        """Return the pins: root, path, datasets, bytes cached and in total, done, error."""
+        return self._request("GET", "pins").json()
+
+    def forget(self, root: str) -> str:
+        """Unsubscribe from `root`, drop its cache, and forget it unless its publisher is online."""
+        return self._request("POST", f"forget/{quote(root, safe='')}").json()
 
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""

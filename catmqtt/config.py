@@ -8,6 +8,7 @@ built-in defaults.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "access": None,
         "allowed_hosts": None,
         "token_ttl": 28800,
+        "prefetch_rate": None,
     },
     "client": {"sub": "http://127.0.0.1:8002", "user": None, "token": None},
 }
@@ -212,6 +214,8 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         _int_in(s, "token_ttl", 1, 366 * 86400)
         s["access"] = parse_access(s["access"])
         s["allowed_hosts"] = parse_allowed_hosts(s["allowed_hosts"])
+        if s["prefetch_rate"] is not None:
+            s["prefetch_rate"] = parse_size(s["prefetch_rate"], "prefetch_rate")
     return s
 
 
@@ -370,3 +374,37 @@ def parse_loglevel(value: object) -> str:
     if isinstance(value, str) and value.upper() in LOGLEVELS:
         return value.upper()
     raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")
+
+
+# Sizes: decimal (SI) and binary (IEC) units, the B optional, the prefix letters any case.
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    **{p: 1000**i for i, p in enumerate("kmgt", 1)},
+    **{p + "i": 1024**i for i, p in enumerate("kmgt", 1)},
+}
+
+
+def parse_size(value: object, key: str) -> int:
+    """Return a size of at least one byte: bytes (an integer), or text like ``500MB``,
+    ``20GiB``, ``1.5 kB`` (k, M, G, T: powers of 1000; Ki, Mi, Gi, Ti: of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
+        size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+    if not 1 <= size <= 1 << 60:
+        raise ConfigError(f"{key} must be at least one byte (and at most 1 EiB), not {value!r}")
+    return size
+
+
+def format_size(size: int) -> str:
+    """Return a number of bytes as people read it: ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    amount, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            break
+        amount /= 1024
+    return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"

@@ -23,6 +23,7 @@ from .flights import Fetcher, FetchSettings
 from .follower import Follower
 from .guard import Guard
 from .large import Budget, Builders
+from .pins import Pins
 from .reader import Reader
 from .trust import Trust
 
@@ -94,7 +95,8 @@ class Subscriber:
         self._stops.append(self.follower.close)
         self.reader = Reader(self.cache, self.fetcher, self.follower, settings["max_fetch_bytes"])
         self.answers = Answers(self.reader, budget, builders, tmpdir)
-        self.app = create_app(self.reader, self.follower, self.answers, self.cache.dir)
+        self.pins = Pins(self.reader, settings["prefetch_rate"])
+        self.app = create_app(self.reader, self.follower, self.answers, self.cache.dir, self.pins)
         secret = load_secret(settings["statedir"], settings["auth"])
         accounts = None if secret is None else Accounts(settings["statedir"])
         Guard(settings, accounts, secret).install(self.app)
@@ -112,6 +114,8 @@ class Subscriber:
             on_message=self.follower.on_message,
         )
         self.server.start()
+        self.pins.start()
+        self._stops.append(self.pins.close)
         self.node.start()
         self._stops.append(self.node.stop)
 
