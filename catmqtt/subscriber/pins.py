@@ -51,6 +51,8 @@ RETRY = 5.0
 PAUSE = 0.05
 # Chunks fetched at once without a rate (one with a rate).
 BATCH = 4
+# Seconds a stopping subscriber waits for the chunks the prefetcher is fetching.
+CLOSE_WAIT = 5.0
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -97,8 +99,8 @@ class Pins:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            # A fetch under way ends within the fetcher's timeout; the thread is a daemon.
-            self._thread.join(self.fetcher.settings.timeout)
+            # A batch under way ends when the fetcher closes, next, if not before.
+            self._thread.join(CLOSE_WAIT)
 
     # On HTTP threads
 
@@ -250,7 +252,9 @@ class Pins:
             try:
                 missing = self._prefetch()
             except Exception:
-                log.exception("prefetching pinned datasets failed")
+                # Stopping, the fetcher and the cache may close under a fetch.
+                if not self._stop.is_set():
+                    log.exception("prefetching pinned datasets failed")
                 missing = True
 
     def _pinned(self) -> set[tuple[str, str]]:
@@ -281,6 +285,8 @@ class Pins:
                 # Its update wakes the prefetcher again.
                 missing = True
             except CatmqttError as exc:
+                if self._stop.is_set():
+                    return True
                 log.warning("cannot fetch pinned %s/%s: %s", root, path, exc)
                 with self._lock:
                     self._errors[(root, path)] = f"{root}/{path}: {exc}"
