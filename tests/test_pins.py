@@ -10,6 +10,7 @@ import pty
 import struct
 import subprocess
 import termios
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,7 +25,7 @@ from catmqtt.errors import ConfigError
 from catmqtt.subscriber.cache import Usage
 from catmqtt.testing import catmqtt_cmd
 
-from conftest import Broker, Deployment, run_cli, wait_for
+from conftest import Broker, ChunkCounter, Deployment, run_cli, running, wait_for
 from test_views import error, node  # noqa: F401 - the subscriber's views
 
 # The sample root's datasets under dir1.
@@ -151,6 +152,27 @@ def test_prefetch_keeps_to_its_rate_and_gives_way_to_reads(d, root_dir, tmp_path
     d.stop("sub")
     d.start_sub()
     wait_for(lambda: catmqtt.Client(d.url("sub")).pins()[0]["done"], "the rest of the pin cached")
+
+
+def test_prefetch_waits_for_the_reads_under_way(amqtt, tmp_path, root_dir):
+    counters = []
+
+    def slow(app) -> None:
+        counters.append(ChunkCounter(app, delay=0.2))
+
+    with running(amqtt, tmp_path, root_dir, slow) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        reading = threading.Thread(target=client.fetch, args=("foo/ds-1d.b2nd",))
+        reading.start()
+        try:
+            wait_for(lambda: counters[0].requests, "the read to ask the publisher")
+            assert client.pin("foo/dir1/ds-2d.b2nd") == "Ok"
+            wait_for(lambda: client.pins()[0]["done"], "the pin cached")
+        finally:
+            reading.join()
+    paths = [path for path, _ in counters[0].requests]
+    # Each of the read's 10 chunks asked for before any of the pin's.
+    assert paths[:10] == ["ds-1d.b2nd"] * 10 and set(paths[10:]) == {"dir1/ds-2d.b2nd"}, paths
 
 
 def test_pin_unpin_and_bad_input(d, root_dir):
