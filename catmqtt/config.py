@@ -215,7 +215,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         s["access"] = parse_access(s["access"])
         s["allowed_hosts"] = parse_allowed_hosts(s["allowed_hosts"])
         if s["prefetch_rate"] is not None:
-            s["prefetch_rate"] = parse_size(s["prefetch_rate"], "prefetch_rate")
+            s["prefetch_rate"] = _check(parse_rate, s["prefetch_rate"])
     return s
 
 
@@ -377,7 +377,7 @@ def parse_loglevel(value: object) -> str:
 
 
 # Sizes: decimal (SI) and binary (IEC) units, the B optional, the prefix letters any case.
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", re.IGNORECASE)
 _UNITS = {
     "": 1,
     **{p: 1000**i for i, p in enumerate("kmgt", 1)},
@@ -386,18 +386,26 @@ _UNITS = {
 
 
 def parse_size(value: object, key: str) -> int:
-    """Return a size of at least one byte: bytes (an integer), or text like ``500MB``,
-    ``20GiB``, ``1.5 kB`` (k, M, G, T: powers of 1000; Ki, Mi, Gi, Ti: of 1024)."""
+    """Return a size in bytes: an integer, or text like ``500MB``, ``20GiB``, ``1.5 kB``
+    (k, M, G, T: powers of 1000; Ki, Mi, Gi, Ti: of 1024; any case); raise ValueError."""
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:
-        match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            raise ConfigError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
+            raise ValueError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
         size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
-    if not 1 <= size <= 1 << 60:
-        raise ConfigError(f"{key} must be at least one byte (and at most 1 EiB), not {value!r}")
+    if size < 0:
+        raise ValueError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
     return size
+
+
+def parse_rate(value: object) -> int:
+    """Return ``subscriber.prefetch_rate`` in bytes per second: a size (`parse_size`), one at least."""
+    rate = parse_size(value, "prefetch_rate")
+    if rate < 1:
+        raise ValueError(f"prefetch_rate must be one byte per second at least, not {value!r}")
+    return rate
 
 
 def format_size(size: int) -> str:

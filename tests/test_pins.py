@@ -275,7 +275,7 @@ def test_pin_wait_draws_a_bar_on_a_terminal(d, root_dir):
 
 
 @pytest.mark.parametrize(
-    ("text", "size"),
+    ("text", "rate"),
     [
         (1, 1),
         ("1000", 1000),
@@ -285,14 +285,16 @@ def test_pin_wait_draws_a_bar_on_a_terminal(d, root_dir):
         ("2mib", 2 << 20),
     ],
 )
-def test_sizes(text, size):
-    assert config.parse_size(text, "prefetch_rate") == size
+def test_prefetch_rates(text, rate):
+    assert (
+        config.node_settings({"subscriber": {"prefetch_rate": text}}, "subscriber")["prefetch_rate"] == rate
+    )
 
 
-@pytest.mark.parametrize("text", ["-5", "12XB", "0", 0, "", "MB", "1e3", True, None, [1], "0.1"])
-def test_bad_sizes(text):
-    with pytest.raises(ConfigError, match="prefetch_rate must be"):
-        config.parse_size(text, "prefetch_rate")
+@pytest.mark.parametrize("text", ["-5", "12XB", "0", 0, "", "MB", "1e3", True, [1], "0.1"])
+def test_bad_prefetch_rates(text):
+    with pytest.raises(ConfigError, match="^prefetch_rate must be"):
+        config.node_settings({"subscriber": {"prefetch_rate": text}}, "subscriber")
 
 
 def test_bad_prefetch_rate_stops_the_subscriber_at_start(tmp_path):
