@@ -41,6 +41,7 @@ from typing import Any
 from ..config import format_size
 from ..errors import CatmqttError, Changed, InsufficientStorage, NotFound
 from ..topics import parse_path, parse_root_name
+from .flights import Upstream
 from .reader import Reader
 
 log = logging.getLogger(__name__)
@@ -276,35 +277,43 @@ class Pins:
                 continue
             try:
                 source = self.reader.lookup(f"{root}/{path}")
-                if not self.follower.statuses.online(self.reader.root_of(root)):
+                lacking = self._lacking(source)
+                if lacking and not self.follower.statuses.online(self.reader.root_of(root)):
                     failed.add(root)
                     missing = True
                     continue
-                self._fetch(source)
+                self._fetch(source, lacking)
             except Changed:
                 # Its update wakes the prefetcher again.
                 missing = True
             except CatmqttError as exc:
                 if self._stop.is_set():
                     return True
-                log.warning("cannot fetch pinned %s/%s: %s", root, path, exc)
-                with self._lock:
-                    self._errors[(root, path)] = f"{root}/{path}: {exc}"
                 failed.add(root)
                 missing = True
+                text = f"{root}/{path}: {exc}"
+                with self._lock:
+                    told, self._errors[(root, path)] = self._errors.get((root, path)), text
+                # Once, not at every attempt.
+                if told != text:
+                    log.warning("cannot fetch pinned %s", text)
             else:
                 with self._lock:
                     self._errors.pop((root, path), None)
         return missing
 
-    def _fetch(self, source) -> None:
-        """Fetch the chunks a dataset lacks, giving way to clients."""
+    def _lacking(self, source: Upstream) -> list[int]:
+        """Return the chunks a dataset lacks."""
         root, path, meta, _ = source
         rows = self.cache.index.query(
             "SELECT nchunk FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, meta["etag"])
         )
         have = {r[0] for r in rows}
-        lacking = [n for n in range(meta["nchunks"]) if n not in have]
+        return [n for n in range(meta["nchunks"]) if n not in have]
+
+    def _fetch(self, source: Upstream, lacking: list[int]) -> None:
+        """Fetch chunks `lacking` of a dataset, giving way to clients."""
+        root, path, meta, _ = source
         size = 1 if self.rate else BATCH
         for i in range(0, len(lacking), size):
             batch = lacking[i : i + size]
