@@ -37,27 +37,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 def cmd_pin(args: argparse.Namespace, client: Any) -> int:
     if not args.wait:
         return _print(client.pin(args.path), args.json)
-    with progress.bar(f"pin {args.path}", None) as bar:
-        pin = client.pin(args.path, wait=True, progress=_advance(bar))
-    if args.json:
-        print(json.dumps(pin))
-    else:
-        print("Ok")
-    return 0
-
-
-def _advance(bar: progress.Progress) -> Callable[[int, int], None]:
-    """Return what moves `bar` to (bytes cached, bytes in total)."""
-    shown = [-1, 0]
-
-    def advance(cached: int, total: int) -> None:
-        if total != shown[0] or cached < shown[1]:
-            bar.reset(total)
-            shown[:] = [total, 0]
-        bar.update(cached - shown[1])
-        shown[1] = cached
-
-    return advance
+    pin = client.pin(args.path, wait=True, progress=progress.on_terminal())
+    return _print(pin if args.json else "Ok", args.json)
 
 
 def cmd_unpin(args: argparse.Namespace, client: Any) -> int:

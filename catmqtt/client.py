@@ -195,30 +195,36 @@ class Client:
         """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
         return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
 
-    def pin(
-        self, path: str, *, wait: bool = False, progress: Callable[[int, int], object] | None = None
-    ) -> Any:
+    def pin(self, path: str, *, wait: bool = False, progress: bool = False) -> Any:
         """Pin ``ROOT[/PATH]`` (subscribing to ROOT): the subscriber fetches it whole in the
-        background and keeps it cached. Returns ``"Ok"``; with `wait`, once all is cached,
-        the pin as `pins` lists it, `progress` called with its bytes cached and in total
-        as they grow. Raises Unavailable if something stops it (a publisher offline)."""
+        background and keeps it cached. Returns ``"Ok"``; with `wait`, once all of it is
+        cached, the pin as `pins` lists it (with `progress`, a progress bar on standard
+        error follows its bytes cached). Raises Unavailable if something stops it (its
+        publisher offline, a failure): the subscriber goes on trying meanwhile."""
         ok = self._request("POST", f"pin/{quote_dataset(path.strip('/'), directory=True)}").json()
         if not wait:
             return ok
-        root, _, inside = path.strip("/").partition("/")
-        while True:
-            pin = next((p for p in self.pins() if (p["root"], p["path"]) == (root, inside)), None)
-            if pin is None:
-                raise NotFound(f"{path} is no longer pinned")
-            if progress is not None:
-                progress(pin["cached"], pin["total"])
-            if pin["done"]:
-                return pin
-            if pin["error"]:
-                raise Unavailable(
-                    f"{path} is not cached whole ({pin['cached']} of {pin['total']} bytes): {pin['error']}"
-                )
-            time.sleep(PIN_POLL)
+        from .progress import bar
+
+        key = path.strip("/").partition("/")[::2]
+        with bar(f"pin {path}", None, show=progress) as drawn:
+            total, cached = None, 0
+            while True:
+                pin = next((p for p in self.pins() if (p["root"], p["path"]) == key), None)
+                if pin is None:
+                    raise NotFound(f"{path} is no longer pinned")
+                if pin["total"] != total or pin["cached"] < cached:
+                    # A total known, or changed: exact once a plain file is cached, another
+                    # when a dataset changes or comes.
+                    drawn.reset(pin["total"])
+                    total, cached = pin["total"], 0
+                drawn.update(pin["cached"] - cached)
+                cached = pin["cached"]
+                if pin["done"]:
+                    return pin
+                if pin["error"]:
+                    raise Unavailable(f"{path} is not cached whole: {pin['error']}")
+                time.sleep(PIN_POLL)
 
     def unpin(self, path: str) -> str:
         """Unpin ``ROOT[/PATH]``, as pinned; returns ``"Ok"``."""

@@ -3,13 +3,7 @@ processes: a broker, a publisher, a subscriber and the ``catmqtt`` command."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
-import struct
-import subprocess
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +12,12 @@ import blosc2
 import numpy as np
 import pytest
 import requests
+from test_progress import on_terminal
 
 import catmqtt
 from catmqtt import config, storage
 from catmqtt.errors import ConfigError
 from catmqtt.subscriber.cache import Usage
-from catmqtt.testing import catmqtt_cmd
 
 from conftest import Broker, ChunkCounter, Deployment, run_cli, running, wait_for
 from test_views import error, node  # noqa: F401 - the subscriber's views
@@ -243,35 +237,12 @@ def test_forget_with_the_publisher_online_and_offline(d, root_dir):
     assert d.cli("forget", "foo").returncode == 1
 
 
-def test_pin_wait_draws_a_bar_on_a_terminal(d, root_dir):
+def test_pin_wait_draws_a_bar_on_a_terminal(d, root_dir, tmp_path):
     d.serve_foo(root_dir)
-    main, secondary = pty.openpty()
-    # A terminal of 100 columns (a new pseudo-terminal has none: tqdm would draw nothing).
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    try:
-        proc = subprocess.Popen(
-            catmqtt_cmd("pin", "--wait", "foo/dir1", "--sub", d.url("sub")),
-            stdin=subprocess.DEVNULL,
-            stdout=secondary,
-            stderr=secondary,
-        )
-        os.close(secondary)
-        output = b""
-        while True:
-            try:
-                data = os.read(main, 4096)
-            except OSError:
-                # The terminal's other end closed: the command ended.
-                break
-            if not data:
-                break
-            output += data
-        assert proc.wait(30) == 0
-    finally:
-        os.close(main)
-    text = output.decode(errors="replace")
-    assert "pin foo/dir1: 100%" in text, text
-    assert text.rstrip().endswith("Ok"), text
+    status, written = on_terminal("pin", "--wait", "foo/dir1", "--sub", d.url("sub"), cwd=tmp_path)
+    assert status == 0, written
+    assert "pin foo/dir1: 100%" in written and "B/s" in written
+    assert written.rstrip().endswith("Ok")
 
 
 @pytest.mark.parametrize(
