@@ -2,8 +2,9 @@
 calls the reader, the follower, the large answers or the pins, and shapes
 the answer.
 
-`create_app` needs only those three, so that the views can be tried with
-Flask's test client, without a broker or a port.
+`create_app` needs only those three (and the pins, which it can make), so
+that the views can be tried with Flask's test client, without a broker or a
+port.
 
 Threads: the views run on the HTTP threads and keep no state of their own.
 """
@@ -185,10 +186,10 @@ def create_app(
     started (for Flask's test client).
     """
     app = Flask(__name__, static_folder=None)
-    app.config["CATMQTT_PINS"] = pins or Pins(reader)
     app.config["CATMQTT_READER"] = reader
     app.config["CATMQTT_FOLLOWER"] = follower
     app.config["CATMQTT_ANSWERS"] = answers
+    app.config["CATMQTT_PINS"] = pins or Pins(reader)
     app.register_blueprint(bp)
     configure_app(app, statedir)
     return app
