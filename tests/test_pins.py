@@ -230,6 +230,8 @@ def test_forget_with_the_publisher_online_and_offline(d, root_dir):
     result = d.cli("pin", "--wait", "foo/dir1")
     assert result.returncode == 1
     assert "the publisher of root 'foo' is offline" in result.stderr, result.stderr
+    listed = d.cli("pins").stdout
+    assert listed.startswith("foo/dir1: 0 B of 1.8 KiB (the publisher of root 'foo' is offline"), listed
     assert d.cli("unpin", "foo/dir1").stdout == "Ok\n"
     assert d.cli("forget", "foo").stdout == "Ok\n"
     # Offline: forgotten.

@@ -6,25 +6,26 @@ A pin is a row of the index's ``pins`` table: (root, '') for a whole root,
 (root, path) for a directory or a dataset of it. Eviction reads that table
 and never evicts the chunks of a pinned dataset.
 
-The prefetcher fetches the chunks that pinned datasets lack through the
+The `Prefetcher` fetches the chunks that pinned datasets lack through the
 fetcher, a small batch at a time (one chunk at a time under a rate), giving
 way to clients: it starts a batch only when no other fetch is in flight, and
-takes at most `Pins.rate` bytes per second when one is set. It is woken when
-a pin is made and when an update of a pinned dataset has been applied
-(`Follower.on_change`): the chunks of a changed dataset that its new manifest
-does not confirm (see `Chunks.remap`), and datasets new under a pinned root or
-directory, are fetched at once. While something pinned is missing (a
-publisher offline, a failure), it tries again every `RETRY` seconds.
+takes at most `Prefetcher.rate` bytes per second when one is set. It is
+woken when a pin is made and when an update of a pinned dataset has been
+applied (`Follower.on_change`): the chunks of a changed dataset that its new
+manifest does not confirm (see `Chunks.remap`), and datasets new under a
+pinned root or directory, are fetched at once. While something pinned is
+missing (a publisher offline, a failure), it tries again every `RETRY`
+seconds.
 
-Threads: HTTP threads pin, unpin, list and forget; the ``updates`` worker
-calls `Pins.changed`, and drops a forgotten root's datasets (the only caller
-of `Cache.set_dataset` it must stay); the one ``prefetch`` thread fetches.
-`Pins._changing` orders pinning, unpinning and forgetting (a pin never lands
-on a root being forgotten); it is held across `Follower.subscribe` and while
-waiting for the ``updates`` worker, which never takes it. `Pins._lock` guards
-the failures of the last attempts (`Pins._errors`) and the prefetcher's rate
-(`Pins._next`); it is held for no call out of this module. The cache takes
-its own locks within its calls.
+Threads: HTTP threads pin, unpin, list and forget (`Pins`); the ``updates``
+worker calls `Prefetcher.changed`, and drops a forgotten root's datasets (the
+only caller of `Cache.set_dataset` it must stay); the one ``prefetch`` thread
+fetches (`Prefetcher`). `Pins._changing` orders pinning, unpinning and
+forgetting (a pin never lands on a root being forgotten); it is held across
+`Follower.subscribe` and while waiting for the ``updates`` worker, which
+never takes it. `Prefetcher._lock` guards the failures of the last attempts
+(`Prefetcher._errors`) and the rate (`Prefetcher._next`); it is held for no
+call out of this module. The cache takes its own locks within its calls.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 from ..config import format_size
 from ..errors import CatmqttError, Changed, InsufficientStorage, NotFound
 from ..topics import parse_path, parse_root_name
+from .cache import Cache
 from .flights import Upstream
 from .reader import Reader
 
@@ -68,40 +70,31 @@ def covered(pin: str, paths: list[str]) -> list[str]:
     return [p for p in paths if not pin or p == pin or p.startswith(pin + "/")]
 
 
+def pinned(cache: Cache) -> set[tuple[str, str]]:
+    """Return (root, path) of every pinned dataset of `cache`."""
+    datasets = set()
+    for root, pin in cache.index.query("SELECT root, path FROM pins"):
+        datasets.update((root, p) for p in covered(pin, cache.datasets(root)))
+    return datasets
+
+
 class Pins:
-    """The pins of a subscriber and their prefetcher (started by `start`), at most
-    `rate` bytes per second when not None."""
+    """The pins of a subscriber, and their `Prefetcher` (started by `start`), at
+    most `rate` bytes per second when not None."""
 
     def __init__(self, reader: Reader, rate: int | None = None) -> None:
         self.reader = reader
         self.cache = reader.cache
-        self.fetcher = reader.fetcher
         self.follower = reader.follower
-        self.rate = rate
+        self.prefetcher = Prefetcher(reader, rate)
         self._changing = threading.Lock()
-        self._lock = threading.Lock()
-        # {(root, dataset path): what failed the last time it was fetched}, under _lock.
-        self._errors: dict[tuple[str, str], str] = {}
-        # When the prefetcher may start its next chunk (time.monotonic()), under _lock.
-        self._next = 0.0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> Pins:
-        """Start prefetching, and be told of the follower's updates."""
-        self.follower.on_change = self.changed
-        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
-        self._wake.set()
-        self._thread.start()
+        self.prefetcher.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            # A batch under way ends when the fetcher closes, next, if not before.
-            self._thread.join(CLOSE_WAIT)
+        self.prefetcher.close()
 
     # On HTTP threads
 
@@ -127,17 +120,13 @@ class Pins:
                     self.follower.unsubscribe(root)
                 raise
             self.cache.index.query("INSERT OR IGNORE INTO pins VALUES (?, ?)", (root, path))
-        with self._lock:
-            # Tried again at once: what failed before must not end a wait for this pin.
-            for key in [key for key in self._errors if key[0] == root]:
-                del self._errors[key]
-        self._wake.set()
+        self.prefetcher.retry(root)
 
     def _check_budget(self, target: str, datasets: set[tuple[str, str]]) -> None:
         limit = self.cache.usage().limit
         if limit is None:
             return
-        total = sum(self._size(root, path) for root, path in datasets | self._pinned())
+        total = sum(self._size(root, path) for root, path in datasets | pinned(self.cache))
         if total > limit:
             raise InsufficientStorage(
                 f"pinning {target} would keep {format_size(total)} pinned, over the cache's budget of"
@@ -198,8 +187,7 @@ class Pins:
             return str(exc)
         if not self.follower.statuses.online(info):
             return f"the publisher of root {root!r} is offline: the rest comes when it is back"
-        with self._lock:
-            return next((self._errors[(root, p)] for p in datasets if (root, p) in self._errors), None)
+        return self.prefetcher.failure(root, datasets)
 
     def forget(self, name: str) -> None:
         """Unsubscribe from a root, drop its datasets and cached chunks, and forget
@@ -221,12 +209,6 @@ class Pins:
 
     # On the updates worker
 
-    def changed(self, root: str, path: str) -> None:
-        """Be told that an update of a dataset was applied: fetch what it lacks if pinned."""
-        pins = [r[0] for r in self.cache.index.query("SELECT path FROM pins WHERE root=?", (root,))]
-        if any(covered(pin, [path]) for pin in pins):
-            self._wake.set()
-
     def _drop(self, name: str, dropped: Future) -> None:
         try:
             for path in self.cache.datasets(name):
@@ -240,6 +222,63 @@ class Pins:
         else:
             log.info("root %r forgotten", name)
             dropped.set_result(None)
+
+
+class Prefetcher:
+    """Fetches the chunks pinned datasets lack, on the ``prefetch`` thread (started by
+    `start`), at most `rate` bytes per second when not None."""
+
+    def __init__(self, reader: Reader, rate: int | None = None) -> None:
+        self.reader = reader
+        self.cache = reader.cache
+        self.fetcher = reader.fetcher
+        self.follower = reader.follower
+        self.rate = rate
+        self._lock = threading.Lock()
+        # {(root, dataset path): what failed the last time it was fetched}, under _lock.
+        self._errors: dict[tuple[str, str], str] = {}
+        # When the next chunk may be fetched (time.monotonic()), under _lock.
+        self._next = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start prefetching, and be told of the follower's updates."""
+        self.follower.on_change = self.changed
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._wake.set()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            # A batch under way ends when the fetcher closes, next, if not before.
+            self._thread.join(CLOSE_WAIT)
+
+    # On HTTP threads
+
+    def retry(self, root: str) -> None:
+        """Try the datasets of `root` again at once, forgetting what failed before:
+        it must not end a wait for a new pin."""
+        with self._lock:
+            for key in [key for key in self._errors if key[0] == root]:
+                del self._errors[key]
+        self._wake.set()
+
+    def failure(self, root: str, datasets: list[str]) -> str | None:
+        """Return what failed the last time one of `datasets` of `root` was fetched."""
+        with self._lock:
+            return next((self._errors[(root, p)] for p in datasets if (root, p) in self._errors), None)
+
+    # On the updates worker
+
+    def changed(self, root: str, path: str) -> None:
+        """Be told that an update of a dataset was applied: fetch what it lacks if pinned."""
+        pins = [r[0] for r in self.cache.index.query("SELECT path FROM pins WHERE root=?", (root,))]
+        if any(covered(pin, [path]) for pin in pins):
+            self._wake.set()
 
     # On the prefetch thread
 
@@ -258,18 +297,11 @@ class Pins:
                     log.exception("prefetching pinned datasets failed")
                 missing = True
 
-    def _pinned(self) -> set[tuple[str, str]]:
-        """Return (root, path) of every pinned dataset."""
-        pinned = set()
-        for root, pin in self.cache.index.query("SELECT root, path FROM pins"):
-            pinned.update((root, p) for p in covered(pin, self.cache.datasets(root)))
-        return pinned
-
     def _prefetch(self) -> bool:
         """Fetch what pinned datasets lack; return whether something is still missing."""
         missing = False
         failed: set[str] = set()
-        for root, path in sorted(self._pinned()):
+        for root, path in sorted(pinned(self.cache)):
             if self._stop.is_set():
                 return missing
             if root in failed:
