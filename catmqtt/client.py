@@ -195,6 +195,15 @@ class Client:
         """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
         return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Return the status of each node the subscriber hears of, sorted by role and id:
+        ``{"role", "id", "status", "url", ...}`` (status ``online``, ``offline`` or ``lost``)."""
+        return self._request("GET", "nodes").json()
+
+    def stats(self) -> dict[str, Any]:
+        """Return the subscriber's counters since it started (``/api/stats``)."""
+        return self._request("GET", "stats").json()
+
     def pin(self, path: str, *, wait: bool = False, progress: bool = False) -> Any:
         """Pin ``ROOT[/PATH]`` (subscribing to ROOT): the subscriber fetches it whole in the
         background and keeps it cached. Returns ``"Ok"``; with `wait`, once all of it is

@@ -4,6 +4,12 @@ A node connects to the broker in the background, retries with backoff when
 it is unreachable, keeps a retained status topic (``online`` while it runs,
 ``offline`` after a clean stop, ``lost`` through its last will), and hands
 every incoming message to one callback that may not raise.
+
+An "online" status may carry a summary of the node's work (`Node.set_summary`,
+a subscriber's cache figures), replaced whole. Its owner's thread publishes it
+while paho's thread may publish the status too (at a reconnection): should the
+older land last, the node sees its own status differ from the current one and
+restores that (`Node._message`).
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class Node:
         self.status_topic = node_topic(prefix, role, node_id)
         self.session = int(time.time() * 1000)
         self.connected = threading.Event()
+        # Set once a connection ended (paho's on_disconnect), cleared by the next.
+        self._gone = threading.Event()
         self._on_connect = on_connect
         self._on_message = on_message
         self._sign = sign
@@ -99,6 +107,8 @@ class Node:
         # topics: when each was last restored, what to restore, and those put off meanwhile.
         self._state = "online"
         self._current: bytes | None = None
+        # What "online" says of the node's work (a subscriber's cache), replaced whole.
+        self._summary: dict[str, Any] | None = None
         self._restored: dict[str, float] = {}
         self._restoring: dict[str, bytes] = {}
         self._timers: dict[str, threading.Timer] = {}
@@ -154,6 +164,8 @@ class Node:
             info.update(url=self.url, version=__version__)
             if self._will_seq is not None:
                 info["will"] = self._will_seq
+            if self._summary is not None:
+                info["summary"] = self._summary
         return self.payload(self.status_topic, {**info, "time": time.time()})
 
     def _arm_will(self) -> None:
@@ -187,13 +199,18 @@ class Node:
             for timer in self._timers.values():
                 timer.cancel()
             self._timers.clear()
-        if self.connected.is_set():
+        connected = self.connected.is_set()
+        if connected:
             info = self.client.publish(self.status_topic, self._stand_by("offline"), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
         self.client.disconnect()
+        if connected:
+            # Stopping paho's loop at once may close the socket before the
+            # DISCONNECT is sent, and the broker then sends the will: "lost".
+            self._gone.wait(timeout=2)
         self.client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> paho.MQTTMessageInfo:
@@ -227,6 +244,14 @@ class Node:
             payload = self._restoring[topic]
         self.restore(topic, payload)
 
+    def set_summary(self, summary: dict[str, Any]) -> None:
+        """Have the "online" status carry `summary`: published at once if the node is
+        connected (its retained status replaced), else with the next connection.
+        Called from a thread of the node's owner (the subscriber's ``status-summary``)."""
+        self._summary = summary
+        if self.connected.is_set() and self._state == "online":
+            self.publish(self.status_topic, self._stand_by("online"))
+
     def subscribe(self, topic_filter: str) -> None:
         # QoS 0: amqtt runs out of QoS 1 packet ids on large retained snapshots.
         self.client.subscribe(topic_filter, qos=0)
@@ -240,6 +265,7 @@ class Node:
             return
         log.info("connected to broker %s", self.broker.url)
         self._unreachable_logged = False
+        self._gone.clear()
         self.publish(self.status_topic, self._stand_by("online"))
         # Someone else's status on our topic is put right (see _message).
         self.subscribe(self.status_topic)
@@ -257,6 +283,7 @@ class Node:
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         self._arm_will()
+        self._gone.set()
         if self.connected.is_set():
             self.connected.clear()
             if reason_code.is_failure:

@@ -30,6 +30,7 @@ from .wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, OCTETS, PARTS
 OPENAPI = "3.1.0"
 JSON = "application/json"
 HTML = "text/html"
+PROMETHEUS = "text/plain"
 
 _STRING = {"type": "string"}
 _STRINGS = {"type": "array", "items": _STRING}
@@ -189,6 +190,29 @@ COMPONENTS: dict[str, Any] = {
             "type": "object",
             "properties": {"path": _STRING, "etag": _STRING, "digests": _STRINGS},
             "required": ["path", "etag", "digests"],
+        },
+        "Node": {
+            "type": "object",
+            "description": (
+                "A node's status as the subscriber believes it: a publisher that a known root names by"
+                " the status its root's key signed, another node by its unsigned status, else its latest."
+            ),
+            "properties": {
+                "role": {"enum": ["broker", "publisher", "subscriber"]},
+                "id": _STRING,
+                "status": {"enum": ["online", "offline", "lost"]},
+                "url": {
+                    "type": ["string", "null"],
+                    "description": "where it serves (its last online status)",
+                },
+                "key": {"type": ["string", "null"], "description": "the key that signed the status"},
+                "session": {"type": ["integer", "null"]},
+                "time": {"type": ["number", "null"], "description": "when the node says it sent the status"},
+                "version": _STRING,
+                "summary": {"type": "object", "description": "a subscriber's cache figures"},
+                "roots": {**_STRINGS, "description": "a publisher's roots that name it"},
+            },
+            "required": ["role", "id", "status", "url", "key", "session", "time"],
         },
         "Login": {
             "type": "object",
@@ -357,6 +381,14 @@ def _openapi() -> dict[str, Any]:
     return _operation("This document.", _ok("OpenAPI 3.1.", {"type": "object"}))
 
 
+def _metrics(what: str) -> dict[str, Any]:
+    """The ``/metrics`` of a node: Prometheus's text format, `what` it holds."""
+    return _operation(
+        "Metrics for Prometheus.",
+        _ok(f"Prometheus's text format (made by prometheus_client): {what}", _STRING, PROMETHEUS),
+    )
+
+
 def _document(title: str, description: str, paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "openapi": OPENAPI,
@@ -398,6 +430,12 @@ def publisher() -> dict[str, Any]:
                 )
             },
             "/api/openapi.json": {"get": _openapi()},
+            "/metrics": {
+                "get": _metrics(
+                    "catmqtt_served_bytes_total (bytes of answer bodies sent),"
+                    " catmqtt_requests_total{endpoint, status}."
+                )
+            },
         },
     )
 
@@ -500,8 +538,19 @@ def subscriber() -> dict[str, Any]:
                                 "total": _COUNTERS,
                                 "datasets": {"type": "object", "additionalProperties": _COUNTERS},
                                 "large": _COUNTERS,
+                                "cache": {
+                                    "type": "object",
+                                    "description": "Cached bytes, the budget (null: none), evictions.",
+                                    "properties": {
+                                        "bytes": {"type": "integer"},
+                                        "limit": {"type": ["integer", "null"]},
+                                        "evictions": {"type": "integer"},
+                                    },
+                                    "required": ["bytes", "limit", "evictions"],
+                                },
+                                "served_bytes": {"type": "integer"},
                             },
-                            "required": ["total", "datasets", "large"],
+                            "required": ["total", "datasets", "large", "cache", "served_bytes"],
                         },
                     ),
                 )
@@ -515,6 +564,20 @@ def subscriber() -> dict[str, Any]:
                 )
             },
             "/api/openapi.json": {"get": _openapi()},
+            "/api/nodes": {
+                "get": _operation(
+                    "The status of each node this subscriber hears of, one a node.",
+                    _ok("Sorted by role and id.", {"type": "array", "items": _ref("schemas", "Node")}),
+                )
+            },
+            "/metrics": {
+                "get": _metrics(
+                    "the cache (catmqtt_cache_bytes, catmqtt_cache_limit_bytes,"
+                    " catmqtt_cache_hits_total, catmqtt_cache_misses_total, catmqtt_evictions_total),"
+                    " the links (catmqtt_upstream_bytes_total, catmqtt_served_bytes_total,"
+                    " catmqtt_fetch_seconds), catmqtt_requests_total{endpoint, status}."
+                )
+            },
             **_auth(),
             **_pins(),
         },

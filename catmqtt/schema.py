@@ -43,6 +43,11 @@ KEY_PREFIX = "ed25519:"
 # digits slowly, then refuses past 4300); sequence numbers and sessions fit 64 bits.
 MAX_DIGITS = 20
 MAX_SEQ = (1 << 63) - 1
+# The summary an "online" status may carry: its byte counts (a subscriber's cache),
+# and bounds on the fields of later versions.
+SUMMARY_COUNTS = ("cache_bytes", "upstream_bytes", "served_bytes")
+MAX_SUMMARY_FIELDS = 16
+MAX_SUMMARY_NAME = 64
 
 
 class DatasetMeta(TypedDict):
@@ -301,7 +306,29 @@ def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
     for key in ("session", "will"):
         if key in obj and _count(obj, key, what) > MAX_SEQ:
             raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
+    if "summary" in obj:
+        _summary(obj["summary"], what)
     return obj
+
+
+def _summary(summary: object, what: str) -> None:
+    """Check the summary a node's status carries (a subscriber's: `SUMMARY_COUNTS`,
+    ``cache_limit`` or null, ``hit_ratio`` from 0 to 1 or null); other fields, of
+    later versions, must be short names of finite numbers or null."""
+    if not isinstance(summary, dict) or len(summary) > MAX_SUMMARY_FIELDS:
+        raise BadRequest(f"{what}: the summary is not an object of at most {MAX_SUMMARY_FIELDS} fields")
+    for key, value in summary.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if key in SUMMARY_COUNTS or key == "cache_limit":
+            good = (number and isinstance(value, int) and 0 <= value <= MAX_SEQ) or (
+                value is None and key == "cache_limit"
+            )
+        elif key == "hit_ratio":
+            good = value is None or (number and 0 <= value <= 1)
+        else:
+            good = len(key) <= MAX_SUMMARY_NAME and (value is None or number)
+        if not good:
+            raise BadRequest(f"{what}: summary field {key[:MAX_SUMMARY_NAME]!r} is out of bounds")
 
 
 def parse_public_key(text: object) -> str:

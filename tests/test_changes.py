@@ -222,6 +222,7 @@ def test_damaged_cache_chunk_is_fetched_again(broker, tmp_path, root_dir):
             "fetched_chunks": 1,
             "fetched_bytes": stats["fetched_bytes"],
             "cache_hits": 9,
+            "cache_misses": 1,
             "kept_on_change": 0,
         }
         sub.stop()

@@ -5,7 +5,7 @@ They only call the root's methods, which are safe from any thread: the root
 swaps its entries in whole under ``Root._lock`` when it rescans, guards the
 chunks it keeps under ``Root._recent_lock``, and reads a dataset's bytes
 under the entry's lock or its own I/O lock (see :mod:`.roots`). The views
-keep no state of their own.
+keep no state of their own (what ``/metrics`` counts is `catmqtt.metrics`').
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from .. import openapi
+from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import DIGEST, ETAG, PARTS, format_parts, parse_block_range
 from .roots import Root
@@ -80,4 +81,10 @@ def create_app(root: Root) -> Flask:
     app.config["CATMQTT_ROOT"] = root
     app.register_blueprint(bp)
     configure_app(app, root.statedir)
+    Metrics().install(app)
     return app
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    return current_app.config["CATMQTT_METRICS"].answer()

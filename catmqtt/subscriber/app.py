@@ -6,7 +6,8 @@ the answer.
 that the views can be tried with Flask's test client, without a broker or a
 port.
 
-Threads: the views run on the HTTP threads and keep no state of their own.
+Threads: the views run on the HTTP threads and keep no state of their own
+(what ``/metrics`` counts is `catmqtt.metrics`' and `metrics`').
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 
 from .. import openapi, storage
 from ..arrays import encode_array
+from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
 from . import caterva2
@@ -26,6 +28,7 @@ from .answers import Answers
 from .follower import Follower
 from .guard import readable
 from .large import PIECE
+from .metrics import Figures
 from .pins import Pins
 from .reader import Reader
 
@@ -118,7 +121,8 @@ def chunks(fullpath: str):
 
 @bp.get("/api/stats")
 def stats():
-    return jsonify({**_reader().fetcher.stats(), "large": _answers().stats()})
+    figures = current_app.config["CATMQTT_FIGURES"]
+    return jsonify({**_reader().fetcher.stats(), "large": _answers().stats(), **figures.stats()})
 
 
 @bp.get("/api/download/<path:fullpath>")
@@ -192,4 +196,29 @@ def create_app(
     app.config["CATMQTT_PINS"] = pins or Pins(reader)
     app.register_blueprint(bp)
     configure_app(app, statedir)
+    metrics = Metrics()
+    metrics.install(app)
+    figures = Figures(reader.cache, reader.fetcher, metrics)
+    metrics.registry.register(figures)
+    app.config["CATMQTT_FIGURES"] = figures
     return app
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    return current_app.config["CATMQTT_METRICS"].answer()
+
+
+@bp.get("/api/nodes")
+def nodes():
+    """The nodes' statuses; with accounts, publishers only of roots the user may not read are left out."""
+    follower: Follower = current_app.config["CATMQTT_FOLLOWER"]
+    roots = {name: root["info"] for name, root in follower.catalogue.roots().items()}
+    shown = readable(roots)
+    return jsonify(
+        [
+            n
+            for n in follower.statuses.nodes(roots)
+            if not n.get("roots") or any(r in shown for r in n["roots"])
+        ]
+    )

@@ -17,7 +17,7 @@ thread for `manifest` and `count`) start fetches; each chunk is fetched on a
 table `_inflight`; it is an RLock because a fetch that cannot start (its pool
 was shut down) fails, and so forgets itself, on the thread holding it.
 `RestBacklog._cond` guards the bytes waiting for their rests, `WriteBehind._room`
-those waiting to be written, `Stats._lock` the counters. Each future of a
+those waiting to be written, `metrics.Stats` the counters. Each future of a
 `_Pending` is set once, by the thread that ends its step. No lock of this
 module is held while another is taken (but `_lock` again) or while the network
 or the cache is used; the cache takes its own (``Slot.lock`` -> ``Index.lock``)
@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections import Counter, defaultdict
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -43,9 +43,12 @@ from ..blocks import block_parts, chunk_nbytes, gaps
 from ..errors import CatmqttError, Changed, InsufficientStorage
 from ..wire import DIGEST, ETAG
 from .cache import Cache
+from .metrics import Stats
 from .transport import Manifests, Transport, Upstream, changing, check_chunk, damaged, stopping
 
 if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
     from ..schema import DatasetMeta
 
 __all__ = ["FetchSettings", "Fetcher", "Upstream"]
@@ -54,7 +57,6 @@ log = logging.getLogger(__name__)
 
 # Bytes of fetched chunks that may wait to be written to the cache.
 WRITE_BEHIND = 64 << 20
-STATS = ("fetched_chunks", "fetched_bytes", "cache_hits", "kept_on_change")
 # Some blocks of a chunk are fetched first where the rest of it would take
 # longer than this to come: over a fast link (loopback, a LAN) the whole
 # chunk comes about as soon, and the rest, following, would only compete
@@ -126,6 +128,12 @@ class Fetcher:
         """Return the counters since start: per dataset (``root/path``) and in total."""
         return self._stats.snapshot()
 
+    @property
+    def fetch_seconds(self) -> Histogram:
+        """The seconds each chunk fetched whole took, from its start on a fetch worker
+        until it was in and checked (its rest included, when fetched in parts)."""
+        return self._stats.fetch_seconds
+
     def in_flight(self) -> int:
         """Return how many chunks are on their way: being fetched, or written to the cache."""
         with self._lock:
@@ -189,11 +197,12 @@ class Fetcher:
                 yield n, data
 
     def missing(self, source: Upstream, numbers: list[int]) -> list[int]:
-        """Return the chunks of `numbers` that are not cached, and count the others as hits."""
+        """Return the chunks of `numbers` that are not cached; count them as misses, the others as hits."""
         root, path, meta, _ = source
         cached = self.cache.cached_chunks(root, path, meta, numbers)
-        self.count(f"{root}/{path}", cache_hits=len(cached))
-        return [n for n in numbers if n not in cached]
+        missing = [n for n in numbers if n not in cached]
+        self.count(f"{root}/{path}", cache_hits=len(numbers) - len(missing), cache_misses=len(missing))
+        return missing
 
     def _parts_pay(self, source: Upstream) -> bool:
         """Tell whether fetching some blocks of a chunk first is worth it: if the
@@ -254,19 +263,20 @@ class Fetcher:
     def _fetch(self, job: _Pending) -> None:
         """Fetch one chunk for `job.fetched`: whole, or `job.blocks` first (into
         `job.early`), then the rest on a thread of `rests`."""
+        started = time.monotonic()
         limit = chunk_nbytes(job.source.meta, job.nchunk) + blosc2.MAX_OVERHEAD
         # The manifest first (once per version): _finish then checks at once.
         self._manifests.digests(job.source)
         if job.blocks is None or job.early is None:
             headers, data = self.transport.chunk(job.source, job.nchunk, limit)
-            self._finish(job, headers, data, len(data))
+            self._finish(job, headers, data, len(data), started)
             return
         headers, data, pieces = self._first_parts(job, limit)
         if not pieces:
-            self._finish(job, headers, data, len(data))
+            self._finish(job, headers, data, len(data), started)
             return
         self._rest_backlog.add(len(data))
-        rest = partial(self._rest, job, limit, headers, data, pieces)
+        rest = partial(self._rest, job, limit, headers, data, pieces, started)
         _run(self.rests, job.fetched, rest, lambda: self._rest_backlog.done(len(data)))
 
     def _first_parts(self, job: _Pending, limit: int) -> tuple[Any, bytes | bytearray, list[tuple[int, int]]]:
@@ -289,7 +299,13 @@ class Fetcher:
         return headers, data, [(a, min(a + REST_PIECE, r.stop)) for r in gap_pieces for a in r]
 
     def _rest(
-        self, job: _Pending, limit: int, headers: Any, data: bytearray, pieces: list[tuple[int, int]]
+        self,
+        job: _Pending,
+        limit: int,
+        headers: Any,
+        data: bytearray,
+        pieces: list[tuple[int, int]],
+        started: float,
     ) -> None:
         """Fetch byte ranges `pieces` of a chunk that came in part, then finish it."""
         root, path = job.source.root, job.source.path
@@ -311,11 +327,14 @@ class Fetcher:
                 data[span[0] : span[1]] = part
         finally:
             self._rest_backlog.done(size)
-        self._finish(job, headers, chunk, received)
+        self._finish(job, headers, chunk, received, started)
 
-    def _finish(self, job: _Pending, headers: Any, data: bytes | bytearray, received: int) -> None:
-        """Check a chunk that came whole, hand its writing to the cache writer, and
-        set it into `job.fetched`."""
+    def _finish(
+        self, job: _Pending, headers: Any, data: bytes | bytearray, received: int, started: float
+    ) -> None:
+        """Check a chunk that came whole (its fetch started at `started`, by
+        ``time.monotonic()``), hand its writing to the cache writer, and set it into
+        `job.fetched`."""
         root, path, meta, _ = job.source
         if headers.get(ETAG) != meta["etag"]:
             raise changing(root, path)
@@ -328,6 +347,7 @@ class Fetcher:
         if sent is not None and sent != digest:
             raise damaged(job.source, job.nchunk)
         self.count(f"{root}/{path}", fetched_chunks=1, fetched_bytes=received)
+        self._stats.fetch_seconds.observe(time.monotonic() - started)
         self._writer.submit(job, data, digest)
         job.fetched.set_result(data)
 
@@ -420,25 +440,6 @@ class RestBacklog:
         self.closing.set()
         with self._cond:
             self._cond.notify_all()
-
-
-class Stats:
-    """What a fetcher did, counted per dataset (``root/path``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, Counter] = defaultdict(Counter)
-
-    def count(self, dataset: str, **counts: int) -> None:
-        with self._lock:
-            self._counts[dataset].update(counts)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the counters: per dataset and in total."""
-        with self._lock:
-            datasets = {name: {k: c[k] for k in STATS} for name, c in sorted(self._counts.items())}
-        total = {k: sum(d[k] for d in datasets.values()) for k in STATS}
-        return {"total": total, "datasets": datasets}
 
 
 def _run(

@@ -23,6 +23,7 @@ from .flights import Fetcher, FetchSettings
 from .follower import Follower
 from .guard import Guard
 from .large import Budget, Builders
+from .metrics import SUMMARY_INTERVAL, Reporter
 from .pins import Pins
 from .reader import Reader
 from .trust import Trust
@@ -34,12 +35,20 @@ class Subscriber:
     """A subscriber: MQTT follower, chunk cache and HTTP server.
 
     `fetch` tunes its fetcher beyond the settings (by default, the settings'
-    ``fetch_workers`` and ``fetch_timeout``).
+    ``fetch_workers`` and ``fetch_timeout``); `summary_interval` is the least
+    number of seconds between two summaries of its cache on its status topic.
     """
 
-    def __init__(self, settings: dict[str, Any], node_id: str, fetch: FetchSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        node_id: str,
+        fetch: FetchSettings | None = None,
+        summary_interval: float = SUMMARY_INTERVAL,
+    ) -> None:
         self.settings = settings
         self.node_id = node_id
+        self.summary_interval = summary_interval
         self.fetch = fetch or FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
         self.url: str | None = None
         self.node: Node | None = None
@@ -113,11 +122,16 @@ class Subscriber:
             on_connect=self.follower.on_connect,
             on_message=self.follower.on_message,
         )
+        figures = self.app.config["CATMQTT_FIGURES"]
+        self.reporter = Reporter(figures.summary, self.node.set_summary, self.summary_interval)
+        self.node.set_summary(self.reporter.first())
         self.server.start()
         self.pins.start()
         self._stops.append(self.pins.close)
         self.node.start()
         self._stops.append(self.node.stop)
+        self.reporter.start()
+        self._stops.append(self.reporter.stop)
 
     def stop(self) -> None:
         """Stop what `bind` and `start` started, the last first."""

@@ -1,11 +1,26 @@
 """This module keeps the statuses that nodes publish on ``PREFIX/nodes/ROLE/ID``.
 
 Threads: the MQTT thread is the only writer (`Statuses.record`); HTTP
-threads read single entries (`online`), which a dict gives them whole.
+threads read single entries (`online`), which a dict gives them whole, and
+all of them (`nodes`): `Statuses._lock` guards the writes to `_latest` and
+`_urls` and the copies `nodes` takes (nothing else is done under it).
+
+Which status of a node `nodes` shows, when several keys signed one: anyone
+who can publish on the broker can publish a status for any node, signed by
+a key of their own or unsigned, so a status proves something only under a
+key the subscriber trusts. A publisher that a known root names is shown by
+the status signed by that root's key (unsigned for an unsigned root), the
+one `online` believes, so that ``nodes`` and ``roots`` agree; if there is
+none, it is not shown. Any other node (subscribers, which do not sign; the
+publishers of no known root) has no trusted key: its unsigned status is
+shown if there is one (the node restores it within a second should someone
+overwrite it), else the latest signed one.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 from ..errors import BadRequest
@@ -14,6 +29,8 @@ from ..signing import verify
 
 # A status's key: the node's role and id, and the key that signed it (None if unsigned).
 StatusKey = tuple[str, str, str | None]
+# The longest version string shown of a node's status.
+MAX_VERSION = 64
 
 
 class Statuses:
@@ -21,6 +38,9 @@ class Statuses:
 
     def __init__(self) -> None:
         self._latest: dict[StatusKey, dict[str, Any]] = {}
+        # The URL of each node's last "online", for its "offline" and "lost".
+        self._urls: dict[StatusKey, str] = {}
+        self._lock = threading.Lock()
         # Of each node's current session, the highest sequence number of a signed
         # "online" or "offline" status, and that of the last will its last
         # "online" names (see _check_fresh).
@@ -32,12 +52,16 @@ class Statuses:
         key = (role, node_id, signer)
         if obj is None:
             # Only an unsigned status can be cleared by anyone.
-            self._latest.pop(key, None)
+            with self._lock:
+                self._latest.pop(key, None)
             return
         status = parse_node(obj, role, node_id)
         if signer is not None:
             self._check_fresh(key, status)
-        self._latest[key] = status
+        with self._lock:
+            self._latest[key] = status
+            if status["status"] == "online":
+                self._urls[key] = status["url"].rstrip("/")
 
     def online(self, info: dict[str, Any]) -> bool:
         """Whether the publisher of a root announced as `info` is online.
@@ -46,6 +70,41 @@ class Statuses:
         """
         status = self._latest.get(("publisher", info["publisher"], info.get("key")))
         return status is not None and status["status"] == "online"
+
+    def nodes(self, roots: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return the status of each node, one a node (see the module's docstring),
+        sorted by role and id; `roots` maps the known roots' names to their
+        announcements. A publisher lists the roots that name it."""
+        with self._lock:
+            latest, urls = dict(self._latest), dict(self._urls)
+        # The keys each publisher's roots are signed by (None: unsigned), and those roots.
+        named: dict[str, dict[str | None, list[str]]] = {}
+        for name, info in roots.items():
+            named.setdefault(info["publisher"], {}).setdefault(info.get("key"), []).append(name)
+        chosen: dict[tuple[str, str], tuple[tuple, StatusKey]] = {}
+        for key, status in latest.items():
+            role, node_id, signer = key
+            served = named.get(node_id, {}) if role == "publisher" else {}
+            if served and signer not in served:
+                continue
+            # Unsigned first where no key is trusted, then the latest.
+            rank = (not served and signer is not None, -_time(status))
+            if (role, node_id) not in chosen or rank < chosen[(role, node_id)][0]:
+                chosen[(role, node_id)] = (rank, key)
+        nodes = []
+        for (role, node_id), (_, key) in sorted(chosen.items()):
+            status = latest[key]
+            node = {"role": role, "id": node_id, "status": status["status"], "url": urls.get(key)}
+            node.update(key=key[2], session=status.get("session"), time=_time(status) or None)
+            version = status.get("version")
+            if isinstance(version, str) and len(version) <= MAX_VERSION:
+                node["version"] = version
+            if "summary" in status:
+                node["summary"] = status["summary"]
+            if role == "publisher":
+                node["roots"] = sorted(named.get(node_id, {}).get(key[2], []))
+            nodes.append(node)
+        return nodes
 
     def _check_fresh(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
         """Raise BadRequest if a signed status is older than the last one of its node.
@@ -79,3 +138,10 @@ class Statuses:
         if state == "online":
             will = status.get("will")
         self._freshness[key] = (high, will)
+
+
+def _time(status: dict[str, Any]) -> float:
+    """Return when a node says it sent `status` (0 if it says nothing of use)."""
+    value = status.get("time")
+    good = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if good else 0.0
