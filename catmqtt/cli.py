@@ -104,7 +104,9 @@ def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
     from .subscriber import Subscriber
     from .web import tune_allocator, tune_switching
 
-    s = config.node_settings(conf, "subscriber", args.id, trust=args.trust, **_node_options(args))
+    s = config.node_settings(
+        conf, "subscriber", args.id, trust=args.trust, cache_size=args.cache_size, **_node_options(args)
+    )
     _logging(s["loglevel"])
     tune_allocator()
     tune_switching()
@@ -132,14 +134,19 @@ def cmd_up(args: argparse.Namespace, conf: dict) -> int:
     # A first look wants the addresses, not the chatter: WARNING unless asked.
     common = {"broker": f"mqtt://{reach}", "loglevel": args.loglevel or "WARNING", "prefix": b["prefix"]}
     pub_s = config.node_settings(conf, "publisher", http=args.pub_http, statedir=base / "publisher", **common)
+    sub_s = config.node_settings(
+        conf,
+        "subscriber",
+        http=args.sub_http,
+        statedir=base / "subscriber",
+        cache_size=args.cache_size,
+        **common,
+    )
     # Signed by a key made once, and trusted for this root alone: other roots
     # (publishers started beside) are trusted on first use.
     if pub_s["sign_key"] is None:
         pub_s["sign_key"] = base / "sign.key"
     key = signing.load_or_generate(Path(pub_s["sign_key"])).public
-    sub_s = config.node_settings(
-        conf, "subscriber", http=args.sub_http, statedir=base / "subscriber", **common
-    )
     sub_s["trust"] = {args.name: [key], **(sub_s["trust"] or {})}
     _logging(pub_s["loglevel"])
     tune_allocator()
@@ -267,6 +274,14 @@ def _service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--statedir", metavar="DIR", help="state directory (default ./_catmqtt/<role>[.<id>])")
 
 
+def _cache_size_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-size",
+        metavar="SIZE",
+        help="the most bytes of chunks the subscriber keeps (500MB, 20GiB...; default no limit)",
+    )
+
+
 def _either_side(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
     """Add an option that may be given before the command name or after it.
 
@@ -333,6 +348,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--statedir", default="_catmqtt", metavar="DIR", help="state directory (default ./_catmqtt)"
     )
+    _cache_size_option(p)
 
     p = add("broker", cmd_broker, "run the embedded MQTT broker (amqtt)", True)
     p.add_argument("--listen", metavar="HOST:PORT", help="MQTT listener (default 127.0.0.1:1883)")
@@ -354,6 +370,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = add("sub", cmd_sub, "run a subscriber", True)
     _service_options(p)
+    _cache_size_option(p)
     p.add_argument(
         "--trust",
         metavar="KEY",

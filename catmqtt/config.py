@@ -77,6 +77,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "access": None,
         "allowed_hosts": None,
         "token_ttl": 28800,
+        "cache_size": None,
+        "min_free": "1GiB",
         "prefetch_rate": None,
     },
     "client": {"sub": "http://127.0.0.1:8002", "user": None, "token": None},
@@ -214,9 +216,49 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         _int_in(s, "token_ttl", 1, 366 * 86400)
         s["access"] = parse_access(s["access"])
         s["allowed_hosts"] = parse_allowed_hosts(s["allowed_hosts"])
+        if s["cache_size"] is not None:
+            s["cache_size"] = _check(parse_cache_size, s["cache_size"])
+        s["min_free"] = _check(lambda v: parse_size(v, "min_free"), s["min_free"])
         if s["prefetch_rate"] is not None:
             s["prefetch_rate"] = _check(parse_rate, s["prefetch_rate"])
     return s
+
+
+# Units of sizes: decimal (SI) and binary (IEC), any case but the IEC "i".
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15}
+SIZE_UNITS.update({f"{u[0]}IB": 1 << (10 * n) for n, u in enumerate(("KB", "MB", "GB", "TB", "PB"), 1)})
+# Smaller budgets are mistakes (500 for 500MB), and hold no useful chunk.
+MIN_CACHE_SIZE = 1 << 20
+
+
+def parse_size(value: object, key: str) -> int:
+    """Return a size in bytes: an integer, or a string like ``500MB``, ``1.5GB``
+    or ``20GiB`` (kB, MB, GB, TB, PB are powers of 1000; KiB, MiB, GiB, TiB,
+    PiB powers of 1024; units in any case)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    else:
+        match = isinstance(value, str) and re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*", value)
+        if not match or match[2].upper() not in SIZE_UNITS:
+            raise ValueError(
+                f"{key} must be a size in bytes, like 500MB, 20GiB or 1000000, not {value!r}"
+                " (units: B, kB, MB, GB, TB, PB; KiB, MiB, GiB, TiB, PiB)"
+            )
+        number, unit = float(match[1]) if "." in match[1] else int(match[1]), match[2].upper()
+    if number < 0:
+        raise ValueError(f"{key} must be a size in bytes, like 500MB, 20GiB or 1000000, not {value!r}")
+    return int(number * SIZE_UNITS[unit])
+
+
+def parse_cache_size(value: object) -> int:
+    """Return ``subscriber.cache_size`` (``--cache-size``) in bytes: at least 1 MiB."""
+    size = parse_size(value, "cache_size")
+    if size < MIN_CACHE_SIZE:
+        raise ValueError(
+            f"cache_size {value!r} is {size} bytes, less than the least budget of 1MiB"
+            " (did you mean MB or GB?)"
+        )
+    return size
 
 
 def parse_access(value: object) -> dict[str, list[str]]:
@@ -374,30 +416,6 @@ def parse_loglevel(value: object) -> str:
     if isinstance(value, str) and value.upper() in LOGLEVELS:
         return value.upper()
     raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")
-
-
-# Sizes: decimal (SI) and binary (IEC) units, the B optional, the prefix letters any case.
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    **{p: 1000**i for i, p in enumerate("kmgt", 1)},
-    **{p + "i": 1024**i for i, p in enumerate("kmgt", 1)},
-}
-
-
-def parse_size(value: object, key: str) -> int:
-    """Return a size in bytes: an integer, or text like ``500MB``, ``20GiB``, ``1.5 kB``
-    (k, M, G, T: powers of 1000; Ki, Mi, Gi, Ti: of 1024; any case); raise ValueError."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise ValueError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
-        size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
-    if size < 0:
-        raise ValueError(f"{key} must be a size, like 500MB, 20GiB or a number of bytes, not {value!r}")
-    return size
 
 
 def parse_rate(value: object) -> int:

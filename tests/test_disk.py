@@ -69,7 +69,10 @@ def test_full_disk(tmp_path, root_dir, small_disk):
     d = Deployment(Broker("mosquitto" if MOSQUITTO else "amqtt", tmp_path).start(), tmp_path)
     try:
         pub_url = d.start_pub("foo", root_dir)
-        sub_url = d.start_sub("sub", "--statedir", statedir)
+        # The disk fills for real, not because min_free (1 GiB) says so.
+        conf = tmp_path / "catmqtt.yaml"
+        conf.write_text("subscriber:\n  min_free: 0\n")
+        sub_url = d.start_sub("sub", "--statedir", statedir, "--conf", conf)
         d.wait_root("foo")
         client = catmqtt.Client(sub_url)
         client.subscribe("foo")
@@ -127,7 +130,7 @@ def test_full_disk(tmp_path, root_dir, small_disk):
         for nchunk, digest in rows:
             assert storage.chunk_digest(container.schunk.get_chunk(nchunk)) == digest
         assert {0, 1, 2, 3, 10} <= {nchunk for nchunk, _ in rows}
-        client = catmqtt.Client(d.start_sub("sub", "--statedir", statedir))
+        client = catmqtt.Client(d.start_sub("sub", "--statedir", statedir, "--conf", conf))
         for nchunk in (0, 1, 2, 3, 10):
             part = slice(nchunk * CHUNK, (nchunk + 1) * CHUNK)
             assert np.array_equal(client.fetch("foo/big.b2nd", part), data[part])

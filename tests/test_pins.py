@@ -4,6 +4,7 @@ processes: a broker, a publisher, a subscriber and the ``catmqtt`` command."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +18,8 @@ from test_progress import on_terminal
 import catmqtt
 from catmqtt import config, storage
 from catmqtt.errors import ConfigError
-from catmqtt.subscriber.cache import Usage
 
 from conftest import Broker, ChunkCounter, Deployment, run_cli, running, wait_for
-from test_views import error, node  # noqa: F401 - the subscriber's views
 
 # The sample root's datasets under dir1.
 DIR1 = ["dir1/ds-2d.b2nd", "dir1/ds-3d.b2nd"]
@@ -116,16 +115,27 @@ def test_changes_of_pinned_datasets_are_fetched_without_a_read(d, root_dir):
 
 
 def test_prefetch_keeps_to_its_rate_and_gives_way_to_reads(d, root_dir, tmp_path):
-    rate, chunk = 200_000, 100_000
-    # Random doubles: 16 chunks of 100 kB that do not compress.
-    data = np.random.default_rng(3).random(16 * chunk // 8)
-    blosc2.asarray(data, urlpath=str(root_dir / "big.b2nd"), mode="w", chunks=(chunk // 8,))
+    rate, chunk = 200_000, 50_000
+    # Random doubles, that do not compress: 16 chunks of 50 kB, and twice as many.
+    rng = np.random.default_rng(3)
+    for name, n in (("big.b2nd", 16), ("bigger.b2nd", 32)):
+        data = rng.random(n * chunk // 8)
+        blosc2.asarray(data, urlpath=str(root_dir / name), mode="w", chunks=(chunk // 8,))
     conf = tmp_path / "catmqtt.yaml"
-    conf.write_text("subscriber:\n  prefetch_rate: 200kB\n")
+    conf.write_text("subscriber:\n  prefetch_rate: 200kB\n  cache_size: 1MiB\n")
     d.start_pub("foo", root_dir)
     d.start_sub("sub", "--conf", conf)
     d.wait_root("foo")
+    # What can never be cached whole within the budget is not pinned.
+    result = d.cli("pin", "foo/bigger.b2nd")
+    assert result.returncode == 1
+    assert re.fullmatch(
+        r"Error: pinning foo/bigger.b2nd would keep 1\.\d MiB pinned, over the cache's budget of 1\.0 MiB"
+        r" \(subscriber.cache_size\): pin less, or raise the budget\n",
+        result.stderr,
+    ), result.stderr
     client = catmqtt.Client(d.url("sub"))
+    assert client.pins() == []
     start = time.monotonic()
     assert client.pin("foo/big.b2nd") == "Ok"
     samples = []
@@ -275,17 +285,5 @@ def test_bad_prefetch_rate_stops_the_subscriber_at_start(tmp_path):
     conf.write_text("subscriber:\n  prefetch_rate: 12XB\n")
     result = run_cli("sub", "--conf", str(conf), "--statedir", str(tmp_path / "sub"))
     assert result.returncode == 1
-    assert result.stderr == (
-        "Error: prefetch_rate must be a size, like 500MB, 20GiB or a number of bytes, not '12XB'\n"
-    )
-
-
-def test_a_pin_over_the_budget_is_refused(node):  # noqa: F811
-    cache = node.app.config["CATMQTT_READER"].cache
-    cache.usage = lambda: Usage(0, 1000, 0)
-    message = error(node.client.post("/api/pin/foo"), 507)
-    assert message.startswith("pinning foo would keep ") and "over the cache's budget of 1000 B" in message
-    assert node.client.get("/api/pins").get_json() == []
-    assert node.client.post("/api/pin/foo/README.md").get_json() == "Ok"
-    [pin] = node.client.get("/api/pins").get_json()
-    assert (pin["path"], pin["done"]) == ("README.md", True)
+    assert result.stderr.startswith("Error: prefetch_rate must be a size in bytes, like 500MB, 20GiB")
+    assert "not '12XB'" in result.stderr and result.stderr.count("\n") == 1

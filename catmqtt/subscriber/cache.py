@@ -10,6 +10,10 @@ disk. Chunks are indexed with the etag of their version: when a dataset
 changes, readers of the new version never see the old chunks, and those its
 new manifest confirms are kept (`remap`).
 
+With a budget (`start_eviction`), the ``eviction`` thread (`eviction`)
+keeps the chunks within it, and the cache writer makes room (`Evictor.room`)
+before it stores a chunk.
+
 Threads: the MQTT thread records roots (`set_root`) and the ``updates``
 worker alone changes datasets (`set_dataset`, which reads then writes,
 `remap`, `drop_chunks`); HTTP and builder threads read metadata
@@ -35,7 +39,8 @@ from typing import Any, NamedTuple
 from ..errors import NotFound
 from ..schema import DatasetMeta, RootInfo, has_manifest
 from .catalogue import Catalogue
-from .chunks import Accesses, Chunks, same_layout, version
+from .chunks import Chunks, same_layout, version
+from .eviction import Evictor
 from .index import Index
 
 
@@ -60,7 +65,8 @@ class Cache:
         self.index = index
         self.catalogue = catalogue
         self.chunks = Chunks(index, catalogue)
-        self.accesses = Accesses(index)
+        self.accesses = self.chunks.accesses
+        self.evictor: Evictor | None = None
         # What every request reads, kept in memory (under index.lock): the index is written through.
         self._metas: dict[tuple[str, str], DatasetMeta] = {}
 
@@ -79,12 +85,22 @@ class Cache:
         """The state directory."""
         return self.index.dir
 
+    def start_eviction(self, budget: int | None, min_free: int) -> None:
+        """Keep the cached chunks within `budget` bytes (None: no limit) and `min_free`
+        bytes free on the state directory's file system, on a thread of their own."""
+        self.evictor = Evictor(self.chunks, self.dataset, budget, min_free)
+        self.evictor.start()
+
     def usage(self) -> Usage:
-        """Return how much the cache holds."""
-        rows = self.index.query("SELECT COALESCE(SUM(nbytes), 0) FROM chunks")
-        return Usage(rows[0][0], None, 0)
+        """Return how much the cache holds (cheap: no scan of the index)."""
+        evictor = self.evictor
+        if evictor is None:
+            return Usage(self.chunks.usage(), None, 0)
+        return Usage(self.chunks.usage(), evictor.budget, evictor.evictions)
 
     def close(self) -> None:
+        if self.evictor is not None:
+            self.evictor.close()
         with self.index.lock:
             self.accesses.flush()
             self.index.close()
@@ -185,7 +201,9 @@ class Cache:
     def store_chunk(
         self, root: str, path: str, meta: DatasetMeta, nchunk: int, data: bytes, digest: str, url: str
     ) -> bool:
-        """See `Chunks.store_chunk`."""
+        """See `Chunks.store_chunk`; with a budget, room is made first (see `Evictor.room`)."""
+        if self.evictor is not None:
+            self.evictor.room(len(data), f"chunk {nchunk} of {root}/{path}")
         return self.chunks.store_chunk(root, path, meta, nchunk, data, digest, url)
 
     def read_chunk(self, root: str, path: str, meta: DatasetMeta, nchunk: int) -> bytes | None:
@@ -204,6 +222,15 @@ class Cache:
         """See `Chunks.remap`."""
         return self.chunks.remap(root, path, old, new, digests)
 
+    def release(self, root: str, path: str, nchunks: Iterable[int]) -> None:
+        """Give back the claims on chunks of a read that failed (see `Chunks.evict`);
+        one that succeeded gives them back with `touch`."""
+        with self.index.lock:
+            self.chunks.claims.release(root, path, nchunks)
+
     def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
-        """Record that chunks were just read (see `Accesses`)."""
+        """Record that chunks were just read (see `Accesses`), and give back the
+        claims on them (see `Chunks.evict`)."""
+        nchunks = list(nchunks)
+        self.release(root, path, nchunks)
         self.accesses.touch(root, path, nchunks)

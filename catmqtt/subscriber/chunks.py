@@ -8,15 +8,36 @@ crash may leave an unindexed chunk (fetched again later) but never an index
 row without its chunk: the index never names a chunk that is not whole on
 disk. Rows are deleted before their chunks, for the same reason.
 
+A chunk is evicted (`evict`) by replacing it with a special uninitialised
+chunk (``SChunk.update_special(n, SpecialValue.UNINIT)``, python-blosc2 4.8
+and later): a sparse container keeps the chunk's place in its offsets and
+removes its ``NNNNNNNN.chunk`` file. ``SChunk.delete_chunk`` would shift the
+later chunks down. Its row is deleted (committed) first: a crash in between
+leaves a chunk file no row names, harmless (overwritten when the chunk is
+fetched again). A chunk being read is never evicted: `cached_chunks`, which
+tells a reader what is cached, claims the chunks it is asked about, and the
+reader gives them back with its access (`Cache.touch`); the eviction checks the
+claims and deletes the rows under ``Index.lock``, which `cached_chunks` holds
+while it claims and looks, so a reader either sees the chunk gone or has it
+claimed. A read that fails to fetch gives its claims back too (`Fetcher`);
+one that fails otherwise (a client gone mid-stream) lapses after `CLAIM_LEASE`.
+
+The bytes of the indexed chunks are kept by SQLite triggers in a TEMP table
+(`usage`): summed once when the cache opens, then changed with every row,
+whoever adds or deletes it, and rolled back with the transaction that did.
+
 Threads: fetch workers read chunks (`read_chunk`, `cached_chunks`) and the
 cache writer stores them (`store_chunk`); HTTP and builder threads read
 containers (`reading`) and record accesses (`Accesses.touch`); the
 ``updates`` worker changes versions, keeps or drops chunks (through `cache`).
 
+The ``eviction`` thread evicts chunks (`lru`, `evict`).
+
 Locks, in this order: a dataset's ``Slot.lock`` guards its container handle,
 its version and its verified chunks, and is held for the container's disk
-I/O; then ``Index.lock`` guards the connection, ``Chunks._slots`` and
-``Accesses``, and is never held while waiting for a ``Slot.lock``.
+I/O; then ``Index.lock`` guards the connection, ``Chunks._slots``,
+``Claims`` and ``Accesses``, and is never held while waiting for a
+``Slot.lock``.
 """
 
 from __future__ import annotations
@@ -45,6 +66,35 @@ log = logging.getLogger(__name__)
 
 # Seconds between writes of chunk access times to the index.
 ACCESS_FLUSH = 5.0
+# Seconds after which a claim on a chunk lapses: a read that failed before it
+# released its claims does not keep them from eviction for ever.
+CLAIM_LEASE = 600.0
+# The bytes of the indexed chunks, kept by triggers (the delete trigger fires
+# on INSERT OR REPLACE too, with recursive_triggers on).
+_USAGE = (
+    "PRAGMA recursive_triggers = ON",
+    "CREATE TEMP TABLE IF NOT EXISTS usage (bytes INTEGER NOT NULL)",
+    "DELETE FROM temp.usage",
+    "INSERT INTO temp.usage SELECT COALESCE(SUM(nbytes), 0) FROM main.chunks",
+    "CREATE TEMP TRIGGER IF NOT EXISTS chunk_added AFTER INSERT ON main.chunks"
+    " BEGIN UPDATE usage SET bytes = bytes + NEW.nbytes; END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS chunk_removed AFTER DELETE ON main.chunks"
+    " BEGIN UPDATE usage SET bytes = bytes - OLD.nbytes; END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS chunk_resized AFTER UPDATE OF nbytes ON main.chunks"
+    " BEGIN UPDATE usage SET bytes = bytes - OLD.nbytes + NEW.nbytes; END",
+)
+# The least recently read chunks of the current versions of datasets, but the
+# pinned ones: a pin names a whole root (''), a directory or a dataset
+# (compared with substr, since paths may hold LIKE's wildcards).
+_LRU = """
+SELECT c.root, c.path, c.nchunk, c.last_access, c.nbytes FROM chunks AS c
+JOIN datasets AS d ON d.root = c.root AND d.path = c.path AND d.etag = c.etag
+WHERE NOT EXISTS (
+    SELECT 1 FROM pins AS p WHERE p.root = c.root
+    AND (p.path = '' OR p.path = c.path OR substr(c.path, 1, length(p.path) + 1) = p.path || '/')
+)
+ORDER BY c.last_access LIMIT ? OFFSET ?
+"""
 
 
 @dataclass
@@ -67,8 +117,16 @@ class Chunks:
         # Asked, by store_chunk, where each root is served from.
         self.catalogue = catalogue
         self.data_dir = index.dir / "cache"
-        # Under index.lock.
+        self.accesses = Accesses(index)
+        # Under index.lock, both.
         self._slots: dict[tuple[str, str], Slot] = {}
+        self.claims = Claims()
+        for statement in _USAGE:
+            index.query(statement)
+
+    def usage(self) -> int:
+        """Return the bytes of the indexed chunks."""
+        return self.index.query("SELECT bytes FROM temp.usage")[0][0]
 
     def slot(self, root: str, path: str) -> Slot:
         """Return the slot of a dataset, made at its recorded version on first use."""
@@ -175,11 +233,15 @@ class Chunks:
         wanted = set(wanted)
         if not wanted:
             return set()
-        # One query over the span of the request, not one per chunk nor over the whole dataset.
-        rows = self.index.query(
-            "SELECT nchunk, digest FROM chunks WHERE root=? AND path=? AND etag=? AND nchunk BETWEEN ? AND ?",
-            (root, path, meta["etag"], min(wanted), max(wanted)),
-        )
+        with self.index.lock:
+            # Claimed before they are looked for: see `evict`.
+            self.claims.claim(root, path, wanted)
+            # One query over the span of the request, not one per chunk nor over the whole dataset.
+            rows = self.index.query(
+                "SELECT nchunk, digest FROM chunks"
+                " WHERE root=? AND path=? AND etag=? AND nchunk BETWEEN ? AND ?",
+                (root, path, meta["etag"], min(wanted), max(wanted)),
+            )
         digests = dict(rows)
         cached = {n for n in wanted if n in digests}
         unchecked = cached - slot.verified
@@ -242,6 +304,45 @@ class Chunks:
                 return None
             return storage.schunk_of(self._container(root, path, meta, slot)).get_chunk(nchunk)
 
+    def lru(self, count: int, skip: int) -> list[tuple[str, str, int, float, int]]:
+        """Return (root, path, number, last access, bytes) of the least recently read chunks
+        of the datasets' current versions, pinned ones left out: `count` of them,
+        after the `skip` least recent. Accesses still in memory are written first."""
+        with self.index.lock:
+            self.accesses.flush()
+            return self.index.query(_LRU, (count, skip))
+
+    def evict(self, root: str, path: str, meta: DatasetMeta, chosen: list[tuple[int, float]]) -> list[int]:
+        """Evict the chunks `chosen` (number, last access when chosen) of version `meta`
+        of a dataset, but those claimed or read since; return their sizes.
+
+        The rows go first, in one transaction, and only those with the same
+        last access as when chosen: a chunk read or fetched again since stays.
+        """
+        slot = self.slot(root, path)
+        with slot.lock:
+            if slot.version != version(meta):
+                return []
+            with self.index.transaction() as db:
+                busy = self.claims.held(root, path) | self.accesses.pending(root, path)
+                gone = []
+                for n, when in chosen:
+                    if n not in busy:
+                        rows = db.execute(
+                            "DELETE FROM chunks WHERE root=? AND path=? AND nchunk=? AND etag=?"
+                            " AND last_access=? RETURNING nbytes",
+                            (root, path, n, meta["etag"], when),
+                        ).fetchall()
+                        gone.extend((n, r[0]) for r in rows)
+            if not gone:
+                return []
+            # The rows are committed: a crash from here on leaves chunk files no row names.
+            schunk = storage.schunk_of(self._container(root, path, meta, slot))
+            for n, _ in gone:
+                schunk.update_special(n, blosc2.SpecialValue.UNINIT)
+                slot.verified.discard(n)
+        return [nbytes for _, nbytes in gone]
+
     @contextmanager
     def reading(self, root: str, path: str, meta: DatasetMeta) -> Iterator[Any]:
         """Hold a dataset's container at version ``meta["etag"]`` while reading it.
@@ -256,13 +357,53 @@ class Chunks:
                 yield self._container(root, path, meta, slot)
 
 
+class Claims:
+    """The chunks that readers were told are cached and have not read yet (see
+    `Chunks.evict`); under index.lock."""
+
+    def __init__(self) -> None:
+        # Dataset -> chunk number -> [readers, time.monotonic() of the last claim].
+        self._claims: dict[tuple[str, str], dict[int, list]] = {}
+
+    def claim(self, root: str, path: str, numbers: Iterable[int]) -> None:
+        """Claim chunks for a reader."""
+        claims = self._claims.setdefault((root, path), {})
+        now = time.monotonic()
+        for n in numbers:
+            claim = claims.setdefault(n, [0, now])
+            claim[0] += 1
+            claim[1] = now
+
+    def release(self, root: str, path: str, numbers: Iterable[int]) -> None:
+        """Give back a reader's claims on chunks, once read."""
+        claims = self._claims.get((root, path))
+        if claims is None:
+            return
+        for n in numbers:
+            claim = claims.get(n)
+            if claim is not None:
+                claim[0] -= 1
+                if claim[0] <= 0:
+                    del claims[n]
+        if not claims:
+            del self._claims[(root, path)]
+
+    def held(self, root: str, path: str) -> set[int]:
+        """Return the chunks of a dataset claimed by readers; drop lapsed claims."""
+        claims = self._claims.get((root, path), {})
+        lapsed = time.monotonic() - CLAIM_LEASE
+        for n in [n for n, (_, when) in claims.items() if when < lapsed]:
+            del claims[n]
+        return set(claims)
+
+
 class Accesses:
     """When cached chunks were last read, gathered in memory and written in batches."""
 
     def __init__(self, index: Index) -> None:
         self._index = index
-        # Under index.lock.
-        self._accessed: dict[tuple[str, str], set[int]] = {}
+        # Under index.lock: dataset -> chunk number -> time.time() of its last read.
+        self._accessed: dict[tuple[str, str], dict[int, float]] = {}
         self._flushed = time.monotonic()
 
     def touch(self, root: str, path: str, nchunks: Iterable[int]) -> None:
@@ -271,10 +412,15 @@ class Accesses:
         Accesses are written to the index in batches, at most every few
         seconds, rather than once per request on the read path.
         """
+        now = time.time()
         with self._index.lock:
-            self._accessed.setdefault((root, path), set()).update(nchunks)
+            self._accessed.setdefault((root, path), {}).update(dict.fromkeys(nchunks, now))
             if time.monotonic() - self._flushed > ACCESS_FLUSH:
                 self.flush()
+
+    def pending(self, root: str, path: str) -> set[int]:
+        """Return the chunks of a dataset read since the last write (index.lock held)."""
+        return set(self._accessed.get((root, path), ()))
 
     def flush(self) -> None:
         """Write the accesses gathered so far (index.lock held)."""
@@ -289,18 +435,13 @@ class Accesses:
         self._accessed.clear()
 
     def _write(self) -> None:
-        now = time.time()
+        # Each chunk with the time of its last read: eviction goes by their order.
         with self._index.transaction() as db:
-            for (root, path), numbers in self._accessed.items():
-                ordered = sorted(numbers)
-                # Batches stay below SQLite's limit on bound parameters.
-                for i in range(0, len(ordered), 5000):
-                    batch = ordered[i : i + 5000]
-                    marks = ",".join("?" * len(batch))
-                    db.execute(
-                        f"UPDATE chunks SET last_access=? WHERE root=? AND path=? AND nchunk IN ({marks})",
-                        (now, root, path, *batch),
-                    )
+            for (root, path), times in self._accessed.items():
+                db.executemany(
+                    "UPDATE chunks SET last_access=MAX(last_access, ?) WHERE root=? AND path=? AND nchunk=?",
+                    [(when, root, path, n) for n, when in times.items()],
+                )
 
 
 def version(meta: DatasetMeta) -> str:

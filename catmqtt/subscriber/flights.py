@@ -153,6 +153,8 @@ class Fetcher:
         wait(stored)
         for future in stored:
             if future.exception() is not None:
+                # The read ends here: its claims on the chunks go (see `Chunks.evict`).
+                self.cache.release(source.root, source.path, numbers)
                 raise future.exception()
 
     def stream(
@@ -191,6 +193,7 @@ class Fetcher:
             for future in done:
                 n = window.pop(future)
                 if future.exception() is not None:
+                    self.cache.release(source.root, source.path, numbers)
                     raise future.exception()
                 data = future.result()
                 refill()

@@ -194,7 +194,10 @@ class Reader:
         """Have every chunk of `target` in the cache."""
         root, path, meta, _ = target.source
         self.follower.settled(root, path)
-        self.fetcher.ensure(target.source, chunks_touched(target.sel, meta["shape"], meta["chunks"]))
+        numbers = chunks_touched(target.sel, meta["shape"], meta["chunks"])
+        self.fetcher.ensure(target.source, numbers)
+        # Gives back the claims on them (see `Chunks.evict`): each piece read claims its own.
+        self.cache.touch(root, path, numbers)
 
     # Chunks
 

@@ -81,6 +81,7 @@ class Subscriber:
         release_gil()
         self.cache = Cache.open(settings["statedir"])
         self._stops.append(self.cache.close)
+        self.cache.start_eviction(settings["cache_size"], settings["min_free"])
         tmpdir = settings["statedir"] / "tmp"
         tmpdir.mkdir(exist_ok=True)
         # What a killed subscriber left: nothing else writes here.
