@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, config
+from . import __version__, cli_edge, config
 from .cli_accounts import add_commands, client_password
 from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
 from .cli_watch import add_commands as add_watch_commands
@@ -423,6 +423,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="ROOT/PATH")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save (default: here)")
     add_watch_commands(add)
+    cli_edge.add_commands(add)
     for p in sub.choices.values():
         if not p.get_default("service"):
             _client_options(p)

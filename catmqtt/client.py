@@ -29,7 +29,7 @@ import requests
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache
 from .client_reader import Reader
-from .errors import BadRequest, Changed, Unauthorized, Unavailable, from_status
+from .errors import BadRequest, Changed, NotFound, Unauthorized, Unavailable, from_status
 from .schema import DatasetMeta, parse_dataset, parse_root
 from .sessions import environment
 from .slices import as_key, parse_slice
@@ -45,6 +45,8 @@ MAX_AGE = 1.0
 # times in all, after a pause that doubles from CHANGED_PAUSE seconds.
 CHANGED_TRIES = 3
 CHANGED_PAUSE = 0.2
+# Seconds between looks at a pin being fetched (Client.pin with wait).
+PIN_POLL = 0.5
 
 T = TypeVar("T")
 
@@ -201,6 +203,49 @@ class Client:
     def stats(self) -> dict[str, Any]:
         """Return the subscriber's counters since it started (``/api/stats``)."""
         return self._request("GET", "stats").json()
+
+    def pin(self, path: str, *, wait: bool = False, progress: bool = False) -> Any:
+        """Pin ``ROOT[/PATH]`` (subscribing to ROOT): the subscriber fetches it whole in the
+        background and keeps it cached. Returns ``"Ok"``; with `wait`, once all of it is
+        cached, the pin as `pins` lists it (with `progress`, a progress bar on standard
+        error follows its bytes cached). Raises Unavailable if something stops it (its
+        publisher offline, a failure): the subscriber goes on trying meanwhile."""
+        ok = self._request("POST", f"pin/{quote_dataset(path.strip('/'), directory=True)}").json()
+        if not wait:
+            return ok
+        from .progress import bar
+
+        key = path.strip("/").partition("/")[::2]
+        with bar(f"pin {path}", None, show=progress) as drawn:
+            total, cached = None, 0
+            while True:
+                pin = next((p for p in self.pins() if (p["root"], p["path"]) == key), None)
+                if pin is None:
+                    raise NotFound(f"{path} is no longer pinned")
+                if pin["total"] != total or pin["cached"] < cached:
+                    # A total known, or changed: exact once a plain file is cached, another
+                    # when a dataset changes or comes.
+                    drawn.reset(pin["total"])
+                    total, cached = pin["total"], 0
+                drawn.update(pin["cached"] - cached)
+                cached = pin["cached"]
+                if pin["done"]:
+                    return pin
+                if pin["error"]:
+                    raise Unavailable(f"{path} is not cached whole: {pin['error']}")
+                time.sleep(PIN_POLL)
+
+    def unpin(self, path: str) -> str:
+        """Unpin ``ROOT[/PATH]``, as pinned; returns ``"Ok"``."""
+        return self._request("POST", f"unpin/{quote_dataset(path.strip('/'), directory=True)}").json()
+
+    def pins(self) -> list[dict[str, Any]]:
+        """Return the pins: root, path, datasets, bytes cached and in total, done, error."""
+        return self._request("GET", "pins").json()
+
+    def forget(self, root: str) -> str:
+        """Unsubscribe from `root`, drop its cache, and forget it unless its publisher is online."""
+        return self._request("POST", f"forget/{quote(root, safe='')}").json()
 
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""

@@ -79,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "token_ttl": 28800,
         "cache_size": None,
         "min_free": "1GiB",
+        "prefetch_rate": None,
     },
     "client": {"sub": "http://127.0.0.1:8002", "user": None, "token": None},
 }
@@ -218,6 +219,8 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         if s["cache_size"] is not None:
             s["cache_size"] = _check(parse_cache_size, s["cache_size"])
         s["min_free"] = _check(lambda v: parse_size(v, "min_free"), s["min_free"])
+        if s["prefetch_rate"] is not None:
+            s["prefetch_rate"] = _check(parse_rate, s["prefetch_rate"])
     return s
 
 
@@ -413,3 +416,21 @@ def parse_loglevel(value: object) -> str:
     if isinstance(value, str) and value.upper() in LOGLEVELS:
         return value.upper()
     raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")
+
+
+def parse_rate(value: object) -> int:
+    """Return ``subscriber.prefetch_rate`` in bytes per second: a size (`parse_size`), one at least."""
+    rate = parse_size(value, "prefetch_rate")
+    if rate < 1:
+        raise ValueError(f"prefetch_rate must be one byte per second at least, not {value!r}")
+    return rate
+
+
+def format_size(size: int) -> str:
+    """Return a number of bytes as people read it: ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    amount, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            break
+        amount /= 1024
+    return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"

@@ -114,7 +114,10 @@ def _parameter(name: str, where: str, description: str, schema: dict | None = No
 ERRORS = {
     400: "Bad input: a malformed path, slice, index, chunk number or list; out of range.",
     404: "No such root, dataset or directory.",
-    409: "The root is known but this subscriber does not follow it (POST /api/subscribe/{name}).",
+    409: (
+        "The root is known but this subscriber does not follow it (POST /api/subscribe/{name});"
+        " of POST /api/forget/{name}, the root has pins (POST /api/unpin first)."
+    ),
     412: 'The dataset changed since the etag the request gave; the body names it ("changed").',
     413: "The request asks for more than the server builds for one request: ask in parts.",
     416: "A byte range that this resource cannot answer.",
@@ -133,7 +136,10 @@ ERRORS = {
         ' or the dataset changed while being read (the body names it, "changed"): try again.'
     ),
     504: "The dataset's publisher did not answer in time.",
-    507: "The disk of the server's state directory is full; the message names the directory.",
+    507: (
+        "The disk of the server's state directory is full (the message names the directory);"
+        " of POST /api/pin, what would be pinned is over the cache's budget."
+    ),
 }
 
 COMPONENTS: dict[str, Any] = {
@@ -573,6 +579,7 @@ def subscriber() -> dict[str, Any]:
                 )
             },
             **_auth(),
+            **_pins(),
         },
     )
     return _guarded(document)
@@ -603,6 +610,50 @@ def _auth() -> dict[str, dict[str, Any]]:
             "post": {**login, "summary": "Log in, as python-blosc2's c2context does.", "security": []}
         },
         "/auth/logout": {"post": _operation("End the session.", _ok("Done.", {"const": "Ok"}))},
+    }
+
+
+def _pins() -> dict[str, dict[str, Any]]:
+    """The pins of a subscriber (mirrored roots, directories and datasets), and forgetting roots."""
+    done = _ok("Done.", {"const": "Ok"})
+    count = {"type": "integer", "minimum": 0}
+    pin = {
+        "type": "object",
+        "properties": {
+            "root": _STRING,
+            "path": {"type": "string", "description": "a directory or a dataset; '' for the whole root"},
+            "datasets": count,
+            "cached": {**count, "description": "bytes of its chunks cached"},
+            "total": {**count, "description": "compressed bytes in all: as announced, exact once cached"},
+            "done": {"type": "boolean", "description": "whether every chunk is cached"},
+            "error": {"type": ["string", "null"], "description": "what keeps it from being whole"},
+        },
+        "required": ["root", "path", "datasets", "cached", "total", "done", "error"],
+    }
+    target = ("fullpath",)
+    return {
+        "/api/pin/{fullpath}": {
+            "post": _operation(
+                "Pin ROOT[/PATH] (subscribing to ROOT): fetch it whole in the background, keep it cached.",
+                done,
+                (400, 404, 507),
+                parameters=target,
+            )
+        },
+        "/api/unpin/{fullpath}": {
+            "post": _operation("Unpin ROOT[/PATH], as pinned.", done, (400, 404, 507), parameters=target)
+        },
+        "/api/pins": {
+            "get": _operation("The pins, sorted.", _ok("The pins.", {"type": "array", "items": pin}))
+        },
+        "/api/forget/{name}": {
+            "post": _operation(
+                "Unsubscribe from a root, drop its cache, and forget it unless its publisher is online.",
+                done,
+                (400, 404, 409, 507),
+                parameters=("name",),
+            )
+        },
     }
 
 

@@ -1,8 +1,10 @@
 """This module holds the subscriber's Flask views: each reads its request,
-calls the reader, the follower or the large answers, and shapes the answer.
+calls the reader, the follower, the large answers or the pins, and shapes
+the answer.
 
-`create_app` needs only those three, so that the views can be tried with
-Flask's test client, without a broker or a port.
+`create_app` needs only those three (and the pins, which it can make), so
+that the views can be tried with Flask's test client, without a broker or a
+port.
 
 Threads: the views run on the HTTP threads and keep no state of their own
 (what ``/metrics`` counts is `catmqtt.metrics`' and `metrics`').
@@ -27,6 +29,7 @@ from .follower import Follower
 from .guard import readable
 from .large import PIECE
 from .metrics import Figures
+from .pins import Pins
 from .reader import Reader
 
 bp = Blueprint("subscriber", __name__)
@@ -128,6 +131,35 @@ def download(fullpath: str):
     return send_file(f, as_attachment=True, download_name=name, mimetype=OCTETS)
 
 
+@bp.post("/api/pin/<path:fullpath>")
+def pin(fullpath: str):
+    _pins().pin(fullpath)
+    return jsonify("Ok")
+
+
+@bp.post("/api/unpin/<path:fullpath>")
+def unpin(fullpath: str):
+    _pins().unpin(fullpath)
+    return jsonify("Ok")
+
+
+@bp.get("/api/pins")
+def pins():
+    listing = _pins().list()
+    shown = readable({entry["root"]: entry for entry in listing})
+    return jsonify([entry for entry in listing if entry["root"] in shown])
+
+
+@bp.post("/api/forget/<name>")
+def forget(name: str):
+    _pins().forget(name)
+    return jsonify("Ok")
+
+
+def _pins() -> Pins:
+    return current_app.config["CATMQTT_PINS"]
+
+
 @bp.get("/api/openapi.json")
 def openapi_document():
     return jsonify(openapi.subscriber())
@@ -149,12 +181,19 @@ def index():
     return Response(page, mimetype="text/html")
 
 
-def create_app(reader: Reader, follower: Follower, answers: Answers, statedir: Path) -> Flask:
-    """Return the subscriber's Flask app, its errors told as JSON (507 when `statedir`'s disk is full)."""
+def create_app(
+    reader: Reader, follower: Follower, answers: Answers, statedir: Path, pins: Pins | None = None
+) -> Flask:
+    """Return the subscriber's Flask app, its errors told as JSON (507 when `statedir`'s disk is full).
+
+    `pins` are the subscriber's; by default pins whose prefetcher is not
+    started (for Flask's test client).
+    """
     app = Flask(__name__, static_folder=None)
     app.config["CATMQTT_READER"] = reader
     app.config["CATMQTT_FOLLOWER"] = follower
     app.config["CATMQTT_ANSWERS"] = answers
+    app.config["CATMQTT_PINS"] = pins or Pins(reader)
     app.register_blueprint(bp)
     configure_app(app, statedir)
     metrics = Metrics()

@@ -12,6 +12,8 @@ Threads and what each owns:
   thread never waits on a dataset's lock (a long download holds it).
 - HTTP threads subscribe and unsubscribe, and wait for the updates of the
   datasets they read (`Follower.settled`).
+- `Follower.on_change`, when set (by `pins`), is called on the ``updates``
+  worker with each dataset whose update was applied.
 
 ``Follower._lock`` (a condition) guards the roots subscribed to, the
 datasets seen since the last connection and the roots awaiting a check of
@@ -113,6 +115,8 @@ class Follower:
         # Roots whose index awaits a check against the snapshot after (re)connecting.
         self._unreconciled: set[str] = set()
         self._ignored = LogThrottle(log)
+        # Told (root, path) of each dataset whose update was applied.
+        self.on_change: Callable[[str, str], None] | None = None
 
     def close(self) -> None:
         self.updates.close()
@@ -194,6 +198,8 @@ class Follower:
                 seen.add(path)
             self._lock.notify_all()
         self._reconcile_index(root)
+        if self.on_change is not None:
+            self.on_change(root, path)
 
     def _keep_unchanged(self, root: str, path: str, old: DatasetMeta, new: DatasetMeta) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""

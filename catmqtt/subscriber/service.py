@@ -24,6 +24,7 @@ from .follower import Follower
 from .guard import Guard
 from .large import Budget, Builders
 from .metrics import SUMMARY_INTERVAL, Reporter
+from .pins import Pins
 from .reader import Reader
 from .trust import Trust
 
@@ -104,7 +105,8 @@ class Subscriber:
         self._stops.append(self.follower.close)
         self.reader = Reader(self.cache, self.fetcher, self.follower, settings["max_fetch_bytes"])
         self.answers = Answers(self.reader, budget, builders, tmpdir)
-        self.app = create_app(self.reader, self.follower, self.answers, self.cache.dir)
+        self.pins = Pins(self.reader, settings["prefetch_rate"])
+        self.app = create_app(self.reader, self.follower, self.answers, self.cache.dir, self.pins)
         secret = load_secret(settings["statedir"], settings["auth"])
         accounts = None if secret is None else Accounts(settings["statedir"])
         Guard(settings, accounts, secret).install(self.app)
@@ -125,6 +127,8 @@ class Subscriber:
         self.reporter = Reporter(figures.summary, self.node.set_summary, self.summary_interval)
         self.node.set_summary(self.reporter.first())
         self.server.start()
+        self.pins.start()
+        self._stops.append(self.pins.close)
         self.node.start()
         self._stops.append(self.node.stop)
         self.reporter.start()
