@@ -183,6 +183,12 @@ def create_sparse(meta: DatasetMeta, urlpath: Path) -> blosc2.NDArray | blosc2.S
     """Create an empty sparse container (one file per chunk) shaped like `meta`."""
     remove(urlpath)
     urlpath.parent.mkdir(parents=True, exist_ok=True)
+    return create_empty(meta, urlpath, contiguous=False)
+
+
+def create_empty(meta: DatasetMeta, urlpath: Path, contiguous: bool) -> blosc2.NDArray | blosc2.SChunk:
+    """Create a container shaped like `meta` at `urlpath` whose chunks are all
+    uninitialised (special chunks, which take no room), each to be replaced."""
     cparams = cparams_from_json(meta["cparams"])
     if meta["kind"] == "ndarray":
         return blosc2.empty(
@@ -191,12 +197,12 @@ def create_sparse(meta: DatasetMeta, urlpath: Path) -> blosc2.NDArray | blosc2.S
             chunks=tuple(meta["chunks"]),
             blocks=tuple(meta["blocks"]),
             urlpath=str(urlpath),
-            contiguous=False,
+            contiguous=contiguous,
             cparams=cparams,
             mode="w",
         )
     schunk = blosc2.SChunk(
-        chunksize=meta["chunksize"], urlpath=str(urlpath), contiguous=False, cparams=cparams, mode="w"
+        chunksize=meta["chunksize"], urlpath=str(urlpath), contiguous=contiguous, cparams=cparams, mode="w"
     )
     if meta["shape"][0]:
         schunk.fill_special(meta["shape"][0], blosc2.SpecialValue.UNINIT)
@@ -243,25 +249,7 @@ class WholeFile:
             # Closed by __exit__.
             self._file = open(dst, "wb")  # noqa: SIM115
             return
-        cparams = cparams_from_json(meta["cparams"])
-        if meta["kind"] == "ndarray":
-            self._handle: Any = blosc2.empty(
-                tuple(meta["shape"]),
-                dtype=dtype_from_json(meta["dtype"]),
-                chunks=tuple(meta["chunks"]),
-                blocks=tuple(meta["blocks"]),
-                urlpath=str(dst),
-                contiguous=True,
-                cparams=cparams,
-                mode="w",
-            )
-        else:
-            self._handle = blosc2.SChunk(
-                chunksize=meta["chunksize"], urlpath=str(dst), contiguous=True, cparams=cparams, mode="w"
-            )
-            # Uninitialised chunks, each replaced when its bytes come.
-            if meta["shape"][0]:
-                self._handle.fill_special(meta["shape"][0], blosc2.SpecialValue.UNINIT)
+        self._handle = create_empty(meta, dst, contiguous=True)
         self._out = schunk_of(self._handle)
 
     def put(self, nchunk: int, data: bytes) -> None:
