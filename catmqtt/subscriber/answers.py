@@ -26,7 +26,7 @@ import numpy as np
 from .. import storage
 from ..arrays import npy_header
 from ..dtypes import dtype_from_json
-from ..errors import Changed
+from ..errors import Changed, InsufficientStorage
 from ..web import BY_REFERENCE, StreamCut, error_of
 from ..wire import error_trailer
 from .flights import Upstream
@@ -117,6 +117,14 @@ class Answers:
             cache.touch(root, path, numbers)
 
         size = meta["nbytes"] if meta["kind"] == "file" else meta["cbytes"]
+        limit = cache.usage().limit
+        if meta["kind"] != "file" and limit is not None and size > limit:
+            raise InsufficientStorage(
+                f"{root}/{path} takes {size} bytes in the cache, more than its budget of {limit} bytes"
+                " (subscriber.cache_size, --cache-size), and a whole download is made from the cache:"
+                " read it in slices, or download it with a progress bar (catmqtt download on a"
+                " terminal, download(..., progress=True)), which puts it together from its chunks"
+            )
         grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20))
         return self._temp_file(grant, os.path.splitext(path)[1], write)
 
