@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .config import format_size
 from .errors import Unavailable
 
 __all__ = ["add_commands", "cmd_nodes", "cmd_stats"]
@@ -67,26 +68,16 @@ def _stats_rows(stats: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     total, cache = stats["total"], stats["cache"]
     hits, misses = total["cache_hits"], total["cache_misses"]
     reads = hits + misses
-    limit = "no limit" if cache["limit"] is None else _size(cache["limit"])
+    limit = "no limit" if cache["limit"] is None else format_size(cache["limit"], exact=True)
     return (
         ("cache hits", f"{hits} chunks"),
         ("cache misses", f"{misses} chunks"),
         ("hit ratio", "-" if not reads else f"{100 * hits / reads:.1f} %"),
-        ("upstream", f"{_size(total['fetched_bytes'])} fetched from publishers"),
-        ("served", f"{_size(stats['served_bytes'])} sent to clients"),
-        ("cache", f"{_size(cache['bytes'])} of {limit}"),
+        ("upstream", f"{format_size(total['fetched_bytes'], exact=True)} fetched from publishers"),
+        ("served", f"{format_size(stats['served_bytes'], exact=True)} sent to clients"),
+        ("cache", f"{format_size(cache['bytes'], exact=True)} of {limit}"),
         ("evictions", f"{cache['evictions']} chunks"),
     )
-
-
-def _size(nbytes: int) -> str:
-    """Return a byte count as people read it, and exactly: ``1.5 MiB (1572864 bytes)``."""
-    value, unit = float(int(nbytes)), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{nbytes} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({nbytes} bytes)"
 
 
 def _shown(text: str) -> str:

@@ -7,6 +7,12 @@ client API; :class:`Client` keeps one HTTP session and a cache of
 compressed chunks for many calls, and :class:`Root`, :class:`Dataset` and
 :class:`File` give an object view.
 
+This module holds `Client`'s reads (listings, metadata, selections, chunks,
+downloads) and the helpers. Its base, `client_base.Connection`, holds the
+session, logging in, and the calls that read no dataset (roots,
+subscriptions, nodes, stats, pins); `client_view` holds the object view.
+Both are importable from here, as are `default_urlbase` and `credentials`.
+
 A client may be called from several threads. Its session and the metadata
 it last read (``Client._metas``, whose entries are replaced whole) are
 shared by them. Reading chunks is its `client_reader.Reader`'s: that module says
@@ -19,21 +25,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-from urllib.parse import quote
 
 import requests
 
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache
+from .client_base import PIN_POLL as PIN_POLL
+from .client_base import Connection
+from .client_base import credentials as credentials
+from .client_base import default_urlbase as default_urlbase
 from .client_reader import Reader
-from .errors import BadRequest, Changed, NotFound, Unauthorized, Unavailable, from_status
+from .client_view import Dataset as Dataset
+from .client_view import File as File
+from .client_view import Root as Root
+from .errors import BadRequest, Changed, Unavailable
 from .schema import DatasetMeta, parse_dataset, parse_root
-from .sessions import environment
 from .slices import as_key, parse_slice
-from .wire import ETAG, error_from_json, quote_dataset
+from .wire import ETAG, quote_dataset
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,8 +56,6 @@ MAX_AGE = 1.0
 # times in all, after a pause that doubles from CHANGED_PAUSE seconds.
 CHANGED_TRIES = 3
 CHANGED_PAUSE = 0.2
-# Seconds between looks at a pin being fetched (Client.pin with wait).
-PIN_POLL = 0.5
 
 T = TypeVar("T")
 
@@ -58,8 +67,9 @@ class Known(NamedTuple):
     checked: float
 
 
-class Client:
-    """A connection to one subscriber, reused for many calls.
+class Client(Connection):
+    """A connection to one subscriber, reused for many calls: its session, logging in and
+    the calls that read no dataset are its base's, `client_base.Connection`.
 
     Parameters
     ----------
@@ -97,17 +107,9 @@ class Client:
         cache_bytes: int = CACHE_BYTES,
         max_age: float = MAX_AGE,
     ) -> None:
-        self.urlbase = (urlbase or default_urlbase()).rstrip("/")
-        self.timeout = timeout
+        super().__init__(urlbase, user=user, password=password, token=token, timeout=timeout)
         self.max_age = max_age
         self.chunk_cache = ChunkCache(cache_bytes)
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self._environment = environment(self.urlbase)
-        self.user = user
-        self._password = password
-        if token:
-            self._use_token(token)
         self._reader = Reader(self._request, self.urlbase, self.chunk_cache)
         # Metadata as last read. The cache holds chunks by etag, so that they are
         # read only as long as their etag is known current (see _current); a
@@ -116,136 +118,8 @@ class Client:
         self._metas: dict[str, Known] = {}
 
     def close(self) -> None:
-        self.session.close()
+        super().close()
         self._reader.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _use_token(self, token: str) -> None:
-        self.session.headers["Authorization"] = f"Bearer {token}"
-        # A netrc entry's Basic credentials would replace the token.
-        self._environment["auth"] = None
-
-    def login(self) -> str:
-        """Log in as `user` with `password`; return the session token, which later requests send."""
-        if self.user is None:
-            raise Unauthorized(
-                f"the subscriber at {self.urlbase} wants a user (or a token) and none was given"
-            )
-        login = {"username": self.user, "password": self._password or ""}
-        try:
-            response = self._send("POST", f"{self.urlbase}/auth/login", json=login)
-        except Unauthorized as exc:
-            raise Unauthorized(f"{exc} ({self.user} at {self.urlbase})") from None
-        token = response.json()["token"]
-        self._use_token(token)
-        return token
-
-    def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
-        """Send a request, logging in first if the subscriber asks for it and the client
-        has a user; turn every failure into a catmqtt.errors exception."""
-        url = f"{self.urlbase}/api/{endpoint}"
-        try:
-            return self._send(method, url, **kwargs)
-        except Unauthorized:
-            if self.user is None and "Authorization" in self.session.headers:
-                raise
-            if self.user is None:
-                raise Unauthorized(
-                    f"the subscriber at {self.urlbase} has accounts: give a user and password, or a token"
-                ) from None
-        # No session yet, or an expired one.
-        self.login()
-        return self._send(method, url, **kwargs)
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, **self._environment, **kwargs)
-        except requests.Timeout:
-            raise Unavailable(
-                f"the subscriber at {self.urlbase} did not answer in time", status=504
-            ) from None
-        except requests.RequestException:
-            raise Unavailable(
-                f"cannot reach the subscriber at {self.urlbase}: is 'catmqtt sub' (or 'catmqtt up') running?"
-            ) from None
-        if response.status_code >= 400:
-            try:
-                error = error_from_json(response.json(), response.status_code)
-            except ValueError:
-                error = None
-            raise error or from_status(
-                response.status_code, f"{response.status_code} {response.reason} from {url}"
-            )
-        return response
-
-    def get_roots(self) -> dict[str, dict[str, Any]]:
-        """Return the known roots: ``{name: {"name", "url", "online", "subscribed"}}``."""
-        return self._request("GET", "roots").json()
-
-    def subscribe(self, root: str) -> str:
-        """Ask the subscriber to follow `root`; returns ``"Ok"``."""
-        return self._request("POST", f"subscribe/{quote(root, safe='')}").json()
-
-    def unsubscribe(self, root: str) -> str:
-        """Ask the subscriber to stop following `root`; returns ``"Ok"``."""
-        return self._request("POST", f"unsubscribe/{quote(root, safe='')}").json()
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Return the status of each node the subscriber hears of, sorted by role and id:
-        ``{"role", "id", "status", "url", ...}`` (status ``online``, ``offline`` or ``lost``)."""
-        return self._request("GET", "nodes").json()
-
-    def stats(self) -> dict[str, Any]:
-        """Return the subscriber's counters since it started (``/api/stats``)."""
-        return self._request("GET", "stats").json()
-
-    def pin(self, path: str, *, wait: bool = False, progress: bool = False) -> Any:
-        """Pin ``ROOT[/PATH]`` (subscribing to ROOT): the subscriber fetches it whole in the
-        background and keeps it cached. Returns ``"Ok"``; with `wait`, once all of it is
-        cached, the pin as `pins` lists it (with `progress`, a progress bar on standard
-        error follows its bytes cached). Raises Unavailable if something stops it (its
-        publisher offline, a failure): the subscriber goes on trying meanwhile."""
-        ok = self._request("POST", f"pin/{quote_dataset(path.strip('/'), directory=True)}").json()
-        if not wait:
-            return ok
-        from .progress import bar
-
-        key = path.strip("/").partition("/")[::2]
-        with bar(f"pin {path}", None, show=progress) as drawn:
-            total, cached = None, 0
-            while True:
-                pin = next((p for p in self.pins() if (p["root"], p["path"]) == key), None)
-                if pin is None:
-                    raise NotFound(f"{path} is no longer pinned")
-                if pin["total"] != total or pin["cached"] < cached:
-                    # A total known, or changed: exact once a plain file is cached, another
-                    # when a dataset changes or comes.
-                    drawn.reset(pin["total"])
-                    total, cached = pin["total"], 0
-                drawn.update(pin["cached"] - cached)
-                cached = pin["cached"]
-                if pin["done"]:
-                    return pin
-                if pin["error"]:
-                    raise Unavailable(f"{path} is not cached whole: {pin['error']}")
-                time.sleep(PIN_POLL)
-
-    def unpin(self, path: str) -> str:
-        """Unpin ``ROOT[/PATH]``, as pinned; returns ``"Ok"``."""
-        return self._request("POST", f"unpin/{quote_dataset(path.strip('/'), directory=True)}").json()
-
-    def pins(self) -> list[dict[str, Any]]:
-        """Return the pins: root, path, datasets, bytes cached and in total, done, error."""
-        return self._request("GET", "pins").json()
-
-    def forget(self, root: str) -> str:
-        """Unsubscribe from `root`, drop its cache, and forget it unless its publisher is online."""
-        return self._request("POST", f"forget/{quote(root, safe='')}").json()
 
     def get_list(self, path: str) -> list[str]:
         """Return the dataset paths of a root (``"foo"``) or one of its directories (``"foo/dir1"``)."""
@@ -419,30 +293,6 @@ class Client:
                 drawn.update(blosc2.get_cbuffer_sizes(data)[0])
 
 
-def default_urlbase() -> str:
-    """Return the subscriber a client talks to when given none, found as the
-    command line finds it: ``$CATMQTT_SUB``, else ``client.sub`` (or
-    ``subscriber.urlbase``) of ``./catmqtt.yaml``, else http://127.0.0.1:8002."""
-    # Imported here: the configuration file needs yaml, which `import catmqtt` does not load.
-    from . import config
-
-    return config.client_sub(config.load(None), None)
-
-
-def credentials(user_auth: dict[str, str] | None) -> dict[str, str | None]:
-    """Return `Client`'s keyword arguments for Caterva2's ``user_auth``:
-    ``{"username": ..., "password": ...}``, or ``{"token": ...}``."""
-    if not user_auth:
-        return {}
-    if not isinstance(user_auth, dict) or not ({"username", "token"} & set(user_auth)):
-        raise BadRequest('user_auth must be {"username": ..., "password": ...} or {"token": ...}')
-    return {
-        "user": user_auth.get("username"),
-        "password": user_auth.get("password"),
-        "token": user_auth.get("token"),
-    }
-
-
 def _client(urlbase: str | None, user_auth: dict[str, str] | None) -> Client:
     """A client for one call: a cache would only hold memory until it is closed."""
     return Client(urlbase, cache_bytes=0, **credentials(user_auth))
@@ -495,154 +345,3 @@ def download(
     progress bar on standard error if `progress`)."""
     with _client(urlbase, user_auth) as c:
         return c.download(dataset, localpath, progress)
-
-
-class Root:
-    """A root on a subscriber; creating one subscribes to it.
-
-    Parameters
-    ----------
-    name : str
-        The root's name.
-    urlbase : str, optional
-        The subscriber's base URL.
-    user_auth : dict, optional
-        ``{"username": ..., "password": ...}`` or ``{"token": ...}`` for a
-        subscriber with accounts on, as Caterva2's ``Root`` takes it.
-    client : Client, optional
-        A client to share; one is made from `urlbase` and `user_auth` otherwise.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        urlbase: str | None = None,
-        *,
-        user_auth: dict[str, str] | None = None,
-        client: Client | None = None,
-    ) -> None:
-        self.name = name
-        self.client = client or Client(urlbase, **credentials(user_auth))
-        self.client.subscribe(name)
-
-    @property
-    def node_list(self) -> list[str]:
-        """The paths of the root's datasets, relative to the root, sorted."""
-        return self.client.get_list(self.name)
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """What the root's publisher announced of it (see :meth:`Client.get_info`)."""
-        return self.client.get_info(self.name)
-
-    def __repr__(self) -> str:
-        return f"<Root {self.name!r} at {self.client.urlbase}>"
-
-    def __getitem__(self, path: str) -> File:
-        meta = self.client.get_info(f"{self.name}/{path}")
-        cls = Dataset if meta["kind"] == "ndarray" else File
-        return cls(self, path, meta)
-
-
-class File:
-    """A byte stream of a root: a ``.b2frame`` SChunk or a plain file."""
-
-    def __init__(self, root: Root, path: str, meta: DatasetMeta) -> None:
-        self.root = root
-        self.name = path
-        self.path = f"{root.name}/{path}"
-        self.meta = meta
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path!r}>"
-
-    @property
-    def vlmeta(self) -> dict[str, Any]:
-        return self.meta["vlmeta"]
-
-    def __len__(self) -> int:
-        return self.meta["shape"][0] if self.meta["shape"] else 1
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.fetch(key)
-
-    def fetch(self, key: Any = None) -> Any:
-        """Return the selection `key` (an index, slice or slice string)."""
-        return self.root.client.fetch(self.path, key, meta=self.meta)
-
-    def download(self, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
-        """Save the whole dataset under `localpath`; return the path written (with
-        a progress bar on standard error if `progress`)."""
-        return self.root.client.download(self.path, localpath, progress)
-
-
-class Dataset(File):
-    """An n-dimensional array of a root; indexing fetches data on demand.
-
-    It behaves as a read-only numpy array would: ``np.asarray(ds)`` fetches
-    it whole, ``len(ds)`` is the length of its first axis, iterating yields
-    its rows (fetched a chunk's worth at a time), ``ds["field"]`` is a field
-    of a record array, and an index out of range raises IndexError.
-    """
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        import numpy as np
-
-        return np.asarray(self.fetch(), dtype=dtype)
-
-    def __len__(self) -> int:
-        if not self.meta["shape"]:
-            raise TypeError("len() of unsized object (a 0-d dataset)")
-        return self.meta["shape"][0]
-
-    def __iter__(self) -> Iterator[Any]:
-        rows = len(self)
-        step = max(self.meta["chunks"][0], 1)
-        for start in range(0, rows, step):
-            yield from self.fetch(slice(start, min(start + step, rows)))
-
-    def __getitem__(self, key: Any) -> Any:
-        names = self.dtype.names or ()
-        if isinstance(key, str) and names:
-            if key in names:
-                return self.fetch()[key]
-            try:
-                parse_slice(key)
-            except BadRequest:
-                raise BadRequest(
-                    f"{key[:60]!r} is neither a field of {self.path} ({', '.join(names)}) nor a slice"
-                ) from None
-        return self.fetch(key)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.meta["shape"])
-
-    @property
-    def ndim(self) -> int:
-        return len(self.meta["shape"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        from .dtypes import dtype_from_json
-
-        return dtype_from_json(self.meta["dtype"])
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return tuple(self.meta["chunks"])
-
-    @property
-    def blocks(self) -> tuple[int, ...]:
-        return tuple(self.meta["blocks"])
-
-    def fetch(self, key: Any = None) -> Any:
-        import numpy as np
-
-        result = super().fetch(key)
-        # numpy gives a scalar, not a 0-d array, when no axis is left (and no '...').
-        if isinstance(result, np.ndarray) and result.ndim == 0:
-            items = () if key is None else parse_slice(key) if isinstance(key, str) else as_key(key)
-            if Ellipsis not in items:
-                return result[()]
-        return result

@@ -426,11 +426,15 @@ def parse_rate(value: object) -> int:
     return rate
 
 
-def format_size(size: int) -> str:
-    """Return a number of bytes as people read it: ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
-    amount, unit = float(size), "B"
+def format_size(size: int, *, exact: bool = False) -> str:
+    """Return a number of bytes as people read it: ``512 B``, ``1.5 KiB``, ``12.0 MiB``;
+    with `exact`, the exact count too: ``512 bytes``, ``1.5 MiB (1572864 bytes)``."""
+    # int(): a count another node sent must be a whole number.
+    amount, unit = float(int(size)), "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if amount < 1024 or unit == "TiB":
             break
         amount /= 1024
-    return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"
+    if unit == "B":
+        return f"{size} bytes" if exact else f"{size} B"
+    return f"{amount:.1f} {unit} ({size} bytes)" if exact else f"{amount:.1f} {unit}"

@@ -12,7 +12,7 @@ import catmqtt
 
 PACKAGE = Path(catmqtt.__file__).parent
 LAYER0 = ("blocks", "chunkcache", "errors", "fsutil", "testing", "topics", "schema", "slices", "wire")
-CLIENT_SIDE = ("arrays", "client", "client_reader", "dtypes", "errors")
+CLIENT_SIDE = ("arrays", "client", "client_base", "client_reader", "client_view", "dtypes", "errors")
 # The client decodes chunks with blosc2 (only when it fetches: test_api checks
 # that `import catmqtt` leaves it out), but never needs a server library.
 SERVER_ONLY = ("flask", "amqtt", "h5py", "paho", "watchdog")
