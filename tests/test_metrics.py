@@ -234,6 +234,8 @@ def test_summaries_replaced_at_once_are_not_taken_for_someone_elses(amqtt, caplo
     try:
         quick.start()
         wait_for(watcher.summaries, "the first status")
+        # Connected: a summary is published at once (before, it waits for the connection).
+        wait_for(quick.connected.is_set, "the node connected")
         # Fewer than the statuses a node remembers (UNECHOED): a summary a second is usual.
         for n in range(10):
             quick.set_summary({"n": n})
