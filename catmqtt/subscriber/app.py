@@ -160,6 +160,26 @@ def _pins() -> Pins:
     return current_app.config["CATMQTT_PINS"]
 
 
+@bp.get("/metrics")
+def prometheus_metrics():
+    return current_app.config["CATMQTT_METRICS"].answer()
+
+
+@bp.get("/api/nodes")
+def nodes():
+    """The nodes' statuses; with accounts, publishers only of roots the user may not read are left out."""
+    follower: Follower = current_app.config["CATMQTT_FOLLOWER"]
+    roots = {name: root["info"] for name, root in follower.catalogue.roots().items()}
+    shown = readable(roots)
+    return jsonify(
+        [
+            n
+            for n in follower.statuses.nodes(roots)
+            if not n.get("roots") or any(r in shown for r in n["roots"])
+        ]
+    )
+
+
 @bp.get("/api/openapi.json")
 def openapi_document():
     return jsonify(openapi.subscriber())
@@ -202,23 +222,3 @@ def create_app(
     metrics.registry.register(figures)
     app.config["CATMQTT_FIGURES"] = figures
     return app
-
-
-@bp.get("/metrics")
-def prometheus_metrics():
-    return current_app.config["CATMQTT_METRICS"].answer()
-
-
-@bp.get("/api/nodes")
-def nodes():
-    """The nodes' statuses; with accounts, publishers only of roots the user may not read are left out."""
-    follower: Follower = current_app.config["CATMQTT_FOLLOWER"]
-    roots = {name: root["info"] for name, root in follower.catalogue.roots().items()}
-    shown = readable(roots)
-    return jsonify(
-        [
-            n
-            for n in follower.statuses.nodes(roots)
-            if not n.get("roots") or any(r in shown for r in n["roots"])
-        ]
-    )
