@@ -312,14 +312,19 @@ def test_pinned_datasets_stay(one_broker, tmp_path, data_root):
         assert sub.cache.usage().bytes <= 1 << 20
 
 
-def test_reads_stay_right_while_chunks_are_evicted(deployment, data_root):
-    """Clients read chunks and slices across chunks in a loop, twice the budget of them."""
+def following_with_budget(deployment, data_root: Path) -> tuple[str, Path, np.ndarray]:
+    """Publish `data_root` as foo, and follow it with a subscriber process of budget
+    BUDGET; return its URL, its state directory and the data of ds.b2nd."""
     deployment.start_pub("foo", data_root)
     url = deployment.start_sub("sub", "--cache-size", str(BUDGET))
     deployment.wait_root("foo")
     assert deployment.cli("subscribe", "foo").returncode == 0
-    statedir = deployment.workdir / "sub"
-    truth = expected(data_root)
+    return url, deployment.workdir / "sub", expected(data_root)
+
+
+def test_reads_stay_right_while_chunks_are_evicted(deployment, data_root):
+    """Clients read chunks and slices across chunks in a loop, twice the budget of them."""
+    url, statedir, truth = following_with_budget(deployment, data_root)
     source = blosc2.open(str(data_root / "ds.b2nd"), mode="r").schunk
     errors: list[str] = []
     peak = [0]
@@ -356,12 +361,7 @@ def test_reads_stay_right_while_chunks_are_evicted(deployment, data_root):
 
 
 def test_the_index_stays_true_when_killed_while_evicting(deployment, data_root):
-    deployment.start_pub("foo", data_root)
-    url = deployment.start_sub("sub", "--cache-size", str(BUDGET))
-    deployment.wait_root("foo")
-    assert deployment.cli("subscribe", "foo").returncode == 0
-    statedir = deployment.workdir / "sub"
-    truth = expected(data_root)
+    url, statedir, truth = following_with_budget(deployment, data_root)
     stop = threading.Event()
 
     def client(seed: int) -> None:

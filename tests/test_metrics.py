@@ -65,6 +65,17 @@ def chunk_sizes(pub, path: str, numbers) -> int:
     return sum(len(pub.root.chunk(path, n)[0]) for n in numbers)
 
 
+def served_since(url: str, before: dict, nbytes: int, what: str) -> dict:
+    """Wait until the subscriber at `url` counts `nbytes` more served than in `before`
+    (a scrape); return that scrape."""
+
+    def counted():
+        now = scrape(url)
+        return now if moved(before, now, "catmqtt_served_bytes_total") == nbytes else None
+
+    return wait_for(counted, f"{what} counted")
+
+
 def test_reads_move_the_counters_as_they_should(amqtt, tmp_path, root_dir):
     with running(amqtt, tmp_path, root_dir) as (pub, sub):
         url, fetch = sub.url, f"{sub.url}/api/fetch/foo/{DATASET}"
@@ -77,11 +88,7 @@ def test_reads_move_the_counters_as_they_should(amqtt, tmp_path, root_dir):
         assert cold.status_code == 200
         upstream = chunk_sizes(pub, DATASET, range(3))
 
-        def cold_counted():
-            now = scrape(url)
-            return now if moved(start, now, "catmqtt_served_bytes_total") == len(cold.content) else None
-
-        after_cold = wait_for(cold_counted, "the cold read counted")
+        after_cold = served_since(url, start, len(cold.content), "the cold read")
         assert moved(start, after_cold, "catmqtt_cache_misses_total") == 3
         assert moved(start, after_cold, "catmqtt_cache_hits_total") == 0
         assert moved(start, after_cold, "catmqtt_upstream_bytes_total") == upstream
@@ -95,11 +102,7 @@ def test_reads_move_the_counters_as_they_should(amqtt, tmp_path, root_dir):
         warm = requests.get(fetch, params={"slice": SLICE}, timeout=30)
         assert warm.content == cold.content
 
-        def warm_counted():
-            now = scrape(url)
-            return now if moved(after_cold, now, "catmqtt_served_bytes_total") == len(warm.content) else None
-
-        after_warm = wait_for(warm_counted, "the warm read counted")
+        after_warm = served_since(url, after_cold, len(warm.content), "the warm read")
         assert moved(after_cold, after_warm, "catmqtt_cache_hits_total") == 3
         assert moved(after_cold, after_warm, "catmqtt_cache_misses_total") == 0
         assert moved(after_cold, after_warm, "catmqtt_upstream_bytes_total") == 0
