@@ -227,6 +227,8 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
 # Units of sizes: decimal (SI) and binary (IEC), any case but the IEC "i".
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15}
 SIZE_UNITS.update({f"{u[0]}IB": 1 << (10 * n) for n, u in enumerate(("KB", "MB", "GB", "TB", "PB"), 1)})
+# Larger sizes are mistakes, and would not fit the integers of a status summary.
+MAX_SIZE = 1 << 60
 # Smaller budgets are mistakes (500 for 500MB), and hold no useful chunk.
 MIN_CACHE_SIZE = 1 << 20
 
@@ -234,20 +236,29 @@ MIN_CACHE_SIZE = 1 << 20
 def parse_size(value: object, key: str) -> int:
     """Return a size in bytes: an integer, or a string like ``500MB``, ``1.5GB``
     or ``20GiB`` (kB, MB, GB, TB, PB are powers of 1000; KiB, MiB, GiB, TiB,
-    PiB powers of 1024; units in any case)."""
+    PiB powers of 1024; units in any case); at most `MAX_SIZE`."""
+    wrong = ValueError(
+        f"{key} must be a size in bytes, like 500MB, 20GiB or 1000000, not {value!r}"
+        " (units: B, kB, MB, GB, TB, PB; KiB, MiB, GiB, TiB, PiB)"
+    )
     if isinstance(value, int) and not isinstance(value, bool):
         number, unit = value, ""
     else:
-        match = isinstance(value, str) and re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*", value)
+        # ASCII digits only (\d takes any script's), and not so many that they are a mistake.
+        match = isinstance(value, str) and re.fullmatch(
+            r"\s*([0-9]{1,30}(?:\.[0-9]{0,30})?)\s*([A-Za-z]*)\s*", value
+        )
         if not match or match[2].upper() not in SIZE_UNITS:
-            raise ValueError(
-                f"{key} must be a size in bytes, like 500MB, 20GiB or 1000000, not {value!r}"
-                " (units: B, kB, MB, GB, TB, PB; KiB, MiB, GiB, TiB, PiB)"
-            )
+            raise wrong
         number, unit = float(match[1]) if "." in match[1] else int(match[1]), match[2].upper()
     if number < 0:
-        raise ValueError(f"{key} must be a size in bytes, like 500MB, 20GiB or 1000000, not {value!r}")
-    return int(number * SIZE_UNITS[unit])
+        raise wrong
+    if number > MAX_SIZE:
+        raise ValueError(f"{key} {value!r} is more than the largest size taken, 1024PiB")
+    size = int(number * SIZE_UNITS[unit])
+    if size > MAX_SIZE:
+        raise ValueError(f"{key} {value!r} is more than the largest size taken, 1024PiB")
+    return size
 
 
 def parse_cache_size(value: object) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import random
 import shutil
 import signal
@@ -142,11 +143,22 @@ def test_sizes(text, size):
 
 
 @pytest.mark.parametrize(
-    "text", ["-5", -5, "12XB", "", "MB", "1e9", "1.2.3GB", "5 M B", True, 1.5, None, [1]]
+    "text",
+    ["-5", -5, "12XB", "", "MB", "1e9", "1.2.3GB", "5 M B", True, 1.5, None, [1], "9" * 400 + ".5"]
+    # Digits of other scripts, which int() takes.
+    + ["\u0663", "\uff11\uff12MB"],
 )
 def test_bad_sizes(text):
     with pytest.raises(ValueError, match="min_free must be a size in bytes, like 500MB"):
         config.parse_size(text, "min_free")
+
+
+@pytest.mark.parametrize("text", ["1025PiB", "1000000PiB", 10**40, (1 << 60) + 1, "9" * 30])
+def test_sizes_over_1024_pib_are_refused(text):
+    # Mistakes, and beyond the integers a status summary carries.
+    with pytest.raises(ValueError, match="is more than the largest size taken, 1024PiB"):
+        config.parse_size(text, "min_free")
+    assert config.parse_size("1024PiB", "min_free") == 1 << 60
 
 
 @pytest.mark.parametrize("text", ["0", "500", "1000kB", 1048575])
@@ -214,6 +226,21 @@ def test_pinned_chunks_are_never_candidates(tmp_path):
     assert candidates(("foo", "")) == [("bar", "top")]
     assert candidates(("bar", "")) == everything[:-1]
     assert cache.chunks.lru(2, 3) == [("foo", "k%p/d", 0, 3.0, 10), ("foo", "kee", 0, 4.0, 10)]
+    cache.close()
+
+
+def test_a_chunk_pinned_after_it_was_chosen_stays(tmp_path):
+    cache = Cache.open(tmp_path)
+    meta = {"etag": "e1"}
+    with cache.index.transaction() as db:
+        db.execute("INSERT INTO datasets VALUES ('foo', 'dir/a', 'e1', ?)", (json.dumps(meta),))
+        db.execute("INSERT INTO chunks VALUES ('foo', 'dir/a', 0, 'e1', 'd', 10, 1.0)")
+    chosen = cache.chunks.lru(10, 0)
+    assert [c[:3] for c in chosen] == [("foo", "dir/a", 0)]
+    # Pinned between the choice and the eviction, as a client may.
+    cache.index.query("INSERT INTO pins VALUES ('foo', 'dir')")
+    assert cache.chunks.evict("foo", "dir/a", meta, [(0, 1.0)]) == []
+    assert cache.index.query("SELECT nchunk FROM chunks") == [(0,)]
     cache.close()
 
 

@@ -158,6 +158,38 @@ def test_prefetch_keeps_to_its_rate_and_gives_way_to_reads(d, root_dir, tmp_path
     wait_for(lambda: catmqtt.Client(d.url("sub")).pins()[0]["done"], "the rest of the pin cached")
 
 
+def test_an_unpinned_dataset_is_fetched_no_further(d, root_dir, tmp_path):
+    # 40 chunks of 50 kB that do not compress, at 100 kB/s: 20 s to fetch whole.
+    data = np.random.default_rng(4).random(40 * 50_000 // 8)
+    blosc2.asarray(data, urlpath=str(root_dir / "big.b2nd"), mode="w", chunks=(50_000 // 8,))
+    conf = tmp_path / "catmqtt.yaml"
+    conf.write_text("subscriber:\n  prefetch_rate: 100kB\n")
+    d.start_pub("foo", root_dir)
+    d.start_sub("sub", "--conf", conf)
+    d.wait_root("foo")
+    client = catmqtt.Client(d.url("sub"))
+    client.pin("foo/big.b2nd")
+    wait_for(lambda: client.pins()[0]["cached"] > 0, "the first chunks of the pin")
+    client.unpin("foo/big.b2nd")
+    stopped_at = client.stats()["datasets"]["foo/big.b2nd"]["fetched_chunks"]
+    # Pinned now, a dataset that comes after it: the prefetcher gets to it once it left big.b2nd.
+    assert client.pin("foo/ds-1d.b2nd", wait=True)["done"]
+    assert client.stats()["datasets"]["foo/big.b2nd"]["fetched_chunks"] <= stopped_at + 1
+
+
+def test_a_pin_of_a_dataset_gone_says_so(d, root_dir):
+    d.serve_foo(root_dir)
+    client = catmqtt.Client(d.url("sub"))
+    assert client.pin("foo/ds-1d.b2nd", wait=True)["done"]
+    (root_dir / "ds-1d.b2nd").unlink()
+    gone = "no dataset or directory 'ds-1d.b2nd' in root 'foo' any more: unpin it"
+    wait_for(lambda: client.pins()[0]["error"] == gone, "the pin told gone")
+    assert not client.pins()[0]["done"]
+    with pytest.raises(catmqtt.errors.NotFound, match="no dataset or directory 'ds-1d.b2nd' in root"):
+        client.pin("foo/ds-1d.b2nd", wait=True)
+    assert client.unpin("foo/ds-1d.b2nd") == "Ok"
+
+
 def test_prefetch_waits_for_the_reads_under_way(amqtt, tmp_path, root_dir):
     counters = []
 

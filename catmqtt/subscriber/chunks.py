@@ -83,18 +83,16 @@ _USAGE = (
     "CREATE TEMP TRIGGER IF NOT EXISTS chunk_resized AFTER UPDATE OF nbytes ON main.chunks"
     " BEGIN UPDATE usage SET bytes = bytes - OLD.nbytes + NEW.nbytes; END",
 )
-# The least recently read chunks of the current versions of datasets, but the
-# pinned ones: a pin names a whole root (''), a directory or a dataset
-# (compared with substr, since paths may hold LIKE's wildcards).
-_LRU = """
-SELECT c.root, c.path, c.nchunk, c.last_access, c.nbytes FROM chunks AS c
+# Whether the chunks of dataset `c` are pinned: a pin names a whole root (''),
+# a directory or a dataset (compared with substr: paths may hold LIKE's wildcards).
+_PIN_OF = """SELECT 1 FROM pins AS p WHERE p.root = c.root
+AND (p.path = '' OR p.path = c.path OR substr(c.path, 1, length(p.path) + 1) = p.path || '/')"""
+# The least recently read chunks of the current versions of datasets, but the pinned ones.
+_LRU = f"""SELECT c.root, c.path, c.nchunk, c.last_access, c.nbytes FROM chunks AS c
 JOIN datasets AS d ON d.root = c.root AND d.path = c.path AND d.etag = c.etag
-WHERE NOT EXISTS (
-    SELECT 1 FROM pins AS p WHERE p.root = c.root
-    AND (p.path = '' OR p.path = c.path OR substr(c.path, 1, length(p.path) + 1) = p.path || '/')
-)
-ORDER BY c.last_access LIMIT ? OFFSET ?
-"""
+WHERE NOT EXISTS ({_PIN_OF}) ORDER BY c.last_access LIMIT ? OFFSET ?"""
+# Whether the dataset (root, path) is pinned.
+_PINNED = f"SELECT 1 FROM (SELECT ? AS root, ? AS path) AS c WHERE EXISTS ({_PIN_OF})"
 
 
 @dataclass
@@ -324,6 +322,9 @@ class Chunks:
             if slot.version != version(meta):
                 return []
             with self.index.transaction() as db:
+                # Pinned since it was chosen: pins are made under index.lock, as this runs.
+                if db.execute(_PINNED, (root, path)).fetchone():
+                    return []
                 busy = self.claims.held(root, path) | self.accesses.pending(root, path)
                 gone = []
                 for n, when in chosen:

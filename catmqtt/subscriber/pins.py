@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between attempts while something pinned is missing.
 RETRY = 5.0
+# Seconds between looks at what is pinned when all of it was there: a damaged
+# chunk dropped, for one, is fetched again.
+CHECK = 60.0
 # Seconds between looks at the fetches in flight, while the prefetcher gives way to them.
 PAUSE = 0.05
 # Chunks fetched at once without a rate (one with a rate).
@@ -70,11 +73,12 @@ def covered(pin: str, paths: list[str]) -> list[str]:
     return [p for p in paths if not pin or p == pin or p.startswith(pin + "/")]
 
 
-def pinned(cache: Cache) -> set[tuple[str, str]]:
-    """Return (root, path) of every pinned dataset of `cache`."""
+def pinned(cache: Cache, root: str | None = None) -> set[tuple[str, str]]:
+    """Return (root, path) of every pinned dataset of `cache` (of `root` if given)."""
     datasets = set()
-    for root, pin in cache.index.query("SELECT root, path FROM pins"):
-        datasets.update((root, p) for p in covered(pin, cache.datasets(root)))
+    rows = cache.index.query("SELECT root, path FROM pins WHERE ? IS NULL OR root = ?", (root, root))
+    for name, pin in rows:
+        datasets.update((name, p) for p in covered(pin, cache.datasets(name)))
     return datasets
 
 
@@ -175,7 +179,12 @@ class Pins:
                 cached += nbytes
                 total += nbytes if whole else max(nbytes, meta.get("cbytes", meta["nbytes"]))
             entry = {"root": root, "path": path, "datasets": len(datasets), "cached": cached}
-            error = None if done else self._problem(root, datasets)
+            if path and not datasets:
+                # Withdrawn by its publisher since it was pinned: never whole.
+                done = False
+                error = f"no dataset or directory {path!r} in root {root!r} any more: unpin it"
+            else:
+                error = None if done else self._problem(root, datasets)
             listing.append({**entry, "total": total, "done": done, "error": error})
         return listing
 
@@ -285,7 +294,7 @@ class Prefetcher:
     def _run(self) -> None:
         missing = False
         while not self._stop.is_set():
-            self._wake.wait(RETRY if missing else None)
+            self._wake.wait(RETRY if missing else CHECK)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -349,7 +358,8 @@ class Prefetcher:
         size = 1 if self.rate else BATCH
         for i in range(0, len(lacking), size):
             batch = lacking[i : i + size]
-            if not self._give_way():
+            # Unpinned meanwhile: nothing more of it crosses the link.
+            if not self._give_way() or (root, path) not in pinned(self.cache, root):
                 return
             started = time.monotonic()
             self.fetcher.ensure(source, batch, batch)
