@@ -190,6 +190,26 @@ def test_a_pin_of_a_dataset_gone_says_so(d, root_dir):
     assert client.unpin("foo/ds-1d.b2nd") == "Ok"
 
 
+def test_pins_over_a_lowered_budget_are_told(d, root_dir):
+    data = np.random.default_rng(5).random(300_000)
+    blosc2.asarray(data, urlpath=str(root_dir / "big.b2nd"), mode="w", chunks=(50_000,))
+    d.start_pub("foo", root_dir)
+    d.start_sub("sub", "--cache-size", "4MiB")
+    d.wait_root("foo")
+    client = catmqtt.Client(d.url("sub"))
+    assert client.pin("foo/dir1", wait=True)["done"]
+    assert client.pin("foo/big.b2nd", wait=False) == "Ok"
+    # Restarted with a budget that the pins do not fit (about 2 MiB pinned).
+    d.stop("sub")
+    d.start_sub("sub", "--cache-size", "1MiB")
+    over = "MiB, over the cache's budget of 1.0 MiB (subscriber.cache_size): unpin some, or raise"
+    wait_for(lambda: over in d.procs["sub"].output, "the warning at start")
+    wait_for(lambda: all(p["error"] and over in p["error"] for p in client.pins()), "the pins told")
+    # What is whole stays so, and is told whole.
+    assert next(p for p in client.pins() if p["path"] == "dir1")["done"]
+    assert over in d.cli("pins").stdout
+
+
 def test_prefetch_waits_for_the_reads_under_way(amqtt, tmp_path, root_dir):
     counters = []
 

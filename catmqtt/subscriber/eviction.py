@@ -141,7 +141,6 @@ class Evictor:
             return (
                 f"no room for {what} ({nbytes} bytes): the cache's budget of {self.budget} bytes"
                 " (subscriber.cache_size, --cache-size) holds only chunks being read or pinned"
-                " (a download or a large selection needs all its chunks cached at once)"
             )
         return (
             f"no room for {what} ({nbytes} bytes): {self.min_free} bytes must stay free on the"

@@ -94,6 +94,9 @@ class Pins:
         self._changing = threading.Lock()
 
     def start(self) -> Pins:
+        problem = self.over_budget()
+        if problem is not None:
+            log.warning("%s", problem)
         self.prefetcher.start()
         return self
 
@@ -128,14 +131,28 @@ class Pins:
 
     def _check_budget(self, target: str, datasets: set[tuple[str, str]]) -> None:
         limit = self.cache.usage().limit
-        if limit is None:
-            return
-        total = sum(self._size(root, path) for root, path in datasets | pinned(self.cache))
-        if total > limit:
+        total = self._pinned_bytes(datasets)
+        if limit is not None and total > limit:
             raise InsufficientStorage(
                 f"pinning {target} would keep {format_size(total)} pinned, over the cache's budget of"
                 f" {format_size(limit)} (subscriber.cache_size): pin less, or raise the budget"
             )
+
+    def over_budget(self) -> str | None:
+        """Say so if what is pinned does not fit the cache's budget (a pinned directory
+        grew, the budget was lowered): the cache then has no room for the rest."""
+        limit = self.cache.usage().limit
+        total = self._pinned_bytes(set())
+        if limit is None or total <= limit:
+            return None
+        return (
+            f"the pins take {format_size(total)}, over the cache's budget of {format_size(limit)}"
+            " (subscriber.cache_size): unpin some, or raise the budget"
+        )
+
+    def _pinned_bytes(self, more: set[tuple[str, str]]) -> int:
+        """Return the bytes of the pinned datasets, and of `more`."""
+        return sum(self._size(root, path) for root, path in more | pinned(self.cache))
 
     def _size(self, root: str, path: str) -> int:
         try:
@@ -155,8 +172,10 @@ class Pins:
     def list(self) -> list[dict[str, Any]]:
         """Return the pins, sorted: root, path, datasets, bytes cached of bytes in
         total (compressed: as announced, exact once cached), whether all is cached,
-        and why not, if something stops it (else None)."""
+        and what is wrong (else None): what stops it being cached, or pins over
+        the cache's budget, told with every pin."""
         listing = []
+        over = self.over_budget()
         held: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
         for root, path in self.cache.index.query("SELECT root, path FROM pins ORDER BY root, path"):
             if root not in held:
@@ -184,7 +203,9 @@ class Pins:
                 done = False
                 error = f"no dataset or directory {path!r} in root {root!r} any more: unpin it"
             else:
-                error = None if done else self._problem(root, datasets)
+                # Over the budget, the cache has no room for anything but the pins: told even
+                # of a pin whole.
+                error = over or (None if done else self._problem(root, datasets))
             listing.append({**entry, "total": total, "done": done, "error": error})
         return listing
 
