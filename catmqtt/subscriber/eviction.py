@@ -49,6 +49,8 @@ CHECK = 5.0
 STATFS = 1.0
 # Seconds the cache writer waits for room at most.
 ROOM_WAIT = 30.0
+# Seconds between two warnings that min_free makes chunks go.
+WARN_EVERY = 300.0
 # A pass evicts down to the limit less 1/SLACK of it, once past half as much below it.
 SLACK = 20
 
@@ -82,7 +84,8 @@ class Evictor:
         self._closing = False
         # (time.monotonic(), the limit the file system sets), replaced whole.
         self._statfs: tuple[float, int] = (-STATFS, 0)
-        self._forced = False
+        # When min_free last made chunks go, and it was said (time.monotonic()).
+        self._warned = -WARN_EVERY
         self._thread = threading.Thread(target=self._run, name="eviction", daemon=True)
 
     def start(self) -> None:
@@ -205,9 +208,11 @@ class Evictor:
         return False
 
     def _warn(self, limit: int, wanted: int) -> None:
-        """Say when min_free, not the budget, makes chunks go, once each time it starts."""
+        """Say when min_free, not the budget, makes chunks go: at most every `WARN_EVERY` seconds."""
         forced = (self.budget is None or limit < self.budget) and wanted > limit
-        if forced and not self._forced:
+        now = time.monotonic()
+        if forced and now - self._warned >= WARN_EVERY:
+            self._warned = now
             log.warning(
                 "evicting cached chunks to keep %d bytes free on the disk of %s (subscriber.min_free):"
                 " the cache may hold %d bytes now, and would hold %d",
@@ -216,7 +221,6 @@ class Evictor:
                 max(limit, 0),
                 wanted,
             )
-        self._forced = forced
 
 
 def high(limit: int) -> int:
