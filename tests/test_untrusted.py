@@ -134,6 +134,11 @@ def not_found(path: str) -> tuple[int, dict[str, str], bytes]:
     )
 
 
+# A dataset whose publisher answers an error meant for the terminal that prints it.
+ESCAPES = "escapes.b2nd"
+ESCAPING = "\x1b[2J\x1b[31mall is fine\nError: a line of its own\r"
+
+
 @dataclass
 class LyingPublisher:
     """A publisher's HTTP API serving `chunks` (path: its one chunk) as they are, with
@@ -149,6 +154,8 @@ class LyingPublisher:
         chunk = self.chunks.get(dataset)
         if chunk is None:
             return not_found(path)
+        if dataset == ESCAPES:
+            return 500, {"Content-Type": "application/json"}, json.dumps({"error": ESCAPING}).encode()
         if endpoint == "manifest":
             body = {"path": dataset, "etag": ETAG_LIE, "digests": [storage.chunk_digest(chunk)]}
             return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
@@ -204,7 +211,7 @@ def attack(module_broker, sample_root, tmp_path_factory) -> Iterator[Attack]:
     d.wait_root("foo")
     requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
     signer = signing.generate(workdir / "rogue.pem")
-    liar = LyingPublisher({path: chunk for path, (chunk, _) in LIES.items()})
+    liar = LyingPublisher({**{path: chunk for path, (chunk, _) in LIES.items()}, ESCAPES: ONE_BLOCK})
     # Apart: how fast a publisher answers decides whether blocks come first, per URL.
     parts = LyingPublisher({path: chunk for path, (chunk, _) in IN_PARTS.items()}, in_parts=True)
     try:
@@ -269,6 +276,14 @@ def test_the_command_line_reports_the_lie(attack):
         assert result.stderr.startswith("Error: publisher of root 'evil' at "), result.stderr
         assert "that its metadata rules out: its blocks are of 8000000 bytes, not 80" in result.stderr
     assert_unharmed(attack, "evil", "crash.b2nd")
+
+
+def test_a_publishers_error_reaches_the_terminal_escaped(attack):
+    result = run_cli("show", f"evil/{ESCAPES}[0:5]", sub=attack.sub)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr and "\r" not in result.stderr
+    assert "answered 500: \\x1b[2J\\x1b[31mall is fine\\x0aError: a line of its own\\x0d" in result.stderr
+    assert_unharmed(attack, "evil", ESCAPES)
 
 
 def test_a_chunk_cached_unchecked_is_checked_again(deployment, tmp_path):

@@ -332,7 +332,10 @@ def stopping() -> Unavailable:
 
 
 def _message(body: bytes) -> str:
+    """Return what a publisher's error answer says, with control characters escaped:
+    the message ends on a client's terminal (escape sequences, lines of its own)."""
     try:
-        return str(json.loads(body)["error"])
+        text = str(json.loads(body)["error"])[:500]
     except (ValueError, KeyError, TypeError):
-        return body[:200].decode(errors="replace")
+        text = body[:200].decode(errors="replace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
