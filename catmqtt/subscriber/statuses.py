@@ -3,7 +3,9 @@
 Threads: the MQTT thread is the only writer (`Statuses.record`); HTTP
 threads read single entries (`online`), which a dict gives them whole, and
 all of them (`nodes`): `Statuses._lock` guards the writes to `_latest` and
-`_urls` and the copies `nodes` takes (nothing else is done under it).
+`_urls` and the copies `nodes` takes (nothing else is done under it). The
+MQTT thread alone touches `_freshness`, and calls `roots` (which takes the
+catalogue's lock) without holding `_lock`.
 
 Which status of a node `nodes` shows, when several keys signed one: anyone
 who can publish on the broker can publish a status for any node, signed by
@@ -83,8 +85,10 @@ class Statuses:
     def _clear(self, role: str, node_id: str) -> None:
         """Forget the node's unsigned status, and those signed by keys no known root
         gives it: anyone may clear them, as anyone may publish them."""
-        vouched = self._vouched().get(node_id, set()) if role == "publisher" else set()
-        gone = [k for k in self._latest if k[:2] == (role, node_id) and k[2] not in vouched]
+        kept = [k for k in self._latest if k[:2] == (role, node_id)]
+        signed = role == "publisher" and any(k[2] is not None for k in kept)
+        vouched = self._vouched().get(node_id, set()) if signed else set()
+        gone = [k for k in kept if k[2] not in vouched]
         with self._lock:
             for k in gone:
                 self._latest.pop(k, None)
