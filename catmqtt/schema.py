@@ -1,5 +1,5 @@
 """This module defines the JSON payloads of catmqtt's MQTT topics, and the
-types of what they carry: `DatasetMeta` and `RootInfo`.
+types of what they carry: `DatasetMeta`, `RootInfo` and `NodeStatus`.
 
 Builders stamp ``"schema": 1``; parsers check every field a node relies on,
 so that junk published by anyone on a catmqtt topic is refused here with a
@@ -9,7 +9,9 @@ The types are typed dictionaries, not classes: metadata crosses JSON at
 every hop (MQTT, the cache's index, HTTP, the client) and is served as it
 was announced, fields catmqtt does not know included; a class would
 convert it at each. What is checked once `parse_dataset` or `parse_root`
-returns is what the types say.
+returns is what the types say. A node's status is the exception: it is kept
+in memory for every node anyone names, so `parse_node` keeps only the fields
+known, in a new dictionary.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from .topics import parse_node_id, parse_path, parse_root_name
 
 SCHEMA = 1
 MAX_PAYLOAD = 4 * 1024 * 1024
+# A node's status is a few hundred bytes (its URL and summary are bounded below): beyond
+# 64 KiB it is junk, refused before the MQTT thread parses it, which anyone can make it do.
+MAX_STATUS_PAYLOAD = 64 * 1024
 # numpy counts items in int64.
 MAX_ITEMS = (1 << 63) - 1
 # Blosc2's limit on dimensions, and bounds that keep a node's work finite.
@@ -48,6 +53,11 @@ MAX_SEQ = (1 << 63) - 1
 SUMMARY_COUNTS = ("cache_bytes", "upstream_bytes", "served_bytes")
 MAX_SUMMARY_FIELDS = 16
 MAX_SUMMARY_NAME = 64
+# The longest version string kept of a node's status, and the longest URL in a payload.
+MAX_VERSION = 64
+MAX_URL = 2048
+# What a URL may hold: printable ASCII but the space; others are percent-encoded.
+_URL_CHARS = re.compile(r"[!-~]+")
 
 
 class DatasetMeta(TypedDict):
@@ -96,6 +106,24 @@ class RootInfo(TypedDict):
     key: NotRequired[str]
 
 
+class NodeStatus(TypedDict):
+    """What a subscriber keeps of a node's status on ``.../nodes/<role>/<id>``,
+    built by `parse_node`: the status, and of an "online" one its URL."""
+
+    status: Literal["online", "offline", "lost"]
+    url: NotRequired[str]
+    # The node's run, and its sequence number (signed statuses); that of the last will
+    # an "online" names.
+    session: NotRequired[int]
+    seq: NotRequired[int]
+    will: NotRequired[int]
+    # When the node says it sent the status (a finite number), and its catmqtt version.
+    time: NotRequired[float]
+    version: NotRequired[str]
+    # A subscriber's figures (see `_summary`).
+    summary: NotRequired[dict[str, float | None]]
+
+
 def has_manifest(meta: DatasetMeta) -> bool:
     """Whether a manifest vouches for the dataset's chunks: then a chunk is known
     by its digest, whatever version or URL it was fetched for."""
@@ -107,12 +135,13 @@ def dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps({"schema": SCHEMA, **obj}, separators=(",", ":")).encode()
 
 
-def loads(payload: bytes) -> dict[str, Any] | None:
-    """Return the JSON object in `payload`, or None for an empty (cleared) one."""
+def loads(payload: bytes, limit: int = MAX_PAYLOAD) -> dict[str, Any] | None:
+    """Return the JSON object in `payload`, or None for an empty (cleared) one;
+    refuse one of more than `limit` bytes (`MAX_STATUS_PAYLOAD` for a node's status)."""
     if not payload:
         return None
-    if len(payload) > MAX_PAYLOAD:
-        raise BadRequest(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
+    if len(payload) > limit:
+        raise BadRequest(f"payload of {len(payload)} bytes is over the {limit} byte limit")
     try:
         obj = json.loads(payload, parse_int=_integer)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -166,14 +195,26 @@ def _ints(obj: dict[str, Any], key: str, what: str, *, positive: bool) -> list[i
 
 
 def _url(obj: dict[str, Any], key: str, what: str) -> str:
+    """Return the http(s) URL in field `key`, without trailing slash.
+
+    urlsplit drops tabs and newlines, and takes spaces and non-ASCII in a host
+    name: such a URL is refused, not passed on raw to whoever reads it next.
+    """
     url = _field(obj, key, str, what)
+    if len(url) > MAX_URL:
+        raise BadRequest(f"{what}: field {key!r} is not an http(s) URL of at most {MAX_URL} characters")
+    if not _URL_CHARS.fullmatch(url):
+        raise BadRequest(
+            f"{what}: field {key!r} has whitespace, control characters or non-ASCII:"
+            " percent-encode them in a URL (a host name in punycode)"
+        )
     parts = urlsplit(url)
     try:
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         host = None
-    if parts.scheme not in ("http", "https") or not host or len(url) > 2048:
+    if parts.scheme not in ("http", "https") or not host:
         raise BadRequest(f"{what}: field {key!r} is not an http(s) URL")
     return url.rstrip("/")
 
@@ -295,20 +336,36 @@ def _stream_sizes(
         )
 
 
-def parse_node(obj: dict[str, Any], role: str, node_id: str) -> dict[str, Any]:
-    """Check the status of node `node_id` of `role` and return it."""
+def parse_node(obj: dict[str, Any], role: str, node_id: str) -> NodeStatus:
+    """Check the status of node `node_id` of `role` and return a new `NodeStatus`
+    of the fields a subscriber uses: anything else in `obj` is left behind, and an
+    optional field that is junk (a time that is no number, a version too long, a
+    sequence number unsigned statuses need not carry) is left out."""
     what = f"status of {role} {node_id!r}"
-    status = _field(obj, "status", str, what)
-    if status not in NODE_STATES:
-        raise BadRequest(f"{what}: status {status!r} is not one of {', '.join(NODE_STATES)}")
-    if status == "online":
-        _url(obj, "url", what)
+    state = _field(obj, "status", str, what)
+    if state not in NODE_STATES:
+        raise BadRequest(f"{what}: status {state!r} is not one of {', '.join(NODE_STATES)}")
+    status: NodeStatus = {"status": state}
+    if state == "online":
+        status["url"] = _url(obj, "url", what)
     for key in ("session", "will"):
-        if key in obj and _count(obj, key, what) > MAX_SEQ:
-            raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
+        if key in obj:
+            if _count(obj, key, what) > MAX_SEQ:
+                raise BadRequest(f"{what}: {key} {obj[key]} is over {MAX_SEQ}")
+            status[key] = obj[key]
+    seq = obj.get("seq")
+    if type(seq) is int and 0 <= seq <= MAX_SEQ:
+        status["seq"] = seq
+    when = obj.get("time")
+    if isinstance(when, int | float) and not isinstance(when, bool) and math.isfinite(when):
+        status["time"] = when
+    version = obj.get("version")
+    if isinstance(version, str) and len(version) <= MAX_VERSION:
+        status["version"] = version
     if "summary" in obj:
         _summary(obj["summary"], what)
-    return obj
+        status["summary"] = dict(obj["summary"])
+    return status
 
 
 def _summary(summary: object, what: str) -> None:

@@ -366,6 +366,19 @@ def test_per_root_access(site):
         assert site.get(path, "reader").ok, path
 
 
+def test_stats_show_only_the_datasets_of_readable_roots(site):
+    """``/api/stats`` named the datasets of every root, those hidden from the user included."""
+    for path in ("bar/ds-1d.b2nd", "foo/ds-1d.b2nd"):
+        assert site.get(f"/api/fetch/{path}?slice=0:3", "reader").ok
+    reader = site.get("/api/stats", "reader").json()
+    assert {"bar/ds-1d.b2nd", "foo/ds-1d.b2nd"} <= set(reader["datasets"])
+    other = site.get("/api/stats", "other").json()
+    assert "foo/ds-1d.b2nd" in other["datasets"]
+    assert not [name for name in other["datasets"] if name.startswith("bar/")]
+    # The totals are the node's, as /metrics tells them (the prefetcher may add to them meanwhile).
+    assert all(other["total"][k] >= n for k, n in reader["total"].items())
+
+
 def test_cross_site_posts_refused(site):
     form = {"Content-Type": "text/plain"}
     for headers in (

@@ -1,5 +1,6 @@
 """Node statuses: which one of a node ``/api/nodes`` shows when several keys sign
-them (a table, forged statuses among them), and ``catmqtt nodes`` against real
+them (a table, forged statuses among them), how many are kept (junk published
+by a rogue client on a real broker), and ``catmqtt nodes`` against real
 processes on both brokers: a publisher killed shows ``lost`` (its last will),
 one stopped cleanly ``offline``; and ``nodes`` and ``stats`` refusing in one line
 an answer they do not read."""
@@ -15,12 +16,13 @@ import requests
 
 from catmqtt import signing
 from catmqtt.cli_watch import cmd_nodes, cmd_stats
-from catmqtt.errors import Unavailable
-from catmqtt.schema import SCHEMA
+from catmqtt.errors import BadRequest, Unavailable
+from catmqtt.schema import MAX_STATUS_PAYLOAD, SCHEMA
+from catmqtt.subscriber import statuses as statuses_module
 from catmqtt.subscriber.statuses import Statuses
 from catmqtt.topics import node_topic
 
-from conftest import wait_for
+from conftest import publish, rogue_client, start_publisher, start_subscriber, wait_for
 
 PREFIX = "catmqtt/v1"
 GOOD, EVIL = "http://10.0.0.1:8001", "http://10.6.6.6:8001"
@@ -69,6 +71,103 @@ def test_each_node_is_shown_once_by_the_status_to_believe(tmp_path):
         ("subscriber", "s2", "lost", None, forger.public, 2.0),
     ]
     assert [n.get("roots") for n in statuses.nodes(roots)] == [["bar"], ["foo"], [], None, None]
+
+
+def test_a_full_table_refuses_new_nodes_but_those_a_known_root_vouches_for(tmp_path):
+    key, forger = (signing.generate(tmp_path / f"{name}.pem") for name in ("key", "forger"))
+    roots = {"foo": root("foo", key), "bar": root("bar")}
+    statuses = Statuses(lambda: roots, limit=3)
+    record(statuses, "subscriber", "junk0", "online", 1.0, GOOD)
+    record(statuses, "subscriber", "junk1", "online", 1.0, GOOD, forger)
+    record(statuses, "subscriber", "junk2", "online", 1.0, GOOD)
+    full = "3 node statuses are kept, the most: the status of a new node is refused until one is cleared"
+    for args in (
+        ("subscriber", "junk3", "online", 1.0, GOOD),
+        # An unsigned root vouches for nobody; a stranger's key for none of its nodes.
+        ("publisher", "bar", "online", 1.0, GOOD),
+        ("publisher", "foo", "online", 1.0, GOOD, forger),
+        ("subscriber", "junk0", "online", 1.0, GOOD, forger),
+    ):
+        with pytest.raises(BadRequest, match=full):
+            record(statuses, *args)
+    # A node known already goes on; a signed root's publisher gets in.
+    record(statuses, "subscriber", "junk0", "offline", 2.0)
+    record(statuses, "publisher", "foo", "online", 1.0, GOOD, key)
+    assert [(n["id"], n["status"]) for n in statuses.nodes(roots)] == [
+        ("foo", "online"),
+        ("junk0", "offline"),
+        ("junk1", "online"),
+        ("junk2", "online"),
+    ]
+    # A clear frees the place of a node's unsigned status and of those a stranger signed,
+    # not that of a status its root's key signed.
+    for node in ("junk1", "foo"):
+        for role in ("publisher", "subscriber"):
+            statuses.record(node_topic(PREFIX, role, node), role, node, None)
+    assert [n["id"] for n in statuses.nodes(roots)] == ["foo", "junk0", "junk2"]
+    with pytest.raises(BadRequest, match=full):
+        record(statuses, "subscriber", "junk4", "online", 1.0, GOOD)
+    statuses.record(node_topic(PREFIX, "subscriber", "junk2"), "subscriber", "junk2", None)
+    record(statuses, "subscriber", "junk4", "online", 1.0, GOOD)
+    # Past twice the limit, even a root's key gets no room: roots are anyone's to announce too.
+    for i in range(2):
+        roots[f"r{i}"] = root(f"r{i}", key)
+        record(statuses, "publisher", f"r{i}", "online", 1.0, GOOD, key)
+    roots["r2"] = root("r2", key)
+    record(statuses, "publisher", "r2", "online", 1.0, GOOD, key)
+    roots["r3"] = root("r3", key)
+    with pytest.raises(BadRequest, match="6 node statuses are kept"):
+        record(statuses, "publisher", "r3", "online", 1.0, GOOD, key)
+
+
+def test_junk_statuses_keep_the_nodes_bounded(broker, tmp_path, sample_root, monkeypatch):
+    """Each status was kept whole, junk fields included, for any number of nodes:
+    thousands of them grew a subscriber by hundreds of MB."""
+    monkeypatch.setattr(statuses_module, "MAX_NODES", 40)
+    signing.generate(tmp_path / "foo.pem")
+    pub = start_publisher(broker, tmp_path / "pub", sample_root, sign_key=str(tmp_path / "foo.pem"))
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        try:
+            _flood(broker, tmp_path, f"{sub.url}/api/nodes")
+            # The publisher's signed statuses are still believed.
+            pub.stop()
+            wait_for(lambda: not sub.reader.roots()["foo"]["online"], "root foo offline")
+        finally:
+            sub.stop()
+    finally:
+        pub.stop()
+
+
+def _flood(broker, tmp_path, url: str) -> None:
+    def nodes() -> dict[str, dict]:
+        return {n["id"]: n for n in requests.get(url, timeout=5).json()}
+
+    wait_for(lambda: {"foo", "sub-test"} <= set(nodes()), "the two nodes")
+    forger = signing.generate(tmp_path / "forger.pem")
+    with rogue_client(broker) as rogue:
+        huge = node_topic(PREFIX, "subscriber", "huge")
+        status = {"schema": 1, "status": "online", "url": "http://huge.example:1", "pad": ""}
+        status["pad"] = "y" * (MAX_STATUS_PAYLOAD - len(json.dumps(status)) + 1)
+        publish(rogue, huge, json.dumps(status))
+        for i in range(150):
+            topic = node_topic(PREFIX, "subscriber", f"flood-{i}")
+            publish(rogue, topic, json.dumps({**status, "url": f"http://x{i}.example:1", "pad": "y" * 2000}))
+            topic = node_topic(PREFIX, "publisher", f"evil-{i}")
+            signed = forger.sign(topic, {"schema": 1, "status": "lost", "session": 1, "pad": "y" * 2000})
+            publish(rogue, topic, json.dumps(signed))
+        # A clear frees the place of an unsigned status, and of one signed by a stranger.
+        publish(rogue, node_topic(PREFIX, "subscriber", "flood-0"), b"")
+        publish(rogue, node_topic(PREFIX, "publisher", "evil-0"), b"")
+        for name in ("late-1", "late-2"):
+            publish(rogue, node_topic(PREFIX, "subscriber", name), json.dumps({**status, "pad": 0}))
+    # Messages of one client are handled in order: once the last one is in, so are the others.
+    shown = wait_for(lambda: "late-2" in nodes() and nodes(), "the last status")
+    assert len(shown) <= 40 and {"late-1", "late-2"} <= set(shown)
+    assert shown["foo"]["status"] == "online" and shown["foo"]["key"] is not None
+    assert shown["sub-test"]["status"] == "online" and "summary" in shown["sub-test"]
+    assert "huge" not in shown and "flood-0" not in shown and "evil-0" not in shown
+    assert not any("pad" in n for n in shown.values())
 
 
 def test_catmqtt_nodes_shows_lost_and_offline(deployment, sample_root):

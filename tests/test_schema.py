@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from catmqtt.errors import BadRequest
-from catmqtt.schema import MAX_PAYLOAD, SCHEMA, dumps, loads, parse_dataset, parse_node, parse_root
+from catmqtt.schema import (
+    MAX_PAYLOAD,
+    MAX_STATUS_PAYLOAD,
+    SCHEMA,
+    dumps,
+    loads,
+    parse_dataset,
+    parse_node,
+    parse_root,
+)
 
 DELETE = object()
 
@@ -145,6 +154,14 @@ def test_loads_keeps_floats_beyond_json() -> None:
     assert obj["vlmeta"]["fill"] != obj["vlmeta"]["fill"] and obj["n"] == -12345678901234567890
 
 
+@pytest.mark.parametrize("limit", [MAX_STATUS_PAYLOAD, 100])
+def test_loads_with_a_smaller_limit(limit: int) -> None:
+    body = b'{"schema":1,"pad":""}'
+    assert loads(body + b" " * (limit - len(body)), limit) == {"schema": 1, "pad": ""}
+    with pytest.raises(BadRequest, match=f"payload of {limit + 1} bytes is over the {limit} byte limit"):
+        loads(body + b" " * (limit + 1 - len(body)), limit)
+
+
 def test_loads_at_the_size_limit() -> None:
     body = b'{"schema":1,"pad":""}'
     payload = body + b" " * (MAX_PAYLOAD - len(body))
@@ -230,6 +247,50 @@ def test_parse_root_bad_name() -> None:
 def test_url_fields_need_a_host(url: str) -> None:
     with pytest.raises(BadRequest, match="is not an http"):
         parse_root(changed(ROOT, url=url), "r")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h",
+        "https://cache.example.org:8443/sub/",
+        "http://[::1]:8002",
+        "http://h/a%20b/%E2%9C%93?q=1&r=%0A#frag",
+        "http://xn--bcher-kva.example",
+        "http://h/" + "x" * (2048 - len("http://h/")),
+    ],
+)
+def test_good_urls(url: str) -> None:
+    assert parse_root(changed(ROOT, url=url), "r")["url"] == url
+    assert parse_node({"status": "online", "url": url}, "subscriber", "s1")["url"] == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a b\nc",
+        "http://a b",
+        "http://h/a b",
+        "http://h/\n",
+        "http://h\r\n/x",
+        "http://h/\tx",
+        "http://h/\x00",
+        "http://h/\x7f",
+        "http://h/\x1b[31m",
+        " http://h",
+        "http://h ",
+        "http://bücher.example",
+        "http://h/✓",
+        "http://h/\u2028",
+        "http://h/\u00a0",
+    ],
+)
+def test_urls_with_whitespace_controls_or_non_ascii_are_refused(url: str) -> None:
+    match = "field 'url' has whitespace, control characters or non-ASCII: percent-encode them"
+    with pytest.raises(BadRequest, match=match):
+        parse_root(changed(ROOT, url=url), "r")
+    with pytest.raises(BadRequest, match=re.escape("status of subscriber 's1': ") + match):
+        parse_node({"status": "online", "url": url}, "subscriber", "s1")
 
 
 # parse_dataset
@@ -493,19 +554,45 @@ def test_parse_dataset_sizes_bad(base: dict[str, Any], fields: dict[str, Any], m
 
 
 @pytest.mark.parametrize(
-    "status",
+    ("status", "kept"),
     [
-        NODE,
-        {"status": "online", "url": "http://127.0.0.1:8002"},
-        {"status": "offline"},
-        {"status": "lost"},
-        {"status": "offline", "url": "not checked when offline"},
-        {"status": "lost", "session": 0},
-        {"status": "lost", "session": (1 << 63) - 1},
+        (NODE, {"status": "online", "url": "https://example.org:8443"}),
+        ({"status": "online", "url": "http://127.0.0.1:8002"}, None),
+        ({"status": "offline"}, None),
+        ({"status": "lost"}, None),
+        # An offline node's URL is its last online's: a URL here is not even read.
+        ({"status": "offline", "url": "not checked when offline"}, {"status": "offline"}),
+        ({"status": "lost", "session": 0}, None),
+        ({"status": "lost", "session": (1 << 63) - 1}, None),
+        (
+            {"status": "online", "url": "http://h", "session": 3, "seq": 9, "will": 8, "time": 1.5},
+            None,
+        ),
+        ({"status": "online", "url": "http://h", "version": "1.2", "summary": {"cache_bytes": 1}}, None),
     ],
 )
-def test_parse_node_good(status: dict[str, Any]) -> None:
-    assert parse_node(copy.deepcopy(status), "publisher", "pub1") == status
+def test_parse_node_good(status: dict[str, Any], kept: dict[str, Any] | None) -> None:
+    assert parse_node(copy.deepcopy(status), "publisher", "pub1") == (kept or status)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        # Fields nobody reads: whatever their size, none is kept.
+        ({"pad": "y" * 100_000, "role": "subscriber", "id": "x", "schema": 1, "key": "k", "sig": "s"}, {}),
+        # Optional fields that are junk are left out, not refused.
+        ({"time": "yesterday", "version": "v" * 65, "seq": "1"}, {}),
+        ({"time": float("inf"), "seq": -1}, {}),
+        ({"time": True, "seq": 1 << 63, "version": 3}, {}),
+        ({"time": 7, "seq": 0, "version": "v" * 64}, {"time": 7, "seq": 0, "version": "v" * 64}),
+    ],
+)
+def test_parse_node_keeps_only_the_fields_it_knows(extra: dict[str, Any], kept: dict[str, Any]) -> None:
+    obj = {"status": "online", "url": "http://h:1", "summary": {"cache_bytes": 1, "hit_ratio": None}, **extra}
+    status = parse_node(obj, "subscriber", "s1")
+    assert status == {"status": "online", "url": "http://h:1", **kept, "summary": obj["summary"]}
+    # A new dictionary: the parsed payload is not kept alive by it.
+    assert status is not obj and status["summary"] is not obj["summary"]
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,16 @@ def chunks(fullpath: str):
 
 @bp.get("/api/stats")
 def stats():
+    """The counters; with accounts, those of datasets of roots the user may not read are
+    left out. The totals, the cache's figures and the bytes served stay the node's as a
+    whole, as ``/metrics`` tells them: they name no root, and summed over the datasets
+    shown they would disagree with the cache they describe."""
     figures = current_app.config["CATMQTT_FIGURES"]
-    return jsonify({**_reader().fetcher.stats(), "large": _answers().stats(), **figures.stats()})
+    counters = _reader().fetcher.stats()
+    datasets = counters["datasets"]
+    shown = readable(dict.fromkeys(name.split("/", 1)[0] for name in datasets))
+    counters["datasets"] = {name: c for name, c in datasets.items() if name.split("/", 1)[0] in shown}
+    return jsonify({**counters, "large": _answers().stats(), **figures.stats()})
 
 
 @bp.get("/api/download/<path:fullpath>")

@@ -33,7 +33,15 @@ from .. import storage
 from ..dtypes import array_dtype
 from ..errors import BadRequest, CatmqttError, Changed, NotFound
 from ..mqtt import LogThrottle
-from ..schema import DatasetMeta, has_manifest, loads, parse_dataset, parse_root
+from ..schema import (
+    MAX_PAYLOAD,
+    MAX_STATUS_PAYLOAD,
+    DatasetMeta,
+    has_manifest,
+    loads,
+    parse_dataset,
+    parse_root,
+)
 from ..topics import parse_root_name, parse_topic, root_topic
 from .cache import Cache
 from .flights import Fetcher
@@ -106,7 +114,7 @@ class Follower:
         self.trust = trust
         self.fetcher = fetcher
         self.topics = topics
-        self.statuses = Statuses()
+        self.statuses = Statuses(lambda: {name: r["info"] for name, r in self.catalogue.roots().items()})
         self.updates = Updates()
         self._lock = threading.Condition()
         self._subscribed = set(self.catalogue.subscribed())
@@ -136,7 +144,7 @@ class Follower:
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
             what = parse_topic(self.prefix, topic)
-            obj = loads(payload)
+            obj = loads(payload, MAX_STATUS_PAYLOAD if what.kind == "node" else MAX_PAYLOAD)
             if what.kind == "root":
                 self._on_root(topic, what.name, obj)
             elif what.kind == "dataset" and self.subscribed(what.name):

@@ -3,7 +3,9 @@
 Threads: the MQTT thread is the only writer (`Statuses.record`); HTTP
 threads read single entries (`online`), which a dict gives them whole, and
 all of them (`nodes`): `Statuses._lock` guards the writes to `_latest` and
-`_urls` and the copies `nodes` takes (nothing else is done under it).
+`_urls` and the copies `nodes` takes (nothing else is done under it). The
+MQTT thread alone touches `_freshness`, and calls `roots` (which takes the
+catalogue's lock) without holding `_lock`.
 
 Which status of a node `nodes` shows, when several keys signed one: anyone
 who can publish on the broker can publish a status for any node, signed by
@@ -15,29 +17,46 @@ none, it is not shown. Any other node (subscribers, which do not sign; the
 publishers of no known root) has no trusted key: its unsigned status is
 shown if there is one (the node restores it within a second should someone
 overwrite it), else the latest signed one.
+
+How many are kept: anyone can name any number of nodes, so at most
+`MAX_NODES` statuses (a node's, one a key) are kept; beyond, the status of
+a new node (or of a node under a new key) is refused, but for one signed by
+a known root's key for its publisher, which may take up to `MAX_NODES` more
+places. A clear (an empty retained payload) frees the place of the node's
+unsigned status, and of those signed by a key no known root gives it. Of a
+status, only the fields `schema.parse_node` knows are kept, bounded.
 """
 
 from __future__ import annotations
 
-import math
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from ..schema import parse_node
+from ..schema import NodeStatus, parse_node
 from ..signing import verify
 
 # A status's key: the node's role and id, and the key that signed it (None if unsigned).
 StatusKey = tuple[str, str, str | None]
-# The longest version string shown of a node's status.
-MAX_VERSION = 64
+# The most statuses kept of nodes no known root vouches for (see the module's docstring):
+# a few hundred bytes each, their URLs at most 2 KiB.
+MAX_NODES = 2000
 
 
 class Statuses:
-    """The latest status of each node, apart for each key it is signed by."""
+    """The latest status of each node, apart for each key it is signed by.
 
-    def __init__(self) -> None:
-        self._latest: dict[StatusKey, dict[str, Any]] = {}
+    `roots` returns the known roots' announcements by name, for the keys that
+    vouch for their publishers (none by default); `limit` is `MAX_NODES` by default.
+    """
+
+    def __init__(
+        self, roots: Callable[[], Mapping[str, Mapping[str, Any]]] = dict, limit: int | None = None
+    ) -> None:
+        self._roots = roots
+        self.limit = MAX_NODES if limit is None else limit
+        self._latest: dict[StatusKey, NodeStatus] = {}
         # The URL of each node's last "online", for its "offline" and "lost".
         self._urls: dict[StatusKey, str] = {}
         self._lock = threading.Lock()
@@ -51,17 +70,49 @@ class Statuses:
         signer = None if obj is None else verify(topic, obj)
         key = (role, node_id, signer)
         if obj is None:
-            # Only an unsigned status can be cleared by anyone.
-            with self._lock:
-                self._latest.pop(key, None)
+            self._clear(role, node_id)
             return
         status = parse_node(obj, role, node_id)
+        if key not in self._latest and len(self._latest) >= self.limit:
+            self._check_room(key)
         if signer is not None:
             self._check_fresh(key, status)
         with self._lock:
             self._latest[key] = status
             if status["status"] == "online":
-                self._urls[key] = status["url"].rstrip("/")
+                self._urls[key] = status["url"]
+
+    def _clear(self, role: str, node_id: str) -> None:
+        """Forget the node's unsigned status, and those signed by keys no known root
+        gives it: anyone may clear them, as anyone may publish them."""
+        kept = [k for k in self._latest if k[:2] == (role, node_id)]
+        signed = role == "publisher" and any(k[2] is not None for k in kept)
+        vouched = self._vouched().get(node_id, set()) if signed else set()
+        gone = [k for k in kept if k[2] not in vouched]
+        with self._lock:
+            for k in gone:
+                self._latest.pop(k, None)
+                self._urls.pop(k, None)
+        for k in gone:
+            self._freshness.pop(k, None)
+
+    def _check_room(self, key: StatusKey) -> None:
+        """Raise BadRequest if the status of a new `key` does not fit in the table, full."""
+        role, node_id, signer = key
+        vouched = signer is not None and role == "publisher" and signer in self._vouched().get(node_id, ())
+        if not vouched or len(self._latest) >= 2 * self.limit:
+            raise BadRequest(
+                f"{len(self._latest)} node statuses are kept, the most: the status of a new node"
+                " is refused until one is cleared"
+            )
+
+    def _vouched(self) -> dict[str, set[str]]:
+        """Return the keys the known signed roots give each publisher."""
+        keys: dict[str, set[str]] = {}
+        for info in self._roots().values():
+            if info.get("key") is not None:
+                keys.setdefault(info["publisher"], set()).add(info["key"])
+        return keys
 
     def online(self, info: dict[str, Any]) -> bool:
         """Whether the publisher of a root announced as `info` is online.
@@ -96,9 +147,8 @@ class Statuses:
             status = latest[key]
             node = {"role": role, "id": node_id, "status": status["status"], "url": urls.get(key)}
             node.update(key=key[2], session=status.get("session"), time=_time(status) or None)
-            version = status.get("version")
-            if isinstance(version, str) and len(version) <= MAX_VERSION:
-                node["version"] = version
+            if "version" in status:
+                node["version"] = status["version"]
             if "summary" in status:
                 node["summary"] = status["summary"]
             if role == "publisher":
@@ -106,7 +156,7 @@ class Statuses:
             nodes.append(node)
         return nodes
 
-    def _check_fresh(self, key: tuple[str, str, str], status: dict[str, Any]) -> None:
+    def _check_fresh(self, key: tuple[str, str, str], status: NodeStatus) -> None:
         """Raise BadRequest if a signed status is older than the last one of its node.
 
         A node's session grows with every run. Within one, its statuses come in
@@ -140,8 +190,7 @@ class Statuses:
         self._freshness[key] = (high, will)
 
 
-def _time(status: dict[str, Any]) -> float:
-    """Return when a node says it sent `status` (0 if it says nothing of use)."""
-    value = status.get("time")
-    good = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if good else 0.0
+def _time(status: NodeStatus) -> float:
+    """Return when a node says it sent `status` (0 if it says nothing: `parse_node`
+    keeps only a finite number)."""
+    return float(status.get("time", 0.0))
