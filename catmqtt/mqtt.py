@@ -250,14 +250,12 @@ class Node:
         coming back from the broker: the last, or an earlier one with the last still on
         its way (a summary replaced at once). The broker sends a topic's messages in
         order, so those published before it are forgotten: sent again, they are
-        someone else's replay."""
+        someone else's replay. It is kept itself: a status published as the node
+        subscribes may come twice, live and retained."""
         with self._restore_lock:
             if payload not in self._unechoed:
                 return False
-            del self._unechoed[: self._unechoed.index(payload) + 1]
-            if payload == self._current:
-                # Kept: the broker sends it again, retained, at every subscription.
-                self._unechoed.append(payload)
+            del self._unechoed[: self._unechoed.index(payload)]
             return True
 
     def _restore_later(self, topic: str) -> None:
