@@ -414,8 +414,10 @@ def _port(parts: SplitResult) -> int | None:
 
 
 def parse_http_url(value: object, what: str) -> str:
-    """Parse an ``http(s)://host[:port][/path]`` URL; return it without trailing slash."""
-    if isinstance(value, str):
+    """Parse an ``http(s)://host[:port][/path]`` URL; return it without trailing slash.
+
+    Printable ASCII only, as subscribers take URLs in statuses and announcements."""
+    if isinstance(value, str) and re.fullmatch(r"[!-~]+", value):
         parts = urlsplit(value)
         if parts.scheme in ("http", "https") and parts.hostname and _port(parts) != -1:
             return value.rstrip("/")

@@ -185,6 +185,10 @@ def test_parse_http_url_good(value: str, expected: str) -> None:
         "",
         None,
         8002,
+        # Subscribers refuse such URLs in statuses and announcements.
+        "http://a b:8002",
+        "http://h:8002/\n",
+        "http://h\u00e9:8002",
     ],
 )
 def test_parse_http_url_bad(value: object) -> None:
