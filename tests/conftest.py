@@ -152,24 +152,31 @@ class ChunkCounter:
 
 
 def up_on_free_ports(workdir: Path) -> tuple[Proc, int, int, int]:
-    """Start ``catmqtt up`` in `workdir` on free loopback ports, its websockets off;
-    return it and its MQTT, publisher and subscriber ports."""
-    mqtt, pub, sub = free_port(), free_port(), free_port()
-    up = Proc(
-        catmqtt_cmd(
-            "up",
-            "--listen",
-            f"127.0.0.1:{mqtt}",
-            "--ws",
-            "off",
-            "--pub-http",
-            f"127.0.0.1:{pub}",
-            "--sub-http",
-            f"127.0.0.1:{sub}",
-        ),
-        workdir / "up.log",
-        cwd=workdir,
-    )
+    """Start ``catmqtt up`` in `workdir` on free loopback ports, its websockets off, and
+    wait until it serves or stops; return it and its MQTT, publisher and subscriber ports.
+
+    A port found free may be taken before ``catmqtt up`` binds it (by an outgoing
+    connection's ephemeral port): then it is started again, on other ports."""
+    for attempt in range(3):
+        mqtt, pub, sub = free_port(), free_port(), free_port()
+        up = Proc(
+            catmqtt_cmd(
+                "up",
+                "--listen",
+                f"127.0.0.1:{mqtt}",
+                "--ws",
+                "off",
+                "--pub-http",
+                f"127.0.0.1:{pub}",
+                "--sub-http",
+                f"127.0.0.1:{sub}",
+            ),
+            workdir / ("up.log" if attempt == 0 else f"up-{attempt}.log"),
+            cwd=workdir,
+        )
+        wait_for(lambda up=up: "Press Ctrl+C to stop." in up.output or not up.alive(), "catmqtt up")
+        if up.alive() or "address already in use" not in up.output:
+            break
     return up, mqtt, pub, sub
 
 
