@@ -387,6 +387,33 @@ def test_reads_stay_right_while_chunks_are_evicted(deployment, data_root):
     assert stats(url)["fetched_chunks"] > NCHUNKS
 
 
+def test_a_read_that_fails_gives_its_chunks_back_to_eviction(deployment, data_root):
+    """A read of cached chunks and missing ones, cut short by its publisher gone, holds
+    the cached ones no more: they are evicted for the next reads, which are cached."""
+    url = deployment.start_sub("sub", "--cache-size", "1MiB")
+    deployment.start_pub("foo", data_root)
+    deployment.wait_root("foo")
+    assert deployment.cli("subscribe", "foo").returncode == 0
+    statedir = deployment.workdir / "sub"
+    held = [n for n in range(NCHUNKS) if (n + 1) * ITEMS * 8 <= 900_000]
+    for n in held:
+        read_chunk(url, n)
+    wait_for(lambda: set(held) <= set(indexed(statedir)), "the first chunks cached")
+    deployment.stop("pub-foo")
+    deployment.wait_root("foo", online=False)
+    # The cached chunks and two more: the read fails for the two.
+    stop = (held[-1] + 3) * ITEMS
+    r = requests.get(f"{url}/api/fetch/foo/ds.b2nd", params={"slice": f"0:{stop}"}, timeout=60)
+    assert r.status_code in (502, 503), r.text
+    deployment.start_pub("foo", data_root)
+    deployment.wait_root("foo")
+    later = list(range(held[-1] + 1, NCHUNKS))
+    for n in later:
+        read_chunk(url, n)
+    # Stored: the chunks the failed read had claimed were evicted to make room.
+    wait_for(lambda: set(later[-3:]) <= set(indexed(statedir)), "the last chunks cached")
+
+
 def test_the_index_stays_true_when_killed_while_evicting(deployment, data_root):
     url, statedir, truth = following_with_budget(deployment, data_root)
     stop = threading.Event()
