@@ -246,11 +246,16 @@ def retained(broker, topic_filter: str, history: list[bytes] | None = None) -> I
             if history is not None:
                 history.append(message.payload)
 
+    subscribed = threading.Event()
     client.on_message = on_message
     client.on_connect = lambda client, *_: client.subscribe(topic_filter)
+    client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
+        # Subscribed before anything is published: a topic published and cleared before
+        # would never be seen cleared.
+        wait_for(subscribed.is_set, f"the watcher of {topic_filter} subscribed")
         yield seen
     finally:
         client.loop_stop()
