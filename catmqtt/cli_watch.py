@@ -27,27 +27,29 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_nodes(args: argparse.Namespace, client: Any) -> int:
-    nodes = client.nodes()
-    if args.json:
-        print(json.dumps(nodes, indent=2))
-        return 0
-    with _answer_of(client, "nodes"):
+    def lines(nodes: list[dict[str, Any]]) -> list[str]:
         fields = ((node["role"], node["id"], node["status"], node.get("url") or "-") for node in nodes)
-        lines = [" ".join(_shown(str(field)) for field in four) for four in fields]
-    for line in lines:
-        print(line)
-    return 0
+        return [" ".join(_shown(str(field)) for field in four) for four in fields]
+
+    return _print(args, client, "nodes", client.nodes(), lines)
 
 
 def cmd_stats(args: argparse.Namespace, client: Any) -> int:
-    stats = client.stats()
+    def lines(stats: dict[str, Any]) -> list[str]:
+        return [f"{name + ':':<14}{value}" for name, value in _stats_rows(stats)]
+
+    return _print(args, client, "stats", client.stats(), lines)
+
+
+def _print(args: argparse.Namespace, client: Any, endpoint: str, answer: Any, lines: Callable) -> int:
+    """Print `answer` of ``/api/<endpoint>`` as JSON with ``--json``, else as `lines` makes it."""
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps(answer, indent=2))
         return 0
-    with _answer_of(client, "stats"):
-        rows = _stats_rows(stats)
-    for name, value in rows:
-        print(f"{name + ':':<14}{value}")
+    with _answer_of(client, endpoint):
+        text = lines(answer)
+    for line in text:
+        print(line)
     return 0
 
 
