@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,14 @@ def dtype_to_json(dtype: np.dtype) -> str | list:
     return [list(field) for field in dtype.descr]
 
 
+# The longest dtype written as Caterva2 writes records (a Python literal) that is read.
+_MAX_LITERAL = 16384
+
+
 def dtype_from_json(value: object) -> np.dtype:
-    """Return the dtype that `dtype_to_json` gave `value` for."""
+    """Return the dtype that `dtype_to_json` gave `value` for, or that Caterva2 (and the
+    subscriber's `/api/info`) writes as ``str(dtype)``: records as a Python literal,
+    ``"[('a', '<i4'), ('b', '<f8')]"``."""
 
     def field(item: object) -> tuple:
         if not isinstance(item, list) or len(item) not in (2, 3):
@@ -32,16 +39,26 @@ def dtype_from_json(value: object) -> np.dtype:
 
     try:
         if isinstance(value, str):
-            dtype = np.dtype(value)
+            dtype = _dtype_from_text(value)
         elif isinstance(value, list):
             dtype = np.dtype([field(item) for item in value])
         else:
             raise TypeError(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"invalid dtype {value!r}") from None
+    except (TypeError, ValueError, SyntaxError, RecursionError, MemoryError):
+        raise BadRequest(f"invalid dtype {value!r:.200}") from None
     if dtype.hasobject:
-        raise BadRequest(f"object dtypes are not supported: {value!r}")
+        raise BadRequest(f"object dtypes are not supported: {value!r:.200}")
     return dtype
+
+
+def _dtype_from_text(text: str) -> np.dtype:
+    """Return the dtype numpy reads in `text`, or that `text` writes as a Python literal."""
+    try:
+        return np.dtype(text)
+    except (TypeError, ValueError):
+        if not text.startswith(("[", "(")) or len(text) > _MAX_LITERAL:
+            raise
+    return np.dtype(ast.literal_eval(text))
 
 
 def array_dtype(meta: DatasetMeta) -> np.dtype:

@@ -7,8 +7,10 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 
+from catmqtt.dtypes import dtype_from_json, dtype_to_json
 from catmqtt.errors import BadRequest
 from catmqtt.schema import (
     MAX_PAYLOAD,
@@ -617,3 +619,43 @@ def test_parse_node_keeps_only_the_fields_it_knows(extra: dict[str, Any], kept: 
 def test_parse_node_bad(status: dict[str, Any], match: str) -> None:
     with pytest.raises(BadRequest, match=re.escape("status of subscriber 's1': ") + re.escape(match)):
         parse_node(status, "subscriber", "s1")
+
+
+RECORD = np.dtype([("a", "<i4"), ("b", "<f8", (2,)), ("c", [("x", "u1")])])
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("complex128", np.dtype("complex128")),
+        ("<U5", np.dtype("<U5")),
+        ("(2,)i4", np.dtype(("<i4", (2,)))),
+        (json.loads(json.dumps(dtype_to_json(RECORD))), RECORD),
+        # As Caterva2 (and the subscriber's /api/info) writes records.
+        (str(RECORD), RECORD),
+        (str(np.dtype(("<f8", (2, 3)))), np.dtype(("<f8", (2, 3)))),
+    ],
+)
+def test_dtype_from_json_good(value: Any, want: np.dtype) -> None:
+    assert dtype_from_json(value) == want
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("nonsense", "invalid dtype"),
+        ("[('a', 'O')]", "object dtypes"),
+        ([["a", "O"]], "object dtypes"),
+        ("__import__('os').system('true')", "invalid dtype"),
+        ("[('a', '<f8', (10**12,))]", "invalid dtype"),
+        ("[('a', '<f8', (1000000000000000,))]", "invalid dtype"),
+        ("[" * 5000 + "]" * 5000, "invalid dtype"),
+        ("[('a', '<i4')]" + " " * 20000, "invalid dtype"),
+        ([["a"]], "invalid dtype"),
+        (7, "invalid dtype"),
+    ],
+)
+def test_dtype_from_json_bad(value: Any, match: str) -> None:
+    with pytest.raises(BadRequest, match=match) as caught:
+        dtype_from_json(value)
+    assert len(str(caught.value)) < 300

@@ -44,7 +44,9 @@ def describe(meta: DatasetMeta) -> DatasetMeta:
 
     ``schunk`` carries what Caterva2 says of a dataset's super-chunk, with
     cparams by number as blosc2's ``CParams`` takes them; ``mtime`` is the
-    etag (blosc2 compares it, to tell when a cached copy is stale).
+    etag (blosc2 compares it, to tell when a cached copy is stale); ``dtype``
+    is ``str(dtype)``, as Caterva2 writes it (records as a Python literal, where
+    the dataset's topic has a list).
     """
     cparams = cparams_from_json(meta["cparams"])
     schunk = {
@@ -69,7 +71,11 @@ def describe(meta: DatasetMeta) -> DatasetMeta:
         },
         "vlmeta": meta["vlmeta"],
     }
-    return {**meta, "mtime": meta["etag"], "accept_ranges": "none", "schunk": schunk}
+    described = {**meta, "mtime": meta["etag"], "accept_ranges": "none", "schunk": schunk}
+    if meta["kind"] == "ndarray":
+        # As Caterva2 writes it, which C2Array reads: records as a Python literal.
+        described["dtype"] = str(dtype_from_json(meta["dtype"]))
+    return described
 
 
 @dataclass(frozen=True)
