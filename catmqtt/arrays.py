@@ -46,10 +46,9 @@ def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 def decode_array(data: bytes, npy: bool) -> np.ndarray:
     """Return the array that `encode_array` wrote as `data` (.npy if `npy`, else a
     Blosc2 frame); raise ValueError if `data` is not that."""
-    import blosc2
-    import numpy as np
-
     if npy:
+        import numpy as np
+
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except EOFError:
@@ -58,6 +57,8 @@ def decode_array(data: bytes, npy: bool) -> np.ndarray:
         if not isinstance(array, np.ndarray):
             raise ValueError("not .npy: an .npz archive")
         return array
+    import blosc2
+
     try:
         return blosc2.ndarray_from_cframe(data)[()]
     except (RuntimeError, TypeError) as exc:

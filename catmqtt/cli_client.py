@@ -15,8 +15,8 @@ from typing import Any
 
 from .progress import on_terminal
 
-# The most items `catmqtt --json show` prints.
-JSON_ITEMS = 1_000_000
+# The most items `catmqtt --json show` prints, and bytes `catmqtt show` of a byte stream.
+SHOWN_ITEMS = 1_000_000
 
 
 def cmd_roots(args: argparse.Namespace, client: Any) -> int:
@@ -58,19 +58,25 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
 
     from .dtypes import to_jsonable
     from .errors import TooLarge
-    from .slices import parse_slice, result_shape, select
+    from .slices import items_at_most, parse_slice, result_shape, select
 
     path, slice_ = _split_slice(args.path)
-    meta = client.get_info(path)
-    if args.json:
-        # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory too.
-        size = math.prod(result_shape(select(parse_slice(slice_ or ""), meta["shape"])))
-        if size > JSON_ITEMS:
+    key = parse_slice(slice_ or "")
+    meta = None
+    if args.json or items_at_most(key) is None:
+        # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory
+        # too, and bytes about 3 (their repr). A few items bounded whatever the shape
+        # are read at once, without the metadata.
+        meta = client.get_info(path)
+        size = math.prod(result_shape(select(key, meta["shape"])))
+        if (args.json or meta["kind"] != "ndarray") and size > SHOWN_ITEMS:
+            what = "--json" if args.json else "show"
             raise TooLarge(
-                f"the selection has {size} items, over the {JSON_ITEMS} that --json prints:"
-                " select less, or save it with 'catmqtt download'"
+                f"the selection has {size} {'items' if args.json else 'bytes'}, over the {SHOWN_ITEMS}"
+                f" that {what} prints: select less ({path}[:{SHOWN_ITEMS}]), or save it with"
+                " 'catmqtt download'"
             )
-    result = client.fetch(path, slice_, meta=meta)
+    result = client.fetch(path, key, meta=meta)
     if args.json:
         return _json(to_jsonable(result))
     if isinstance(result, bytes):

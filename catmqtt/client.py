@@ -41,9 +41,9 @@ from .client_reader import Reader
 from .client_view import Dataset as Dataset
 from .client_view import File as File
 from .client_view import Root as Root
-from .errors import BadRequest, Changed, Unavailable
+from .errors import BadRequest, Changed, TooLarge, Unavailable
 from .schema import DatasetMeta, parse_dataset, parse_root
-from .slices import as_key, parse_slice
+from .slices import as_key, items_at_most, parse_slice
 from .wire import ETAG, quote_dataset
 
 if TYPE_CHECKING:
@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 TIMEOUT = (10, 600)
 CACHE_BYTES = 128 << 20
 MAX_AGE = 1.0
+# A first read of a dataset that selects at most this many items along the axes
+# it names is one request, which the subscriber slices (see Client.fetch).
+FIRST_READ_ITEMS = 1 << 16
+# Datasets remembered as read so (a set, emptied when this large).
+FIRST_READS_MAX = 4096
 # A read that the dataset's change cuts short is made again, at most this many
 # times in all, after a pause that doubles from CHANGED_PAUSE seconds.
 CHANGED_TRIES = 3
@@ -116,6 +121,9 @@ class Client(Connection):
         # chunk request names its etag, so a stale entry costs a 412 and one
         # more request, never wrong data.
         self._metas: dict[str, Known] = {}
+        # Datasets read once without their metadata, with what was read, so that their
+        # next read reads it (and knows which chunks were read in part).
+        self._read_once: dict[str, tuple] = {}
 
     def close(self) -> None:
         super().close()
@@ -137,27 +145,27 @@ class Client(Connection):
     def _parse_info(self, dataset: str, meta: Any, sent: float) -> dict[str, Any]:
         """Check metadata of `dataset` read at `sent`, remember it and return it."""
         root = "/" not in dataset
-        # Checked as a subscriber checks an announcement: chunks are decoded by it.
+        # Checked as a subscriber checks an announcement (its dtype when data is
+        # read: numpy is imported then).
         try:
             if not isinstance(meta, dict):
                 raise BadRequest("not a JSON object")
             if root:
                 return parse_root(meta, dataset)
             parse_dataset(meta, dataset.partition("/")[2])
-            if meta["kind"] == "ndarray":
-                from .dtypes import array_dtype
-
-                array_dtype(meta)
         except BadRequest as exc:
-            raise Unavailable(
-                f"the subscriber at {self.urlbase} sent metadata of {dataset} that cannot be right: {exc}",
-                status=502,
-            ) from None
+            raise self._wrong_meta(dataset, exc) from None
         known = self._metas.get(dataset)
         if known is not None and known.meta["etag"] != meta["etag"]:
             self.chunk_cache.forget(dataset, meta["etag"])
         self._metas[dataset] = Known(meta, sent)
         return meta
+
+    def _wrong_meta(self, dataset: str, problem: BadRequest) -> Unavailable:
+        return Unavailable(
+            f"the subscriber at {self.urlbase} sent metadata of {dataset} that cannot be right: {problem}",
+            status=502,
+        )
 
     def _current(self, dataset: str, given: dict[str, Any] | None) -> dict[str, Any]:
         """Return the metadata to read `dataset` with: the client's own if checked in
@@ -165,17 +173,30 @@ class Client(Connection):
         metadata after asking the subscriber whether it is still current."""
         known = self._metas.get(dataset)
         if known is None and given is None:
-            return self.get_info(dataset)
+            return self._readable(dataset, self.get_info(dataset))
         meta, checked = known or (given, -math.inf)
         if time.monotonic() - checked < self.max_age:
-            return meta
+            return self._readable(dataset, meta)
         sent = time.monotonic()
         response = self._request(
             "GET", f"info/{quote_dataset(dataset)}", headers={"If-None-Match": f'"{meta["etag"]}"'}
         )
         if response.status_code != 304:
-            return self._parse_info(dataset, response.json(), sent)
+            return self._readable(dataset, self._parse_info(dataset, response.json(), sent))
         self._metas[dataset] = Known(meta, sent)
+        return self._readable(dataset, meta)
+
+    def _readable(self, dataset: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Return `meta`, after checking that an array's dtype is one its items are read as
+        (`get_info` leaves that to reads, which import numpy)."""
+        if meta["kind"] == "ndarray":
+            from .dtypes import array_dtype
+
+            try:
+                array_dtype(meta)
+            except BadRequest as exc:
+                self._metas.pop(dataset, None)
+                raise self._wrong_meta(dataset, exc) from None
         return meta
 
     def fetch(
@@ -194,16 +215,47 @@ class Client(Connection):
         from there while the dataset's metadata is known current (see
         `max_age`). `meta`, the dataset's metadata if the caller has it and the
         client has none of its own, saves reading it whole.
+
+        A first read of a dataset that selects a few items (at most
+        `FIRST_READ_ITEMS` along the axes it names, bounded whatever the
+        dataset's shape: ``"1000:2000"``, not ``":10"``) is one request: the
+        subscriber slices and sends the selection alone. Its next read reads
+        the metadata, and the cache serves from then on.
         """
         key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
+        if meta is None and self._first_read(dataset, key):
+            try:
+                return self._again(lambda again: self._reader.read_sliced(dataset, key, None))
+            except (BadRequest, TooLarge):
+                # Said again by a read that knows the shape (an index out of range as an
+                # IndexError), or read by its chunks (more than the subscriber slices).
+                pass
         first = self._current(dataset, meta)
+        before = self._read_once.pop(dataset, None)
+        if before is not None:
+            self._reader.read_before(dataset, first, before)
 
-        def read(again: bool) -> np.ndarray:
+        def read(again: bool) -> np.ndarray | bytes:
             # After a change, with the new version's metadata.
-            return self._reader.read(dataset, self.get_info(dataset) if again else first, key)
+            return self._reader.read(
+                dataset, self._readable(dataset, self.get_info(dataset)) if again else first, key
+            )
 
         result = self._again(read)
-        return result if first["kind"] == "ndarray" else result.tobytes()
+        return result if isinstance(result, bytes) or first["kind"] == "ndarray" else result.tobytes()
+
+    def _first_read(self, dataset: str, key: tuple) -> bool:
+        """Tell whether reading `key` of `dataset` is a first read of a few items (see
+        `fetch`), and remember that it was."""
+        if dataset in self._metas or dataset in self._read_once:
+            return False
+        bound = items_at_most(key)
+        if bound is None or bound > FIRST_READ_ITEMS:
+            return False
+        if len(self._read_once) >= FIRST_READS_MAX:
+            self._read_once.clear()
+        self._read_once[dataset] = key
+        return True
 
     def _again(self, read: Callable[[bool], T]) -> T:
         """Return ``read(again)``, called again (with `again` true) while the dataset

@@ -47,6 +47,9 @@ DECODERS = min(8, os.cpu_count() or 2)
 # Chunks read in part (sliced by the subscriber) remembered, so that those read
 # again are fetched whole.
 IN_PART_MAX = 4096
+# A client without a cache has the subscriber slice selections of up to this many
+# bytes, whatever part of their chunks they are: it reads them without Blosc2.
+UNCACHED_SLICED_MAX = 8 << 20
 # What a read fails with when the network does.
 NETWORK_ERRORS = (requests.RequestException, OSError, urllib3.exceptions.HTTPError)
 
@@ -68,17 +71,29 @@ class Reader:
         if self._decoders is not None:
             self._decoders.shutdown()
 
-    def read(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray:
-        """Return selection `key` of `dataset`, whose metadata is `meta` (current)."""
+    def read(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray | bytes:
+        """Return selection `key` of `dataset`, whose metadata is `meta` (current): an
+        array (of ``V<typesize>`` items, unless `meta` is an array's), or the bytes
+        the subscriber sliced, unless `meta` is an array's."""
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         found = {n: self.chunk_cache.get((dataset, meta["etag"], n)) for n in numbers}
         cached = {n: data for n, data in found.items() if data is not None}
         missing = [n for n in numbers if n not in cached]
-        # A small part of big chunks: let the subscriber slice, and send only that.
-        chunk_bytes = meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
-        if 4 * math.prod(result_shape(sel)) * meta["typesize"] < len(missing) * chunk_bytes:
-            result = self._read_sliced(dataset, meta, key)
+        # A small part of big chunks: let the subscriber slice, and send only that;
+        # without a cache, a small selection (no Blosc2 needed).
+        chunk_bytes = _chunk_bytes(meta)
+        result_bytes = math.prod(result_shape(sel)) * meta["typesize"]
+        if 4 * result_bytes < len(missing) * chunk_bytes or (
+            not self.chunk_cache.budget and missing and result_bytes <= UNCACHED_SLICED_MAX
+        ):
+            result = self.read_sliced(dataset, key, meta)
+            if not isinstance(result, bytes) and result.shape != result_shape(sel):
+                raise Unavailable(
+                    f"the subscriber at {self.urlbase} sent {dataset}[{format_key(key)}] of shape"
+                    f" {result.shape}, where it has shape {result_shape(sel)}",
+                    status=502,
+                )
             self._read_in_part(dataset, meta, missing, chunk_bytes)
             return result
         # Imported only here: a first read sliced by the subscriber is quicker without.
@@ -113,6 +128,17 @@ class Reader:
         for future in pending:
             future.result()
         return assembler.result()
+
+    def read_before(self, dataset: str, meta: DatasetMeta, key: tuple) -> None:
+        """Note that selection `key` of `dataset`, whose metadata is `meta`, was read
+        sliced by the subscriber before that metadata was known (see `Client.fetch`)."""
+        try:
+            sel = select(key, meta["shape"])
+        except CatmqttError:
+            return
+        numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
+        missing = [n for n in numbers if (dataset, meta["etag"], n) not in self.chunk_cache]
+        self._read_in_part(dataset, meta, missing, _chunk_bytes(meta))
 
     def chunks(self, dataset: str, meta: DatasetMeta, numbers: list[int]) -> Iterator[tuple[int, bytes]]:
         """Yield (number, bytes) of chunks `numbers` of `dataset`, as the subscriber sends
@@ -181,17 +207,25 @@ class Reader:
             # Changed, or cut off (the client closed): the chunks are read in part again.
             pass
 
-    def _read_sliced(self, dataset: str, meta: DatasetMeta, key: tuple) -> np.ndarray:
-        import numpy as np
-
+    def read_sliced(self, dataset: str, key: tuple, meta: DatasetMeta | None) -> np.ndarray | bytes:
+        """Return selection `key` of `dataset`, sliced by the subscriber, in one request:
+        an array as .npy, anything else as its bytes. `meta`, if known, says which
+        of the two the answer must be."""
         params = {"slice": format_key(key)}
         cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
         endpoint = f"fetch/{quote_dataset(dataset)}"
         with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
             content = _content(response, cut)
+            array = response.headers.get("Content-Type", "").partition(";")[0].strip() == NPY
+        if meta is not None and array != (meta["kind"] == "ndarray"):
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent {'an array' if array else 'bytes'} for {dataset},"
+                f" a {meta['kind']}",
+                status=502,
+            )
+        if not array:
+            return content
         try:
-            if meta["kind"] != "ndarray":
-                return np.frombuffer(content, dtype=f"V{meta['typesize']}")
             return decode_array(content, npy=True)
         except ValueError:
             raise Unavailable(cut) from None
@@ -200,6 +234,11 @@ class Reader:
         if self._decoders is None:
             self._decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="catmqtt-decode")
         return self._decoders
+
+
+def _chunk_bytes(meta: DatasetMeta) -> float:
+    """Return the mean compressed size of the chunks of a dataset."""
+    return meta.get("cbytes", meta["nbytes"]) / max(meta["nchunks"], 1)
 
 
 def _batches(numbers: list[int]) -> Iterator[list[int]]:

@@ -159,6 +159,24 @@ def select(key: Key, shape: Sequence[int]) -> Selection:
     return tuple(sel)
 
 
+def items_at_most(key: Key) -> int | None:
+    """Return how many items `key` selects at most along the axes it names, whatever
+    their sizes, or None if that depends on them (no axis named, a slice open at
+    one end or across zero, an ``...``). Axes it does not name add a factor not
+    counted."""
+    if not key:
+        return None
+    count = 1
+    for item in key:
+        if item is Ellipsis:
+            return None
+        if isinstance(item, slice):
+            if item.start is None or item.stop is None or (item.start < 0) != (item.stop < 0):
+                return None
+            count *= len(range(item.start, item.stop, item.step or 1))
+    return count
+
+
 def result_shape(sel: Selection) -> tuple[int, ...]:
     """Return the shape of the array that `sel` selects."""
     return tuple(len(s) for s in sel if isinstance(s, range))

@@ -252,16 +252,26 @@ def test_the_client_takes_proxies_from_the_environment(foo, monkeypatch, no_prox
             client.get_roots()
 
 
-def test_json_output_of_a_large_selection_is_refused_before_it_is_fetched(deployment, root_dir):
+def test_large_output_is_refused_before_it_is_fetched(deployment, root_dir):
+    """JSON of a large selection, and a large selection of bytes (printed as their repr)."""
     blosc2.asarray(np.arange(2_000_000), urlpath=str(root_dir / "big.b2nd"), mode="w")
+    (root_dir / "big.bin").write_bytes(bytes(range(256)) * 8000)
     d = deployment
     d.serve_foo(root_dir)
     result = d.cli("--json", "show", "foo/big.b2nd")
     assert result.returncode == 1
     assert result.stderr == (
         "Error: the selection has 2000000 items, over the 1000000 that --json prints:"
-        " select less, or save it with 'catmqtt download'\n"
+        " select less (foo/big.b2nd[:1000000]), or save it with 'catmqtt download'\n"
+    )
+    result = d.cli("show", "foo/big.bin")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: the selection has 2048000 bytes, over the 1000000 that show prints:"
+        " select less (foo/big.bin[:1000000]), or save it with 'catmqtt download'\n"
     )
     stats = requests.get(f"{d.url('sub')}/api/stats", timeout=5).json()
     assert stats["total"]["fetched_chunks"] == 0
     assert d.cli("--json", "show", "foo/big.b2nd[1999997:]").stdout == "[1999997, 1999998, 1999999]\n"
+    assert d.cli("show", "foo/big.bin[510:512]").stdout == repr(bytes([254, 255])) + "\n"
+    assert d.cli("show", "foo/big.bin[-2:]").stdout == repr(bytes([254, 255])) + "\n"

@@ -19,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 import catmqtt
-from catmqtt import storage
+from catmqtt import client_reader, storage
 from catmqtt.chunkcache import ChunkCache
 from catmqtt.errors import Unavailable
 from catmqtt.slices import parse_slice
@@ -173,14 +173,52 @@ def test_the_cache_is_bounded_and_forgets_the_least_recently_used_chunk(served):
         assert paths == ["/api/chunks/foo/rand.b2nd"]
 
 
-def test_the_cache_can_be_turned_off(served):
+def test_the_cache_can_be_turned_off(served, monkeypatch):
     d, _ = served
     with catmqtt.Client(d.url("sub"), cache_bytes=0, max_age=3600) as client:
         paths = counted(client)
+        # Small selections are sliced by the subscriber: no Blosc2 needed.
         for _ in range(3):
             assert np.array_equal(client.fetch("foo/rand.b2nd", "0:100000"), RAND[:100000])
-        assert paths == ["/api/info/foo/rand.b2nd"] + ["/api/chunks/foo/rand.b2nd"] * 3
+        assert paths == ["/api/info/foo/rand.b2nd"] + ["/api/fetch/foo/rand.b2nd"] * 3
+        # Larger ones are read by their chunks, which are not kept.
+        monkeypatch.setattr(client_reader, "UNCACHED_SLICED_MAX", 100_000 * RAND.itemsize - 1)
+        paths.clear()
+        for _ in range(2):
+            assert np.array_equal(client.fetch("foo/rand.b2nd", "0:100000"), RAND[:100000])
+        assert paths == ["/api/chunks/foo/rand.b2nd"] * 2
         assert len(client.chunk_cache) == 0
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_a_first_read_of_a_few_items_is_one_request(served, cache_bytes):
+    d, _ = served
+    with catmqtt.Client(d.url("sub"), cache_bytes=cache_bytes, max_age=3600) as client:
+        paths = counted(client)
+        assert np.array_equal(client.fetch("foo/rand.b2nd", "1000:2000"), RAND[1000:2000])
+        assert paths == ["/api/fetch/foo/rand.b2nd"]
+        # An integer index: a 0-d array, as every read gives it.
+        got = client.fetch("foo/changing.b2nd", (-7,))
+        assert got.shape == () and got == ROWS - 7 and paths[1:] == ["/api/fetch/foo/changing.b2nd"]
+        # The next read of each reads the metadata, and the cache serves from then on.
+        paths.clear()
+        assert np.array_equal(client.fetch("foo/rand.b2nd", "1000:2000"), RAND[1000:2000])
+        assert paths[0] == "/api/info/foo/rand.b2nd"
+    with catmqtt.Client(d.url("sub"), max_age=3600) as client:
+        paths = counted(client)
+        # Bounds that depend on the shape, or too many items: the metadata first.
+        for key in (None, ":10", "-5:", "0:400000"):
+            client.fetch("foo/rand.b2nd", key)
+        assert paths[0] == "/api/info/foo/rand.b2nd"
+        assert "/api/fetch/foo/rand.b2nd" not in paths[:1]
+    with catmqtt.Client(d.url("sub")) as client, pytest.raises(IndexError, match="out of range"):
+        client.fetch("foo/rand.b2nd", (ROWS,))
+    etag = catmqtt.get_info("foo/rand.b2nd", d.url("sub"))["etag"]
+    with catmqtt.Client(d.url("sub"), max_age=3600) as client:
+        # A first read is a read in part of its chunks: read so again, they are fetched whole.
+        for _ in range(2):
+            assert np.array_equal(client.fetch("foo/rand.b2nd", "300010:300020"), RAND[300010:300020])
+        wait_for(lambda: ("foo/rand.b2nd", etag, 3) in client.chunk_cache, "chunk 3 fetched whole")
 
 
 def test_a_chunk_of_an_old_version_is_never_served(served):
@@ -242,12 +280,13 @@ def lying_subscriber(meta: dict, chunk: bytes, asked: list[str]):
 
 def test_a_lying_subscribers_chunk_is_never_cached():
     asked: list[str] = []
-    # A compressed size of 1 byte: the client asks for the chunk even for a few items.
+    # A compressed size of 1 byte: the client asks for the chunk even for a few items
+    # (read with the metadata: ":5" is not bounded whatever the shape).
     meta = {**lying_meta("crash.b2nd", ONE_BLOCK), "cbytes": 1}
     with serving(lying_subscriber(meta, ONE_BLOCK, asked)) as url, catmqtt.Client(url) as client:
         for _ in range(2):
             with pytest.raises(Unavailable, match="its blocks are of 8000000 bytes, not 80"):
-                client.fetch("evil/crash.b2nd", "0:5")
+                client.fetch("evil/crash.b2nd", ":5")
         assert asked.count("/api/chunks/evil/crash.b2nd") == 2
         assert len(client.chunk_cache) == 0
 

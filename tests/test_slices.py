@@ -15,6 +15,7 @@ from catmqtt.slices import (
     chunks_touched,
     format_key,
     forward,
+    items_at_most,
     parse_slice,
     result_shape,
     select,
@@ -486,3 +487,33 @@ def test_forward_huge_values_read_from_blosc2(key: tuple) -> None:
     fkey, flip = forward(select(key, a.shape))
     read = storage.read_array(blosc2.asarray(a, chunks=(5, 5), blocks=(2, 3)), fkey, flip)
     assert np.array_equal(read, a[key])
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("", None),
+        ("5", 1),
+        ("1000:2000", 1000),
+        ("-20:-10", 10),
+        ("10:0:-2", 5),
+        ("3, 4:8, 0:10:3", 16),
+        ("5:1", 0),
+        (":10", None),
+        ("10:", None),
+        ("-5:10", None),
+        ("..., 1:3", None),
+        ("1:3, :", None),
+    ],
+)
+def test_items_at_most(text: str, want: int | None) -> None:
+    assert items_at_most(parse_slice(text)) == want
+    if want is not None:
+        # Whatever the shape, within the bound along the axes named.
+        for size in (0, 7, 30, 3000):
+            shape = (size,) * len(parse_slice(text))
+            try:
+                got = np.broadcast_to(0.0, shape)[parse_slice(text)]
+            except IndexError:
+                continue
+            assert np.size(got) <= want

@@ -378,11 +378,12 @@ def test_the_client_checks_what_its_subscriber_sends():
         {"crash.b2nd": meta, "bad-meta.b2nd": bad_meta}, {"crash.b2nd": ONE_BLOCK, "bad-meta.b2nd": small}
     )
     with serving(route) as url:
-        result = run_cli("show", "evil/crash.b2nd[0:5]", sub=url)
-        assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-        assert result.stderr == (
-            f"Error: the subscriber at {url} sent chunk 0 of 'crash.b2nd', which is not what its metadata"
-            " says: its blocks are of 8000000 bytes, not 80 (blocks [10])\n"
+        # ":5", not "0:5": read with the metadata (a first read of "0:5" has the subscriber slice).
+        with Client(url) as client, pytest.raises(Unavailable) as refused:
+            client.fetch("evil/crash.b2nd", ":5")
+        assert str(refused.value) == (
+            f"the subscriber at {url} sent chunk 0 of 'crash.b2nd', which is not what its metadata"
+            " says: its blocks are of 8000000 bytes, not 80 (blocks [10])"
         )
         # The library's raw chunks too.
         with Client(url) as client, pytest.raises(Unavailable) as refused:
@@ -392,7 +393,7 @@ def test_the_client_checks_what_its_subscriber_sends():
             f"the subscriber at {url} sent chunk 0 of evil/crash.b2nd, which is not what its metadata says:"
             " its blocks are of 8000000 bytes, not 80 (blocks [10])"
         )
-        result = run_cli("show", "evil/bad-meta.b2nd[0:5]", sub=url)
+        result = run_cli("show", "evil/bad-meta.b2nd[:5]", sub=url)
         assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
         assert result.stderr.startswith(
             f"Error: the subscriber at {url} sent metadata of evil/bad-meta.b2nd that cannot be right:"
