@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class Root:
-    """A root on a subscriber; creating one subscribes to it.
+    """A root on a subscriber; creating one subscribes to it, unless the subscriber
+    follows it already (which a user who is not an admin cannot ask for).
 
     Parameters
     ----------
@@ -55,7 +56,8 @@ class Root:
 
         self.name = name
         self.client = client or Client(urlbase, **credentials(user_auth))
-        self.client.subscribe(name)
+        if not self.client.get_roots().get(name, {}).get("subscribed"):
+            self.client.subscribe(name)
 
     @property
     def node_list(self) -> list[str]:

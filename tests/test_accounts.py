@@ -446,6 +446,9 @@ def test_library_with_user_and_token(site):
     )
     root = catmqtt.Root("foo", site.url, user_auth={"username": "root", "password": PASSWORDS["root"]})
     assert root["ds-1d.b2nd"][2] == 2
+    # A reader cannot subscribe, and has no need to: foo is followed.
+    root = catmqtt.Root("foo", site.url, user_auth={"token": site.tokens["reader"]})
+    assert root["ds-1d.b2nd"][3] == 3
     token = cli("token", "create", "lib-bot", "--user", "reader", statedir=site.statedir).stdout.strip()
     assert catmqtt.get_list("bar", site.url, user_auth={"token": token})
     assert catmqtt.Client(site.url, token=site.tokens["other"]).get_list("foo")
