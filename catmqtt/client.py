@@ -42,12 +42,13 @@ from .client_view import Dataset as Dataset
 from .client_view import File as File
 from .client_view import Root as Root
 from .errors import BadRequest, Changed, TooLarge, Unavailable
-from .schema import DatasetMeta, parse_dataset, parse_root
 from .slices import as_key, items_at_most, parse_slice
 from .wire import ETAG, quote_dataset
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .schema import DatasetMeta
 
 TIMEOUT = (10, 600)
 CACHE_BYTES = 128 << 20
@@ -144,6 +145,9 @@ class Client(Connection):
 
     def _parse_info(self, dataset: str, meta: Any, sent: float) -> dict[str, Any]:
         """Check metadata of `dataset` read at `sent`, remember it and return it."""
+        # Imported here: `catmqtt roots` and `list` start without it.
+        from .schema import parse_dataset, parse_root
+
         root = "/" not in dataset
         # Checked as a subscriber checks an announcement (its dtype when data is
         # read: numpy is imported then).

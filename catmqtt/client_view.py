@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .client_base import credentials
 from .errors import BadRequest
-from .schema import DatasetMeta
 from .slices import as_key, parse_slice
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .client import Client
+    from .schema import DatasetMeta
 
 
 class Root:
