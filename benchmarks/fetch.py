@@ -12,7 +12,7 @@ each figure with its reference measured in the same run:
   python-blosc2's ``C2Array`` with its chunk cache (``blosc2.open(URLPath(...),
   lazy=True)``) reading the same subscriber, in this process and in a new
   one (after its imports); and in a new process, one GET of the dataset's
-  metadata with requests (one round trip: a first read makes two).
+  metadata with requests (one round trip, as a first read of a few items makes).
 
     python benchmarks/fetch.py [--size 100000000] [--reps 3] [--json out.json]
 
