@@ -3,7 +3,7 @@ unsubscribe, list, info, show, download), which ask a subscriber over HTTP, and
 how they print what it answers.
 
 Each takes the parsed arguments and a :class:`catmqtt.Client`; it imports
-numpy only when it reads data, so that the others start quickly.
+numpy only when it prints an array, so that the others start quickly.
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ def cmd_info(args: argparse.Namespace, client: Any) -> int:
 
 
 def cmd_show(args: argparse.Namespace, client: Any) -> int:
-    import numpy as np
-
-    from .dtypes import to_jsonable
     from .errors import TooLarge
     from .slices import items_at_most, parse_slice, result_shape, select
 
@@ -78,15 +75,19 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
             )
     result = client.fetch(path, key, meta=meta)
     if args.json:
+        from .dtypes import to_jsonable
+
         return _json(to_jsonable(result))
     if isinstance(result, bytes):
         try:
             print(result.decode())
         except UnicodeDecodeError:
             print(repr(result))
-    else:
-        with np.printoptions(threshold=1000):
-            print(result)
+        return 0
+    import numpy as np
+
+    with np.printoptions(threshold=1000):
+        print(result)
     return 0
 
 

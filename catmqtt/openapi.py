@@ -164,6 +164,15 @@ def subscriber() -> dict[str, Any]:
             "/api/chunk/{fullpath}": {
                 "get": _chunk("A chunk's compressed bytes.", (*_READS, 416), ("fullpath", "nchunk"))
             },
+            "/api/manifest/{fullpath}": {
+                "get": _operation(
+                    "The digest of every chunk of a dataset, as its publisher serves it (from the"
+                    " publisher, checked against the root's announcement).",
+                    _ok("The manifest.", _ref("schemas", "Manifest")),
+                    _READS,
+                    parameters=("fullpath",),
+                )
+            },
             "/api/chunks/{fullpath}": {
                 "get": _operation(
                     "Compressed chunks, streamed in frames as they come.",

@@ -225,8 +225,21 @@ def test_the_broker_stays_light():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", [["roots"], ["list", "foo"], ["info", "foo"], ["subscribe", "foo"]])
-def test_commands_that_read_no_data_import_neither_numpy_nor_blosc2(foo, command):
+@pytest.mark.parametrize(
+    ("command", "imported"),
+    [
+        (["roots"], []),
+        (["list", "foo"], []),
+        (["info", "foo"], []),
+        (["info", "foo/ds-1d.b2nd"], []),
+        (["subscribe", "foo"], []),
+        # Printing arrays takes numpy; small selections are read as .npy, without Blosc2.
+        (["show", "foo/ds-1d.b2nd[3:5]"], ["numpy"]),
+        (["show", "foo/dir1/ds-2d.b2nd"], ["numpy"]),
+        (["show", "foo/README.md"], []),
+    ],
+)
+def test_client_commands_import_only_what_they_need(foo, command, imported):
     # What they would cost to import is most of a command's start-up time.
     code = (
         "import sys; from catmqtt.cli import main;"
@@ -234,7 +247,7 @@ def test_commands_that_read_no_data_import_neither_numpy_nor_blosc2(foo, command
         "print(status, [m for m in ('numpy', 'blosc2', 'flask', 'paho') if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"0 {imported}", result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(("no_proxy", "reached"), [("", False), ("127.0.0.1", True)])

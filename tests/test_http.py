@@ -40,6 +40,8 @@ TRAVERSALS = [
     "/api/download/foo/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
     "/api/fetch/foo/%2e%2e/ds-1d.b2nd",
     "/api/chunk/foo/./ds-1d.b2nd?nchunk=0",
+    "/api/manifest/foo/%2e%2e/ds-1d.b2nd",
+    "/api/manifest/foo/../../etc/passwd",
 ]
 
 
@@ -344,3 +346,20 @@ def test_malformed_http_gets_a_json_error(foo, node, request_, status, message):
     assert error["status"] == status and message in error["error"]
     # And the server goes on serving.
     assert requests.get(f"{foo.url(node)}/api/list{'' if node == 'pub-foo' else '/foo'}", timeout=10).ok
+
+
+def test_the_subscriber_serves_the_publishers_manifest(foo):
+    for path in ("ds-1d.b2nd", "dir2/ds-4d.b2nd", "README.md"):
+        mine = requests.get(f"{foo.url('sub')}/api/manifest/foo/{path}", timeout=30)
+        theirs = requests.get(f"{foo.url('pub-foo')}/api/manifest/{path}", timeout=30)
+        assert mine.status_code == theirs.status_code == 200, (mine.text, theirs.text)
+        assert mine.json() == theirs.json()
+        info = requests.get(f"{foo.url('sub')}/api/info/foo/{path}", timeout=30).json()
+        assert mine.json()["etag"] == info["etag"] and len(mine.json()["digests"]) == info["nchunks"]
+    for path, status, message in [
+        ("foo/nothing.b2nd", 404, "no dataset"),
+        ("nothing/ds-1d.b2nd", 404, "nothing"),
+        ("foo", 400, "invalid dataset path"),
+    ]:
+        response = requests.get(f"{foo.url('sub')}/api/manifest/{path}", timeout=30)
+        assert response.status_code == status and message in response.json()["error"], response.text

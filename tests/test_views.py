@@ -17,6 +17,7 @@ import blosc2
 import numpy as np
 import pytest
 
+from catmqtt import storage
 from catmqtt.publisher.roots import open_root
 from catmqtt.schema import dumps
 from catmqtt.subscriber.accounts import Accounts
@@ -114,7 +115,8 @@ def views(tmp_path, sample_root, accounts: bool = False) -> Iterator[SimpleNames
         for path, entry in root.entries.items():
             follower.settled("foo", path)
             for n in range(entry.meta["nchunks"]):
-                data, digest = root.chunk(path, n)
+                data, _ = root.chunk(path, n)
+                digest = storage.chunk_digest(data)
                 assert cache.store_chunk("foo", path, cache.dataset("foo", path), n, data, digest, PUBLISHER)
         yield SimpleNamespace(
             app=app, client=app.test_client(), topics=topics, root=root, fetcher=fetcher, token=token
@@ -228,3 +230,15 @@ def test_download_and_stats(node):
 )
 def test_bad_requests_get_json_errors(node, url, status, message):
     assert message in error(node.client.get(url), status)
+
+
+def test_manifest_from_the_cache(node):
+    """Every chunk cached: the manifest is the cache's, as the publisher (unreachable
+    here) serves it, unless its digest is not the one the announcement names."""
+    response = node.client.get("/api/manifest/foo/dir2/ds-4d.b2nd")
+    assert response.status_code == 200 and response.get_json() == node.root.manifest("dir2/ds-4d.b2nd")
+    node.fetcher.cache.chunks.index.query(
+        "UPDATE chunks SET digest='0' WHERE root='foo' AND path='dir2/ds-4d.b2nd' AND nchunk=0", ()
+    )
+    assert "unreachable" in error(node.client.get("/api/manifest/foo/dir2/ds-4d.b2nd"), 503)
+    assert "no dataset" in error(node.client.get("/api/manifest/foo/nothing.b2nd"), 404)

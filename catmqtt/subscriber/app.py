@@ -107,6 +107,11 @@ def _array_response(result: np.ndarray, npy: bool) -> Response:
     return Response(data, mimetype=mimetype)
 
 
+@bp.get("/api/manifest/<path:fullpath>")
+def manifest(fullpath: str):
+    return jsonify(_reader().manifest(fullpath))
+
+
 @bp.get("/api/chunk/<path:fullpath>")
 def chunk(fullpath: str):
     data, etag = _reader().chunk(fullpath, arg_int("nchunk"))

@@ -266,6 +266,18 @@ class Chunks:
                         cached.discard(n)
         return cached
 
+    def digests(self, root: str, path: str, meta: DatasetMeta) -> list[str] | None:
+        """Return the digest of every chunk of version ``meta["etag"]`` of a dataset, if
+        all of them are cached, else None."""
+        with self.index.lock:
+            rows = self.index.query(
+                "SELECT nchunk, digest FROM chunks WHERE root=? AND path=? AND etag=? ORDER BY nchunk",
+                (root, path, meta["etag"]),
+            )
+        if len(rows) != meta["nchunks"]:
+            return None
+        return [digest for _, digest in rows]
+
     def store_chunk(
         self, root: str, path: str, meta: DatasetMeta, nchunk: int, data: bytes, digest: str, url: str
     ) -> bool:

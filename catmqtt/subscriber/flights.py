@@ -143,6 +143,12 @@ class Fetcher:
         """Return the chunk digests of version ``meta["etag"]`` of a dataset, from its publisher."""
         return self.transport.manifest(Upstream(root, path, meta, url))
 
+    def digests(self, source: Upstream) -> list[str] | None:
+        """Return the chunk digests of a dataset version that names its manifest, from its
+        publisher, checked against the announcement and kept a while; None for one that
+        does not."""
+        return self._manifests.digests(source)
+
     def ensure(self, source: Upstream, numbers: list[int], missing: list[int] | None = None) -> None:
         """Make sure chunks `numbers` of a dataset are cached, fetching the missing ones
         (`missing`, when the caller asked `missing` already)."""

@@ -26,7 +26,7 @@ from .. import storage
 from ..assemble import Assembler
 from ..dtypes import dtype_from_json
 from ..errors import BadRequest, Changed, NotFound, NotSubscribed, TooLarge
-from ..schema import RootInfo
+from ..schema import RootInfo, has_manifest
 from ..slices import chunks_touched, forward, parse_slice, result_shape, select
 from ..topics import parse_path, parse_root_name
 from ..wire import frames, parse_chunk_list
@@ -127,6 +127,19 @@ class Reader:
                 raise
             raise NotFound(f"{exc}: its publisher skipped it ({reason})") from None
         return Upstream(name, path, meta, info["url"])
+
+    def manifest(self, fullpath: str) -> dict[str, Any]:
+        """Return the chunk manifest of a dataset as its publisher serves it (its path,
+        etag and the digest of every chunk), which its announcement vouches for: from
+        the cache when it holds every chunk, else from the publisher."""
+        source = self.lookup(fullpath)
+        root, path, meta, _ = source
+        if not has_manifest(meta):
+            raise NotFound(f"root {root!r} keeps no chunk manifest for {path!r}")
+        digests = self.cache.chunks.digests(root, path, meta)
+        if digests is None or storage.manifest_digest(digests) != meta["manifest"]:
+            digests = self.fetcher.digests(source)
+        return {"path": path, "etag": meta["etag"], "digests": digests}
 
     # Selections
 
