@@ -436,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, name, getattr(args, name, None))
     user = token = None
     try:
+        # Checked whatever the command, so that a mistyped level is never ignored.
+        loglevel = None if args.loglevel is None else config.parse_loglevel(args.loglevel)
         conf = config.load(args.conf)
         if args.service:
             return args.func(args, conf)
+        if loglevel is not None:
+            _logging(loglevel)
         from .client import Client
 
         args.json = getattr(args, "json", False)

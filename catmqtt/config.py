@@ -154,17 +154,24 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def broker_section(conf: dict, **options: Any) -> dict[str, Any]:
-    """Return the broker's settings, with ``ws`` None when websockets are off
-    (``off``, or ``false``/``no``, which YAML reads ``off`` as) and every
-    address checked under its own key's name."""
+    """Return the broker's validated settings, with ``ws`` None when websockets
+    are off (``off``, or false, which YAML 1.1 reads ``off`` and ``no`` as) and
+    every address checked under its own key's name."""
     s = section(conf, "broker", **options)
-    if s["ws"] is False or (isinstance(s["ws"], str) and s["ws"].lower() == "off"):
-        s["ws"] = None
-    for key in ("listen", "ws"):
+    parse = _parser(conf, "broker", None, options)
+    parse(s, "ws", parse_ws)
+    for key in ("listen", "ws") if s["ws"] is not None else ("listen",):
+        host, port = parse(s, key, lambda v, key=key: parse_hostport(v, f"broker {key}"))
+        # amqtt binds what it is given: the wildcard as an address it knows.
+        s[key] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if s["url"] is not None:
+        # Checked here, kept as written: a node reads it as its broker's URL.
+        parse(s, "url", lambda v: parse_broker_url(v) and v)
+    parse(s, "prefix", parse_prefix)
+    parse(s, "loglevel", parse_loglevel)
+    for key in ("amqtt_conf", "statedir"):
         if s[key] is not None:
-            host, port = parse_hostport(s[key], f"broker {key}")
-            # amqtt binds what it is given: the wildcard as an address it knows.
-            s[key] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            parse(s, key, lambda v, key=key: parse_path(v, key))
     return s
 
 
@@ -183,45 +190,91 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
 
     The broker address comes from the node's own ``broker`` key, else the
     ``broker`` section's ``url``, else where the embedded broker listens.
+    A value of the wrong kind or out of range is a ConfigError naming the
+    section it was read from and its key. A null (an empty YAML value) is
+    taken as unset for keys unset by default, and refused for the others.
     """
     s = section(conf, role, node_id, **options)
-    brokers = section(conf, "broker")
-    s["http"] = parse_hostport(s["http"], "http")
-    s["broker"] = parse_broker_url(s["broker"] or brokers["url"] or f"mqtt://{brokers['listen']}")
-    s["prefix"] = _check(parse_prefix, s["prefix"] or brokers["prefix"])
-    s["statedir"] = Path(s["statedir"] or default_statedir(role, node_id))
-    s["loglevel"] = parse_loglevel(s["loglevel"])
+    parse = _parser(conf, role, node_id, options)
+    parse(s, "http", lambda v: parse_hostport(v, "http"))
+    if s["broker"] is None or s["prefix"] is None:
+        brokers = broker_section(conf)
+        if s["broker"] is None:
+            s["broker"] = brokers["url"] or f"mqtt://{brokers['listen']}"
+        if s["prefix"] is None:
+            s["prefix"] = brokers["prefix"]
+    parse(s, "broker", parse_broker_url)
+    parse(s, "prefix", parse_prefix)
+    if s["statedir"] is None:
+        s["statedir"] = default_statedir(role, node_id)
+    parse(s, "statedir", lambda v: Path(parse_path(v, "statedir")))
+    parse(s, "loglevel", parse_loglevel)
+    for key in ("mqtt_user", "mqtt_password"):
+        if s[key] is not None:
+            parse(s, key, lambda v, key=key: parse_text(v, key, empty=key == "mqtt_password"))
     if s["mqtt_password"] is None:
         s["mqtt_password"] = os.environ.get(PASSWORD_ENV)
+    if s["cafile"] is not None:
+        parse(s, "cafile", lambda v: parse_path(v, "cafile"))
     if s["urlbase"] is not None:
-        s["urlbase"] = parse_http_url(s["urlbase"], "urlbase")
-    _int_in(s, "http_threads", 1, 1024)
-    _int_in(s, "http_connections", 1, 100_000)
-    _int_in(s, "http_timeout", 1, 86_400)
+        parse(s, "urlbase", lambda v: parse_http_url(v, "urlbase"))
+    parse(s, "http_threads", lambda v: _int_in(v, "http_threads", 1, 1024))
+    parse(s, "http_connections", lambda v: _int_in(v, "http_connections", 1, 100_000))
+    parse(s, "http_timeout", lambda v: _int_in(v, "http_timeout", 1, 86_400))
     if role == "publisher":
         if s["name"] is not None:
-            s["name"] = _check(parse_root_name, s["name"])
-        if s["watch"] not in WATCH_MODES:
-            raise ConfigError(f"invalid watch mode {s['watch']!r}: one of {', '.join(WATCH_MODES)}")
-        _number_in(s, "settle", 0, 3600)
+            parse(s, "name", parse_root_name)
+        for key in ("root", "sign_key"):
+            if s[key] is not None:
+                parse(s, key, lambda v, key=key: parse_path(v, key))
+        parse(s, "watch", parse_watch)
+        parse(s, "settle", lambda v: _number_in(v, "settle", 0, 3600))
     if role == "subscriber":
-        _int_in(s, "fetch_workers", 1, 256)
-        _int_in(s, "fetch_timeout", 1, 3600)
-        _int_in(s, "max_fetch_bytes", 1, 1 << 50)
-        _int_in(s, "max_stream_bytes", 1, 1 << 50)
-        _int_in(s, "max_temp_bytes", 1, 1 << 50)
-        s["trust"] = parse_trust(s["trust"])
-        if not isinstance(s["auth"], bool):
-            raise ConfigError(f"auth must be true or false, not {s['auth']!r}")
-        _int_in(s, "token_ttl", 1, 366 * 86400)
-        s["access"] = parse_access(s["access"])
-        s["allowed_hosts"] = parse_allowed_hosts(s["allowed_hosts"])
+        parse(s, "fetch_workers", lambda v: _int_in(v, "fetch_workers", 1, 256))
+        parse(s, "fetch_timeout", lambda v: _int_in(v, "fetch_timeout", 1, 3600))
+        for key in ("max_fetch_bytes", "max_stream_bytes", "max_temp_bytes"):
+            parse(s, key, lambda v, key=key: _int_in(v, key, 1, 1 << 50))
+        parse(s, "trust", parse_trust)
+        parse(s, "auth", parse_auth)
+        parse(s, "token_ttl", lambda v: _int_in(v, "token_ttl", 1, 366 * 86400))
+        parse(s, "access", parse_access)
+        parse(s, "allowed_hosts", parse_allowed_hosts)
         if s["cache_size"] is not None:
-            s["cache_size"] = _check(parse_cache_size, s["cache_size"])
-        s["min_free"] = _check(lambda v: parse_size(v, "min_free"), s["min_free"])
+            parse(s, "cache_size", parse_cache_size)
+        parse(s, "min_free", lambda v: parse_size(v, "min_free"))
         if s["prefetch_rate"] is not None:
-            s["prefetch_rate"] = _check(parse_rate, s["prefetch_rate"])
+            parse(s, "prefetch_rate", parse_rate)
     return s
+
+
+def _parser(conf: dict, role: str, node_id: str | None, options: dict[str, Any]):
+    """Return parse(settings, key, function), which replaces a setting by what
+    `function` makes of it, and turns its ValueError into a ConfigError that
+    names the section the value came from (none for an option or a default)."""
+    names = ([f"{role}.{node_id}"] if node_id else []) + [role]
+
+    def parse(settings: dict[str, Any], key: str, function) -> Any:
+        try:
+            settings[key] = function(settings[key])
+        except ValueError as exc:
+            where = (
+                None
+                if options.get(key) is not None
+                else next((name for name in names if key in (conf.get(name) or {})), None)
+            )
+            raise ConfigError(_in_section(where, key, str(exc))) from None
+        return settings[key]
+
+    return parse
+
+
+def _in_section(section: str | None, key: str, message: str) -> str:
+    """Return `message` about `key`, followed by the section it was read from."""
+    if section is None:
+        return message
+    # Most messages name their key ("fetch_workers must be..."); the others get it here.
+    named = "" if key in message else f", key {key!r}"
+    return f"{message} (section {section!r}{named})"
 
 
 # Units of sizes: decimal (SI) and binary (IEC), any case but the IEC "i".
@@ -327,14 +380,16 @@ def client_sub(conf: dict, option: str | None) -> str:
     """Return the subscriber URL a client talks to: `option` (``--sub``), else
     ``$CATMQTT_SUB``, else ``client.sub``, else the ``urlbase`` the ``subscriber``
     section advertises (as Caterva2's clients read it), else the default."""
-    url = (
-        option
-        or os.environ.get(SUB_ENV)
-        or (conf.get("client") or {}).get("sub")
-        or (conf.get("subscriber") or {}).get("urlbase")
-        or DEFAULTS["client"]["sub"]
-    )
-    return parse_http_url(url, "subscriber URL")
+    if option or os.environ.get(SUB_ENV):
+        return parse_http_url(option or os.environ.get(SUB_ENV), "subscriber URL")
+    for name, key in (("client", "sub"), ("subscriber", "urlbase")):
+        value = (conf.get(name) or {}).get(key)
+        if value is not None:
+            try:
+                return parse_http_url(value, "subscriber URL")
+            except ConfigError as exc:
+                raise ConfigError(_in_section(name, key, str(exc))) from None
+    return DEFAULTS["client"]["sub"]
 
 
 def client_credentials(conf: dict, user: str | None, token: str | None) -> tuple[str | None, str | None]:
@@ -344,6 +399,12 @@ def client_credentials(conf: dict, user: str | None, token: str | None) -> tuple
     ``$CATMQTT_USER``, ``client.token``, ``client.user``.
     """
     client = conf.get("client") or {}
+    for key in ("token", "user"):
+        if client.get(key) is not None:
+            try:
+                parse_text(client[key], key)
+            except ConfigError as exc:
+                raise ConfigError(_in_section("client", key, str(exc))) from None
     for kind, value in (
         ("token", token),
         ("user", user),
@@ -362,16 +423,59 @@ def default_statedir(role: str, node_id: str | None) -> Path:
     return Path("_catmqtt") / (f"{role}.{node_id}" if node_id else role)
 
 
-def _int_in(settings: dict[str, Any], key: str, low: int, high: int) -> None:
-    value = settings[key]
+def _int_in(value: object, key: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be an integer from {low} to {high}, not {value!r}")
+    return value
 
 
-def _number_in(settings: dict[str, Any], key: str, low: float, high: float) -> None:
-    value = settings[key]
+def _number_in(value: object, key: str, low: float, high: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be a number from {low} to {high}, not {value!r}")
+    return value
+
+
+def parse_path(value: object, key: str) -> str | os.PathLike:
+    """Return the file or directory `value` of setting `key`: a non-empty string
+    (or a path, as code passes); ``statedir: off`` and ``statedir: []`` are mistakes."""
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value):
+        return value
+    raise ConfigError(f"{key} must be a file or directory path, not {value!r}")
+
+
+def parse_text(value: object, key: str, *, empty: bool = False) -> str:
+    """Return the string `value` of setting `key`; an empty one only if `empty`."""
+    if isinstance(value, str) and (value or empty):
+        return value
+    raise ConfigError(f"{key} must be a{'' if empty else ' non-empty'} string, not {value!r}")
+
+
+def parse_watch(value: object) -> str:
+    """Return ``publisher.watch`` (``--watch``): auto, poll or off, in any case.
+
+    YAML 1.1 reads ``off`` (and ``no``, ``false``) as false, which is ``off``."""
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value.lower() in WATCH_MODES:
+        return value.lower()
+    raise ConfigError(f"invalid watch mode {value!r}: one of {', '.join(WATCH_MODES)}")
+
+
+def parse_ws(value: object) -> str | None:
+    """Return ``broker.ws`` (``--ws``), None for ``off`` in any case or false
+    (YAML 1.1 reads ``off`` and ``no`` as false); the address is checked apart."""
+    if value is False or (isinstance(value, str) and value.lower() == "off"):
+        return None
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"invalid broker ws address {value!r}: expected HOST:PORT, like 127.0.0.1:9001, or off")
+
+
+def parse_auth(value: object) -> bool:
+    """Return ``subscriber.auth``: true or false (YAML reads on, off, yes and no as those)."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"auth must be true or false, not {value!r}")
 
 
 def _check(parse, value):

@@ -43,6 +43,8 @@ TRAILER_MAX = 64 << 10
 # most this many digits: more cannot name anything, and int() refuses over 4300.
 MAX_DIGITS = 20
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# One or more suffix ranges of no bytes: "bytes=-0", "bytes=-0, -00".
+_NO_BYTES = re.compile(r"bytes=-0+(?:[ \t]*,[ \t]*-0+)*", re.IGNORECASE)
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})")
 
 
@@ -190,6 +192,13 @@ def pick_range(ranges: Sequence[tuple[int, int | None]] | None, size: int) -> tu
         # The last -start bytes (all of them if there are fewer).
         start, stop = max(size + start, 0), size
     return start, size if stop is None else min(stop, size)
+
+
+def asks_no_bytes(header: str | None) -> bool:
+    """Tell whether a ``Range`` header asks only for the last 0 bytes (``bytes=-0``):
+    RFC 9110 (14.1.1) makes that unsatisfiable, a 416, where werkzeug reads no
+    range at all, which would send the whole chunk."""
+    return header is not None and _NO_BYTES.fullmatch(header.strip()) is not None
 
 
 def format_content_range(span: tuple[int, int] | None, size: int) -> str:

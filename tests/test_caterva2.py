@@ -4,6 +4,7 @@ as they read a Caterva2 server: real broker, publisher and subscriber processes.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -214,6 +215,9 @@ def test_large_gather_within_the_budget(c2, c2root):
         ("GET", "ds-1d.b2nd", {"slice": "1", "slice_": "2"}, None, {}, 400, "differ"),
         ("GET", "ds-1d.b2nd", {"slice_": "1:2", "indices": "[[1]]"}, None, {}, 400, "not both"),
         ("GET", "ds-1d.b2nd", {"indices": "[[1]"}, None, {}, 400, "not JSON"),
+        ("GET", "ds-1d.b2nd", {"indices": "[" * 1000 + "]" * 1000}, None, {}, 400, "at most 65 levels"),
+        ("GET", "ds-1d.b2nd", {"indices": "[" * 66 + "1" + "]" * 66}, None, {}, 400, "nested too deeply"),
+        ("GET", "ds-1d.b2nd", {"indices": "[0, " + "[" * 70 + "]" * 71}, None, {}, 400, "nested too deeply"),
         ("GET", "ds-1d.b2nd", {"indices": '{"a": 1}'}, None, {}, 400, "JSON list"),
         ("GET", "ds-1d.b2nd", {"indices": "[[1.5]]"}, None, {}, 400, "integers"),
         ("GET", "ds-1d.b2nd", {"indices": "[[[1], [2, 3]]]"}, None, {}, 400, "integers"),
@@ -297,3 +301,32 @@ def test_wrong_bytes_are_refused_and_not_cached(broker, tmp_path, root_dir):
         lying.clear()
         assert np.array_equal(remote[:], whole(src))
         assert remote.get_chunk(0) == src.schunk.get_chunk(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[" * 1000 + "]" * 1000, "indices is nested too deeply: at most 65 levels of lists"),
+        ("[" * 100_000 + "]" * 100_000, "indices is nested too deeply: at most 65 levels of lists"),
+        ("[" * 66 + "0" + "]" * 66, "indices is nested too deeply: at most 65 levels of lists"),
+        ("[null, " + "[" * 65 + "]" * 66, "indices is nested too deeply: at most 65 levels of lists"),
+        ("[[1]", "indices is not JSON: '[[1]'"),
+        ("[[[1], [2, 3]]]", "nested evenly"),
+    ],
+)
+def test_bad_indices_say_what_is_wrong_in_short(text, match):
+    from catmqtt.errors import BadRequest
+    from catmqtt.subscriber.caterva2 import parse_indices
+
+    with pytest.raises(BadRequest, match=re.escape(match)) as info:
+        parse_indices(text)
+    assert len(str(info.value)) < 100
+
+
+@pytest.mark.parametrize(
+    ("text", "ndim"), [("[" * 65 + "0" + "]" * 65, 64), ("[[0, 1]]", 1), ("[[]]", 1), ("[0]", 0)]
+)
+def test_indices_nested_up_to_the_limit(text, ndim):
+    from catmqtt.subscriber.caterva2 import parse_indices
+
+    assert np.ndim(parse_indices(text)[0]) == ndim

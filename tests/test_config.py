@@ -648,3 +648,154 @@ def test_broker_section(broker: dict, listen: str, ws: str | None) -> None:
 def test_broker_section_bad(broker: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(match)):
         config.broker_section({"broker": broker})
+
+
+# Every setting, given a value of the wrong kind in the file: one line naming its section and key
+
+INT, LIST, MAP, BOOL, NULL = 5, [1], {"a": 1}, True, None
+NOT_TEXT = (INT, LIST, MAP, BOOL, False)
+NOT_NUMBER = (LIST, MAP, BOOL, NULL, "5")
+WRONG: list[tuple[str, str, tuple]] = [
+    ("broker", "listen", (*NOT_TEXT, NULL)),
+    ("broker", "ws", (INT, LIST, MAP, BOOL, NULL)),
+    ("broker", "url", NOT_TEXT),
+    ("broker", "prefix", (*NOT_TEXT, NULL)),
+    ("broker", "amqtt_conf", (*NOT_TEXT, "")),
+    ("broker", "loglevel", (*NOT_TEXT, NULL)),
+    ("broker", "statedir", (*NOT_TEXT, "")),
+    *(
+        (section, key, values)
+        for section in ("publisher", "subscriber", "subscriber.s1")
+        for key, values in (
+            ("http", (*NOT_TEXT, NULL)),
+            ("urlbase", NOT_TEXT),
+            ("statedir", (*NOT_TEXT, "")),
+            ("broker", NOT_TEXT),
+            ("prefix", NOT_TEXT),
+            ("mqtt_user", (*NOT_TEXT, "")),
+            ("mqtt_password", NOT_TEXT),
+            ("cafile", (*NOT_TEXT, "")),
+            ("loglevel", (*NOT_TEXT, NULL)),
+            ("http_threads", NOT_NUMBER),
+            ("http_connections", NOT_NUMBER),
+            ("http_timeout", NOT_NUMBER),
+        )
+    ),
+    ("publisher", "name", NOT_TEXT),
+    ("publisher", "root", (*NOT_TEXT, "")),
+    ("publisher", "watch", (INT, LIST, MAP, BOOL, NULL, "on")),
+    ("publisher", "settle", NOT_NUMBER),
+    ("publisher", "sign_key", (*NOT_TEXT, "")),
+    ("subscriber", "fetch_workers", NOT_NUMBER),
+    ("subscriber", "fetch_timeout", NOT_NUMBER),
+    ("subscriber", "max_fetch_bytes", NOT_NUMBER),
+    ("subscriber", "max_stream_bytes", NOT_NUMBER),
+    ("subscriber", "max_temp_bytes", NOT_NUMBER),
+    ("subscriber", "trust", (INT, MAP, BOOL, False)),
+    ("subscriber", "auth", (INT, LIST, MAP, NULL, "yes")),
+    ("subscriber", "access", (INT, LIST, MAP, BOOL)),
+    ("subscriber", "allowed_hosts", (INT, LIST, MAP, BOOL)),
+    ("subscriber", "token_ttl", NOT_NUMBER),
+    ("subscriber", "cache_size", (INT, LIST, MAP, BOOL, False)),
+    ("subscriber", "min_free", (LIST, MAP, BOOL, NULL)),
+    ("subscriber", "prefetch_rate", (LIST, MAP, BOOL, False)),
+    ("client", "sub", NOT_TEXT),
+    ("client", "user", (*NOT_TEXT, "")),
+    ("client", "token", (*NOT_TEXT, "")),
+]
+
+
+def resolve(conf: dict, section: str) -> None:
+    """Read the settings of `section` as the command using it does."""
+    role, _, node_id = section.partition(".")
+    if role == "broker":
+        config.broker_section(conf)
+    elif role == "client":
+        config.client_sub(conf, None)
+        config.client_credentials(conf, None, None)
+    else:
+        node_settings(conf, role, node_id or None)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [(section, key, value) for section, key, values in WRONG for value in values],
+)
+def test_a_wrong_value_names_its_section_and_key(
+    tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    import yaml
+
+    conf = load(write(tmp_path, yaml.safe_dump({section: {key: value}})))
+    with pytest.raises(ConfigError) as info:
+        resolve(conf, section)
+    message = str(info.value)
+    # A map of wrong values names the wrong one.
+    assert "\n" not in message and (repr(value) in message or isinstance(value, dict)), message
+    assert f"section {section!r}" in message and key in message, message
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "key", "expected"),
+    [
+        # YAML 1.1 reads off and no as false: for watch and ws, that is off.
+        ("publisher:\n  watch: off\n", "publisher", "watch", "off"),
+        ("publisher:\n  watch: no\n", "publisher", "watch", "off"),
+        ("publisher:\n  watch: 'OFF'\n", "publisher", "watch", "off"),
+        ("publisher:\n  watch: Poll\n", "publisher", "watch", "poll"),
+        ("publisher:\n  watch: auto\n", "publisher", "watch", "auto"),
+        ("broker:\n  ws: off\n", "broker", "ws", None),
+        ("broker:\n  ws: no\n", "broker", "ws", None),
+        ("subscriber:\n  auth: on\n", "subscriber", "auth", True),
+        ("subscriber:\n  auth: off\n", "subscriber", "auth", False),
+        ("subscriber:\n  statedir: st\n", "subscriber", "statedir", Path("st")),
+        ("subscriber:\n  statedir:\n", "subscriber", "statedir", Path("_catmqtt") / "subscriber"),
+        ("subscriber:\n  mqtt_user: lab\n  mqtt_password: ''\n", "subscriber", "mqtt_password", ""),
+        ("publisher:\n  root: ./r\n  sign_key:\n", "publisher", "root", "./r"),
+        ("broker:\n  amqtt_conf: a.yaml\n  statedir: st\n", "broker", "amqtt_conf", "a.yaml"),
+        ("broker:\n  url: mqtts://b:8883\n", "broker", "url", "mqtts://b:8883"),
+    ],
+)
+def test_a_right_value_is_read(tmp_path: Path, text: str, section: str, key: str, expected: object) -> None:
+    conf = load(write(tmp_path, text))
+    s = config.broker_section(conf) if section == "broker" else node_settings(conf, section)
+    assert s[key] == expected
+
+
+def test_a_broker_url_from_the_broker_section_reaches_nodes() -> None:
+    conf = {"broker": {"url": "mqtts://b:8883", "listen": "*:1884"}}
+    assert node_settings(conf, "subscriber")["broker"] == BrokerAddress("b", 8883, True)
+    # Nodes reach a broker listening on every interface at that address.
+    assert node_settings({"broker": {"listen": "*:1884"}}, "publisher")["broker"].port == 1884
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        (
+            "subscriber:\n  statedir: 5\n",
+            ["user", "add", "bob"],
+            "statedir must be a file or directory path, not 5",
+        ),
+        ("broker:\n  amqtt_conf: 5\n", ["broker"], "amqtt_conf must be a file or directory path, not 5"),
+        ("subscriber:\n  mqtt_user: 5\n", ["sub"], "mqtt_user must be a non-empty string, not 5"),
+        ("subscriber:\n  statedir: off\n", ["sub"], "statedir must be a file or directory path, not False"),
+        ("client:\n  token: []\n", ["roots"], "token must be a non-empty string, not []"),
+        ("", ["--loglevel", "bogus", "roots"], "invalid log level 'bogus'"),
+        ("", ["roots", "--loglevel", "bogus"], "invalid log level 'bogus'"),
+    ],
+)
+def test_the_command_refuses_a_wrong_value_in_one_line(
+    tmp_path: Path, text: str, args: list, message: str
+) -> None:
+    import subprocess
+
+    from catmqtt.testing import catmqtt_cmd
+
+    (tmp_path / DEFAULT_FILE).write_text(text)
+    result = subprocess.run(
+        catmqtt_cmd(*args), input="pw\n", capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "_catmqtt").exists()

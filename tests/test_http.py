@@ -121,6 +121,10 @@ def test_subscribe_needs_post(foo):
         (f"chunk/ds-1d.b2nd?nchunk=0&blocks={BIG}-{BIG}", 400, "is out of range: more than 20 digits"),
         (f"chunk/ds-1d.b2nd?nchunk={BIG}", 400, "is out of range: more than 20 digits"),
         ("chunk/ds-1d.b2nd?nchunk=1_0", 400, "'1_0' is not an integer"),
+        ("chunk/ds-1d.b2nd?nchunk=0&blocks=x", 400, "malformed block range 'x': expected A-B"),
+        ("chunk/ds-1d.b2nd?nchunk=0&blocks=", 400, "malformed block range ''"),
+        ("chunk/ds-1d.b2nd?nchunk=0&blocks=3-1", 400, "malformed block range '3-1'"),
+        ("chunk/ds-1d.b2nd?nchunk=0&blocks=-1", 400, "malformed block range '-1'"),
     ],
 )
 def test_publisher_bad_requests(foo, endpoint, status, message):
@@ -217,6 +221,31 @@ def test_fetch_formats(foo):
         url, params={"slice": "1:3, ::-4"}, headers={"Accept": "application/x-npy"}, timeout=10
     )
     assert np.array_equal(np.load(io.BytesIO(npy.content)), expected)
+
+
+@pytest.mark.parametrize("node", ["pub-foo", "sub"])
+@pytest.mark.parametrize(
+    ("range_", "if_range", "status"),
+    [
+        ("bytes=-0", None, 416),
+        ("bytes=-00, -0", None, 416),
+        ("bytes=-0", '"x"', 200),  # If-Range: the whole chunk
+        ("bytes=-0,0-1", None, 200),  # one satisfiable range: no 416
+        ("bytes=-1", None, 206),
+    ],
+)
+def test_chunk_range_of_no_bytes(foo, node, range_, if_range, status):
+    path = "ds-1d.b2nd" if node == "pub-foo" else "foo/ds-1d.b2nd"
+    url = f"{foo.url(node)}/api/chunk/{path}"
+    size = len(requests.get(url, params={"nchunk": 3}, timeout=10).content)
+    headers = {"Range": range_} | ({"If-Range": if_range} if if_range else {})
+    response = requests.get(url, params={"nchunk": 3}, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    if status == 416:
+        assert response.headers["Content-Range"] == f"bytes */{size}"
+        error = response.json()
+        assert error["status"] == 416
+        assert error["error"].endswith(f"{range_} asks for none of the chunk's bytes"), error
 
 
 @pytest.mark.parametrize("node", ["pub-foo", "sub"])

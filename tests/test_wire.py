@@ -21,6 +21,7 @@ from catmqtt.errors import (
 )
 from catmqtt.wire import (
     FRAME,
+    asks_no_bytes,
     encode_frame,
     error_frame,
     error_from_json,
@@ -332,6 +333,35 @@ def test_ranges_are_read_back(span, size):
     assert picked == span
     first, last, whole = parse_content_range(format_content_range(picked, size))
     assert (first, last + 1, whole) == (*span, size)
+
+
+@pytest.mark.parametrize(
+    ("header", "none"),
+    [
+        # A suffix of no bytes is unsatisfiable (RFC 9110, 14.1.1), which werkzeug reads as no range.
+        ("bytes=-0", True),
+        ("bytes=-000", True),
+        ("BYTES=-0", True),
+        (" bytes=-0 ", True),
+        ("bytes=-0, -0", True),
+        ("bytes=-0,-00", True),
+        (None, False),
+        ("", False),
+        ("bytes=-1", False),
+        ("bytes=-10", False),
+        ("bytes=0-0", False),
+        ("bytes=0-", False),
+        ("bytes=-0,0-1", False),
+        ("bytes=-0-", False),
+        ("bytes=--0", False),
+        ("items=-0", False),
+        ("bytes -0", False),
+    ],
+)
+def test_a_suffix_of_no_bytes_is_told(header, none):
+    assert asks_no_bytes(header) is none
+    if none:
+        assert parse_range_header(header) is None
 
 
 def test_an_unsatisfiable_range_names_the_size():

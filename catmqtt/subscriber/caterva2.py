@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # The largest POST body /api/fetch reads; C2Array posts only keys too long for a URL.
 MAX_BODY = 8 << 20
 _MAX_AXES = 64
+# The list of indices, and in it lists of as many dimensions as numpy's arrays take.
+_MAX_NESTING = 1 + 64
 
 
 def describe(meta: DatasetMeta) -> DatasetMeta:
@@ -187,15 +189,30 @@ def _in_range(entry: int | np.ndarray, axis: int, size: int) -> np.ndarray:
 
 def parse_indices(text: str) -> tuple[int | slice | np.ndarray, ...]:
     """Parse the `indices` of /api/fetch: a JSON list, an entry per axis (see `gather`)."""
+    too_deep = BadRequest(f"indices is nested too deeply: at most {_MAX_NESTING} levels of lists")
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise too_deep from None
+    except ValueError:
         raise BadRequest(f"indices is not JSON: {text[:60]!r}") from None
     if not isinstance(value, list):
         raise BadRequest("indices must be a JSON list, an entry per axis")
     if len(value) > _MAX_AXES:
         raise BadRequest(f"indices has more than {_MAX_AXES} entries")
+    if any(1 + _nesting(entry) > _MAX_NESTING for entry in value):
+        raise too_deep
     return tuple(_parse_entry(entry) for entry in value)
+
+
+def _nesting(value: object) -> int:
+    """Return how deep the lists of `value` are nested, along their first items:
+    lists nested unevenly are refused by numpy apart."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
 
 
 def _parse_entry(entry: object) -> int | slice | np.ndarray:
