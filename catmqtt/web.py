@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import fsutil
 from .errors import BadRequest, Busy, CatmqttError, NotFound
-from .wire import OCTETS, error_json, format_content_range, parse_int, pick_range
+from .wire import OCTETS, asks_no_bytes, error_json, format_content_range, parse_int, pick_range
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,13 @@ def error_response(exc: CatmqttError) -> Response:
     return response
 
 
+def _unsatisfiable(message: str, size: int) -> Response:
+    """Return the 416 of a range that asks for no byte of a chunk of `size` bytes."""
+    response = error_response(CatmqttError(message, 416))
+    response.headers["Content-Range"] = format_content_range(None, size)
+    return response
+
+
 def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     """Return a chunk's bytes, or only the byte range a ``Range`` header asks for.
 
@@ -81,19 +88,19 @@ def chunk_response(data: bytes, headers: dict[str, str]) -> Response:
     ``If-Range``, get the whole chunk, as HTTP allows.
     """
     headers = {**headers, "Accept-Ranges": "bytes"}
-    wanted = request.range if "If-Range" not in request.headers else None
+    ranged = "If-Range" not in request.headers
+    if ranged and asks_no_bytes(request.headers.get("Range")):
+        # werkzeug reads it as no range, which would get the whole chunk.
+        return _unsatisfiable(f"{request.headers['Range']} asks for none of the chunk's bytes", len(data))
+    wanted = request.range if ranged else None
     span = None if wanted is None or wanted.units != "bytes" else pick_range(wanted.ranges, len(data))
     if span is None:
         return Response(data, mimetype=OCTETS, headers=headers)
     start, stop = span
     if start >= stop:
-        response = error_response(
-            CatmqttError(
-                f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", 416
-            )
+        return _unsatisfiable(
+            f"the range {request.headers['Range']} is outside the chunk's {len(data)} bytes", len(data)
         )
-        response.headers["Content-Range"] = format_content_range(None, len(data))
-        return response
     headers["Content-Range"] = format_content_range(span, len(data))
     headers["Content-Length"] = str(stop - start)
     # A large part is sent from where it is (see _Task), a small one copied.

@@ -11,12 +11,11 @@ keep no state of their own (what ``/metrics`` counts is `catmqtt.metrics`').
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from .. import openapi
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
-from ..wire import DIGEST, ETAG, PARTS, asks_no_bytes, format_parts, parse_block_range
+from ..wire import DIGEST, ETAG, PARTS, format_parts, parse_block_range
 from .roots import Root
 
 bp = Blueprint("publisher", __name__)
@@ -52,10 +51,6 @@ def chunk(path: str):
         return Response(
             body, mimetype=OCTETS, headers={**headers, PARTS: format_parts(reply.spans, len(reply.data))}
         )
-    if "If-Range" not in request.headers and asks_no_bytes(request.headers.get("Range")):
-        # werkzeug reads it as no range, which chunk_response answers with the whole chunk.
-        message = f"{request.headers['Range']} asks for none of the chunk's bytes"
-        raise RequestedRangeNotSatisfiable(len(reply.data), description=message)
     return chunk_response(reply.data, headers)
 
 

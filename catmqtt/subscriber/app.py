@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from .. import openapi, storage
 from ..arrays import encode_array
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
-from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, asks_no_bytes
+from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
 from . import caterva2
 from .answers import Answers
 from .follower import Follower
@@ -116,10 +115,6 @@ def manifest(fullpath: str):
 @bp.get("/api/chunk/<path:fullpath>")
 def chunk(fullpath: str):
     data, etag = _reader().chunk(fullpath, arg_int("nchunk"))
-    if "If-Range" not in request.headers and asks_no_bytes(request.headers.get("Range")):
-        # werkzeug reads it as no range, which chunk_response answers with the whole chunk.
-        message = f"{request.headers['Range']} asks for none of the chunk's bytes"
-        raise RequestedRangeNotSatisfiable(len(data), description=message)
     return chunk_response(data, {ETAG: etag, DIGEST: storage.chunk_digest(data)})
 
 
