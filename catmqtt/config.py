@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import BadRequest, ConfigError
-from .schema import parse_public_key
 from .topics import DEFAULT_PREFIX, parse_node_id, parse_prefix, parse_root_name
 
 if TYPE_CHECKING:
@@ -85,8 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
+class BrokerAddress(NamedTuple):
     """Where nodes reach the MQTT broker."""
 
     host: str
@@ -356,6 +353,9 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
 
     A list of keys (or one key) is trusted for every root: ``{"*": keys}``.
     """
+    # Imported here: client commands read the configuration too, and need no schema.
+    from . import schema
+
     if value is None or value == []:
         return None
     if isinstance(value, str | list):
@@ -370,7 +370,7 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
         if not isinstance(keys, list) or not keys:
             raise ConfigError(f"trust: root {root!r} must map to a list of keys, not {keys!r}")
         try:
-            trusted[root] = [parse_public_key(k) for k in keys]
+            trusted[root] = [schema.parse_public_key(k) for k in keys]
         except BadRequest as exc:
             raise ConfigError(f"trust: {exc}") from None
     return trusted
@@ -379,7 +379,8 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
 def client_sub(conf: dict, option: str | None) -> str:
     """Return the subscriber URL a client talks to: `option` (``--sub``), else
     ``$CATMQTT_SUB``, else ``client.sub``, else the ``urlbase`` the ``subscriber``
-    section advertises (as Caterva2's clients read it), else the default."""
+    section advertises (as Caterva2's clients read it), else where its ``http``
+    listens (on this host), else the default."""
     if option or os.environ.get(SUB_ENV):
         return parse_http_url(option or os.environ.get(SUB_ENV), "subscriber URL")
     for name, key in (("client", "sub"), ("subscriber", "urlbase")):
@@ -389,6 +390,16 @@ def client_sub(conf: dict, option: str | None) -> str:
                 return parse_http_url(value, "subscriber URL")
             except ConfigError as exc:
                 raise ConfigError(_in_section(name, key, str(exc))) from None
+    listen = (conf.get("subscriber") or {}).get("http")
+    if listen is not None:
+        try:
+            host, port = parse_hostport(listen, "http")
+        except ConfigError as exc:
+            raise ConfigError(_in_section("subscriber", "http", str(exc))) from None
+        # Every interface includes this host's loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        if port:
+            return f"http://{f'[{host}]' if ':' in host else host}:{port}"
     return DEFAULTS["client"]["sub"]
 
 

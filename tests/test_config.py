@@ -594,6 +594,25 @@ def test_node_settings_good(role: str, options: dict, key: str, expected: Any) -
         (None, None, {"client": None}, "http://127.0.0.1:8002"),
         (None, "", {"client": {"sub": "http://conf:3"}}, "http://conf:3"),
         ("http://opt:1", None, {}, "http://opt:1"),
+        # Where the subscriber section listens, reached on this host.
+        (None, None, {"subscriber": {"http": "127.0.0.1:9000"}}, "http://127.0.0.1:9000"),
+        (None, None, {"subscriber": {"http": "*:9000"}}, "http://127.0.0.1:9000"),
+        (None, None, {"subscriber": {"http": "[::]:9000"}}, "http://[::1]:9000"),
+        (None, None, {"subscriber": {"http": "[::1]:9000"}}, "http://[::1]:9000"),
+        (None, None, {"subscriber": {"http": "edge.example:9000"}}, "http://edge.example:9000"),
+        (None, None, {"subscriber": {"http": "127.0.0.1:0"}}, "http://127.0.0.1:8002"),
+        (
+            None,
+            None,
+            {"subscriber": {"http": "127.0.0.1:9000", "urlbase": "http://proxy/sub"}},
+            "http://proxy/sub",
+        ),
+        (
+            None,
+            None,
+            {"client": {"sub": "http://c:1"}, "subscriber": {"http": "127.0.0.1:9000"}},
+            "http://c:1",
+        ),
     ],
 )
 def test_client_sub_precedence(
@@ -799,3 +818,8 @@ def test_the_command_refuses_a_wrong_value_in_one_line(
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "_catmqtt").exists()
+
+
+def test_client_sub_bad_listen_address() -> None:
+    with pytest.raises(ConfigError, match="invalid http address 9000: .* \\(section 'subscriber'\\)"):
+        client_sub({"subscriber": {"http": 9000}}, None)
