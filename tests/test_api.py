@@ -170,7 +170,7 @@ def test_fields_of_records(root, sample_root):
     assert np.array_equal(root["ds-2d-fields.b2nd"]["b"][5], np.arange(1000, 1200))
 
 
-@pytest.mark.parametrize("how", ["environment", "client.sub", "subscriber.urlbase"])
+@pytest.mark.parametrize("how", ["environment", "client.sub", "subscriber.urlbase", "subscriber.http"])
 def test_the_library_finds_the_subscriber_as_the_command_line_does(foo, tmp_path, how):
     url = foo.url("sub")
     env = {k: v for k, v in os.environ.items() if k != "CATMQTT_SUB"}
@@ -178,7 +178,8 @@ def test_the_library_finds_the_subscriber_as_the_command_line_does(foo, tmp_path
         env["CATMQTT_SUB"] = url
     else:
         section, key = how.split(".")
-        (tmp_path / "catmqtt.yaml").write_text(f"{section}:\n  {key}: {url}\n")
+        value = url.removeprefix("http://") if key == "http" else url
+        (tmp_path / "catmqtt.yaml").write_text(f"{section}:\n  {key}: {value}\n")
     code = "import catmqtt; print(catmqtt.Client().urlbase, sorted(catmqtt.get_roots()))"
     library = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
