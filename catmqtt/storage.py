@@ -288,3 +288,24 @@ def read_array(arr: blosc2.NDArray, key: tuple, flip: tuple[int, ...]) -> np.nda
     """Return ``arr[key]`` (ascending slices), then flip the axes in `flip`."""
     out = arr[key] if key else arr[()]
     return np.flip(out, axis=flip) if flip else out
+
+
+def read_stream_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
+    """Return the items of a byte stream that a 1-D selection names."""
+    if isinstance(key, int):
+        return read_items(schunk, key, key + 1)
+    count = len(range(key.start, key.stop, key.step))
+    stop = key.start + (count - 1) * key.step + 1 if count else key.start
+    per_chunk = schunk.chunksize // typesize
+    if key.step <= per_chunk:
+        data = read_items(schunk, key.start, stop)
+        items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+    else:
+        # A step past the chunk length: one item per chunk, never the span between.
+        items = np.frombuffer(
+            b"".join(read_items(schunk, i, i + 1) for i in range(key.start, stop, key.step)),
+            dtype=f"V{typesize}",
+        )
+    if key.step == 1 and not flip:
+        return items.tobytes()
+    return (items[::-1] if flip else items).tobytes()
