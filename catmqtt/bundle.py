@@ -203,6 +203,11 @@ class Bundle:
         fields = _LOCAL_HEADER.unpack(header)
         return info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1], info.file_size
 
+    def open_member(self, path: str) -> IO[bytes]:
+        """Return the file of dataset `path`, open for reading (its CRC checked at its end)."""
+        self.meta(path)
+        return self._zip.open(member(self.root, path))
+
     def container(self, path: str) -> Any:
         """Return dataset `path` opened by Blosc2 where it lies in the bundle (an array or
         a super-chunk), kept open for the next reads."""

@@ -5,6 +5,8 @@ process with `catmqtt.open_bundle`."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -31,11 +33,11 @@ def local(root: Path, path: str) -> np.ndarray | bytes:
     return (root / path).read_bytes()
 
 
-def fetch_bundle(url: str, tmp_path: Path, path: str = "foo", **params: str) -> Path:
+def fetch_bundle(url: str, tmp_path: Path, path: str = "foo", name: str = "b.zip", **params: str) -> Path:
     response = requests.get(f"{url}/api/bundle/{path}", params=params, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/zip"
-    dest = tmp_path / "b.zip"
+    dest = tmp_path / name
     dest.write_bytes(response.content)
     return dest
 
@@ -156,3 +158,54 @@ def test_the_command_line_saves_a_bundle(foo, tmp_path):
     assert not list(tmp_path.glob(".*.part"))
     result = foo.cli("bundle", "nothing")
     assert result.returncode == 1 and result.stderr.startswith("Error: ") and "nothing" in result.stderr
+
+
+def test_a_bundle_published_is_the_root_again(broker, sample_root, tmp_path):
+    """``catmqtt pub NAME FILE.zip``: a read-only root, its data and etags as the bundle
+    has them, what it left out announced as skipped."""
+    d = Deployment(broker, tmp_path)
+    try:
+        d.serve_foo(sample_root)
+        url = d.url("sub")
+        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+        catmqtt.fetch("foo/README.md", url)
+        partial = fetch_bundle(url, tmp_path, name="partial.zip", cached="true")
+        complete = fetch_bundle(url, tmp_path)
+        d.start_pub("whole", complete)
+        d.start_pub("part", partial)
+        for name in ("whole", "part"):
+            wait_for(lambda n=name: n in catmqtt.get_roots(url), f"root {name}")
+            catmqtt.subscribe(name, url)
+        assert catmqtt.get_list("whole", url) == catmqtt.get_list("foo", url)
+        for path in catmqtt.get_list("foo", url):
+            got, want = catmqtt.fetch(f"whole/{path}", url), catmqtt.fetch(f"foo/{path}", url)
+            assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want, path
+            infos = [catmqtt.get_info(f"{root}/{path}", url) for root in ("whole", "foo")]
+            assert infos[0]["etag"] == infos[1]["etag"] and infos[0]["manifest"] == infos[1]["manifest"]
+        assert catmqtt.get_list("part", url) == ["README.md", "dir1/ds-2d.b2nd"]
+        skipped = catmqtt.get_info("part", url)["skipped"]
+        assert {"path": "/ds-1d.b2nd", "reason": "left out of the bundle: not whole in the cache"} in skipped
+        result = d.cli("download", "whole/README.md", "-o", str(tmp_path / "dl"))
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "dl/whole/README.md").read_bytes() == (sample_root / "README.md").read_bytes()
+    finally:
+        d.stop_all()
+
+
+def test_a_file_that_is_no_bundle_is_refused(tmp_path):
+    junk = tmp_path / "junk.zip"
+    with zipfile.ZipFile(junk, "w") as z:
+        z.writestr("hello.txt", "not a bundle")
+    with pytest.raises(catmqtt.errors.BadRequest, match="not a catmqtt bundle"):
+        catmqtt.open_bundle(junk)
+    result = subprocess.run(
+        [sys.executable, "-m", "catmqtt.cli", "pub", "junk", str(junk), "--statedir", str(tmp_path / "st")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        result.returncode == 1
+        and result.stderr.startswith("Error: ")
+        and "not a catmqtt bundle" in result.stderr
+    )
