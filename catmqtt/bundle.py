@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import BadRequest, NotFound
+from .schema import parse_dataset
 from .slices import as_key, forward, parse_slice, select
-from .topics import parse_path
+from .topics import parse_path, parse_root_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -164,10 +165,16 @@ class Bundle:
         try:
             self._db.deserialize(catalog)
             ((self.root, info),) = self._db.execute("SELECT name, info FROM root").fetchall()
+            parse_root_name(self.root)
             self.info = json.loads(info)
-            self.metas = {p: json.loads(m) for p, m in self._db.execute("SELECT path, meta FROM datasets")}
-        except (sqlite3.Error, ValueError) as exc:
-            raise BadRequest(f"{self.path} has no readable catalog: {exc}") from None
+            if not isinstance(self.info, dict):
+                raise ValueError("the root's announcement is not a JSON object")
+            self.metas = {
+                path: _meta(meta, path) for path, meta in self._db.execute("SELECT path, meta FROM datasets")
+            }
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            self.close()
+            raise BadRequest(f"{self.path} has no readable catalog: {str(exc)[:200]}") from None
         self._lock = threading.Lock()
         self._open: dict[str, Any] = {}
 
@@ -255,6 +262,14 @@ class Bundle:
                     raise BadRequest(f"{self.path.name} ends inside {path}")
                 out.write(piece)
                 left -= len(piece)
+
+
+def _meta(text: str, path: str) -> DatasetMeta:
+    """Return the metadata of dataset `path` that a catalog holds as `text`, checked."""
+    meta = json.loads(text)
+    if not isinstance(meta, dict):
+        raise ValueError(f"the metadata of {path!r} is not a JSON object")
+    return parse_dataset(meta, path)
 
 
 class BundleClient:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import catmqtt
-from catmqtt.bundle import Bundle
+from catmqtt.bundle import CATALOG, Bundle
 from catmqtt.errors import NotFound
 
 from conftest import Deployment, wait_for
@@ -112,8 +112,11 @@ def test_cached_takes_only_what_is_whole_in_the_cache(broker, sample_root, tmp_p
         url = d.url("sub")
         catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
         catmqtt.fetch("foo/ds-1d.b2nd", url, "0:10")
-        dest = fetch_bundle(url, tmp_path, cached="true")
-        bundle = Bundle(dest)
+        # Chunks are written to the cache behind the reads.
+        wait_for(
+            lambda: "dir1/ds-2d.b2nd" in kept(fetch_bundle(url, tmp_path, cached="true")), "ds-2d cached"
+        )
+        bundle = Bundle(tmp_path / "b.zip")
         assert sorted(bundle.metas) == ["dir1/ds-2d.b2nd"]
         missing = bundle.missing()
         assert missing["ds-1d.b2nd"] == "not whole in the cache"
@@ -160,6 +163,15 @@ def test_the_command_line_saves_a_bundle(foo, tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("Error: ") and "nothing" in result.stderr
 
 
+def kept(path: Path) -> list[str]:
+    """Return the datasets the bundle at `path` holds."""
+    bundle = Bundle(path)
+    try:
+        return sorted(bundle.metas)
+    finally:
+        bundle.close()
+
+
 def test_a_bundle_published_is_the_root_again(broker, sample_root, tmp_path):
     """``catmqtt pub NAME FILE.zip``: a read-only root, its data and etags as the bundle
     has them, what it left out announced as skipped."""
@@ -169,7 +181,11 @@ def test_a_bundle_published_is_the_root_again(broker, sample_root, tmp_path):
         url = d.url("sub")
         catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
         catmqtt.fetch("foo/README.md", url)
-        partial = fetch_bundle(url, tmp_path, name="partial.zip", cached="true")
+        partial = tmp_path / "partial.zip"
+        wait_for(
+            lambda: len(kept(fetch_bundle(url, tmp_path, name="partial.zip", cached="true"))) == 2,
+            "both cached",
+        )
         complete = fetch_bundle(url, tmp_path)
         d.start_pub("whole", complete)
         d.start_pub("part", partial)
@@ -209,3 +225,25 @@ def test_a_file_that_is_no_bundle_is_refused(tmp_path):
         and result.stderr.startswith("Error: ")
         and "not a catmqtt bundle" in result.stderr
     )
+    # Catalogs that lie: metadata of another path, not metadata at all, two roots, a bad name.
+    for rows in (
+        {
+            "root": [("foo", "{}")],
+            "datasets": [("a.b2nd", '{"path": "b.b2nd"}', "e", None, "data/foo/a.b2nd")],
+        },
+        {"root": [("foo", "{}")], "datasets": [("a.b2nd", "[1, 2]", "e", None, "data/foo/a.b2nd")]},
+        {"root": [("foo", "{}"), ("bar", "{}")], "datasets": []},
+        {"root": [("../foo", "{}")], "datasets": []},
+        {"root": [("foo", "7")], "datasets": []},
+    ):
+        catalog = tmp_path / "catalog.sqlite"
+        catalog.unlink(missing_ok=True)
+        with sqlite3.connect(catalog) as db:
+            db.executescript(CATALOG)
+            db.executemany("INSERT INTO root VALUES (?, ?)", rows["root"])
+            db.executemany("INSERT INTO datasets VALUES (?, ?, ?, ?, ?)", rows["datasets"])
+        db.close()
+        with zipfile.ZipFile(junk, "w") as z:
+            z.write(catalog, "catalog.sqlite")
+        with pytest.raises(catmqtt.errors.BadRequest, match="no readable catalog"):
+            catmqtt.open_bundle(junk)
