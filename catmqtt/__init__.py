@@ -13,6 +13,7 @@ from . import errors
 __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
+    from .bundle import open_bundle
     from .client import Client, Dataset, File, Root, download, fetch, get_info, get_list, get_roots, subscribe
 
 __all__ = [
@@ -27,11 +28,16 @@ __all__ = [
     "get_info",
     "get_list",
     "get_roots",
+    "open_bundle",
     "subscribe",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "open_bundle":
+        from .bundle import open_bundle
+
+        return open_bundle
     if name in __all__ and name not in ("__version__", "errors"):
         from . import client
 

@@ -18,7 +18,16 @@ from typing import Any, NoReturn
 
 from . import __version__, cli_edge, config
 from .cli_accounts import add_commands, client_password
-from .cli_client import cmd_download, cmd_info, cmd_list, cmd_roots, cmd_show, cmd_subscribe, cmd_unsubscribe
+from .cli_client import (
+    cmd_bundle,
+    cmd_download,
+    cmd_info,
+    cmd_list,
+    cmd_roots,
+    cmd_show,
+    cmd_subscribe,
+    cmd_unsubscribe,
+)
 from .cli_watch import add_commands as add_watch_commands
 from .errors import CatmqttError, ConfigError, Unauthorized
 
@@ -422,6 +431,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("download", cmd_download, "save a whole dataset")
     p.add_argument("path", metavar="ROOT/PATH")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save (default: here)")
+    p = add("bundle", cmd_bundle, "save a root or directory as an offline bundle (a ZIP file)")
+    p.add_argument("path", metavar="ROOT[/DIR]")
+    p.add_argument("-o", "--output", metavar="FILE", help="the bundle's file (default: ROOT[-DIR].zip here)")
+    p.add_argument(
+        "--cached", action="store_true", help="only datasets whole in the cache; list the others as missing"
+    )
     add_watch_commands(add)
     cli_edge.add_commands(add)
     for p in sub.choices.values():

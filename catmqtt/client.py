@@ -41,9 +41,9 @@ from .client_reader import Reader
 from .client_view import Dataset as Dataset
 from .client_view import File as File
 from .client_view import Root as Root
-from .errors import BadRequest, Changed, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, Changed, TooLarge, Unavailable
 from .slices import as_key, items_at_most, parse_slice
-from .wire import ETAG, quote_dataset
+from .wire import ETAG, FRAME, TRAILER_MAX, quote_dataset, read_error_trailer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -347,6 +347,64 @@ class Client(Connection):
                     )
                 out.put(n, data)
                 drawn.update(blosc2.get_cbuffer_sizes(data)[0])
+
+    def bundle(
+        self,
+        path: str,
+        dest: str | os.PathLike | None = None,
+        *,
+        cached: bool = False,
+        progress: bool = False,
+    ) -> Path:
+        """Save an offline bundle of ``ROOT[/DIR]`` (see `catmqtt.bundle`) at `dest` (a
+        file, or a directory to put ``ROOT[-DIR].zip`` in; the current directory by
+        default) and return its path. The subscriber fetches what it lacks; with
+        `cached`, it takes only datasets whole in its cache. Datasets left out are in
+        the bundle's catalog (``Bundle(path).missing()``). The file appears only once
+        complete; with `progress`, a bar on standard error follows its bytes."""
+        from .bundle import Bundle
+        from .progress import bar
+
+        path = path.strip("/")
+        name = path.replace("/", "-") + ".zip"
+        target = Path(dest) if dest is not None else Path(name)
+        if target.is_dir():
+            target = target / name
+        tmp = target.with_name(f".{target.name}.part")
+        endpoint = f"bundle/{quote_dataset(path, directory=True)}"
+        params = {"cached": "true" if cached else "false"}
+        try:
+            with (
+                self._request("GET", endpoint, params=params, stream=True) as response,
+                open(tmp, "wb") as f,
+                bar(f"bundle {path}", None, show=progress) as drawn,
+            ):
+                try:
+                    for piece in response.iter_content(1 << 20):
+                        f.write(piece)
+                        drawn.update(len(piece))
+                except requests.RequestException:
+                    f.flush()
+                    raise _cut(tmp, f"the bundle of {path} from {self.urlbase} was cut off") from None
+            try:
+                Bundle(tmp).close()
+            except BadRequest as exc:
+                raise Unavailable(
+                    f"the subscriber at {self.urlbase} sent a bundle of {path} that cannot be read: {exc}",
+                    status=502,
+                ) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
+        return target
+
+
+def _cut(part: Path, message: str) -> CatmqttError:
+    """Return the error a stream cut short at `part` ended with, else Unavailable(`message`)."""
+    with open(part, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - TRAILER_MAX - FRAME.size))
+        return read_error_trailer(f.read()) or Unavailable(message)
 
 
 def _client(urlbase: str | None, user_auth: dict[str, str] | None) -> Client:

@@ -45,7 +45,7 @@ from .openapi_parts import ERRORS as ERRORS
 from .openapi_parts import OPENAPI as OPENAPI
 from .openapi_parts import PROMETHEUS as PROMETHEUS
 from .openapi_parts import json_schema as json_schema
-from .wire import CFRAME, FRAMES, NPY, OCTETS
+from .wire import CFRAME, FRAMES, NPY, OCTETS, ZIP
 
 
 def publisher() -> dict[str, Any]:
@@ -93,6 +93,18 @@ def publisher() -> dict[str, Any]:
 # What reading a dataset through a subscriber may fail with: its publisher
 # may be needed for chunks not cached yet.
 _READS = (400, 404, 409, 502, 503, 504, 507)
+
+
+def bundle(what: str, parameters: tuple[str, ...]) -> dict[str, Any]:
+    """The subscriber's offline bundle of `what`."""
+    return _operation(
+        f"An offline bundle of {what}: a ZIP file of its datasets' files, stored, and"
+        " catalog.sqlite; streamed as it is written (a failure midway cuts it, ending with the"
+        " JSON error and its frame, as /api/chunks).",
+        _ok("The bundle.", None, ZIP),
+        (400, 404, 409),
+        parameters=parameters,
+    )
 
 
 def subscriber() -> dict[str, Any]:
@@ -221,6 +233,10 @@ def subscriber() -> dict[str, Any]:
                     (*_READS, 413),
                     parameters=("fullpath",),
                 )
+            },
+            "/api/bundle/{name}": {"get": bundle("a root", ("name", "cached"))},
+            "/api/bundle/{name}/{directory}": {
+                "get": bundle("a directory of a root", ("name", "directory", "cached"))
             },
             "/api/openapi.json": {"get": _openapi()},
             "/api/nodes": {

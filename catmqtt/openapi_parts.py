@@ -240,6 +240,14 @@ COMPONENTS: dict[str, Any] = {
         ),
         "name": _parameter("name", "path", "A root's name.", example="foo"),
         "directory": _parameter("directory", "path", "A directory in the root.", example="dir1"),
+        "cached": _parameter(
+            "cached",
+            "query",
+            "true: only the datasets whole in the cache, the others named in the catalog's missing"
+            " table; false (the default): the subscriber fetches what it lacks.",
+            {"enum": ["true", "false", "1", "0"]},
+            example="true",
+        ),
         "nchunk": _parameter(
             "nchunk",
             "query",

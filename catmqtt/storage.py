@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import blosc2
 import numpy as np
@@ -161,20 +161,36 @@ def describe_file(path: str, size: int, etag: str) -> DatasetMeta:
 
 def compress_file(src: Path, dst: Path, etag: str) -> blosc2.SChunk:
     """Compress the plain file `src` into the SChunk frame `dst`, atomically."""
+
+    def unchanged() -> None:
+        # A file written while being read would give a frame of neither version.
+        if file_etag(src) != etag:
+            raise Changed(src.name, f"{src.name!r} is changing; try again")
+
+    with open(src, "rb") as f:
+        return compress_stream(f, dst, etag, unchanged)
+
+
+def compress_stream(
+    f: BinaryIO, dst: Path, etag: str, check: Callable[[], None] | None = None
+) -> blosc2.SChunk:
+    """Compress what `f` reads into the SChunk frame `dst` of a plain file of `etag`,
+    atomically: `check`, called once it is written, may refuse it by raising."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{threading.get_ident()}.tmp")
-    schunk = blosc2.SChunk(
-        chunksize=FILE_CHUNKSIZE, urlpath=str(tmp), contiguous=True, cparams=FILE_CPARAMS, mode="w"
-    )
-    with open(src, "rb") as f:
+    try:
+        schunk = blosc2.SChunk(
+            chunksize=FILE_CHUNKSIZE, urlpath=str(tmp), contiguous=True, cparams=FILE_CPARAMS, mode="w"
+        )
         while data := f.read(FILE_CHUNKSIZE):
             schunk.append_data(data)
-    schunk.vlmeta["etag"] = etag
-    del schunk
-    # A file written while being read would give a frame of neither version.
-    if file_etag(src) != etag:
+        schunk.vlmeta["etag"] = etag
+        del schunk
+        if check is not None:
+            check()
+    except BaseException:
         remove(tmp)
-        raise Changed(src.name, f"{src.name!r} is changing; try again")
+        raise
     os.replace(tmp, dst)
     return blosc2.open(str(dst), mode="r")
 
@@ -288,3 +304,24 @@ def read_array(arr: blosc2.NDArray, key: tuple, flip: tuple[int, ...]) -> np.nda
     """Return ``arr[key]`` (ascending slices), then flip the axes in `flip`."""
     out = arr[key] if key else arr[()]
     return np.flip(out, axis=flip) if flip else out
+
+
+def read_stream_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
+    """Return the items of a byte stream that a 1-D selection names."""
+    if isinstance(key, int):
+        return read_items(schunk, key, key + 1)
+    count = len(range(key.start, key.stop, key.step))
+    stop = key.start + (count - 1) * key.step + 1 if count else key.start
+    per_chunk = schunk.chunksize // typesize
+    if key.step <= per_chunk:
+        data = read_items(schunk, key.start, stop)
+        items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
+    else:
+        # A step past the chunk length: one item per chunk, never the span between.
+        items = np.frombuffer(
+            b"".join(read_items(schunk, i, i + 1) for i in range(key.start, stop, key.step)),
+            dtype=f"V{typesize}",
+        )
+    if key.step == 1 and not flip:
+        return items.tobytes()
+    return (items[::-1] if flip else items).tobytes()

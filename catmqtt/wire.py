@@ -22,6 +22,7 @@ from .topics import parse_path, parse_root_name
 NPY = "application/x-npy"
 OCTETS = "application/octet-stream"
 CFRAME = "application/x-blosc2"
+ZIP = "application/zip"
 # /api/chunks answers a sequence of frames: (chunk number, length) as two
 # little-endian int64, then that many bytes; number -1 carries a JSON error.
 FRAMES = "application/x-catmqtt-chunks"

@@ -360,7 +360,14 @@ def test_per_root_access(site):
     assert set(site.get("/api/roots", "other").json()) == {"foo"}
     assert {"foo", "bar"} <= set(site.get("/api/roots", "reader").json())
     assert "bar" not in site.get("/", "other").text
-    for path in ("/api/list/bar", "/api/info/bar/ds-1d.b2nd", "/api/fetch/bar/ds-1d.b2nd", "/api/info/bar"):
+    for path in (
+        "/api/list/bar",
+        "/api/info/bar/ds-1d.b2nd",
+        "/api/fetch/bar/ds-1d.b2nd",
+        "/api/info/bar",
+        "/api/bundle/bar/dir2",
+        "/api/manifest/bar/ds-1d.b2nd",
+    ):
         response = site.get(path, "other")
         assert response.status_code == 403 and "not shared" in response.json()["error"], path
         assert site.get(path, "reader").ok, path

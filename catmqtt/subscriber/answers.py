@@ -76,7 +76,7 @@ class Answers:
         """
         meta = target.source.meta
         if all(s == range(n) for s, n in zip(target.sel, meta["shape"], strict=True)):
-            return self._whole_file(target.source)
+            return self.whole_file(target.source)
         dtype = dtype_from_json(meta["dtype"])
 
         def write(tmp: Path) -> None:
@@ -94,9 +94,9 @@ class Answers:
     def download(self, fullpath: str) -> tuple[TempFile, str]:
         """Return an open, already unlinked file with the whole dataset, and its name."""
         source = self.reader.lookup(fullpath)
-        return self._whole_file(source), source.path.rsplit("/", 1)[-1]
+        return self.whole_file(source), source.path.rsplit("/", 1)[-1]
 
-    def _whole_file(self, source: Upstream) -> TempFile:
+    def whole_file(self, source: Upstream) -> TempFile:
         """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
         root, path, meta, _ = source
         numbers = list(range(meta["nchunks"]))

@@ -20,10 +20,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 
 from .. import openapi, storage
 from ..arrays import encode_array
+from ..errors import BadRequest
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
-from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY
-from . import caterva2
+from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, ZIP
+from . import bundles, caterva2
 from .answers import Answers
 from .follower import Follower
 from .guard import readable
@@ -142,6 +143,19 @@ def stats():
 def download(fullpath: str):
     f, name = _answers().download(fullpath)
     return send_file(f, as_attachment=True, download_name=name, mimetype=OCTETS)
+
+
+@bp.get("/api/bundle/<name>")
+@bp.get("/api/bundle/<name>/<path:directory>")
+def bundle(name: str, directory: str | None = None):
+    cached = request.args.get("cached", "false").lower()
+    if cached not in ("true", "false", "1", "0"):
+        raise BadRequest(f"cached must be true or false, not {cached[:40]!r}")
+    plan = bundles.plan(_answers(), name, directory, cached in ("true", "1"))
+    disposition = f'attachment; filename="{plan.filename}"'
+    return Response(
+        bundles.stream(_answers(), plan), mimetype=ZIP, headers={"Content-Disposition": disposition}
+    )
 
 
 @bp.post("/api/pin/<path:fullpath>")

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import blosc2
 import numpy as np
 
 from .. import storage
@@ -186,7 +185,7 @@ class Reader:
             if meta["kind"] == "ndarray":
                 result = storage.read_array(handle, key, flip)
             else:
-                result = _read_items(handle, key[0], bool(flip), meta["typesize"])
+                result = storage.read_stream_items(handle, key[0], bool(flip), meta["typesize"])
         self.cache.touch(root, path, numbers)
         return result
 
@@ -254,24 +253,3 @@ class Reader:
             self.cache.touch(root, path, numbers)
 
         return frames(touched())
-
-
-def _read_items(schunk: blosc2.SChunk, key: int | slice, flip: bool, typesize: int) -> bytes:
-    """Return the items of a byte stream that a 1-D selection names."""
-    if isinstance(key, int):
-        return storage.read_items(schunk, key, key + 1)
-    count = len(range(key.start, key.stop, key.step))
-    stop = key.start + (count - 1) * key.step + 1 if count else key.start
-    per_chunk = schunk.chunksize // typesize
-    if key.step <= per_chunk:
-        data = storage.read_items(schunk, key.start, stop)
-        items = np.frombuffer(data, dtype=f"V{typesize}")[:: key.step]
-    else:
-        # A step past the chunk length: one item per chunk, never the span between.
-        items = np.frombuffer(
-            b"".join(storage.read_items(schunk, i, i + 1) for i in range(key.start, stop, key.step)),
-            dtype=f"V{typesize}",
-        )
-    if key.step == 1 and not flip:
-        return items.tobytes()
-    return (items[::-1] if flip else items).tobytes()

@@ -1,7 +1,8 @@
 """This package holds the kinds of root a publisher serves.
 
 A root is a set of datasets under one name: a directory of Blosc2 and plain
-files (:mod:`.directory`), or an HDF5 file (:mod:`.hdf5`). Each kind scans
+files (:mod:`.directory`), an offline bundle (:mod:`.bundle`), or an HDF5
+file (:mod:`.hdf5`). Each kind scans
 its source into entries carrying the metadata announced on MQTT, and serves
 their chunks as compressed Blosc2 bytes.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +177,8 @@ class Root:
 
 
 def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike, settle: float = 0.0) -> Root:
-    """Return the root `name` of `path`: a directory, or an HDF5 file.
+    """Return the root `name` of `path`: a directory, an offline bundle (a ZIP file), or
+    an HDF5 file.
 
     In a directory, a file changed less than `settle` seconds ago is taken as
     being written, and not described until it has been left alone that long.
@@ -187,6 +190,10 @@ def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike, s
         from .directory import DirectoryRoot
 
         return DirectoryRoot(name, resolved, statedir, settle)
+    if zipfile.is_zipfile(resolved):
+        from .bundle import BundleRoot
+
+        return BundleRoot(name, resolved, statedir)
     # Imported here: h5py is needed by HDF5 roots only (a CatmqttError says so if it is missing).
     from .hdf5 import HDF5Root
 

@@ -1,0 +1,249 @@
+"""Offline bundles: made by a real subscriber (``GET /api/bundle``, ``catmqtt bundle``)
+from a real publisher's root, then read three ways: unzipped with Blosc2, and in
+process with `catmqtt.open_bundle`."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+import requests
+
+import catmqtt
+from catmqtt.bundle import CATALOG, Bundle
+from catmqtt.errors import NotFound
+
+from conftest import Deployment, wait_for
+
+SLICES = [(), (3,), (slice(2, 9),), (slice(None, None, -3),), (slice(-5, None),), (Ellipsis, 1)]
+
+
+def local(root: Path, path: str) -> np.ndarray | bytes:
+    if path.endswith(".b2nd"):
+        array = blosc2.open(str(root / path))
+        return array[()] if array.ndim == 0 else array[...]
+    if path.endswith(".b2frame"):
+        return blosc2.open(str(root / path))[:]
+    return (root / path).read_bytes()
+
+
+def fetch_bundle(url: str, tmp_path: Path, path: str = "foo", name: str = "b.zip", **params: str) -> Path:
+    response = requests.get(f"{url}/api/bundle/{path}", params=params, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/zip"
+    dest = tmp_path / name
+    dest.write_bytes(response.content)
+    return dest
+
+
+def test_a_bundle_holds_the_root_as_files_and_a_catalog(foo, sample_root, tmp_path):
+    dest = fetch_bundle(foo.url("sub"), tmp_path)
+    paths = catmqtt.get_list("foo", foo.url("sub"))
+    with zipfile.ZipFile(dest) as z:
+        assert sorted(z.namelist()) == sorted(["catalog.sqlite", *(f"data/foo/{p}" for p in paths)])
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in z.infolist())
+        z.extractall(tmp_path / "unzipped")
+        catalog = z.read("catalog.sqlite")
+    # Unzipped: ordinary Blosc2 files, and plain files as themselves.
+    for path in paths:
+        got, want = local(tmp_path / "unzipped/data/foo", path), local(sample_root, path)
+        assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want, path
+    (tmp_path / "catalog.sqlite").write_bytes(catalog)
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        rows = dict(db.execute("SELECT path, etag FROM datasets"))
+        assert db.execute("SELECT count(*) FROM missing").fetchone() == (0,)
+    db.close()
+    for path in paths:
+        assert rows[path] == catmqtt.get_info(f"foo/{path}", foo.url("sub"))["etag"]
+
+
+def test_open_bundle_reads_as_the_library_does(foo, sample_root, tmp_path):
+    dest = fetch_bundle(foo.url("sub"), tmp_path)
+    root = catmqtt.open_bundle(dest)
+    online = catmqtt.Root("foo", foo.url("sub"))
+    assert root.node_list == online.node_list
+    for path in root.node_list:
+        ds, want = root[path], online[path]
+        # The dataset's metadata as announced (the subscriber adds Caterva2's fields, and
+        # writes dtype as Caterva2 does).
+        assert {k: v for k, v in ds.meta.items() if k != "dtype"} == {
+            k: want.meta[k] for k in ds.meta if k != "dtype"
+        }
+        if isinstance(ds, catmqtt.Dataset):
+            assert ds.dtype == want.dtype
+            for key in SLICES:
+                try:
+                    wanted = want[key]
+                except IndexError:
+                    with pytest.raises(IndexError):
+                        ds[key]
+                    continue
+                assert np.array_equal(ds[key], wanted), (path, key)
+        else:
+            for key in (slice(None), slice(3, 40, 7), slice(None, None, -1), 5):
+                assert ds[key] == want[key], (path, key)
+    ds = root["dir1/ds-2d.b2nd"]
+    assert np.array_equal(np.asarray(ds), local(sample_root, "dir1/ds-2d.b2nd"))
+    saved = root["README.md"].download(tmp_path / "out")
+    assert saved.read_bytes() == (sample_root / "README.md").read_bytes()
+    with pytest.raises(NotFound, match="no dataset"):
+        root["nothing.b2nd"]
+    with pytest.raises(IndexError):
+        ds[10**6]
+
+
+def test_a_directory_and_the_datasets_left_out(foo, tmp_path):
+    dest = fetch_bundle(foo.url("sub"), tmp_path, "foo/dir1")
+    bundle = Bundle(dest)
+    assert sorted(bundle.metas) == catmqtt.get_list("foo/dir1", foo.url("sub"))
+    bundle.close()
+
+
+def test_cached_takes_only_what_is_whole_in_the_cache(broker, sample_root, tmp_path):
+    d = Deployment(broker, tmp_path)
+    try:
+        d.serve_foo(sample_root)
+        url = d.url("sub")
+        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+        catmqtt.fetch("foo/ds-1d.b2nd", url, "0:10")
+        # Chunks are written to the cache behind the reads.
+        wait_for(
+            lambda: "dir1/ds-2d.b2nd" in kept(fetch_bundle(url, tmp_path, cached="true")), "ds-2d cached"
+        )
+        bundle = Bundle(tmp_path / "b.zip")
+        assert sorted(bundle.metas) == ["dir1/ds-2d.b2nd"]
+        missing = bundle.missing()
+        assert missing["ds-1d.b2nd"] == "not whole in the cache"
+        assert set(missing) | {"dir1/ds-2d.b2nd"} == set(catmqtt.get_list("foo", url))
+        bundle.close()
+        # The command line: the bundle, and what is missing on standard error.
+        result = d.cli("bundle", "foo", "--cached", "-o", str(tmp_path / "cli.zip"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"Bundle saved to {tmp_path / 'cli.zip'} (1 datasets)\n"
+        assert "missing: foo/ds-1d.b2nd: not whole in the cache\n" in result.stderr
+        # A publisher gone: what is not cached cannot be had, and is named with the reason.
+        d.stop("pub-foo")
+        wait_for(lambda: not catmqtt.get_roots(url)["foo"]["online"], "the publisher offline")
+        result = d.cli("bundle", "foo", "-o", str(tmp_path / "offline.zip"))
+        assert result.returncode == 1, result.stderr
+        assert "missing: foo/ds-1d.b2nd: " in result.stderr and "publisher" in result.stderr
+        assert sorted(Bundle(tmp_path / "offline.zip").metas) == ["dir1/ds-2d.b2nd"]
+    finally:
+        d.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "message"),
+    [
+        ("nothing", {}, 404, "nothing"),
+        ("foo/nodir", {}, 404, "no directory"),
+        ("foo", {"cached": "perhaps"}, 400, "cached must be true or false"),
+        ("foo/../etc", {}, 400, ""),
+    ],
+)
+def test_bad_bundle_requests(foo, path, params, status, message):
+    response = requests.get(f"{foo.url('sub')}/api/bundle/{path}", params=params, timeout=30)
+    assert response.status_code in (status, 404) and message in response.json()["error"], response.text
+
+
+def test_the_command_line_saves_a_bundle(foo, tmp_path):
+    result = foo.cli("bundle", "foo/dir2", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    dest = tmp_path / "foo-dir2.zip"
+    assert result.stdout == f"Bundle saved to {dest} (1 datasets)\n" and result.stderr == ""
+    assert sorted(Bundle(dest).metas) == ["dir2/ds-4d.b2nd"]
+    assert not list(tmp_path.glob(".*.part"))
+    result = foo.cli("bundle", "nothing")
+    assert result.returncode == 1 and result.stderr.startswith("Error: ") and "nothing" in result.stderr
+
+
+def kept(path: Path) -> list[str]:
+    """Return the datasets the bundle at `path` holds."""
+    bundle = Bundle(path)
+    try:
+        return sorted(bundle.metas)
+    finally:
+        bundle.close()
+
+
+def test_a_bundle_published_is_the_root_again(broker, sample_root, tmp_path):
+    """``catmqtt pub NAME FILE.zip``: a read-only root, its data and etags as the bundle
+    has them, what it left out announced as skipped."""
+    d = Deployment(broker, tmp_path)
+    try:
+        d.serve_foo(sample_root)
+        url = d.url("sub")
+        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+        catmqtt.fetch("foo/README.md", url)
+        partial = tmp_path / "partial.zip"
+        wait_for(
+            lambda: len(kept(fetch_bundle(url, tmp_path, name="partial.zip", cached="true"))) == 2,
+            "both cached",
+        )
+        complete = fetch_bundle(url, tmp_path)
+        d.start_pub("whole", complete)
+        d.start_pub("part", partial)
+        for name in ("whole", "part"):
+            wait_for(lambda n=name: n in catmqtt.get_roots(url), f"root {name}")
+            catmqtt.subscribe(name, url)
+        assert catmqtt.get_list("whole", url) == catmqtt.get_list("foo", url)
+        for path in catmqtt.get_list("foo", url):
+            got, want = catmqtt.fetch(f"whole/{path}", url), catmqtt.fetch(f"foo/{path}", url)
+            assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want, path
+            infos = [catmqtt.get_info(f"{root}/{path}", url) for root in ("whole", "foo")]
+            assert infos[0]["etag"] == infos[1]["etag"] and infos[0]["manifest"] == infos[1]["manifest"]
+        assert catmqtt.get_list("part", url) == ["README.md", "dir1/ds-2d.b2nd"]
+        skipped = catmqtt.get_info("part", url)["skipped"]
+        assert {"path": "/ds-1d.b2nd", "reason": "left out of the bundle: not whole in the cache"} in skipped
+        result = d.cli("download", "whole/README.md", "-o", str(tmp_path / "dl"))
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "dl/whole/README.md").read_bytes() == (sample_root / "README.md").read_bytes()
+    finally:
+        d.stop_all()
+
+
+def test_a_file_that_is_no_bundle_is_refused(tmp_path):
+    junk = tmp_path / "junk.zip"
+    with zipfile.ZipFile(junk, "w") as z:
+        z.writestr("hello.txt", "not a bundle")
+    with pytest.raises(catmqtt.errors.BadRequest, match="not a catmqtt bundle"):
+        catmqtt.open_bundle(junk)
+    result = subprocess.run(
+        [sys.executable, "-m", "catmqtt.cli", "pub", "junk", str(junk), "--statedir", str(tmp_path / "st")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        result.returncode == 1
+        and result.stderr.startswith("Error: ")
+        and "not a catmqtt bundle" in result.stderr
+    )
+    # Catalogs that lie: metadata of another path, not metadata at all, two roots, a bad name.
+    for rows in (
+        {
+            "root": [("foo", "{}")],
+            "datasets": [("a.b2nd", '{"path": "b.b2nd"}', "e", None, "data/foo/a.b2nd")],
+        },
+        {"root": [("foo", "{}")], "datasets": [("a.b2nd", "[1, 2]", "e", None, "data/foo/a.b2nd")]},
+        {"root": [("foo", "{}"), ("bar", "{}")], "datasets": []},
+        {"root": [("../foo", "{}")], "datasets": []},
+        {"root": [("foo", "7")], "datasets": []},
+    ):
+        catalog = tmp_path / "catalog.sqlite"
+        catalog.unlink(missing_ok=True)
+        with sqlite3.connect(catalog) as db:
+            db.executescript(CATALOG)
+            db.executemany("INSERT INTO root VALUES (?, ?)", rows["root"])
+            db.executemany("INSERT INTO datasets VALUES (?, ?, ?, ?, ?)", rows["datasets"])
+        db.close()
+        with zipfile.ZipFile(junk, "w") as z:
+            z.write(catalog, "catalog.sqlite")
+        with pytest.raises(catmqtt.errors.BadRequest, match="no readable catalog"):
+            catmqtt.open_bundle(junk)
