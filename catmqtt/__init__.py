@@ -13,8 +13,8 @@ from . import errors
 __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
-    from .bundle import open_bundle
     from .client import Client, Dataset, File, Root, download, fetch, get_info, get_list, get_roots, subscribe
+    from .offline import open_bundle, open_cache
 
 __all__ = [
     "Client",
@@ -29,15 +29,16 @@ __all__ = [
     "get_list",
     "get_roots",
     "open_bundle",
+    "open_cache",
     "subscribe",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "open_bundle":
-        from .bundle import open_bundle
+    if name in ("open_bundle", "open_cache"):
+        from . import offline
 
-        return open_bundle
+        return getattr(offline, name)
     if name in __all__ and name not in ("__version__", "errors"):
         from . import client
 

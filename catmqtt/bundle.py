@@ -29,13 +29,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .errors import BadRequest, NotFound
 from .schema import parse_dataset
-from .slices import as_key, forward, parse_slice, select
-from .topics import parse_path, parse_root_name
+from .slices import forward, select
+from .topics import parse_root_name
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .client_view import Root
     from .schema import DatasetMeta
 
 CATALOG_NAME = "catalog.sqlite"
@@ -270,87 +269,3 @@ def _meta(text: str, path: str) -> DatasetMeta:
     if not isinstance(meta, dict):
         raise ValueError(f"the metadata of {path!r} is not a JSON object")
     return parse_dataset(meta, path)
-
-
-class BundleClient:
-    """What `client_view`'s `Root`, `Dataset` and `File` ask of a client, answered from a
-    `Bundle`: `open_bundle` makes one."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self.urlbase = f"bundle {bundle.path}"
-
-    def close(self) -> None:
-        self.bundle.close()
-
-    def get_roots(self) -> dict[str, dict[str, Any]]:
-        b = self.bundle
-        return {
-            b.root: {
-                "name": b.root,
-                "url": None,
-                "online": False,
-                "subscribed": True,
-                "key": b.info.get("key"),
-            }
-        }
-
-    def subscribe(self, root: str) -> str:
-        self._root(root)
-        return "Ok"
-
-    def get_list(self, path: str) -> list[str]:
-        root, _, directory = path.strip("/").partition("/")
-        self._root(root)
-        paths = sorted(self.bundle.metas)
-        if not directory:
-            return paths
-        prefix = parse_path(directory.rstrip("/")) + "/"
-        inside = [p for p in paths if p.startswith(prefix)]
-        if not inside and directory not in self.bundle.metas:
-            raise NotFound(f"no directory {directory!r} in root {root!r} of {self.bundle.path.name}")
-        return inside or [directory]
-
-    def get_info(self, dataset: str) -> dict[str, Any]:
-        root, _, path = dataset.partition("/")
-        self._root(root)
-        if not path:
-            return {**self.bundle.info, "missing": self.bundle.missing()}
-        return self.bundle.meta(parse_path(path))
-
-    def fetch(
-        self, dataset: str, slice_: Any = None, *, meta: DatasetMeta | None = None
-    ) -> np.ndarray | bytes:
-        root, _, path = dataset.partition("/")
-        self._root(root)
-        key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
-        return self.bundle.read(parse_path(path), key)
-
-    def download(self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
-        root, _, path = dataset.partition("/")
-        self._root(root)
-        path = parse_path(path)
-        self.bundle.meta(path)
-        dest = Path(localpath) / root / path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        try:
-            self.bundle.save(path, tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, dest)
-        return dest
-
-    def _root(self, name: str) -> None:
-        if name != self.bundle.root:
-            raise NotFound(f"no root {name!r} in {self.bundle.path.name}, which holds {self.bundle.root!r}")
-
-
-def open_bundle(path: str | os.PathLike) -> Root:
-    """Open the bundle at `path`: its root, with the library's `Root` interface
-    (`node_list`, ``root[path]`` gives datasets and files), read in-process."""
-    from .client_view import Root
-
-    bundle = Bundle(path)
-    return Root(bundle.root, client=BundleClient(bundle))

@@ -1,6 +1,7 @@
-"""Offline bundles: made by a real subscriber (``GET /api/bundle``, ``catmqtt bundle``)
-from a real publisher's root, then read three ways: unzipped with Blosc2, and in
-process with `catmqtt.open_bundle`."""
+"""Offline use: bundles made by a real subscriber (``GET /api/bundle``, ``catmqtt bundle``)
+from a real publisher's root, then read three ways (unzipped with Blosc2, published
+again, in-process with `catmqtt.open_bundle`); and a subscriber's cache read in-process
+with `catmqtt.open_cache`, the subscriber running and stopped."""
 
 from __future__ import annotations
 
@@ -247,3 +248,48 @@ def test_a_file_that_is_no_bundle_is_refused(tmp_path):
             z.write(catalog, "catalog.sqlite")
         with pytest.raises(catmqtt.errors.BadRequest, match="no readable catalog"):
             catmqtt.open_bundle(junk)
+
+
+def test_open_cache_reads_what_is_cached_and_only_that(broker, sample_root, tmp_path):
+    d = Deployment(broker, tmp_path)
+    try:
+        d.serve_foo(sample_root)
+        url = d.url("sub")
+        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+        catmqtt.fetch("foo/README.md", url)
+        whole = "dir1/ds-2d.b2nd"
+        # Chunks are written to the cache behind the reads.
+        wait_for(lambda: whole in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
+        wait_for(lambda: "README.md" in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
+        listing = catmqtt.get_list("foo", url)
+        for running in (True, False):
+            roots = catmqtt.open_cache(tmp_path / "sub")
+            assert list(roots) == ["foo"]
+            root = roots["foo"]
+            assert root.node_list == listing
+            ds = root[whole]
+            want = local(sample_root, whole)
+            assert np.array_equal(np.asarray(ds), want)
+            for key in SLICES:
+                assert np.array_equal(ds[key], want[key]), key
+            assert root["README.md"][:] == (sample_root / "README.md").read_bytes()
+            saved = root["dir1/ds-2d.b2nd"].download(tmp_path / f"out{running}")
+            assert np.array_equal(blosc2.open(str(saved))[:], want)
+            # What was never fetched is not there: said, not read as zeros.
+            with pytest.raises(NotFound, match="not in the cache at .* nothing is fetched"):
+                root["dir2/ds-4d.b2nd"][0]
+            with pytest.raises(NotFound, match="no root 'bar'"):
+                roots["bar"]
+            roots.close()
+            if running:
+                d.stop("sub")
+    finally:
+        d.stop_all()
+
+
+def test_open_cache_of_what_is_no_cache(tmp_path):
+    with pytest.raises(NotFound, match="holds no subscriber's cache"):
+        catmqtt.open_cache(tmp_path)
+    (tmp_path / "cache.sqlite").write_bytes(b"junk" * 100)
+    with pytest.raises(catmqtt.errors.BadRequest, match="not a readable cache index"):
+        catmqtt.open_cache(tmp_path)
