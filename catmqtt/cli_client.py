@@ -113,7 +113,7 @@ def cmd_bundle(args: argparse.Namespace, client: Any) -> int:
     if args.json:
         _json({"path": str(dest), "datasets": kept, "missing": missing})
     else:
-        print(f"Bundle saved to {dest} ({len(kept)} datasets)")
+        print(f"Bundle saved to {dest} ({len(kept)} dataset{'' if len(kept) == 1 else 's'})")
     for path, reason in sorted(missing.items()):
         print(f"missing: {root}/{path}: {reason}", file=sys.stderr)
     # Left out because they were not cached, as asked: not a failure.

@@ -126,7 +126,7 @@ def test_cached_takes_only_what_is_whole_in_the_cache(broker, sample_root, tmp_p
         # The command line: the bundle, and what is missing on standard error.
         result = d.cli("bundle", "foo", "--cached", "-o", str(tmp_path / "cli.zip"))
         assert result.returncode == 0, result.stderr
-        assert result.stdout == f"Bundle saved to {tmp_path / 'cli.zip'} (1 datasets)\n"
+        assert result.stdout == f"Bundle saved to {tmp_path / 'cli.zip'} (1 dataset)\n"
         assert "missing: foo/ds-1d.b2nd: not whole in the cache\n" in result.stderr
         # A publisher gone: what is not cached cannot be had, and is named with the reason.
         d.stop("pub-foo")
@@ -157,7 +157,7 @@ def test_the_command_line_saves_a_bundle(foo, tmp_path):
     result = foo.cli("bundle", "foo/dir2", "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr
     dest = tmp_path / "foo-dir2.zip"
-    assert result.stdout == f"Bundle saved to {dest} (1 datasets)\n" and result.stderr == ""
+    assert result.stdout == f"Bundle saved to {dest} (1 dataset)\n" and result.stderr == ""
     assert sorted(Bundle(dest).metas) == ["dir2/ds-4d.b2nd"]
     assert not list(tmp_path.glob(".*.part"))
     result = foo.cli("bundle", "nothing")

@@ -118,3 +118,12 @@ def test_download_adds_nothing_when_its_output_is_not_a_terminal(foo, tmp_path):
     assert result.returncode == 0
     assert result.stdout == "Dataset saved to foo/dir1/ds-3d.b2nd\n"
     assert result.stderr == ""
+
+
+def test_bundle_draws_its_bytes_on_a_terminal(foo, tmp_path):
+    status, written = on_terminal("bundle", "foo/dir1", "--sub", foo.url("sub"), cwd=tmp_path)
+    assert status == 0, written
+    # The bundle's size is not known before it is whole: bytes and a rate, no percentage.
+    assert "bundle foo/dir1" in written and "B/s" in written, written
+    assert written.rstrip().endswith("Bundle saved to foo-dir1.zip (2 datasets)")
+    assert (tmp_path / "foo-dir1.zip").is_file()
