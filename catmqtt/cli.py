@@ -419,9 +419,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add("info", cmd_info, "print a dataset's metadata").add_argument("path", metavar="ROOT/PATH")
     add("show", cmd_show, "print a dataset or a slice of it").add_argument("path", metavar="ROOT/PATH[SLICE]")
-    p = add("download", cmd_download, "save a whole dataset")
-    p.add_argument("path", metavar="ROOT/PATH")
-    p.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save (default: here)")
+    p = add("download", cmd_download, "save a whole dataset, or every dataset of a root or directory")
+    p.add_argument("path", metavar="ROOT[/PATH]")
+    p.add_argument(
+        "-o", "--output", default=".", metavar="DIR", help="where to save, as DIR/ROOT/PATH (default: here)"
+    )
     add_watch_commands(add)
     cli_edge.add_commands(add)
     for p in sub.choices.values():
