@@ -102,8 +102,8 @@ def cmd_download(args: argparse.Namespace, client: Any) -> int:
     except DownloadFailed as exc:
         # What was saved, then one line for each dataset that was not.
         _saved(exc.saved, args.json)
-        for dataset, reason in exc.failures.items():
-            print(f"Error: cannot save {_one_line(dataset)}: {_one_line(reason)}", file=sys.stderr)
+        for dataset, error in exc.failures.items():
+            print(f"Error: cannot save {_one_line(dataset)}: {_one_line(str(error))}", file=sys.stderr)
         return 1
     if isinstance(saved, Path):
         if args.json:

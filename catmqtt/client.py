@@ -22,6 +22,7 @@ guards what.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
@@ -41,7 +42,7 @@ from .client_reader import Reader
 from .client_view import Dataset as Dataset
 from .client_view import File as File
 from .client_view import Root as Root
-from .errors import BadRequest, CatmqttError, Changed, NotFound, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, Changed, InsufficientStorage, NotFound, TooLarge, Unavailable
 from .progress import bar
 from .slices import as_key, items_at_most, parse_slice
 from .wire import ETAG, quote_dataset
@@ -351,7 +352,7 @@ class Client(Connection):
             raise Unavailable(
                 f"the subscriber at {self.urlbase} sent a list of {path} that is not one of paths", status=502
             )
-        failures: dict[str, str] = {}
+        failures: dict[str, CatmqttError] = {}
         metas: dict[str, DatasetMeta | None] = {}
         for name in dict.fromkeys(listed):
             dataset = f"{root}/{name}"
@@ -362,7 +363,7 @@ class Client(Connection):
                 # With a bar, every size first, for its total.
                 metas[dataset] = self._latest(dataset, False) if progress else None
             except CatmqttError as exc:
-                failures[dataset] = _reason(exc)
+                failures[dataset] = _as_error(exc)
         saved: list[Path] = []
         total = sum(meta["nbytes"] for meta in metas.values() if meta is not None)
         with bar(path, total, show=progress) as drawn:
@@ -376,7 +377,7 @@ class Client(Connection):
                     saved.append(self._again(save))
                 except (CatmqttError, OSError, RuntimeError) as exc:
                     # RuntimeError: Blosc2's, when a write fails (a full disk).
-                    failures[dataset] = _reason(exc)
+                    failures[dataset] = _as_error(exc)
         if failures:
             raise DownloadFailed(path, saved, failures)
         return saved
@@ -394,6 +395,7 @@ class Client(Connection):
         if drawn is not None:
             return self._write(localpath, dataset, lambda tmp: self._from_chunks(dataset, meta, tmp, drawn))
         # Asked first: nothing is made here for a dataset that is not there.
+        local_path(localpath, dataset, make=False)
         with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
 
             def write(tmp: Path) -> None:
@@ -450,25 +452,28 @@ class Client(Connection):
 class DownloadFailed(CatmqttError):
     """Some datasets of a root or directory could not be saved (see `Client.download`).
 
-    `failures` maps each of them (``ROOT/PATH``) to why; `saved` lists the
-    paths written, which are kept. The status is that of the first failure
-    when it has one.
+    `failures` maps each of them (``ROOT/PATH``) to its error (a
+    `catmqtt.errors` exception: ``NotFound``, ``Unavailable``,
+    ``InsufficientStorage`` for a full disk, ``BadRequest`` for a name that
+    is not safe here...); `saved` lists the paths written, which are kept.
+    The status is that of the first failure.
     """
 
-    def __init__(self, path: str, saved: list[Path], failures: dict[str, str]) -> None:
+    def __init__(self, path: str, saved: list[Path], failures: dict[str, CatmqttError]) -> None:
         self.path = path
         self.saved = saved
         self.failures = failures
-        reasons = "; ".join(f"{dataset}: {reason}" for dataset, reason in failures.items())
+        reasons = "; ".join(f"{dataset}: {error}" for dataset, error in failures.items())
         super().__init__(
             f"{len(failures)} of {len(failures) + len(saved)} datasets of {path} could not be saved"
-            f" ({reasons})"
+            f" ({reasons})",
+            status=next(iter(failures.values())).status,
         )
 
 
-def local_path(localpath: str | os.PathLike, dataset: str) -> Path:
+def local_path(localpath: str | os.PathLike, dataset: str, *, make: bool = True) -> Path:
     """Return where `dataset` (``ROOT/PATH``, as a subscriber names it) is saved,
-    ``<localpath>/ROOT/PATH``, after making its directories.
+    ``<localpath>/ROOT/PATH``, after making its directories (unless not `make`).
 
     Raises BadRequest if that is not a safe path (see `topics.parse_path`), or
     would lead out of ``<localpath>/ROOT`` by a symbolic link already there;
@@ -477,20 +482,17 @@ def local_path(localpath: str | os.PathLike, dataset: str) -> Path:
     root, _, path = dataset.partition("/")
     quote_dataset(dataset)
     base = Path(localpath) / root
-    base.mkdir(parents=True, exist_ok=True)
-    inside = base.resolve()
-    here = base
-    for part in path.split("/")[:-1]:
+    if make:
+        base.mkdir(parents=True, exist_ok=True)
+    inside, dest, here = base.resolve(), base / path, base
+    for part in path.split("/"):
         here = here / part
-        # Checked before anything is made in it: mkdir follows a link.
-        if not here.is_symlink():
-            here.mkdir(exist_ok=True)
-        if not here.resolve().is_relative_to(inside):
+        # Checked before anything is made in it, as mkdir follows a link; the file itself
+        # would be replaced, not followed, but a link there is a surprise too.
+        if here.is_symlink() and not here.resolve().is_relative_to(inside):
             raise BadRequest(f"cannot save {dataset}: {here} leads out of {base}")
-    dest = here / path.rsplit("/", 1)[-1]
-    if dest.is_symlink() and not dest.resolve().is_relative_to(inside):
-        # Replaced, not followed, when the file is renamed into place; said, as it is a surprise.
-        raise BadRequest(f"cannot save {dataset}: {dest} leads out of {base}")
+        if make and here != dest:
+            here.mkdir(exist_ok=True)
     return dest
 
 
@@ -503,11 +505,15 @@ def _temporary(dest: Path) -> Path:
     return tmp
 
 
-def _reason(exc: BaseException) -> str:
-    """Say in one line why a dataset could not be saved."""
-    if isinstance(exc, OSError) and not isinstance(exc, CatmqttError) and exc.strerror:
-        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
-    return str(exc) or type(exc).__name__
+def _as_error(exc: Exception) -> CatmqttError:
+    """Return `exc`, why a dataset could not be saved, as one of catmqtt's errors."""
+    if isinstance(exc, CatmqttError):
+        return exc
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return InsufficientStorage(reason) if full else CatmqttError(reason)
+    return CatmqttError(str(exc) or type(exc).__name__)
 
 
 def _client(urlbase: str | None, user_auth: dict[str, str] | None) -> Client:

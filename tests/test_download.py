@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
+import sys
 from pathlib import Path
 
 import blosc2
@@ -16,6 +17,7 @@ import pytest
 from test_progress import assert_same_dataset, on_terminal
 
 import catmqtt
+from catmqtt.errors import BadRequest, Unavailable
 from catmqtt.testing import catmqtt_cmd
 
 from conftest import DEADLINE, run_cli
@@ -139,6 +141,7 @@ def test_a_dataset_that_cannot_be_fetched_does_not_stop_the_others(deployment, r
         client.download("foo/dir1", tmp_path / "lib")
     assert info.value.saved == [tmp_path / "lib/foo/dir1/ds-2d.b2nd"]
     assert list(info.value.failures) == ["foo/dir1/ds-3d.b2nd"]
+    assert isinstance(info.value.failures["foo/dir1/ds-3d.b2nd"], Unavailable)
     assert "1 of 2 datasets of foo/dir1 could not be saved (foo/dir1/ds-3d.b2nd: " in str(info.value)
     # Again once the publisher is back: everything, over what was saved.
     d.start_pub("foo", root_dir)
@@ -175,6 +178,22 @@ def test_a_write_that_fails_does_not_stop_the_others(deployment, root_dir, tmp_p
     assert result.stdout == saved_lines(".", ["foo/dir1/ds-2d.b2nd", "foo/dir1/ds-3d.b2nd"])
     assert result.stderr == "Error: cannot save foo/dir1/big.b2nd: File too large\n"
     assert files_under(work) == ["foo/dir1/ds-2d.b2nd", "foo/dir1/ds-3d.b2nd"]
+    code = (
+        "import catmqtt\n"
+        "try:\n"
+        f"    catmqtt.download('foo/dir1', {d.url('sub')!r}, 'lib')\n"
+        "except catmqtt.DownloadFailed as exc:\n"
+        "    print(exc.status, {k: type(v).__name__ for k, v in exc.failures.items()}, len(exc.saved))\n"
+    )
+    library = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=DEADLINE,
+        preexec_fn=small_files,
+    )
+    assert library.stdout == "507 {'foo/dir1/big.b2nd': 'InsufficientStorage'} 2\n", library.stderr
 
 
 def lying_list(listing: list, files: dict[str, bytes], asked: list[str]):
@@ -252,9 +271,10 @@ def test_a_list_that_strays_out_of_its_directory_is_refused(tmp_path):
     with serving(route) as url, catmqtt.Client(url) as client, pytest.raises(catmqtt.DownloadFailed) as info:
         client.download("evil/dir", tmp_path)
     assert info.value.saved == [tmp_path / "evil/dir/a.txt"]
-    assert info.value.failures == {
-        "evil/other/b.txt": "the subscriber listed it under evil/dir, where it is not"
-    }
+    assert list(info.value.failures) == ["evil/other/b.txt"]
+    error = info.value.failures["evil/other/b.txt"]
+    assert isinstance(error, BadRequest) and info.value.status == 400
+    assert str(error) == "the subscriber listed it under evil/dir, where it is not"
     assert "/api/download/evil/other/b.txt" not in asked
 
 
