@@ -331,7 +331,8 @@ class Client(Connection):
 
     def _download_one(self, dataset: str, localpath: str | os.PathLike, progress: bool) -> Path:
         """Save `dataset` as ``<localpath>/<dataset>`` (see `download`); return that path."""
-        quote_dataset(dataset)
+        # Checked before anything is asked.
+        local_path(localpath, dataset, make=False)
 
         def save(again: bool) -> Path:
             if not progress:
@@ -357,12 +358,13 @@ class Client(Connection):
         for name in dict.fromkeys(listed):
             dataset = f"{root}/{name}"
             try:
-                quote_dataset(dataset)
+                # Checked before anything is asked.
+                local_path(localpath, dataset, make=False)
                 if dataset != path and not dataset.startswith(f"{path}/"):
                     raise BadRequest(f"the subscriber listed it under {path}, where it is not")
                 # With a bar, every size first, for its total.
                 metas[dataset] = self._latest(dataset, False) if progress else None
-            except CatmqttError as exc:
+            except (CatmqttError, OSError) as exc:
                 failures[dataset] = _as_error(exc)
         saved: list[Path] = []
         total = sum(meta["nbytes"] for meta in metas.values() if meta is not None)
@@ -489,11 +491,20 @@ def local_path(localpath: str | os.PathLike, dataset: str, *, make: bool = True)
         here = here / part
         # Checked before anything is made in it, as mkdir follows a link; the file itself
         # would be replaced, not followed, but a link there is a surprise too.
-        if here.is_symlink() and not here.resolve().is_relative_to(inside):
+        if here.is_symlink() and not _resolved(here).is_relative_to(inside):
             raise BadRequest(f"cannot save {dataset}: {here} leads out of {base}")
         if make and here != dest:
             here.mkdir(exist_ok=True)
     return dest
+
+
+def _resolved(link: Path) -> Path:
+    """Return where `link` leads; raise BadRequest for a loop of links."""
+    try:
+        return link.resolve()
+    except RuntimeError:
+        # Python before 3.13; OSError (ELOOP) from 3.13, with strict=False too.
+        raise BadRequest(f"{link} is a loop of symbolic links") from None
 
 
 def _temporary(dest: Path) -> Path:

@@ -216,18 +216,25 @@ UNSAFE = ["../escape.txt", "a/../../escape.txt", "/abs.txt", "a//b.txt", "a\\..\
 
 def test_unsafe_names_from_a_subscriber_are_refused(tmp_path):
     asked: list[str] = []
-    files = {"ok.txt": b"fine", "link/in.txt": b"evil", "sub/in.txt": b"fine too", "swap.txt": b"evil"}
+    files = {"ok.txt": b"fine", "sub/in.txt": b"fine too"}
+    files.update({name: b"evil" for name in ("link/in.txt", "swap.txt", "loop/in.txt")})
     out = tmp_path / "out"
     outside = tmp_path / "outside"
     outside.mkdir()
     (out / "evil").mkdir(parents=True)
     (out / "evil/link").symlink_to(outside)
     (out / "evil/swap.txt").symlink_to(outside / "kept.txt")
+    (out / "evil/loop").symlink_to(out / "evil/loop")
     (outside / "kept.txt").write_bytes(b"keep")
-    listing = [*UNSAFE, "ok.txt", "link/in.txt", "sub/in.txt", "swap.txt"]
+    listing = [*UNSAFE, "ok.txt", "link/in.txt", "sub/in.txt", "swap.txt", "loop/in.txt"]
     with serving(lying_list(listing, files, asked)) as url:
         result = run_cli("download", "evil", "-o", str(out), sub=url)
         asked_by_cli = sorted(set(asked))
+        # With a bar, metadata is read first: not for these either.
+        asked.clear()
+        with catmqtt.Client(url) as client, pytest.raises(catmqtt.DownloadFailed):
+            client.download("evil", out, progress=True)
+        assert sorted(set(asked)) == ["/api/info/evil/ok.txt", "/api/info/evil/sub/in.txt", "/api/list/evil"]
         with catmqtt.Client(url) as client, pytest.raises(catmqtt.DownloadFailed) as info:
             client.download("evil", tmp_path / "lib")
     assert result.returncode == 1
@@ -237,8 +244,10 @@ def test_unsafe_names_from_a_subscriber_are_refused(tmp_path):
         *(f"cannot save evil/{name}" for name in UNSAFE),
         "cannot save evil/link/in.txt",
         "cannot save evil/swap.txt",
+        "cannot save evil/loop/in.txt",
     ]
-    assert "invalid dataset path" in errors[0] and "leads out of" in errors[-1]
+    assert "invalid dataset path" in errors[0] and "leads out of" in errors[-2]
+    assert errors[-1].endswith("evil/loop is a loop of symbolic links")
     assert (out / "evil/ok.txt").read_bytes() == b"fine"
     assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"]
     assert (outside / "kept.txt").read_bytes() == b"keep"
@@ -248,7 +257,7 @@ def test_unsafe_names_from_a_subscriber_are_refused(tmp_path):
         ["/api/list/evil", "/api/download/evil/ok.txt", "/api/download/evil/sub/in.txt"]
     )
     # No links there: only the unsafe names fail.
-    lib = ["ok.txt", "link/in.txt", "sub/in.txt", "swap.txt"]
+    lib = ["ok.txt", "link/in.txt", "sub/in.txt", "swap.txt", "loop/in.txt"]
     assert info.value.saved == [tmp_path / "lib/evil" / name for name in lib]
     assert list(info.value.failures) == [f"evil/{name}" for name in UNSAFE]
 
