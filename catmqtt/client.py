@@ -296,11 +296,11 @@ class Client(Connection):
         return response.content
 
     def download(
-        self, path: str, localpath: str | os.PathLike = ".", progress: bool = False
+        self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False
     ) -> Path | list[Path]:
         """Save a dataset, or every dataset of a root or directory, under `localpath`.
 
-        `path` is ``ROOT/PATH`` (a dataset: returns the path written,
+        `dataset` is ``ROOT/PATH`` (a dataset: returns the path written,
         ``<localpath>/ROOT/PATH``), ``ROOT`` or ``ROOT/DIR`` (returns the list
         of paths written, in the order of ``get_list``). Each file is
         streamed to a temporary name beside it and renamed once whole, over
@@ -315,7 +315,7 @@ class Client(Connection):
         were tried, `DownloadFailed` names each failure (and the paths
         written, which are kept).
         """
-        path = path.strip("/")
+        path = dataset.strip("/")
         root, sep, rest = path.partition("/")
         if sep:
             try:
@@ -381,7 +381,8 @@ class Client(Connection):
                     # RuntimeError: Blosc2's, when a write fails (a full disk).
                     failures[dataset] = _as_error(exc)
         if failures:
-            raise DownloadFailed(path, saved, failures)
+            ordered = (f"{root}/{name}" for name in dict.fromkeys(listed))
+            raise DownloadFailed(path, saved, {d: failures[d] for d in ordered if d in failures})
         return saved
 
     def _latest(self, dataset: str, again: bool) -> DatasetMeta:
@@ -396,7 +397,7 @@ class Client(Connection):
         as the subscriber sends the whole file. Return the path written."""
         if drawn is not None:
             return self._write(localpath, dataset, lambda tmp: self._from_chunks(dataset, meta, tmp, drawn))
-        # Asked first: nothing is made here for a dataset that is not there.
+        # Checked, asked, then made: nothing is made here for a dataset that is not there.
         local_path(localpath, dataset, make=False)
         with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
 
