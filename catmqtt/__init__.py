@@ -13,12 +13,25 @@ from . import errors
 __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
-    from .client import Client, Dataset, File, Root, download, fetch, get_info, get_list, get_roots, subscribe
+    from .client import (
+        Client,
+        Dataset,
+        DownloadFailed,
+        File,
+        Root,
+        download,
+        fetch,
+        get_info,
+        get_list,
+        get_roots,
+        subscribe,
+    )
     from .offline import open_bundle, open_cache
 
 __all__ = [
     "Client",
     "Dataset",
+    "DownloadFailed",
     "File",
     "Root",
     "__version__",

@@ -428,9 +428,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add("info", cmd_info, "print a dataset's metadata").add_argument("path", metavar="ROOT/PATH")
     add("show", cmd_show, "print a dataset or a slice of it").add_argument("path", metavar="ROOT/PATH[SLICE]")
-    p = add("download", cmd_download, "save a whole dataset")
-    p.add_argument("path", metavar="ROOT/PATH")
-    p.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save (default: here)")
+    p = add("download", cmd_download, "save a whole dataset, or every dataset of a root or directory")
+    p.add_argument("path", metavar="ROOT[/PATH]")
+    p.add_argument(
+        "-o", "--output", default=".", metavar="DIR", help="where to save, as DIR/ROOT/PATH (default: here)"
+    )
     p = add("bundle", cmd_bundle, "save a root or directory as an offline bundle (a ZIP file)")
     p.add_argument("path", metavar="ROOT[/DIR]")
     p.add_argument("-o", "--output", metavar="FILE", help="the bundle's file (default: ROOT[-DIR].zip here)")

@@ -93,10 +93,32 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
 
 
 def cmd_download(args: argparse.Namespace, client: Any) -> int:
-    dest = client.download(args.path, args.output, progress=on_terminal())
-    if args.json:
-        return _json({"path": str(dest)})
-    print(f"Dataset saved to {dest}")
+    from pathlib import Path
+
+    from .errors import DownloadFailed
+
+    try:
+        saved = client.download(args.path, args.output, progress=on_terminal())
+    except DownloadFailed as exc:
+        # What was saved, then one line for each dataset that was not.
+        _saved(exc.saved, args.json)
+        for dataset, error in exc.failures.items():
+            print(f"Error: cannot save {_one_line(dataset)}: {_one_line(str(error))}", file=sys.stderr)
+        return 1
+    if isinstance(saved, Path):
+        if args.json:
+            return _json({"path": str(saved)})
+        print(f"Dataset saved to {_one_line(str(saved))}")
+        return 0
+    return _saved(saved, args.json)
+
+
+def _saved(paths: list[Any], as_json: bool) -> int:
+    """Print the paths a download of a root or directory wrote."""
+    if as_json:
+        return _json([str(p) for p in paths])
+    for path in paths:
+        print(f"Dataset saved to {_one_line(str(path))}")
     return 0
 
 
@@ -118,6 +140,11 @@ def cmd_bundle(args: argparse.Namespace, client: Any) -> int:
         print(f"missing: {root}/{path}: {reason}", file=sys.stderr)
     # Left out because they were not cached, as asked: not a failure.
     return 1 if missing and not args.cached else 0
+
+
+def _one_line(text: str) -> str:
+    """Return `text` with what is not printable escaped: a subscriber names datasets."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _split_slice(text: str) -> tuple[str, str | None]:

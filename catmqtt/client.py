@@ -22,6 +22,7 @@ guards what.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
@@ -41,13 +42,16 @@ from .client_reader import Reader
 from .client_view import Dataset as Dataset
 from .client_view import File as File
 from .client_view import Root as Root
-from .errors import BadRequest, CatmqttError, Changed, TooLarge, Unavailable
+from .errors import BadRequest, CatmqttError, Changed, InsufficientStorage, NotFound, TooLarge, Unavailable
+from .errors import DownloadFailed as DownloadFailed
+from .progress import bar
 from .slices import as_key, items_at_most, parse_slice
 from .wire import ETAG, FRAME, TRAILER_MAX, quote_dataset, read_error_trailer
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from .progress import Progress
     from .schema import DatasetMeta
 
 TIMEOUT = (10, 600)
@@ -292,61 +296,161 @@ class Client(Connection):
             )
         return response.content
 
-    def download(self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
-        """Save the whole `dataset` as ``<localpath>/<dataset>`` and return that path.
+    def download(
+        self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False
+    ) -> Path | list[Path]:
+        """Save a dataset, or every dataset of a root or directory, under `localpath`.
 
-        The file is streamed to disk, and appears only once complete. With
-        `progress`, a progress bar on standard error follows its chunks as
-        they come (the subscriber fetching them from its publisher, where it
-        lacks them), and the file is put together here from them.
+        `dataset` is ``ROOT/PATH`` (a dataset: returns the path written,
+        ``<localpath>/ROOT/PATH``), ``ROOT`` or ``ROOT/DIR`` (returns the list
+        of paths written, in the order of ``get_list``). Each file is
+        streamed to a temporary name beside it and renamed once whole, over
+        any file of that name. With `progress`, one progress bar on standard
+        error follows the bytes of the datasets' chunks as they come (the
+        subscriber fetching them from its publisher, where it lacks them),
+        and each file is put together here from them.
+
+        Nothing is written outside ``<localpath>/ROOT``: a name that would
+        lead out of it (``..``, a symbolic link there) is refused. A
+        dataset that cannot be saved does not stop the others: once all
+        were tried, `DownloadFailed` names each failure (and the paths
+        written, which are kept).
         """
-        return self._again(lambda again: self._download(dataset, localpath, progress))
+        path = dataset.strip("/")
+        root, sep, rest = path.partition("/")
+        if sep:
+            try:
+                listed = self.get_list(path)
+            except NotFound:
+                # No such directory: a dataset's own error says more (an HDF5 object skipped).
+                listed = [rest]
+            if listed == [rest]:
+                return self._download_one(path, localpath, progress)
+        else:
+            listed = self.get_list(root)
+        return self._download_all(path, listed, localpath, progress)
 
-    def _download(self, dataset: str, localpath: str | os.PathLike, progress: bool) -> Path:
-        dest = Path(localpath) / dataset
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
+    def _download_one(self, dataset: str, localpath: str | os.PathLike, progress: bool) -> Path:
+        """Save `dataset` as ``<localpath>/<dataset>`` (see `download`); return that path."""
+        # Checked before anything is asked.
+        local_path(localpath, dataset, make=False)
+
+        def save(again: bool) -> Path:
+            if not progress:
+                return self._save(dataset, localpath, None, None)
+            meta = self._latest(dataset, again)
+            with bar(dataset, meta["nbytes"], show=True) as drawn:
+                return self._save(dataset, localpath, meta, drawn)
+
+        return self._again(save)
+
+    def _download_all(
+        self, path: str, listed: Any, localpath: str | os.PathLike, progress: bool
+    ) -> list[Path]:
+        """Save each of `listed` (paths relative to the root, as the subscriber listed those
+        under `path`) under `localpath`, with one bar for all if `progress`."""
+        root = path.partition("/")[0]
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sent a list of {path} that is not one of paths", status=502
+            )
+        failures: dict[str, CatmqttError] = {}
+        metas: dict[str, DatasetMeta | None] = {}
+        for name in dict.fromkeys(listed):
+            dataset = f"{root}/{name}"
+            try:
+                # Checked before anything is asked.
+                local_path(localpath, dataset, make=False)
+                if dataset != path and not dataset.startswith(f"{path}/"):
+                    raise BadRequest(f"the subscriber listed it under {path}, where it is not")
+                # With a bar, every size first, for its total.
+                metas[dataset] = self._latest(dataset, False) if progress else None
+            except (CatmqttError, OSError) as exc:
+                failures[dataset] = _as_error(exc)
+        saved: list[Path] = []
+        total = sum(meta["nbytes"] for meta in metas.values() if meta is not None)
+        with bar(path, total, show=progress) as drawn:
+            for dataset in metas:
+
+                def save(again: bool, dataset: str = dataset) -> Path:
+                    meta = self._latest(dataset, again) if progress else None
+                    return self._save(dataset, localpath, meta, drawn if progress else None)
+
+                try:
+                    saved.append(self._again(save))
+                except (CatmqttError, OSError, RuntimeError) as exc:
+                    # RuntimeError: Blosc2's, when a write fails (a full disk).
+                    failures[dataset] = _as_error(exc)
+        if failures:
+            ordered = (f"{root}/{name}" for name in dict.fromkeys(listed))
+            raise DownloadFailed(path, saved, {d: failures[d] for d in ordered if d in failures})
+        return saved
+
+    def _latest(self, dataset: str, again: bool) -> DatasetMeta:
+        """Return the metadata to save `dataset` with: read anew `again` (after a change)."""
+        return self._readable(dataset, self.get_info(dataset)) if again else self._current(dataset, None)
+
+    def _save(
+        self, dataset: str, localpath: str | os.PathLike, meta: DatasetMeta | None, drawn: Progress | None
+    ) -> Path:
+        """Write `dataset` at ``<localpath>/<dataset>`` through a temporary file beside it: put
+        together from its chunks (`meta` its metadata) onto bar `drawn`, or without a bar,
+        as the subscriber sends the whole file. Return the path written."""
+        if drawn is not None:
+            return self._write(localpath, dataset, lambda tmp: self._from_chunks(dataset, meta, tmp, drawn))
+        # Checked, asked, then made: nothing is made here for a dataset that is not there.
+        local_path(localpath, dataset, make=False)
+        with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
+
+            def write(tmp: Path) -> None:
+                try:
+                    with open(tmp, "wb") as f:
+                        for block in response.iter_content(1 << 20):
+                            f.write(block)
+                except requests.RequestException:
+                    raise Unavailable(f"the download of {dataset} from {self.urlbase} was cut off") from None
+
+            return self._write(localpath, dataset, write)
+
+    @staticmethod
+    def _write(localpath: str | os.PathLike, dataset: str, write: Callable[[Path], None]) -> Path:
+        """Return ``<localpath>/<dataset>``, written whole by ``write(tmp)`` at a temporary
+        path `tmp` beside it, then renamed; `tmp` is removed if `write` fails."""
+        dest = local_path(localpath, dataset)
+        tmp = _temporary(dest)
         try:
-            if progress:
-                self._download_chunks(dataset, tmp)
-            else:
-                self._download_file(dataset, tmp)
+            write(tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, dest)
         return dest
 
-    def _download_file(self, dataset: str, tmp: Path) -> None:
-        """Write the whole file the subscriber makes of `dataset` at `tmp`."""
-        with self._request("GET", f"download/{quote_dataset(dataset)}", stream=True) as response:
-            try:
-                with open(tmp, "wb") as f:
-                    for block in response.iter_content(1 << 20):
-                        f.write(block)
-            except requests.RequestException:
-                raise Unavailable(f"the download of {dataset} from {self.urlbase} was cut off") from None
-
-    def _download_chunks(self, dataset: str, tmp: Path) -> None:
-        """Write `dataset` at `tmp` from its chunks, showing a bar of the bytes they hold."""
+    def _from_chunks(self, dataset: str, meta: DatasetMeta, tmp: Path, drawn: Progress) -> None:
+        """Write `dataset` at `tmp` from its chunks, adding the bytes they hold to bar `drawn`
+        (and taking them back if it fails)."""
         import blosc2
 
-        from .progress import bar
         from .storage import WholeFile
 
-        meta = self._current(dataset, None)
-        numbers = list(range(meta["nchunks"]))
-        with bar(dataset, meta["nbytes"], show=True) as drawn, WholeFile(meta, tmp) as out:
-            for n, data in self._reader.chunks(dataset, meta, numbers):
-                problem = chunk_problem(data, meta, n)
-                if problem is not None:
-                    raise Unavailable(
-                        f"the subscriber at {self.urlbase} sent chunk {n} of {dataset}, which is not"
-                        f" what its metadata says: {problem}",
-                        status=502,
-                    )
-                out.put(n, data)
-                drawn.update(blosc2.get_cbuffer_sizes(data)[0])
+        done = 0
+        try:
+            with WholeFile(meta, tmp) as out:
+                for n, data in self._reader.chunks(dataset, meta, list(range(meta["nchunks"]))):
+                    problem = chunk_problem(data, meta, n)
+                    if problem is not None:
+                        raise Unavailable(
+                            f"the subscriber at {self.urlbase} sent chunk {n} of {dataset}, which is not"
+                            f" what its metadata says: {problem}",
+                            status=502,
+                        )
+                    out.put(n, data)
+                    size = blosc2.get_cbuffer_sizes(data)[0]
+                    drawn.update(size)
+                    done += size
+        except BaseException:
+            drawn.update(-done)
+            raise
 
     def bundle(
         self,
@@ -363,7 +467,6 @@ class Client(Connection):
         the bundle's catalog (``Bundle(path).missing()``). The file appears only once
         complete; with `progress`, a bar on standard error follows its bytes."""
         from .bundle import Bundle
-        from .progress import bar
 
         path = path.strip("/")
         name = path.replace("/", "-") + ".zip"
@@ -398,6 +501,60 @@ class Client(Connection):
             raise
         os.replace(tmp, target)
         return target
+
+
+def local_path(localpath: str | os.PathLike, dataset: str, *, make: bool = True) -> Path:
+    """Return where `dataset` (``ROOT/PATH``, as a subscriber names it) is saved,
+    ``<localpath>/ROOT/PATH``, after making its directories (unless not `make`).
+
+    Raises BadRequest if that is not a safe path (see `topics.parse_path`), or
+    would lead out of ``<localpath>/ROOT`` by a symbolic link already there;
+    no directory is made outside it.
+    """
+    root, _, path = dataset.partition("/")
+    quote_dataset(dataset)
+    base = Path(localpath) / root
+    if make:
+        base.mkdir(parents=True, exist_ok=True)
+    inside, dest, here = base.resolve(), base / path, base
+    for part in path.split("/"):
+        here = here / part
+        # Checked before anything is made in it, as mkdir follows a link; the file itself
+        # would be replaced, not followed, but a link there is a surprise too.
+        if here.is_symlink() and not _resolved(here).is_relative_to(inside):
+            raise BadRequest(f"cannot save {dataset}: {here} leads out of {base}")
+        if make and here != dest:
+            here.mkdir(exist_ok=True)
+    return dest
+
+
+def _resolved(link: Path) -> Path:
+    """Return where `link` leads; raise BadRequest for a loop of links."""
+    try:
+        return link.resolve()
+    except RuntimeError:
+        # Python before 3.13; OSError (ELOOP) from 3.13, with strict=False too.
+        raise BadRequest(f"{link} is a loop of symbolic links") from None
+
+
+def _temporary(dest: Path) -> Path:
+    """Return a new empty file beside `dest` to write it in, in place of one a failed
+    run left (never following a link of that name)."""
+    tmp = dest.with_name(f".{dest.name}.part")
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
+
+
+def _as_error(exc: Exception) -> CatmqttError:
+    """Return `exc`, why a dataset could not be saved, as one of catmqtt's errors."""
+    if isinstance(exc, CatmqttError):
+        return exc
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return InsufficientStorage(reason) if full else CatmqttError(reason)
+    return CatmqttError(str(exc) or type(exc).__name__)
 
 
 def _cut(part: Path, message: str) -> CatmqttError:
@@ -454,8 +611,10 @@ def download(
     localpath: str | os.PathLike = ".",
     user_auth: dict[str, str] | None = None,
     progress: bool = False,
-) -> Path:
+) -> Path | list[Path]:
     """Save `dataset` under `localpath` and return the path written (with a
-    progress bar on standard error if `progress`)."""
+    progress bar on standard error if `progress`); a root or directory saves
+    every dataset under it and returns the list of paths written (see
+    :meth:`Client.download`)."""
     with _client(urlbase, user_auth) as c:
         return c.download(dataset, localpath, progress)

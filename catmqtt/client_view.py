@@ -72,6 +72,11 @@ class Root:
     def __repr__(self) -> str:
         return f"<Root {self.name!r} at {self.client.urlbase}>"
 
+    def download(self, localpath: str | os.PathLike = ".", progress: bool = False) -> list[Path]:
+        """Save every dataset of the root under ``<localpath>/<root>``; return the paths
+        written (see :meth:`Client.download`, which also saves one directory)."""
+        return self.client.download(self.name, localpath, progress)
+
     def __getitem__(self, path: str) -> File:
         meta = self.client.get_info(f"{self.name}/{path}")
         cls = Dataset if meta["kind"] == "ndarray" else File
@@ -107,7 +112,7 @@ class File:
     def download(self, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
         """Save the whole dataset under `localpath`; return the path written (with
         a progress bar on standard error if `progress`)."""
-        return self.root.client.download(self.path, localpath, progress)
+        return self.root.client._download_one(self.path, localpath, progress)
 
 
 class Dataset(File):

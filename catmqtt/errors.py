@@ -6,6 +6,11 @@ status codes in one place and the client maps status codes back to them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class CatmqttError(Exception):
     """The root of catmqtt's exceptions."""
@@ -127,3 +132,25 @@ def from_status(status: int, message: str, changed: str | None = None) -> Catmqt
         return Changed(changed or "", message, status)
     cls = _BY_STATUS.get(status, CatmqttError)
     return cls(message, status=status)
+
+
+class DownloadFailed(CatmqttError):
+    """Some datasets of a root or directory could not be saved (see `Client.download`).
+
+    `failures` maps each of them (``ROOT/PATH``) to its error (a
+    `catmqtt.errors` exception: ``NotFound``, ``Unavailable``,
+    ``InsufficientStorage`` for a full disk, ``BadRequest`` for a name that
+    is not safe here...); `saved` lists the paths written, which are kept.
+    The status is that of the first failure.
+    """
+
+    def __init__(self, path: str, saved: list[Path], failures: dict[str, CatmqttError]) -> None:
+        self.path = path
+        self.saved = saved
+        self.failures = failures
+        reasons = "; ".join(f"{dataset}: {error}" for dataset, error in failures.items())
+        super().__init__(
+            f"{len(failures)} of {len(failures) + len(saved)} datasets of {path} could not be saved"
+            f" ({reasons})",
+            status=next(iter(failures.values())).status,
+        )

@@ -118,15 +118,26 @@ class OfflineClient:
         key = () if slice_ is None else parse_slice(slice_) if isinstance(slice_, str) else as_key(slice_)
         return self.store.read(root, parse_path(path), key)
 
-    def download(self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False) -> Path:
-        root, _, path = dataset.partition("/")
+    def download(
+        self, dataset: str, localpath: str | os.PathLike = ".", progress: bool = False
+    ) -> Path | list[Path]:
+        """Save a dataset, or every dataset of a root or directory, as
+        ``<localpath>/ROOT/PATH``; return the path, or the paths, written."""
+        root, _, path = dataset.strip("/").partition("/")
+        if path and parse_path(path) in self.store.metas(root):
+            return self._download_one(dataset, localpath, progress)
+        return [self._download_one(f"{root}/{p}", localpath, progress) for p in self.get_list(dataset)]
+
+    def _download_one(self, dataset: str, localpath: str | os.PathLike, progress: bool) -> Path:
+        from .client import local_path
+
+        root, _, path = dataset.strip("/").partition("/")
         self._meta(root, path)
-        path = parse_path(path)
-        dest = Path(localpath) / root / path
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = local_path(localpath, f"{root}/{parse_path(path)}")
         tmp = dest.with_name(f".{dest.name}.part")
+        tmp.unlink(missing_ok=True)
         try:
-            self.store.save(root, path, tmp)
+            self.store.save(root, parse_path(path), tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -93,6 +93,11 @@ def test_open_bundle_reads_as_the_library_does(foo, sample_root, tmp_path):
     assert np.array_equal(np.asarray(ds), local(sample_root, "dir1/ds-2d.b2nd"))
     saved = root["README.md"].download(tmp_path / "out")
     assert saved.read_bytes() == (sample_root / "README.md").read_bytes()
+    every = root.download(tmp_path / "all")
+    assert sorted(every) == sorted(tmp_path / "all/foo" / p for p in root.node_list)
+    assert np.array_equal(
+        blosc2.open(str(tmp_path / "all/foo/dir2/ds-4d.b2nd"))[:], local(sample_root, "dir2/ds-4d.b2nd")
+    )
     with pytest.raises(NotFound, match="no dataset"):
         root["nothing.b2nd"]
     with pytest.raises(IndexError):
