@@ -19,6 +19,7 @@ locks are held together.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -28,11 +29,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ... import storage
 from ...blocks import block_parts, chunk_nbytes
+from ...dtypes import to_jsonable
 from ...errors import BadRequest, CatmqttError, NotFound
 from ...topics import parse_path
 
 if TYPE_CHECKING:
     from ...schema import DatasetMeta
+
+# The attributes of a directory (an HDF5 group, imported) live in this hidden,
+# empty frame of the directory, as vlmeta.
+GROUP_ATTRS = ".attrs.b2frame"
+# An attribute whose JSON is longer is left out of announcements (not out of imports).
+MAX_ANNOUNCED_ATTR = 16 << 10
 
 
 @dataclass
@@ -172,6 +180,20 @@ class Root:
                 self._recent_size += len(data)
             while self._recent_size > self.recent_bytes:
                 self._recent_size -= len(self._recent.popitem(last=False)[1])
+
+
+def announced(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Return `attrs` made JSON-safe for an announcement, leaving out the too large ones."""
+    out: dict[str, Any] = {}
+    problems = []
+    for name, value in attrs.items():
+        safe = to_jsonable(value)
+        size = len(json.dumps(safe))
+        if size > MAX_ANNOUNCED_ATTR:
+            problems.append(f"attribute {name!r} is too large to announce ({size} bytes of JSON)")
+        else:
+            out[name] = safe
+    return out, problems
 
 
 def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike, settle: float = 0.0) -> Root:
