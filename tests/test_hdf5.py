@@ -685,6 +685,60 @@ def test_hdf5_root_announces_attributes_as_plain_values(tmp_path):
     assert array.schunk.meta["catmqtt"]["attrs"]["c8"] == {"dtype": "complex64", "shape": []}
 
 
+# Native roots made by import
+
+
+@pytest.fixture
+def native(kinds, tmp_path):
+    """A native root imported from `kinds`, with links of every kind added."""
+    root = tmp_path / "nat"
+    import_h5(kinds, root)
+    os.symlink("grp", root / "soft")
+    os.symlink(tmp_path, root / "out")
+    os.symlink("nowhere", root / "dangling")
+    os.symlink("..", root / "grp/up")
+    return root
+
+
+NATIVE_SKIPPED = {
+    "/dangling": "a dangling link to nowhere",
+    "/external": "an external link to other.h5:/x",
+    "/out": "a link to something outside the root",
+    "/grp/up": "a link to /, which contains it (a loop)",
+    "/grp-alias/up": "a link to /, which contains it (a loop)",
+    "/soft/up": "a link to /, which contains it (a loop)",
+}
+
+
+def test_native_root_announces_skipped_items_and_groups(kinds_root, native, tmp_path):
+    root = open_root("nat", native, tmp_path / "state")
+    root.scan()
+    assert {item["path"]: item["reason"] for item in root.skipped} == NATIVE_SKIPPED
+    # The attributes import stored, as the HDF5 root announces them (groups without are left out).
+    aliased = {"soft": root.groups["grp"], "soft/sub": root.groups["grp/sub"]}
+    assert root.groups == {path: attrs for path, attrs in kinds_root.groups.items() if attrs} | aliased
+    # A link to a directory inside the root is followed, as a soft link in an HDF5 root.
+    assert {"soft/sub/deep.b2nd", "grp-alias/sub/deep.b2nd", "grp/sub/deep.b2nd"} <= set(root.entries)
+    assert root.chunk("soft/sub/deep.b2nd", 0) == root.chunk("grp/sub/deep.b2nd", 0)
+    assert not any(path.startswith(("out/", "grp/up/")) for path in root.entries)
+
+
+def test_native_root_through_a_subscriber(broker, native, tmp_path):
+    with running(broker, tmp_path, native) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        info = client.get_info("foo")
+        assert {item["path"]: item["reason"] for item in info["skipped"]} == NATIVE_SKIPPED
+        assert info["groups"][""] == {"title": "kinds"}
+        with pytest.raises(catmqtt.errors.NotFound, match=r"skipped it \(an external link to other.h5:/x\)"):
+            client.get_info("foo/external")
+        assert np.array_equal(client.fetch("foo/soft/sub/deep.b2nd"), np.arange(10))
+        # A change of a group's attributes alone is announced.
+        frame = blosc2.open(str(native / GROUP_ATTRS), mode="a")
+        frame.vlmeta["title"] = "changed"
+        del frame
+        wait_for(lambda: client.get_info("foo")["groups"][""] == {"title": "changed"}, "the new attributes")
+
+
 # Bad input
 
 

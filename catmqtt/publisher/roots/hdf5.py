@@ -21,7 +21,7 @@ from typing import Any
 
 from ... import storage
 from ...errors import CatmqttError, Changed
-from . import Entry, Root, announced
+from . import Entry, Root, announced, bounded
 from .hdf5chunks import ChunkPlan, plan, write_array
 from .hdf5tree import SUFFIX, Layout, Skip, h5py, open_file, read_attrs, walk
 
@@ -80,8 +80,7 @@ class HDF5Root(Root):
                     return self._failed(str(exc).replace("\n", " "))
             self._stamp = stamp
             self._scanned = True
-        self.groups = groups
-        self.skipped = skipped
+        self.groups, self.skipped = bounded(groups, skipped)
         self._set_entries(found)
         self._prune(stamp)
         return found
