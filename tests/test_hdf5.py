@@ -723,6 +723,16 @@ def test_native_root_announces_skipped_items_and_groups(kinds_root, native, tmp_
     assert not any(path.startswith(("out/", "grp/up/")) for path in root.entries)
 
 
+def test_native_root_skips_links_into_its_state_directory(native):
+    (native / "_state").mkdir()
+    (native / "_state/secret").write_text("the publisher's own")
+    os.symlink("_state/secret", native / "peek")
+    root = open_root("nat", native, native / "_state")
+    root.scan()
+    assert {"path": "/peek", "reason": "a link into the publisher's state directory"} in root.skipped
+    assert not any(path.startswith("_state") or path == "peek" for path in root.entries)
+
+
 def test_native_root_through_a_subscriber(broker, native, tmp_path):
     with running(broker, tmp_path, native) as (_, sub):
         client = catmqtt.Client(sub.url)
