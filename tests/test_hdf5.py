@@ -656,6 +656,18 @@ def test_export_of_a_changed_attribute_keeps_its_new_value(tmp_path):
         assert f["typed"].attrs["c16-list"].dtype == np.complex128
 
 
+@pytest.mark.parametrize("kind", [{"dtype": "nonsense", "shape": []}, {"dtype": {"enum": {}}}, 5, [], None])
+def test_export_of_junk_attribute_types_writes_plain_values(tmp_path, kind):
+    (tmp_path / "root").mkdir()
+    marks = {"catmqtt": {"attrs": {"x": kind}}}
+    array = blosc2.asarray(np.arange(3), urlpath=str(tmp_path / "root/a.b2nd"), mode="w", meta=marks)
+    array.schunk.vlmeta["x"] = 1
+    del array
+    assert export_h5(tmp_path / "root", tmp_path / "out.h5") == (1, [])
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert f["a"].attrs["x"] == 1 and f["a"].attrs["x"].dtype == np.int64
+
+
 def test_import_of_more_attributes_than_blosc2_keeps(tmp_path):
     with h5py.File(tmp_path / "many.h5", "w") as f:
         f.create_dataset("d", data=np.arange(3))

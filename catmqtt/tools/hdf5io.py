@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import storage
 from ..dtypes import to_jsonable
-from ..errors import BadRequest, CatmqttError
+from ..errors import CatmqttError
 from ..publisher.roots import GROUP_ATTRS
 
 # These raise a CatmqttError saying what to install when h5py is missing.
@@ -407,7 +407,7 @@ def _store_attrs(attrs: h5py.AttributeManager, values: dict[str, Any], types: di
                 attrs.create(name, data=typed_attr(value, types[name]))
                 if repr(attr_value(attrs[name])) == repr(value) and attr_type(attrs, name) == types[name]:
                     continue
-            except (TypeError, ValueError, KeyError, OverflowError, Skip, BadRequest):
+            except (TypeError, ValueError, KeyError, OverflowError, Skip):
                 pass
             if name in attrs:
                 del attrs[name]

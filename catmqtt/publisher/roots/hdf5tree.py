@@ -152,8 +152,9 @@ def attr_type(attrs: h5py.AttributeManager, name: str) -> dict[str, Any] | None:
 
 def typed_attr(value: Any, kind: Any) -> Any:
     """Return the plain `value` of an attribute as h5py writes it with the type
-    `kind` that `attr_type` gave, or raise TypeError or ValueError if it cannot."""
-    if not isinstance(kind, dict) or not isinstance(kind.get("shape", []), list | None):
+    `kind` that `attr_type` gave, or raise TypeError, ValueError (BadRequest for
+    a dtype it does not read) or KeyError if it cannot."""
+    if not isinstance(kind, dict) or not isinstance(kind.get("shape", 0), list | None):
         raise TypeError(f"not an attribute type: {kind!r:.200}")
     spec = kind.get("dtype")
     if isinstance(spec, dict) and "string" in spec:
