@@ -557,7 +557,208 @@ def test_export_keeps_files_byte_for_byte(tmp_path):
         assert f["ds-sc-attr"].attrs["b"] == "foo"
     import_h5(tmp_path / "sample.h5", tmp_path / "back")
     original, back = tree(tmp_path / "sample"), tree(tmp_path / "back")
+    # Import recorded the HDF5 type of each attribute, which export gave them.
+    assert back["ds-sc-attr.b2nd"][6].pop("catmqtt") == {
+        "attrs": {
+            "a": {"dtype": "int64", "shape": []},
+            "b": {"dtype": {"string": "utf-8", "length": None}, "shape": []},
+            "c": {"dtype": "float64", "shape": []},
+        }
+    }
     assert back == original
+
+
+# Attributes of every type, as h5py writes them (Blosc2 keeps at most 16 vlmeta
+# entries a frame: they are spread over three objects).
+TYPED_ATTRS = {
+    "/": {
+        "i1": np.int8(-5),
+        "i2-matrix": np.array([[1, 2], [3, 4]], dtype="i2"),
+        "i4": np.int32(7),
+        "u1": np.uint8(200),
+        "u8": np.uint64(2**64 - 1),
+        "f2": np.float16(0.5),
+        "f4": np.float32(1.5),
+        "f4-list": np.array([0.25, 1e30], dtype="f4"),
+        "f16": np.longdouble(2.5),
+        "big-endian": np.array([1, 2], dtype=">i4"),
+        "no-items": np.zeros((0,), dtype="u2"),
+        "enum": np.array(1, dtype=h5py.enum_dtype({"A": 0, "B": 1}, basetype="i1")),
+    },
+    "/typed": {
+        "c8": np.complex64(1 + 2j),
+        "c16-list": np.array([1j, 2], dtype="c16"),
+        "bool": np.bool_(True),
+        "bools": np.array([True, False]),
+        "record": np.array((1, 2.0), dtype=[("x", "<i2"), ("y", "<f4")]),
+        "records": np.array([(1, 2.0), (3, 4.0)], dtype=[("x", "<i2"), ("y", "<f4")]),
+        "opaque": np.void(b"ab\0"),
+        "empty": h5py.Empty("i2"),
+    },
+    "/group": {
+        "text": "h\u00e9llo",
+        "texts": np.array(["a", "bc"], dtype=h5py.string_dtype()),
+        "ascii-vlen": np.array(b"xy", dtype=h5py.string_dtype("ascii")),
+        "fixed-bytes": np.bytes_(b"raw"),
+        "fixed-utf8": np.array(b"abc", dtype=h5py.string_dtype("utf-8", 3)),
+        "fixed-list": np.array([b"ab", b"c"], dtype="S2"),
+    },
+}
+
+
+def write_typed_attrs(path) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("typed", data=np.arange(4, dtype="i2"))
+        f.create_group("group")
+        for name, attrs in TYPED_ATTRS.items():
+            for key, value in attrs.items():
+                f[name].attrs[key] = value
+
+
+def attr_kinds(obj: h5py.HLObject) -> dict[str, tuple]:
+    """Every attribute of `obj`: its HDF5 type, shape and value, comparable with ==."""
+    return {
+        name: (obj.attrs.get_id(name).dtype, obj.attrs.get_id(name).shape, repr(obj.attrs[name]))
+        for name in obj.attrs
+    }
+
+
+def test_export_gives_back_the_attribute_types_import_read(tmp_path):
+    write_typed_attrs(tmp_path / "attrs.h5")
+    assert run_cli("import", tmp_path / "attrs.h5", tmp_path / "aimp").returncode == 0
+    assert run_cli("export", tmp_path / "aimp", tmp_path / "aexp.h5").returncode == 0
+    with h5py.File(tmp_path / "attrs.h5") as original, h5py.File(tmp_path / "aexp.h5") as back:
+        for name in TYPED_ATTRS:
+            assert attr_kinds(back[name]) == attr_kinds(original[name]), name
+    # The vlmeta holds plain values, as before: no attribute is added, none is typed.
+    array = blosc2.open(str(tmp_path / "aimp/typed.b2nd"))
+    vlmeta = array.schunk.vlmeta.getall()
+    assert set(vlmeta) == set(TYPED_ATTRS["/typed"])
+    assert (vlmeta["c8"], vlmeta["record"], vlmeta["empty"]) == (1 + 2j, {"x": 1, "y": 2.0}, None)
+    frame = blosc2.open(str(tmp_path / "aimp" / GROUP_ATTRS))
+    top = frame.vlmeta.getall()
+    assert (top["i4"], top["i2-matrix"]) == (7, [[1, 2], [3, 4]])
+    assert top["f4-list"] == [0.25, float(np.float32(1e30))]
+    group = blosc2.open(str(tmp_path / "aimp/group" / GROUP_ATTRS))
+    assert group.vlmeta["fixed-bytes"] == b"raw"
+
+
+def test_export_of_a_changed_attribute_keeps_its_new_value(tmp_path):
+    write_typed_attrs(tmp_path / "attrs.h5")
+    import_h5(tmp_path / "attrs.h5", tmp_path / "aimp")
+    array = blosc2.open(str(tmp_path / "aimp/typed.b2nd"), mode="a")
+    array.schunk.vlmeta["bool"] = "no longer a bool"
+    array.schunk.vlmeta["c8"] = 1e300
+    del array
+    export_h5(tmp_path / "aimp", tmp_path / "aexp.h5")
+    with h5py.File(tmp_path / "aexp.h5") as f:
+        assert f["typed"].attrs["bool"] == "no longer a bool" and f["typed"].attrs["c8"] == 1e300
+        assert f["typed"].attrs["c16-list"].dtype == np.complex128
+
+
+@pytest.mark.parametrize("kind", [{"dtype": "nonsense", "shape": []}, {"dtype": {"enum": {}}}, 5, [], None])
+def test_export_of_junk_attribute_types_writes_plain_values(tmp_path, kind):
+    (tmp_path / "root").mkdir()
+    marks = {"catmqtt": {"attrs": {"x": kind}}}
+    array = blosc2.asarray(np.arange(3), urlpath=str(tmp_path / "root/a.b2nd"), mode="w", meta=marks)
+    array.schunk.vlmeta["x"] = 1
+    del array
+    assert export_h5(tmp_path / "root", tmp_path / "out.h5") == (1, [])
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert f["a"].attrs["x"] == 1 and f["a"].attrs["x"].dtype == np.int64
+
+
+def test_import_of_more_attributes_than_blosc2_keeps(tmp_path):
+    with h5py.File(tmp_path / "many.h5", "w") as f:
+        f.create_dataset("d", data=np.arange(3))
+        for obj in (f, f["d"]):
+            for n in range(20):
+                obj.attrs[f"a{n:02}"] = np.int16(n)
+    count, skipped = import_h5(tmp_path / "many.h5", tmp_path / "many")
+    reason = "attributes 'a16', 'a17', 'a18', 'a19' are left out: Blosc2 keeps no more vlmeta entries"
+    reason += " (16 kept)"
+    assert count == 1 and skipped == [{"path": "/", "reason": reason}, {"path": "/d", "reason": reason}]
+    export_h5(tmp_path / "many", tmp_path / "back.h5")
+    with h5py.File(tmp_path / "back.h5") as f:
+        assert len(f.attrs) == len(f["d"].attrs) == 16 and f["d"].attrs["a15"].dtype == np.int16
+
+
+def test_hdf5_root_announces_attributes_as_plain_values(tmp_path):
+    write_typed_attrs(tmp_path / "attrs.h5")
+    root = open_root("attrs", tmp_path / "attrs.h5", tmp_path / "state")
+    root.scan()
+    assert root.groups[""]["i4"] == 7 and root.groups[""]["i2-matrix"] == [[1, 2], [3, 4]]
+    assert root.groups["group"]["fixed-list"] == ["ab", "c"]
+    vlmeta = root.entries["typed.b2nd"].meta["vlmeta"]
+    assert (vlmeta["c8"], vlmeta["bools"], vlmeta["opaque"]) == ([1.0, 2.0], [True, False], "ab\0")
+    # A download of it keeps the types, as an import does.
+    file, _ = root.download("typed.b2nd")
+    array = blosc2.open(str(file))
+    assert array.schunk.meta["catmqtt"]["attrs"]["c8"] == {"dtype": "complex64", "shape": []}
+
+
+# Native roots made by import
+
+
+@pytest.fixture
+def native(kinds, tmp_path):
+    """A native root imported from `kinds`, with links of every kind added."""
+    root = tmp_path / "nat"
+    import_h5(kinds, root)
+    os.symlink("grp", root / "soft")
+    os.symlink(tmp_path, root / "out")
+    os.symlink("nowhere", root / "dangling")
+    os.symlink("..", root / "grp/up")
+    return root
+
+
+NATIVE_SKIPPED = {
+    "/dangling": "a dangling link to nowhere",
+    "/external": "an external link to other.h5:/x",
+    "/out": "a link to something outside the root",
+    "/grp/up": "a link to /, which contains it (a loop)",
+    "/grp-alias/up": "a link to /, which contains it (a loop)",
+    "/soft/up": "a link to /, which contains it (a loop)",
+}
+
+
+def test_native_root_announces_skipped_items_and_groups(kinds_root, native, tmp_path):
+    root = open_root("nat", native, tmp_path / "state")
+    root.scan()
+    assert {item["path"]: item["reason"] for item in root.skipped} == NATIVE_SKIPPED
+    # The attributes import stored, as the HDF5 root announces them (groups without are left out).
+    aliased = {"soft": root.groups["grp"], "soft/sub": root.groups["grp/sub"]}
+    assert root.groups == {path: attrs for path, attrs in kinds_root.groups.items() if attrs} | aliased
+    # A link to a directory inside the root is followed, as a soft link in an HDF5 root.
+    assert {"soft/sub/deep.b2nd", "grp-alias/sub/deep.b2nd", "grp/sub/deep.b2nd"} <= set(root.entries)
+    assert root.chunk("soft/sub/deep.b2nd", 0) == root.chunk("grp/sub/deep.b2nd", 0)
+    assert not any(path.startswith(("out/", "grp/up/")) for path in root.entries)
+
+
+def test_native_root_skips_links_into_its_state_directory(native):
+    (native / "_state").mkdir()
+    (native / "_state/secret").write_text("the publisher's own")
+    os.symlink("_state/secret", native / "peek")
+    root = open_root("nat", native, native / "_state")
+    root.scan()
+    assert {"path": "/peek", "reason": "a link into the publisher's state directory"} in root.skipped
+    assert not any(path.startswith("_state") or path == "peek" for path in root.entries)
+
+
+def test_native_root_through_a_subscriber(broker, native, tmp_path):
+    with running(broker, tmp_path, native) as (_, sub):
+        client = catmqtt.Client(sub.url)
+        info = client.get_info("foo")
+        assert {item["path"]: item["reason"] for item in info["skipped"]} == NATIVE_SKIPPED
+        assert info["groups"][""] == {"title": "kinds"}
+        with pytest.raises(catmqtt.errors.NotFound, match=r"skipped it \(an external link to other.h5:/x\)"):
+            client.get_info("foo/external")
+        assert np.array_equal(client.fetch("foo/soft/sub/deep.b2nd"), np.arange(10))
+        # A change of a group's attributes alone is announced.
+        frame = blosc2.open(str(native / GROUP_ATTRS), mode="a")
+        frame.vlmeta["title"] = "changed"
+        del frame
+        wait_for(lambda: client.get_info("foo")["groups"][""] == {"title": "changed"}, "the new attributes")
 
 
 # Bad input

@@ -659,3 +659,30 @@ def test_dtype_from_json_bad(value: Any, match: str) -> None:
     with pytest.raises(BadRequest, match=match) as caught:
         dtype_from_json(value)
     assert len(str(caught.value)) < 300
+
+
+def test_root_announcements_stay_within_the_payload_limit(tmp_path) -> None:
+    from catmqtt.publisher.roots import MAX_GROUPS_JSON, bounded, open_root
+
+    # A directory root skipping more than an announcement can carry: 10,000 dangling links.
+    (tmp_path / "root").mkdir()
+    for n in range(10_000):
+        (tmp_path / "root" / f"{n:05}-{'x' * 200}").symlink_to(f"{'y' * 200}-{n}")
+    root = open_root("r", tmp_path / "root", tmp_path / "state")
+    root.scan()
+    # Groups with more attributes in all than it carries.
+    groups = {f"d{n:03}": {"a": "z" * 16000} for n in range(300)}
+    root.groups, more = bounded(groups, [])
+    payload = dumps({**ROOT, "skipped": root.skipped, "groups": root.groups})
+    assert len(payload) < MAX_PAYLOAD
+    parse_root(loads(payload), "r")
+    assert root.skipped[0] == {"path": f"/00000-{'x' * 200}", "reason": f"a dangling link to {'y' * 200}-0"}
+    left = 10_000 - len(root.skipped) + 1
+    assert root.skipped[-1] == {
+        "path": "...",
+        "reason": f"{left} more skipped items are left out (the publisher's log has them)",
+    }
+    assert 1000 < left < 9000
+    assert len(json.dumps(root.groups)) <= MAX_GROUPS_JSON < len(json.dumps(groups))
+    reason = "its attributes are left out of the announcement: too many in all"
+    assert more == [{"path": f"/{d}", "reason": reason} for d in sorted(set(groups) - set(root.groups))]

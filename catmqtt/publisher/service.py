@@ -157,10 +157,16 @@ class Publisher:
             return
         with self._scan_lock:
             old = self.root.entries
+            old_extras = (self.root.groups, self.root.skipped)
             new = self.root.scan()
+            extras = (self.root.groups, self.root.skipped)
         changed = [p for p in new if p not in old or old[p].meta != new[p].meta]
         gone = [p for p in old if p not in new]
         if not changed and not gone:
+            if extras != old_extras:
+                # Only what the root's announcement says of its groups or skipped items.
+                with self._publish_lock:
+                    self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
             return
         log.info("root %r: %d datasets new or changed, %d gone", self.root.name, len(changed), len(gone))
         with self._publish_lock:

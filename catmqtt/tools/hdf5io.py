@@ -17,6 +17,7 @@ import numpy as np
 from .. import storage
 from ..dtypes import to_jsonable
 from ..errors import CatmqttError
+from ..publisher.roots import GROUP_ATTRS
 
 # These raise a CatmqttError saying what to install when h5py is missing.
 from ..publisher.roots.hdf5chunks import METALAYER, ChunkPlan, plan, set_vlmeta, write_array
@@ -26,18 +27,18 @@ from ..publisher.roots.hdf5tree import (
     SUFFIX,
     Layout,
     Skip,
+    attr_type,
     attr_value,
     h5py,
     hdf5plugin,
     open_file,
-    read_attrs,
+    read_typed_attrs,
+    typed_attr,
     walk,
 )
 
 log = logging.getLogger(__name__)
 
-# The attributes of a group live in this (hidden, empty) frame of its directory, as vlmeta.
-GROUP_ATTRS = ".attrs.b2frame"
 _CODECS = {
     blosc2.Codec.BLOSCLZ: "blosclz",
     blosc2.Codec.LZ4: "lz4",
@@ -73,25 +74,33 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
             if path and layout.aliased(path):
                 continue
             (dst / path).mkdir(parents=True, exist_ok=True)
-            attrs, problems = read_attrs(group)
+            attrs, types, problems = read_typed_attrs(group)
             for problem in problems:
                 layout.skip(group.name, problem)
             if attrs:
-                frame = blosc2.SChunk(urlpath=str(dst / path / GROUP_ATTRS), contiguous=True, mode="w")
-                set_vlmeta(frame, attrs)
+                frame = blosc2.SChunk(
+                    urlpath=str(dst / path / GROUP_ATTRS),
+                    contiguous=True,
+                    mode="w",
+                    meta={METALAYER: {"attrs": types}} if types else None,
+                )
+                for problem in set_vlmeta(frame, attrs):
+                    layout.skip(group.name, problem)
         written = 0
         for path, (h5name, dset) in layout.datasets.items():
             if layout.aliased(path):
                 continue
             try:
                 if dset.shape is None:
-                    _import_null(dset, dst / path)
+                    for problem in _import_null(dset, dst / path):
+                        layout.skip(h5name, problem)
                     written += 1
                     continue
                 source = plan(h5name, dset, io)
                 for problem in source.problems:
                     layout.skip(h5name, problem)
-                _import_dataset(source, dst, path, io)
+                for problem in _import_dataset(source, dst, path, io):
+                    layout.skip(h5name, problem)
                 written += 1
             except Skip as exc:
                 layout.skip(h5name, str(exc))
@@ -102,28 +111,26 @@ def import_h5(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[int, list
     return written, layout.skipped
 
 
-def _import_null(dset: h5py.Dataset, target: Path) -> None:
-    """Write a dataset with a null dataspace as an empty array, marked as such."""
+def _import_null(dset: h5py.Dataset, target: Path) -> list[str]:
+    """Write a dataset with a null dataspace as an empty array, marked as such;
+    return the problems met storing its attributes."""
     if target.exists():
         raise Skip(f"{target.name!r} is already in {target.parent}")
     if dset.dtype.kind not in "biufcSV" or h5py.check_string_dtype(dset.dtype):
         raise Skip(f"an empty dataset (null dataspace) of type {dset.dtype}")
-    attrs, problems = read_attrs(dset)
+    attrs, types, problems = read_typed_attrs(dset)
     if problems:
         raise Skip("; ".join(problems))
+    marks = {"null": True, "attrs": types} if types else {"null": True}
     array = blosc2.empty(
-        (0,),
-        dtype=dset.dtype,
-        urlpath=str(target),
-        contiguous=True,
-        mode="w",
-        meta={METALAYER: {"null": True}},
+        (0,), dtype=dset.dtype, urlpath=str(target), contiguous=True, mode="w", meta={METALAYER: marks}
     )
-    set_vlmeta(array.schunk, attrs)
+    return set_vlmeta(array.schunk, attrs)
 
 
-def _import_dataset(source: ChunkPlan, dst: Path, path: str, io: AbstractContextManager) -> None:
-    """Write one dataset: a ``.b2nd`` array, or the file an export stored as bytes."""
+def _import_dataset(source: ChunkPlan, dst: Path, path: str, io: AbstractContextManager) -> list[str]:
+    """Write one dataset: a ``.b2nd`` array, or the file an export stored as bytes;
+    return the problems met storing its attributes."""
     if source.attrs.get(KIND_ATTR) and source.dtype == np.uint8 and len(source.shape) == 1:
         target = dst / path.removesuffix(SUFFIX)
         if target.exists():
@@ -131,11 +138,11 @@ def _import_dataset(source: ChunkPlan, dst: Path, path: str, io: AbstractContext
         with open(target, "wb") as f:
             for start in range(0, source.shape[0], storage.FILE_CHUNKSIZE):
                 f.write(source.dset[start : start + storage.FILE_CHUNKSIZE].tobytes())
-        return
+        return []
     target = dst / path
     if target.exists():
         raise Skip(f"{target.name!r} is already in {target.parent}")
-    write_array(source, target, lambda n: source.chunk(n, io)[0])
+    return write_array(source, target, lambda n: source.chunk(n, io)[0])
 
 
 def _make_links(dst: Path, links: dict[str, str], layout: Layout) -> None:
@@ -219,7 +226,7 @@ class _Exporter:
             self.names[rel] = group.name
             if (top / GROUP_ATTRS).is_file():
                 frame = blosc2.open(str(top / GROUP_ATTRS), mode="r")
-                _store_attrs(group.attrs, frame.vlmeta.getall())
+                _store_attrs(group.attrs, frame.vlmeta.getall(), _attr_types(frame))
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -311,7 +318,7 @@ def _write_array(group: h5py.Group, name: str, array: blosc2.NDArray) -> None:
         dset = group.create_dataset(name, shape=array.shape, dtype=dtype, **_chunking(array))
     else:
         dset = _write_chunks(group, name, array, dtype)
-    _store_attrs(dset.attrs, array.schunk.vlmeta.getall())
+    _store_attrs(dset.attrs, array.schunk.vlmeta.getall(), _attr_types(array.schunk))
 
 
 def _chunking(array: blosc2.NDArray) -> dict[str, Any]:
@@ -379,10 +386,31 @@ def _write_bytes(group: h5py.Group, name: str, file: Path) -> None:
     dset.attrs[KIND_ATTR] = kind
 
 
-def _store_attrs(attrs: h5py.AttributeManager, values: dict[str, Any]) -> None:
-    """Store vlmeta `values` as HDF5 attributes that read back equal; JSON text for the others."""
+def _attr_types(schunk: blosc2.SChunk) -> dict[str, Any]:
+    """Return the HDF5 types of the attributes that import recorded in `schunk`, if any."""
+    try:
+        marks = schunk.meta.get(METALAYER, {})
+    except (KeyError, ValueError, RuntimeError):
+        return {}
+    types = marks.get("attrs") if isinstance(marks, dict) else None
+    return types if isinstance(types, dict) else {}
+
+
+def _store_attrs(attrs: h5py.AttributeManager, values: dict[str, Any], types: dict[str, Any]) -> None:
+    """Store vlmeta `values` as HDF5 attributes that read back equal: of the type
+    import recorded in `types` where the value still fits it, else of the type
+    h5py gives the value, else as JSON text."""
     as_json = []
     for name, value in values.items():
+        if name in types:
+            try:
+                attrs.create(name, data=typed_attr(value, types[name]))
+                if repr(attr_value(attrs[name])) == repr(value) and attr_type(attrs, name) == types[name]:
+                    continue
+            except (TypeError, ValueError, KeyError, OverflowError, Skip):
+                pass
+            if name in attrs:
+                del attrs[name]
         try:
             attrs[name] = _h5_value(value)
             if repr(attr_value(attrs[name])) == repr(value):

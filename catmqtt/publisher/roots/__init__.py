@@ -20,6 +20,7 @@ locks are held together.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import zipfile
@@ -30,11 +31,24 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ... import storage
 from ...blocks import block_parts, chunk_nbytes
+from ...dtypes import to_jsonable
 from ...errors import BadRequest, CatmqttError, NotFound
 from ...topics import parse_path
 
 if TYPE_CHECKING:
     from ...schema import DatasetMeta
+
+# The attributes of a directory (an HDF5 group, imported) live in this hidden,
+# empty frame of the directory, as vlmeta.
+GROUP_ATTRS = ".attrs.b2frame"
+# An attribute whose JSON is longer is left out of announcements (not out of imports).
+MAX_ANNOUNCED_ATTR = 16 << 10
+# What a root's announcement carries of its groups' attributes and of what it
+# skipped, in bytes of JSON: together well within schema.MAX_PAYLOAD.
+MAX_GROUPS_JSON = 2 << 20
+MAX_SKIPPED_JSON = 1 << 20
+# The characters of a skipped item's path or reason that are announced.
+MAX_SKIPPED_TEXT = 1000
 
 
 @dataclass
@@ -174,6 +188,52 @@ class Root:
                 self._recent_size += len(data)
             while self._recent_size > self.recent_bytes:
                 self._recent_size -= len(self._recent.popitem(last=False)[1])
+
+
+def announced(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Return `attrs` made JSON-safe for an announcement, leaving out the too large ones."""
+    out: dict[str, Any] = {}
+    problems = []
+    for name, value in attrs.items():
+        safe = to_jsonable(value)
+        size = len(json.dumps(safe))
+        if size > MAX_ANNOUNCED_ATTR:
+            problems.append(f"attribute {name!r} is too large to announce ({size} bytes of JSON)")
+        else:
+            out[name] = safe
+    return out, problems
+
+
+def bounded(
+    groups: dict[str, dict[str, Any]], skipped: list[dict[str, str]]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """Return `groups` and `skipped` as a root's announcement carries them: the
+    groups whose attributes fit in MAX_GROUPS_JSON (the others are skipped, saying
+    so), and the skipped items that fit in MAX_SKIPPED_JSON, then one saying how
+    many more were left out."""
+    kept: dict[str, dict[str, Any]] = {}
+    skipped = list(skipped)
+    room = MAX_GROUPS_JSON
+    for path in sorted(groups):
+        size = len(json.dumps({path: groups[path]}))
+        if size > room:
+            reason = "its attributes are left out of the announcement: too many in all"
+            skipped.append({"path": f"/{path}", "reason": reason})
+            continue
+        room -= size
+        kept[path] = groups[path]
+    out: list[dict[str, str]] = []
+    room = MAX_SKIPPED_JSON
+    for n, item in enumerate(skipped):
+        item = {key: item[key][:MAX_SKIPPED_TEXT] for key in ("path", "reason")}
+        size = len(json.dumps(item))
+        if size > room:
+            reason = f"{len(skipped) - n} more skipped items are left out (the publisher's log has them)"
+            out.append({"path": "...", "reason": reason})
+            break
+        room -= size
+        out.append(item)
+    return kept, out
 
 
 def open_root(name: str, path: str | os.PathLike, statedir: str | os.PathLike, settle: float = 0.0) -> Root:

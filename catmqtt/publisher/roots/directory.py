@@ -1,8 +1,8 @@
 """This module holds the directory root: ``.b2nd``, ``.b2frame``, ``.b2`` and plain files.
 
-Threads: as every root's (see the package's docstring). ``DirectoryRoot._seen``,
-the unsettled versions of files, is read and written by scans only, which
-run one at a time.
+Threads: as every root's (see the package's docstring). ``DirectoryRoot._seen``
+(the unsettled versions of files), ``_logged`` and ``_attrs`` are read and
+written by scans only, which run one at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,13 @@ import blosc2
 from ... import fsutil, storage
 from ...errors import BadRequest, Changed
 from ...topics import parse_path
-from . import Entry, Root
+from . import GROUP_ATTRS, Entry, Root, announced, bounded
 
 log = logging.getLogger(__name__)
+
+# Links to directories followed in one walk of a root, at most: beyond, a few
+# links to links could make the tree a root shows exponentially large.
+MAX_FOLLOWED = 10_000
 
 
 class DirectoryRoot(Root):
@@ -41,15 +46,20 @@ class DirectoryRoot(Root):
         # When this process first saw each unsettled version: {path: (etag, monotonic time)},
         # which counts even where the file's clock is ahead of ours.
         self._seen: dict[str, tuple[str, float]] = {}
+        # What the last scan skipped (logged once), and the attributes it read:
+        # {GROUP_ATTRS file: (its etag, attributes, problems)}.
+        self._logged: set[tuple[str, str]] = set()
+        self._attrs: dict[Path, tuple[str, dict[str, Any], list[str]]] = {}
 
     def scan(self) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
         seen: dict[str, tuple[str, float]] = {}
-        for file, path in self._walk():
+        walk = _Walk(self)
+        for file, path in walk.files():
             try:
                 st = file.stat()
             except OSError as exc:
-                log.warning("skipping %s: %s", path, exc.strerror)
+                walk.skip(path, exc.strerror or str(exc))
                 continue
             etag = storage.stat_etag(st)
             old = self.entries.get(path)
@@ -65,44 +75,32 @@ class DirectoryRoot(Root):
                 found[path] = old
         self._seen = seen
         self.unsettled = bool(seen)
+        # Each reason is logged once, when it is new.
+        for item in walk.skipped:
+            if (item["path"], item["reason"]) not in self._logged:
+                log.warning("skipping %s: %s", item["path"], item["reason"])
+        self._logged = {(item["path"], item["reason"]) for item in walk.skipped}
+        self._attrs = walk.attrs
+        self.groups, self.skipped = bounded(walk.groups, walk.skipped)
         self._set_entries(found)
         return found
 
-    def _walk(self):
-        """Yield (file, dataset path) for every servable file under the root."""
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            top = Path(dirpath)
-            kept = []
-            for d in sorted(dirnames):
-                full = top / d
-                if d.startswith(".") or full == self.statedir or full.is_symlink():
-                    continue
-                if (full / fsutil.STATE_MARKER).exists():
-                    log.info("skipping %s: a catmqtt node's state directory", full)
-                    continue
-                if d.endswith(storage.BLOSC2_SUFFIXES):
-                    log.warning("skipping %s: sparse Blosc2 containers are not served", full)
-                    continue
-                kept.append(d)
-            dirnames[:] = kept
-            for name in filenames:
-                if name.startswith("."):
-                    continue
-                file = top / name
-                rel = file.relative_to(self.path).as_posix()
-                try:
-                    path = parse_path(rel)
-                except BadRequest as exc:
-                    log.warning("skipping %s: %s", file, exc)
-                    continue
-                if file.is_symlink():
-                    target = file.resolve()
-                    if not target.is_relative_to(self.path) or not target.is_file():
-                        log.warning("skipping %s: a link to something outside the root", file)
-                        continue
-                elif not file.is_file():
-                    continue
-                yield file, path
+    def read_attrs(self, frame: Path) -> tuple[str, dict[str, Any], list[str]]:
+        """Return the etag of a directory's GROUP_ATTRS `frame`, the attributes it
+        keeps as announced, and the problems met; read once per version of the frame."""
+        try:
+            etag = storage.file_etag(frame)
+        except OSError as exc:
+            return "", {}, [f"its attributes are unreadable: {exc.strerror}"]
+        known = self._attrs.get(frame)
+        if known is not None and known[0] == etag:
+            return known
+        try:
+            schunk = blosc2.open(str(frame), mode="r")
+            values = schunk.vlmeta.getall()
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+            return etag, {}, [f"its attributes are unreadable: {exc or type(exc).__name__}"]
+        return (etag, *announced(values))
 
     def _describe(self, file: Path, path: str, etag: str) -> Entry:
         entry = None
@@ -191,3 +189,113 @@ class DirectoryRoot(Root):
             f.close()
             raise Changed(path, f"{path!r} is changing; try again")
         return f, entry.source.name
+
+
+class _Walk:
+    """One walk of a directory root: the files it serves, what it skips and why,
+    and the attributes of its directories.
+
+    Links to directories inside the root are followed as aliases (the files
+    under the link are served under its name too), as an HDF5 root follows
+    soft links; a link to a directory that contains it (a loop) is not.
+    """
+
+    def __init__(self, root: DirectoryRoot) -> None:
+        self.root = root
+        self.skipped: list[dict[str, str]] = []
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.attrs: dict[Path, tuple[str, dict[str, Any], list[str]]] = {}
+        self._followed = 0
+
+    def skip(self, rel: str, reason: str) -> None:
+        """Record that `rel` (a path in the root, "" for the root) is not served, and why."""
+        self.skipped.append({"path": f"/{rel}", "reason": reason})
+
+    def files(self) -> Iterator[tuple[Path, str]]:
+        """Yield (file, dataset path) for every servable file under the root, sorted."""
+        # (directory as reached, its path in the root, the real paths of it and its parents)
+        stack = [(self.root.path, "", (self.root.path,))]
+        while stack:
+            top, rel, ancestors = stack.pop()
+            self._group(top, rel)
+            try:
+                names = sorted(os.listdir(top))
+            except OSError as exc:
+                self.skip(rel, f"unreadable: {exc.strerror}")
+                continue
+            below = []
+            for name in names:
+                if name.startswith("."):
+                    continue
+                full = top / name
+                child = f"{rel}/{name}" if rel else name
+                try:
+                    parse_path(child)
+                except BadRequest as exc:
+                    self.skip(child, str(exc))
+                    continue
+                if full.is_dir():
+                    # Resolving costs a system call a path component: only links need it.
+                    real = full.resolve() if full.is_symlink() else ancestors[-1] / name
+                    if self._enter(full, real, child, ancestors):
+                        below.append((full, child, (*ancestors, real)))
+                elif self._servable(full, child):
+                    yield full, child
+            stack.extend(reversed(below))
+
+    def _enter(self, full: Path, real: Path, rel: str, ancestors: tuple[Path, ...]) -> bool:
+        """Tell whether to walk into directory `full`, recording why not if it is skipped."""
+        root = self.root
+        if real == root.statedir or real.is_relative_to(root.statedir):
+            return False
+        link = full.is_symlink()
+        if link and not real.is_relative_to(root.path):
+            self.skip(rel, "a link to something outside the root")
+        elif link and real in ancestors:
+            target = real.relative_to(root.path).as_posix()
+            self.skip(rel, f"a link to /{'' if target == '.' else target}, which contains it (a loop)")
+        elif (real / fsutil.STATE_MARKER).exists():
+            self.skip(rel, "a catmqtt node's state directory")
+        elif full.name.endswith(storage.BLOSC2_SUFFIXES) or real.name.endswith(storage.BLOSC2_SUFFIXES):
+            self.skip(rel, "a sparse Blosc2 container, which is not served")
+        elif link and self._followed >= MAX_FOLLOWED:
+            self.skip(rel, f"a link to a directory, beyond the {MAX_FOLLOWED} followed in a root")
+        else:
+            self._followed += link
+            return True
+        return False
+
+    def _servable(self, full: Path, rel: str) -> bool:
+        """Tell whether the file `full` is served, recording why not if it is skipped."""
+        if full.is_symlink():
+            if not full.exists():
+                try:
+                    target = os.readlink(full)
+                except OSError:
+                    target = "?"
+                # What import made of an external link: "FILE:/PATH", pointing nowhere.
+                kind = "an external link" if ":/" in target else "a dangling link"
+                self.skip(rel, f"{kind} to {target}")
+                return False
+            real = full.resolve()
+            if not real.is_relative_to(self.root.path):
+                self.skip(rel, "a link to something outside the root")
+                return False
+            if real.is_relative_to(self.root.statedir):
+                self.skip(rel, "a link into the publisher's state directory")
+                return False
+        if not full.is_file():
+            self.skip(rel, "not a regular file")
+            return False
+        return True
+
+    def _group(self, top: Path, rel: str) -> None:
+        """Record the attributes of directory `top`, if import stored some."""
+        frame = top / GROUP_ATTRS
+        if not frame.is_file():
+            return
+        _, attrs, problems = self.attrs[frame] = self.root.read_attrs(frame)
+        for problem in problems:
+            self.skip(rel, problem)
+        if attrs:
+            self.groups[rel] = attrs

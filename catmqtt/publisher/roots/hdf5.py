@@ -21,9 +21,9 @@ from typing import Any
 
 from ... import storage
 from ...errors import CatmqttError, Changed
-from . import Entry, Root
+from . import Entry, Root, announced, bounded
 from .hdf5chunks import ChunkPlan, plan, write_array
-from .hdf5tree import SUFFIX, Layout, Skip, announced, h5py, open_file, read_attrs, walk
+from .hdf5tree import SUFFIX, Layout, Skip, h5py, open_file, read_attrs, walk
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class HDF5Root(Root):
                     return self._failed(str(exc).replace("\n", " "))
             self._stamp = stamp
             self._scanned = True
-        self.groups = groups
-        self.skipped = skipped
+        self.groups, self.skipped = bounded(groups, skipped)
         self._set_entries(found)
         self._prune(stamp)
         return found
@@ -185,7 +184,8 @@ class HDF5Root(Root):
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(f".{dst.name}.{threading.get_ident()}.tmp")
             try:
-                write_array(source, tmp, lambda n: self._read_chunk(entry, n))
+                for problem in write_array(source, tmp, lambda n: self._read_chunk(entry, n)):
+                    log.warning("downloading %s: %s", path, problem)
             except BaseException:
                 storage.remove(tmp)
                 raise

@@ -24,14 +24,16 @@ from ... import storage
 from ...dtypes import dtype_to_json, to_jsonable
 
 # Imported first: it says what to install when h5py is missing.
-from .hdf5tree import DTYPE_ATTR, Skip, h5py, read_attrs
+from .hdf5tree import DTYPE_ATTR, Skip, h5py, read_typed_attrs
 
 if TYPE_CHECKING:
     from ...schema import DatasetMeta
 
 BLOSC2_FILTER = 32026
 # The Blosc2 metalayer of a ``.b2nd`` file imported from HDF5 that records what
-# Blosc2 cannot hold: {"enum": {name: value}} or {"null": true} (a null dataspace).
+# Blosc2 cannot hold: {"enum": {name: value}}, {"null": true} (a null dataspace),
+# and {"attrs": {name: type}}, the HDF5 type of each attribute kept as vlmeta
+# (`hdf5tree.attr_type`). The ``.attrs.b2frame`` of a group has it too, for "attrs".
 METALAYER = "catmqtt"
 # Datasets that HDF5 does not chunk are served in chunks of about this size.
 CHUNK_BYTES = storage.FILE_CHUNKSIZE
@@ -46,13 +48,24 @@ LAYOUTS = {
 }
 
 
-def set_vlmeta(schunk: blosc2.SChunk, attrs: dict[str, Any]) -> None:
-    """Store `attrs` as the vlmeta of `schunk`; values msgpack refuses are stored as JSON-safe ones."""
-    for name, value in attrs.items():
+def set_vlmeta(schunk: blosc2.SChunk, attrs: dict[str, Any]) -> list[str]:
+    """Store `attrs` as the vlmeta of `schunk`; values msgpack refuses are stored as JSON-safe ones.
+
+    Returns the problems met: Blosc2 keeps a few vlmeta entries only (16), the others are left out.
+    """
+    for n, (name, value) in enumerate(attrs.items()):
         try:
-            schunk.vlmeta[name] = value
-        except (TypeError, ValueError, OverflowError):
-            schunk.vlmeta[name] = to_jsonable(value)
+            try:
+                schunk.vlmeta[name] = value
+            except (TypeError, ValueError, OverflowError):
+                schunk.vlmeta[name] = to_jsonable(value)
+        except RuntimeError:
+            left = list(attrs)[n:]
+            names = ", ".join(repr(k) for k in left[:5])
+            if len(left) > 5:
+                names += f" and {len(left) - 5} more"
+            return [f"attributes {names} are left out: Blosc2 keeps no more vlmeta entries ({n} kept)"]
+    return []
 
 
 # Serving one dataset
@@ -73,6 +86,8 @@ class ChunkPlan:
     mode: str
     attrs: dict[str, Any]
     info: dict[str, Any]
+    # The HDF5 type of each attribute (see METALAYER).
+    attr_types: dict[str, Any] = field(default_factory=dict)
     # Whether it holds variable-length strings, read as str and served as fixed-width unicode.
     strings: bool = False
     shuffle: bool = False
@@ -258,13 +273,13 @@ def plan(h5name: str, dset: h5py.Dataset, io: AbstractContextManager) -> ChunkPl
     for (fid, *_), fname in zip(filters, names, strict=True):
         if not h5py.h5z.filter_avail(fid):
             raise Skip(f"its filter {fname!r} ({fid}) is not available")
-    attrs, problems = read_attrs(dset)
+    attrs, attr_types, problems = read_typed_attrs(dset)
     dtype, strings = _served_dtype(dset, io)
     info = {"name": h5name, "layout": LAYOUTS.get(plist.get_layout(), "other"), "filters": names}
     if h5py.check_enum_dtype(dset.dtype):
         info["enum"] = {k: int(v) for k, v in h5py.check_enum_dtype(dset.dtype).items()}
     common = {"name": h5name, "dset": dset, "shape": shape, "dtype": dtype, "attrs": attrs, "info": info}
-    common.update(problems=problems, cparams=_cparams(dtype), strings=strings)
+    common.update(problems=problems, cparams=_cparams(dtype), strings=strings, attr_types=attr_types)
     if not shape:
         return ChunkPlan(chunks=(), blocks=(), mode="read", **common)
     chunks = dset.chunks
@@ -405,12 +420,16 @@ def _string_dtype(dset: h5py.Dataset, encoding: str, wanted: Any, io: AbstractCo
     return np.dtype(f"U{width}")
 
 
-def write_array(source: ChunkPlan, urlpath: Path, chunk: Callable[[int], bytes]) -> None:
-    """Write `source` as a contiguous ``.b2nd`` file, taking chunk `n` from ``chunk(n)``.
+def write_array(source: ChunkPlan, urlpath: Path, chunk: Callable[[int], bytes]) -> list[str]:
+    """Write `source` as a contiguous ``.b2nd`` file, taking chunk `n` from ``chunk(n)``;
+    return the problems met storing its attributes (see `set_vlmeta`).
 
-    An enumeration's names and values go in the file's ``catmqtt`` metalayer.
+    An enumeration's names and values, and the types of the attributes, go in
+    the file's ``catmqtt`` metalayer.
     """
-    marks = {"enum": source.info["enum"]} if "enum" in source.info else None
+    marks = {"enum": source.info["enum"]} if "enum" in source.info else {}
+    if source.attr_types:
+        marks["attrs"] = source.attr_types
     array = blosc2.empty(
         source.shape,
         dtype=source.dtype,
@@ -418,9 +437,9 @@ def write_array(source: ChunkPlan, urlpath: Path, chunk: Callable[[int], bytes])
         urlpath=str(urlpath),
         contiguous=True,
         mode="w",
-        meta=None if marks is None else {METALAYER: marks},
+        meta={METALAYER: marks} if marks else None,
         **source.layout(),
     )
     for n in range(source.nchunks):
         array.schunk.update_chunk(n, chunk(n))
-    set_vlmeta(array.schunk, source.attrs)
+    return set_vlmeta(array.schunk, source.attrs)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...dtypes import to_jsonable
+from ...dtypes import dtype_from_json, dtype_to_json
 from ...errors import BadRequest, CatmqttError
 from ...topics import parse_path
 
@@ -39,8 +39,6 @@ KIND_ATTR = "catmqtt.kind"  # on a uint8 dataset holding a file's bytes: what th
 DTYPE_ATTR = "catmqtt.dtype"
 JSON_ATTR = "catmqtt.json"  # the names of the attributes stored as JSON text
 HIDDEN_ATTRS = (DTYPE_ATTR, JSON_ATTR)
-# An attribute whose JSON is longer is left out of announcements (not out of imports).
-MAX_ANNOUNCED_ATTR = 16 << 10
 
 
 class Skip(Exception):
@@ -78,48 +76,123 @@ def attr_value(value: Any) -> Any:
             return [attr_value(v) for v in value] if value.ndim else attr_value(value[()])
         if value.dtype.kind == "V":
             return [attr_value(v) for v in value]
+        if value.dtype.kind in "fc" and value.dtype.itemsize > (8 if value.dtype.kind == "f" else 16):
+            value = value.astype("f8" if value.dtype.kind == "f" else "c16")
         return value.tolist()
     if isinstance(value, np.void):
         if value.dtype.fields is None:
             return value.tobytes()
         return {name: attr_value(value[name]) for name in value.dtype.names}
     if isinstance(value, np.generic):
-        return value.item()
+        item = value.item()
+        # Extended precision stays numpy's: it is read as the nearest double.
+        if isinstance(item, np.complexfloating):
+            return complex(item)
+        return float(item) if isinstance(item, np.floating) else item
     return value
 
 
 def read_attrs(obj: h5py.HLObject) -> tuple[dict[str, Any], list[str]]:
     """Return the attributes of `obj` as plain values, and the problems met reading them."""
+    attrs, _, problems = read_typed_attrs(obj)
+    return attrs, problems
+
+
+def read_typed_attrs(obj: h5py.HLObject) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Return the attributes of `obj` as plain values, the HDF5 type of each that
+    has one `attr_type` can tell (none for those an export stored as JSON text),
+    and the problems met reading them."""
     attrs: dict[str, Any] = {}
+    types: dict[str, Any] = {}
     problems: list[str] = []
     try:
         names = list(obj.attrs)
         as_json = set(json.loads(obj.attrs[JSON_ATTR])) if JSON_ATTR in names else set()
     except (OSError, KeyError, TypeError, ValueError) as exc:
-        return attrs, [f"attributes are unreadable: {exc}"]
+        return attrs, types, [f"attributes are unreadable: {exc}"]
     for name in names:
         if name in HIDDEN_ATTRS:
             continue
         try:
             value = attr_value(obj.attrs[name])
             attrs[name] = json.loads(value) if name in as_json else value
+            kind = None if name in as_json else attr_type(obj.attrs, name)
         except (Skip, OSError, KeyError, TypeError, ValueError) as exc:
             problems.append(f"attribute {name!r} is left out: {exc}")
-    return attrs, problems
+            continue
+        if kind is not None:
+            types[name] = kind
+    return attrs, types, problems
 
 
-def announced(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Return `attrs` made JSON-safe for an announcement, leaving out the too large ones."""
-    out: dict[str, Any] = {}
-    problems = []
-    for name, value in attrs.items():
-        safe = to_jsonable(value)
-        size = len(json.dumps(safe))
-        if size > MAX_ANNOUNCED_ATTR:
-            problems.append(f"attribute {name!r} is too large to announce ({size} bytes of JSON)")
-        else:
-            out[name] = safe
-    return out, problems
+# The HDF5 type of an attribute, kept beside its plain value so that an export
+# writes it back as it was: {"dtype": ..., "shape": [...] or None (a null
+# dataspace)}. The dtype is `dtypes.dtype_to_json`'s, or {"string": encoding,
+# "length": n or None}, or {"enum": {name: value}, "base": dtype}.
+
+
+def attr_type(attrs: h5py.AttributeManager, name: str) -> dict[str, Any] | None:
+    """Return the HDF5 type and shape of attribute `name` as JSON, or None for a
+    type that is not written back (references, variable-length sequences)."""
+    aid = attrs.get_id(name)
+    dtype = aid.dtype
+    null = aid.get_space().get_simple_extent_type() == h5py.h5s.NULL
+    shape = None if null else list(aid.shape)
+    string = h5py.check_string_dtype(dtype)
+    if string is not None:
+        return {"dtype": {"string": string.encoding, "length": string.length}, "shape": shape}
+    enum = h5py.check_enum_dtype(dtype)
+    if enum is not None:
+        base = dtype_to_json(np.dtype(dtype.str))
+        return {"dtype": {"enum": {k: int(v) for k, v in enum.items()}, "base": base}, "shape": shape}
+    if dtype.hasobject:
+        return None
+    return {"dtype": dtype_to_json(dtype), "shape": shape}
+
+
+def typed_attr(value: Any, kind: Any) -> Any:
+    """Return the plain `value` of an attribute as h5py writes it with the type
+    `kind` that `attr_type` gave, or raise TypeError, ValueError (BadRequest for
+    a dtype it does not read) or KeyError if it cannot."""
+    if not isinstance(kind, dict) or not isinstance(kind.get("shape", 0), list | None):
+        raise TypeError(f"not an attribute type: {kind!r:.200}")
+    spec = kind.get("dtype")
+    if isinstance(spec, dict) and "string" in spec:
+        dtype = h5py.string_dtype(spec["string"], spec.get("length"))
+    elif isinstance(spec, dict) and "enum" in spec:
+        dtype = h5py.enum_dtype(spec["enum"], basetype=dtype_from_json(spec["base"]))
+    else:
+        dtype = dtype_from_json(spec)
+    if kind["shape"] is None:
+        return h5py.Empty(dtype)
+    shape = tuple(kind["shape"])
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.array(_items(value, dtype, len(shape)), dtype=dtype)
+    except FloatingPointError as exc:
+        raise ValueError(f"{value!r:.200} does not fit {dtype}: {exc}") from None
+    if array.shape != shape:
+        raise ValueError(f"{value!r:.200} is not of shape {shape}")
+    return array
+
+
+def _items(value: Any, dtype: np.dtype, depth: int) -> Any:
+    """Return `value` (`attr_value`'s, made JSON-safe where msgpack refused it) as numpy takes it."""
+    if depth:
+        if not isinstance(value, list):
+            raise TypeError(f"{value!r:.200} is not a list")
+        return [_items(v, dtype, depth - 1) for v in value]
+    if dtype.fields is not None:
+        if not isinstance(value, dict):
+            raise TypeError(f"{value!r:.200} is not a record")
+        return tuple(_items(value[n], dtype.fields[n][0], 0) for n in dtype.names)
+    if dtype.subdtype is not None:
+        return _items(value, dtype.subdtype[0], len(dtype.subdtype[1]))
+    if dtype.kind == "c" and isinstance(value, list) and len(value) == 2:
+        return complex(*value)
+    if dtype.kind == "V" and isinstance(value, bytes):
+        return np.void(value)
+    return value
 
 
 # Mapping the file
