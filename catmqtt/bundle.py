@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .errors import BadRequest, NotFound
 from .schema import parse_dataset
-from .slices import forward, select
+from .slices import chunks_touched, forward, select
 from .topics import parse_root_name
 
 if TYPE_CHECKING:
@@ -54,6 +54,10 @@ CREATE TABLE missing (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 # Bytes copied into the ZIP stream at a time.
 PIECE = 1 << 20
+# The largest catalog read (it is read whole into memory).
+MAX_CATALOG = 256 << 20
+# What the catalog says of a dataset that its file must say too.
+_LAYOUT = ("shape", "chunks", "blocks", "nchunks", "chunksize", "typesize", "nbytes")
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 
@@ -157,8 +161,15 @@ class Bundle:
         self.path = Path(path)
         try:
             self._zip = zipfile.ZipFile(self.path)
+            info = self._zip.getinfo(CATALOG_NAME)
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_CATALOG:
+                self._zip.close()
+                raise BadRequest(
+                    f"{self.path} is not a catmqtt bundle: its catalog is compressed, or over"
+                    f" {MAX_CATALOG} bytes"
+                )
             catalog = self._zip.read(CATALOG_NAME)
-        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        except (OSError, zipfile.BadZipFile, KeyError, EOFError) as exc:
             raise BadRequest(f"{self.path} is not a catmqtt bundle: {exc}") from None
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         try:
@@ -176,6 +187,9 @@ class Bundle:
             raise BadRequest(f"{self.path} has no readable catalog: {str(exc)[:200]}") from None
         self._lock = threading.Lock()
         self._open: dict[str, Any] = {}
+        # The chunks of each dataset checked against its manifest (or, without one,
+        # the datasets whose file passed its CRC, as -1).
+        self._sound: dict[str, set[int]] = {}
 
     def close(self) -> None:
         self._zip.close()
@@ -198,32 +212,97 @@ class Bundle:
             raise NotFound(f"no dataset {path!r} in bundle {self.path.name} (root {self.root!r})")
         return meta
 
+    def _info(self, path: str) -> zipfile.ZipInfo:
+        """Return the entry of dataset `path`'s file, which must be stored, not compressed."""
+        self.meta(path)
+        name = member(self.root, path)
+        try:
+            info = self._zip.getinfo(name)
+        except KeyError:
+            raise BadRequest(f"{self.path.name} has no file {name}, which its catalog lists") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise BadRequest(f"{name} is compressed in {self.path.name}: bundles store their files")
+        return info
+
     def offset(self, path: str) -> tuple[int, int]:
         """Return where the bytes of dataset `path` start in the bundle, and how many there are."""
-        info = self._zip.getinfo(member(self.root, path))
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise BadRequest(f"{info.filename} is compressed in {self.path.name}: bundles store their files")
+        info = self._info(path)
         with open(self.path, "rb") as f:
             f.seek(info.header_offset)
             header = f.read(_LOCAL_HEADER.size)
-        fields = _LOCAL_HEADER.unpack(header)
-        return info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1], info.file_size
+            if len(header) < _LOCAL_HEADER.size:
+                raise BadRequest(f"{self.path.name} ends inside the header of {info.filename}")
+            fields = _LOCAL_HEADER.unpack(header)
+            name = f.read(fields[-2])
+        if fields[0] != b"PK\x03\x04" or name != info.filename.encode():
+            raise BadRequest(f"the entry of {info.filename} in {self.path.name} points at something else")
+        start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+        if start + info.file_size > self.path.stat().st_size:
+            raise BadRequest(f"{self.path.name} ends inside {info.filename}")
+        return start, info.file_size
 
     def open_member(self, path: str) -> IO[bytes]:
         """Return the file of dataset `path`, open for reading (its CRC checked at its end)."""
-        self.meta(path)
-        return self._zip.open(member(self.root, path))
+        return self._zip.open(self._info(path))
 
     def container(self, path: str) -> Any:
         """Return dataset `path` opened by Blosc2 where it lies in the bundle (an array or
-        a super-chunk), kept open for the next reads."""
+        a super-chunk), kept open for the next reads; BadRequest if it is not what the
+        catalog says."""
         import blosc2
+
+        from .dtypes import dtype_from_json
+        from .storage import describe
 
         with self._lock:
             if path not in self._open:
+                meta = self.meta(path)
                 offset, _ = self.offset(path)
-                self._open[path] = blosc2.open(str(self.path), mode="r", offset=offset)
+                try:
+                    handle = blosc2.open(str(self.path), mode="r", offset=offset)
+                    found = describe(handle, path, meta["etag"], meta["kind"])
+                except (RuntimeError, ValueError, TypeError, OSError) as exc:
+                    raise BadRequest(f"{path} in {self.path.name} is not a Blosc2 file: {exc}") from None
+                if isinstance(handle, blosc2.NDArray) != (meta["kind"] == "ndarray") or any(
+                    found.get(key) != meta.get(key) for key in _LAYOUT
+                ):
+                    raise BadRequest(f"{path} in {self.path.name} is not what its catalog says")
+                if meta["kind"] == "ndarray" and dtype_from_json(found["dtype"]) != dtype_from_json(
+                    meta["dtype"]
+                ):
+                    raise BadRequest(f"{path} in {self.path.name} is not of the dtype its catalog says")
+                self._open[path] = handle
             return self._open[path]
+
+    def _check(self, path: str, numbers: list[int]) -> None:
+        """Check chunks `numbers` of dataset `path` against its manifest (without one, its
+        whole file against its CRC), once each; BadRequest if one is damaged."""
+        from .storage import chunk_digest, schunk_of
+
+        sound = self._sound.setdefault(path, set())
+        digests = self.manifest(path)
+        meta = self.meta(path)
+        if meta["kind"] == "file" and self._info(path).file_size != meta["nbytes"]:
+            raise BadRequest(f"{path} in {self.path.name} is not what its catalog says")
+        if digests is None or meta["kind"] == "file":
+            if -1 not in sound:
+                try:
+                    with self.open_member(path) as f:
+                        while f.read(PIECE):
+                            pass
+                except zipfile.BadZipFile as exc:
+                    raise BadRequest(f"{path} is damaged in {self.path.name}: {exc}") from None
+                sound.add(-1)
+            return
+        schunk = schunk_of(self.container(path))
+        for n in numbers:
+            if n in sound:
+                continue
+            if not 0 <= n < len(digests) or chunk_digest(schunk.get_chunk(n)) != digests[n]:
+                raise BadRequest(
+                    f"{path} is damaged in {self.path.name}: chunk {n} is not what its manifest says"
+                )
+            sound.add(n)
 
     def read(self, path: str, key: tuple) -> np.ndarray | bytes:
         """Return selection `key` of dataset `path`."""
@@ -233,6 +312,7 @@ class Bundle:
 
         meta = self.meta(path)
         sel = select(key, meta["shape"])
+        self._check(path, chunks_touched(sel, meta["shape"], meta["chunks"]))
         start_key, flip = forward(sel)
         if meta["kind"] == "ndarray":
             return read_array(self.container(path), start_key, flip)
@@ -250,17 +330,13 @@ class Bundle:
         return (items[::-1] if flip else items).tobytes()
 
     def save(self, path: str, dest: Path) -> None:
-        """Write the file of dataset `path` at `dest`."""
-        offset, size = self.offset(path)
-        with open(self.path, "rb") as f, open(dest, "wb") as out:
-            f.seek(offset)
-            left = size
-            while left:
-                piece = f.read(min(PIECE, left))
-                if not piece:
-                    raise BadRequest(f"{self.path.name} ends inside {path}")
-                out.write(piece)
-                left -= len(piece)
+        """Write the file of dataset `path` at `dest` (its CRC checked)."""
+        try:
+            with self.open_member(path) as f, open(dest, "wb") as out:
+                while piece := f.read(PIECE):
+                    out.write(piece)
+        except zipfile.BadZipFile as exc:
+            raise BadRequest(f"{path} is damaged in {self.path.name}: {exc}") from None
 
 
 def _meta(text: str, path: str) -> DatasetMeta:

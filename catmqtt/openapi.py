@@ -102,7 +102,7 @@ def bundle(what: str, parameters: tuple[str, ...]) -> dict[str, Any]:
         " catalog.sqlite; streamed as it is written (a failure midway cuts it, ending with the"
         " JSON error and its frame, as /api/chunks).",
         _ok("The bundle.", None, ZIP),
-        (400, 404, 409),
+        (400, 404, 409, 503),
         parameters=parameters,
     )
 

@@ -6,6 +6,7 @@ with `catmqtt.open_cache`, the subscriber running and stopped."""
 from __future__ import annotations
 
 import sqlite3
+import struct
 import subprocess
 import sys
 import zipfile
@@ -298,3 +299,137 @@ def test_open_cache_of_what_is_no_cache(tmp_path):
     (tmp_path / "cache.sqlite").write_bytes(b"junk" * 100)
     with pytest.raises(catmqtt.errors.BadRequest, match="not a readable cache index"):
         catmqtt.open_cache(tmp_path)
+
+
+def rewritten(src: Path, dest: Path, sql: str = "", damage: str | None = None) -> Path:
+    """Copy the bundle `src` to `dest`, its catalog changed by `sql`, and one byte in the
+    middle of member `damage` flipped."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename == "catalog.sqlite" and sql:
+                db_path = dest.with_suffix(".sqlite")
+                db_path.write_bytes(data)
+                with sqlite3.connect(db_path) as db:
+                    db.executescript(sql)
+                db.close()
+                data = db_path.read_bytes()
+            out.writestr(info.filename, data)
+    if damage is not None:
+        # After the ZIP is written, so that its CRC is of the bytes as they were.
+        with zipfile.ZipFile(dest) as z:
+            info = z.getinfo(damage)
+        with open(dest, "r+b") as f:
+            f.seek(info.header_offset + 26)
+            name, extra = struct.unpack("<HH", f.read(4))
+            at = info.header_offset + 30 + name + extra + info.file_size // 2
+            f.seek(at)
+            byte = f.read(1)[0]
+            f.seek(at)
+            f.write(bytes([byte ^ 0x40]))
+    return dest
+
+
+def test_a_bundle_whose_files_are_not_what_its_catalog_says_is_refused(foo, tmp_path):
+    genuine = fetch_bundle(foo.url("sub"), tmp_path)
+    dtype = (
+        """UPDATE datasets SET meta = json_set(meta, '$.dtype', 'float32') WHERE path = 'dir1/ds-2d.b2nd'"""
+    )
+    shape = """UPDATE datasets SET meta = json_set(meta, '$.shape', json('[10]'), '$.chunks', json('[10]'),
+        '$.nbytes', 10, '$.chunksize', 10) WHERE path = 'README.md'"""
+    swap = """UPDATE datasets SET member = 'x'; DELETE FROM datasets WHERE path = 'ds-1d.b2nd';
+        INSERT INTO datasets SELECT 'ds-1d.b2nd', replace(meta, '"dir1/ds-2d.b2nd"', '"ds-1d.b2nd"'),
+        etag, manifest, member FROM datasets WHERE path = 'dir1/ds-2d.b2nd'"""
+    for name, sql, damage, path, message in [
+        ("dtype", dtype, None, "dir1/ds-2d.b2nd", "not of the dtype its catalog says"),
+        ("swap", swap, None, "ds-1d.b2nd", "not what its catalog says"),
+        ("flip", "", "data/foo/dir1/ds-3d.b2nd", "dir1/ds-3d.b2nd", "damaged"),
+        ("text", "", "data/foo/README.md", "README.md", "damaged"),
+    ]:
+        root = catmqtt.open_bundle(rewritten(genuine, tmp_path / f"{name}.zip", sql, damage))
+        with pytest.raises(catmqtt.errors.BadRequest, match=message):
+            root[path][:]
+        # The others are read as they are.
+        assert (
+            root["dir2/ds-4d.b2nd"][0, 0, 0, 0]
+            == catmqtt.fetch("foo/dir2/ds-4d.b2nd", foo.url("sub"))[0, 0, 0, 0]
+        )
+    with pytest.raises(catmqtt.errors.BadRequest, match="not what its catalog says"):
+        catmqtt.open_bundle(rewritten(genuine, tmp_path / "shape.zip", shape))["README.md"][:]
+    # A catalog that is compressed (a bomb, perhaps) is not read.
+    with zipfile.ZipFile(tmp_path / "deflated.zip", "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("catalog.sqlite", zipfile.ZipFile(genuine).read("catalog.sqlite"))
+    with pytest.raises(catmqtt.errors.BadRequest, match="its catalog is compressed"):
+        catmqtt.open_bundle(tmp_path / "deflated.zip")
+    # A file the catalog lists and the bundle lacks.
+    with zipfile.ZipFile(genuine) as z, zipfile.ZipFile(tmp_path / "lacking.zip", "w") as out:
+        for info in z.infolist():
+            if info.filename != "data/foo/ds-1d.b2nd":
+                out.writestr(info.filename, z.read(info))
+    with pytest.raises(catmqtt.errors.BadRequest, match="has no file data/foo/ds-1d.b2nd"):
+        catmqtt.open_bundle(tmp_path / "lacking.zip")["ds-1d.b2nd"][0]
+
+
+def test_a_signed_bundle_published_under_another_name(broker, sample_root, tmp_path):
+    """The catalog keeps its publisher's signatures, made for its own topics: the bundle's
+    publisher announces without them (or signs with its own key). A damaged file is
+    announced as skipped, the rest served."""
+    key = tmp_path / "foo.key"
+    subprocess.run([sys.executable, "-m", "catmqtt", "keygen", str(key)], check=True, capture_output=True)
+    d = Deployment(broker, tmp_path)
+    try:
+        d.start_pub("foo", sample_root, "--sign-key", str(key))
+        d.start_sub()
+        url = d.url("sub")
+        wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
+        catmqtt.subscribe("foo", url)
+        files = [p for p in sample_root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        wait_for(lambda: len(catmqtt.get_list("foo", url)) == len(files), "foo's datasets")
+        genuine = fetch_bundle(url, tmp_path)
+        assert "sig" in Bundle(genuine).metas["ds-1d.b2nd"]
+        rewritten(genuine, tmp_path / "copy.zip", damage="data/foo/dir1/ds-3d.b2nd")
+        d.start_pub("copy", tmp_path / "copy.zip")
+        wait_for(lambda: "copy" in catmqtt.get_roots(url), "root copy")
+        catmqtt.subscribe("copy", url)
+        want = sorted(set(catmqtt.get_list("foo", url)) - {"dir1/ds-3d.b2nd"})
+        wait_for(lambda: catmqtt.get_list("copy", url) == want, "copy's datasets")
+        assert catmqtt.fetch("copy/ds-1d.b2nd", url, "3:6").tolist() == [3, 4, 5]
+        skipped = catmqtt.get_info("copy", url)["skipped"]
+        assert any(s["path"] == "/dir1/ds-3d.b2nd" and "damaged" in s["reason"] for s in skipped), skipped
+    finally:
+        d.stop_all()
+
+
+def test_bundles_share_the_threads_of_large_answers(broker, tmp_path):
+    """A bundle holds one of the HTTP threads large answers may take for as long as it is
+    sent: past them, another is told at once to come back later (503), and small
+    requests are still answered."""
+    root = tmp_path / "root"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    blosc2.asarray(rng.random(4_000_000), urlpath=str(root / "big.b2nd"), mode="w", chunks=(1_000_000,))
+    conf = tmp_path / "catmqtt.yaml"
+    # Two HTTP threads: one for large answers.
+    conf.write_text("subscriber:\n  http_threads: 2\n")
+    d = Deployment(broker, tmp_path)
+    try:
+        d.start_pub("foo", root)
+        d.start_sub("sub", "--conf", str(conf))
+        url = d.url("sub")
+        wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
+        catmqtt.subscribe("foo", url)
+        # Read slowly: the bundle is under way, held by a full socket.
+        slow = requests.get(f"{url}/api/bundle/foo", stream=True, timeout=60)
+        assert slow.status_code == 200 and slow.raw.read(1000)
+        busy = requests.get(f"{url}/api/bundle/foo", timeout=60)
+        assert busy.status_code == 503 and "busy" in busy.json()["error"], busy.text
+        assert int(busy.headers["Retry-After"]) > 0
+        assert requests.get(f"{url}/api/list/foo", timeout=10).json() == ["big.b2nd"]
+        assert requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 1
+        slow.close()
+        wait_for(
+            lambda: requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 0,
+            "the bundle's thread given back",
+        )
+    finally:
+        d.stop_all()

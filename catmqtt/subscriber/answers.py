@@ -96,8 +96,9 @@ class Answers:
         source = self.reader.lookup(fullpath)
         return self.whole_file(source), source.path.rsplit("/", 1)[-1]
 
-    def whole_file(self, source: Upstream) -> TempFile:
-        """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole."""
+    def whole_file(self, source: Upstream, *, thread: bool = True) -> TempFile:
+        """Return a dataset as one file (the plain file's bytes, or contiguous Blosc2), whole
+        (without `thread`, for a caller that holds an HTTP thread of the budget)."""
         root, path, meta, _ = source
         numbers = list(range(meta["nchunks"]))
         cache = self.reader.cache
@@ -125,7 +126,7 @@ class Answers:
                 " read it in slices, or download it with a progress bar (catmqtt download on a"
                 " terminal, download(..., progress=True)), which puts it together from its chunks"
             )
-        grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20))
+        grant = self.budget.enter(BUILD_MEMORY, size + (1 << 20), thread=thread)
         return self._temp_file(grant, os.path.splitext(path)[1], write)
 
     def _temp_file(self, grant: Grant, suffix: str, write: Callable[[Path], None]) -> TempFile:

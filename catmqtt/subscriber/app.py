@@ -153,9 +153,8 @@ def bundle(name: str, directory: str | None = None):
         raise BadRequest(f"cached must be true or false, not {cached[:40]!r}")
     plan = bundles.plan(_answers(), name, directory, cached in ("true", "1"))
     disposition = f'attachment; filename="{plan.filename}"'
-    return Response(
-        bundles.stream(_answers(), plan), mimetype=ZIP, headers={"Content-Disposition": disposition}
-    )
+    body = bundles.Body(_answers(), plan)
+    return Response(body, mimetype=ZIP, headers={"Content-Disposition": disposition})
 
 
 @bp.post("/api/pin/<path:fullpath>")

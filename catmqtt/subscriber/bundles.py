@@ -2,10 +2,11 @@
 root, or a directory of it, as a ZIP file streamed as it is written (see
 `catmqtt.bundle` for what a bundle holds).
 
-Each dataset's file is built whole in the temporary directory, as a download
-is (`Answers.whole_file`, within the budget large answers share), then copied
-into the stream; one at a time, so that a bundle of any size takes the room
-of its largest file. A dataset that cannot be had (its publisher offline, a
+A bundle holds an HTTP thread of the budget large answers share for as long
+as it is sent (`Body`). Each dataset's file is built whole in the temporary
+directory, as a download is (`Answers.whole_file`, within that budget), then
+copied into the stream; one at a time, so that a bundle of any size takes
+the room of its largest file. A dataset that cannot be had (its publisher offline, a
 change under way, a file larger than the cache's budget), or with ``cached``
 one not whole in the cache, is left out and named in the catalog's
 ``missing`` table with the reason, and the bundle goes on.
@@ -23,13 +24,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..bundle import CATALOG_NAME, ZipStream, member, write_catalog
-from ..errors import Busy, CatmqttError, NotFound
+from ..errors import Busy, CatmqttError
 from ..schema import DatasetMeta
 from ..web import StreamCut, error_of
 from ..wire import error_trailer
 from .answers import Answers
 from .flights import Upstream
-from .large import TempFile
+from .large import STREAM_MEMORY, TempFile
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,28 @@ def plan(answers: Answers, root: str, directory: str | None, cached: bool) -> Pl
     return Plan(root, directory, reader.list(root, directory), cached)
 
 
-def stream(answers: Answers, plan: Plan) -> Iterator[bytes]:
+class Body:
+    """The body of a bundle: it holds an HTTP thread of the large answers' budget
+    (taken when it is made, so that a subscriber busy with them says so at once,
+    503), given back when it is closed, sent or not."""
+
+    def __init__(self, answers: Answers, plan: Plan) -> None:
+        self.answers = answers
+        self.plan = plan
+        self.grant = answers.budget.enter(STREAM_MEMORY)
+        self._pieces = _stream(answers, plan)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._pieces
+
+    def close(self) -> None:
+        try:
+            self._pieces.close()
+        finally:
+            self.grant.release()
+
+
+def _stream(answers: Answers, plan: Plan) -> Iterator[bytes]:
     """Yield the bytes of the bundle `plan` describes, as they are written."""
     reader = answers.reader
     out = ZipStream()
@@ -74,8 +96,10 @@ def stream(answers: Answers, plan: Plan) -> Iterator[bytes]:
                     missing.append((path, "not whole in the cache"))
                     continue
                 with _whole_file(answers, source) as f:
+                    # Those of the version the file holds, read while all of it is cached.
+                    digests = reader.digests(source)
                     yield from out.add(member(plan.root, path), f)
-                kept.append((source.meta, _digests(answers, fullpath)))
+                kept.append((source.meta, digests))
             except CatmqttError as exc:
                 log.warning("bundle of %s: %s left out: %s", plan.root, fullpath, exc)
                 missing.append((path, str(exc)))
@@ -89,20 +113,14 @@ def stream(answers: Answers, plan: Plan) -> Iterator[bytes]:
 
 
 def _whole_file(answers: Answers, source: Upstream) -> TempFile:
-    """Return the dataset's whole file, waiting for room among large answers a few times."""
+    """Return the dataset's whole file (the bundle holds its HTTP thread), waiting for
+    room among large answers a few times."""
     for _ in range(BUSY_TRIES - 1):
         try:
-            return answers.whole_file(source)
+            return answers.whole_file(source, thread=False)
         except Busy as exc:
             time.sleep(exc.retry_after)
-    return answers.whole_file(source)
-
-
-def _digests(answers: Answers, fullpath: str) -> list[str] | None:
-    try:
-        return answers.reader.manifest(fullpath)["digests"]
-    except NotFound:
-        return None
+    return answers.whole_file(source, thread=False)
 
 
 def _catalog(

@@ -66,24 +66,27 @@ class Budget:
         self._peak = dict.fromkeys(self.limits, 0)
         self._busy = 0
 
-    def enter(self, memory: int, disk: int = 0) -> Grant:
-        """Take an HTTP thread, `memory` and `disk` bytes; raise Busy if they are not free in time."""
+    def enter(self, memory: int, disk: int = 0, *, thread: bool = True) -> Grant:
+        """Take an HTTP thread, `memory` and `disk` bytes; raise Busy if they are not free in time.
+        Without `thread`, the caller holds a grant of an HTTP thread already (a bundle,
+        for each file it builds)."""
         if disk > self.limits["disk"]:
             raise TooLarge(
                 f"the answer needs {disk} bytes of temporary disk, over this subscriber's max_temp_bytes"
                 f" ({self.limits['disk']}): raise it, or fetch the data as .npy (Accept: application/x-npy)"
             )
+        threads = int(thread)
         with self._lock:
-            if self._used["threads"] >= self.limits["threads"]:
+            if thread and self._used["threads"] >= self.limits["threads"]:
                 self._busy += 1
                 raise _busy("every HTTP thread for large answers is taken")
-            self._take({"threads": 1})
+            self._take({"threads": threads})
             if not self._lock.wait_for(lambda: self._fits(memory, disk), self.wait):
-                self._give({"threads": 1})
+                self._give({"threads": threads})
                 self._busy += 1
                 raise _busy("large answers hold all the memory or disk they may")
             self._take({"memory": memory, "disk": disk})
-        return Grant(self, {"threads": 1, "memory": memory, "disk": disk})
+        return Grant(self, {"threads": threads, "memory": memory, "disk": disk})
 
     def stats(self) -> dict[str, int]:
         """Return what is in use, its peaks and limits, and how many requests were told to wait."""

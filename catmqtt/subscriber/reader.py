@@ -132,13 +132,22 @@ class Reader:
         etag and the digest of every chunk), which its announcement vouches for: from
         the cache when it holds every chunk, else from the publisher."""
         source = self.lookup(fullpath)
+        digests = self.digests(source)
+        if digests is None:
+            raise NotFound(f"root {source.root!r} keeps no chunk manifest for {source.path!r}")
+        return {"path": source.path, "etag": source.meta["etag"], "digests": digests}
+
+    def digests(self, source: Upstream) -> list[str] | None:
+        """Return the chunk digests of the dataset version `source` names, as its manifest
+        lists them (None if it has none): the cache's when it holds every chunk, else
+        the publisher's."""
         root, path, meta, _ = source
         if not has_manifest(meta):
-            raise NotFound(f"root {root!r} keeps no chunk manifest for {path!r}")
+            return None
         digests = self.cache.chunks.digests(root, path, meta)
         if digests is None or storage.manifest_digest(digests) != meta["manifest"]:
             digests = self.fetcher.digests(source)
-        return {"path": path, "etag": meta["etag"], "digests": digests}
+        return digests
 
     # Selections
 

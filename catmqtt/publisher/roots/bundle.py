@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import blosc2
 from ... import storage
 from ...bundle import Bundle
 from ...errors import BadRequest, CatmqttError
+from ...signing import SIGNED_FIELDS
 from . import Entry, Root
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,18 @@ class BundleRoot(Root):
         if self._bundle is not None and version == self._version:
             return self.entries
         bundle = Bundle(self.path)
-        found = {
-            path: self._describe(bundle, path, dict(meta)) for path, meta in sorted(bundle.metas.items())
-        }
-        self.skipped = [
+        found: dict[str, Entry] = {}
+        damaged: list[dict[str, str]] = []
+        for path, meta in sorted(bundle.metas.items()):
+            try:
+                # Signed by its publisher for its topic: this publisher signs its own, if it signs.
+                found[path] = self._describe(
+                    bundle, path, {k: v for k, v in meta.items() if k not in SIGNED_FIELDS}
+                )
+            except CatmqttError as exc:
+                log.warning("%s: %s", self.path.name, exc)
+                damaged.append({"path": f"/{path}", "reason": str(exc)})
+        self.skipped = damaged + [
             {"path": f"/{path}", "reason": f"left out of the bundle: {reason}"}
             for path, reason in sorted(bundle.missing().items())
         ]
@@ -67,6 +77,13 @@ class BundleRoot(Root):
             raise BadRequest(
                 f"{path} in the bundle {self.path.name} has {len(entry.digests)} chunks, where its catalog"
                 f" says {meta['nchunks']}"
+            )
+        # A plain file is compressed anew, its CRC checked; a Blosc2 file's chunks are
+        # served as they lie, and must be those its manifest lists.
+        listed = bundle.manifest(path)
+        if meta["kind"] != "file" and listed is not None and listed != entry.digests:
+            raise BadRequest(
+                f"{path} is damaged in the bundle {self.path.name}: its chunks are not its manifest's"
             )
         meta["manifest"] = storage.manifest_digest(entry.digests)
         return entry
@@ -87,8 +104,12 @@ class BundleRoot(Root):
             if isinstance(schunk, blosc2.SChunk) and schunk.vlmeta.get("etag") == entry.meta["etag"]:
                 return schunk
         log.info("compressing %s", entry.meta["path"])
-        with bundle.open_member(entry.meta["path"]) as f:
-            return storage.compress_stream(f, frame, entry.meta["etag"])
+        try:
+            with bundle.open_member(entry.meta["path"]) as f:
+                return storage.compress_stream(f, frame, entry.meta["etag"])
+        except zipfile.BadZipFile as exc:
+            path = entry.meta["path"]
+            raise BadRequest(f"{path} is damaged in the bundle {self.path.name}: {exc}") from None
 
     def _read_chunk(self, entry: Entry, nchunk: int) -> bytes:
         return storage.schunk_of(self._handle(entry)).get_chunk(nchunk)
