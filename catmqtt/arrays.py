@@ -11,6 +11,7 @@ before it needs numpy.
 from __future__ import annotations
 
 import io
+import math
 from typing import TYPE_CHECKING
 
 from .wire import CFRAME, NPY
@@ -49,6 +50,7 @@ def decode_array(data: bytes, npy: bool) -> np.ndarray:
     if npy:
         import numpy as np
 
+        _check_npy(data)
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except EOFError:
@@ -63,3 +65,24 @@ def decode_array(data: bytes, npy: bool) -> np.ndarray:
         return blosc2.ndarray_from_cframe(data)[()]
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"not a Blosc2 frame of an array: {exc}") from None
+
+
+def _check_npy(data: bytes) -> None:
+    """Raise ValueError unless `data` is a .npy file whose header says as many bytes as
+    follow it (before numpy allocates what the header says)."""
+    import numpy as np
+
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(f)
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise ValueError(f"not .npy: {exc}") from None
+    if dtype.hasobject:
+        raise ValueError("not .npy of plain items: an object dtype")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != len(data) - f.tell():
+        raise ValueError(f"its header says {nbytes} bytes, {len(data) - f.tell()} follow")

@@ -61,7 +61,8 @@ def cmd_show(args: argparse.Namespace, client: Any) -> int:
     path, slice_ = _split_slice(args.path)
     key = parse_slice(slice_ or "")
     meta = None
-    if args.json or items_at_most(key) is None:
+    bound = items_at_most(key)
+    if args.json or bound is None or bound > SHOWN_ITEMS:
         # Checked before anything is fetched: JSON takes about 20 bytes an item, in memory
         # too, and bytes about 3 (their repr). A few items bounded whatever the shape
         # are read at once, without the metadata.

@@ -34,9 +34,18 @@ import urllib3
 from .arrays import decode_array
 from .blocks import chunk_problem
 from .chunkcache import ChunkCache, Key
-from .errors import CatmqttError, Unavailable
+from .errors import CatmqttError, TooLarge, Unavailable
 from .slices import chunks_touched, format_key, result_shape, select
-from .wire import FRAME, NPY, TRAILER_MAX, format_chunk_list, quote_dataset, read_error_trailer, read_frames
+from .wire import (
+    FRAME,
+    NPY,
+    OCTETS,
+    TRAILER_MAX,
+    format_chunk_list,
+    quote_dataset,
+    read_error_trailer,
+    read_frames,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +59,9 @@ IN_PART_MAX = 4096
 # A client without a cache has the subscriber slice selections of up to this many
 # bytes, whatever part of their chunks they are: it reads them without Blosc2.
 UNCACHED_SLICED_MAX = 8 << 20
+# The largest answer a first read, without the metadata, reads (see `Client.fetch`):
+# a larger one is read by its chunks.
+FIRST_READ_BYTES = 64 << 20
 # What a read fails with when the network does.
 NETWORK_ERRORS = (requests.RequestException, OSError, urllib3.exceptions.HTTPError)
 
@@ -87,7 +99,14 @@ class Reader:
         if 4 * result_bytes < len(missing) * chunk_bytes or (
             not self.chunk_cache.budget and missing and result_bytes <= UNCACHED_SLICED_MAX
         ):
-            result = self.read_sliced(dataset, key, meta)
+            try:
+                # The selection, and room for the .npy header.
+                result = self.read_sliced(dataset, key, meta, result_bytes + (1 << 20))
+            except TooLarge:
+                raise Unavailable(
+                    f"the subscriber at {self.urlbase} sends more than {dataset}[{format_key(key)}]",
+                    status=502,
+                ) from None
             if not isinstance(result, bytes) and result.shape != result_shape(sel):
                 raise Unavailable(
                     f"the subscriber at {self.urlbase} sent {dataset}[{format_key(key)}] of shape"
@@ -207,28 +226,42 @@ class Reader:
             # Changed, or cut off (the client closed): the chunks are read in part again.
             pass
 
-    def read_sliced(self, dataset: str, key: tuple, meta: DatasetMeta | None) -> np.ndarray | bytes:
+    def read_sliced(
+        self, dataset: str, key: tuple, meta: DatasetMeta | None, limit: int = FIRST_READ_BYTES
+    ) -> np.ndarray | bytes:
         """Return selection `key` of `dataset`, sliced by the subscriber, in one request:
         an array as .npy, anything else as its bytes. `meta`, if known, says which
-        of the two the answer must be."""
+        of the two the answer must be. An answer over `limit` bytes is not read:
+        TooLarge."""
         params = {"slice": format_key(key)}
+        sender = f"the subscriber at {self.urlbase}"
         cut = f"the transfer of {dataset} from {self.urlbase} was cut off"
         endpoint = f"fetch/{quote_dataset(dataset)}"
         with self._request("GET", endpoint, params=params, headers={"Accept": NPY}, stream=True) as response:
-            content = _content(response, cut)
-            array = response.headers.get("Content-Type", "").partition(";")[0].strip() == NPY
+            kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
+            if kind not in (NPY, OCTETS):
+                raise Unavailable(f"{sender} sent {kind[:60] or 'no media type'} for {dataset}", status=502)
+            content = _content(response, cut, limit)
+        array = kind == NPY
         if meta is not None and array != (meta["kind"] == "ndarray"):
             raise Unavailable(
-                f"the subscriber at {self.urlbase} sent {'an array' if array else 'bytes'} for {dataset},"
-                f" a {meta['kind']}",
+                f"{sender} sent {'an array' if array else 'bytes'} for {dataset}, a {meta['kind']}",
                 status=502,
             )
         if not array:
             return content
         try:
-            return decode_array(content, npy=True)
-        except ValueError:
-            raise Unavailable(cut) from None
+            result = decode_array(content, npy=True)
+        except ValueError as exc:
+            raise Unavailable(
+                f"{sender} sent {dataset}[{format_key(key)}] as no array: {exc}", status=502
+            ) from None
+        if meta is None and not _may_select(result.shape, key):
+            raise Unavailable(
+                f"{sender} sent {dataset}[{format_key(key)}] of shape {result.shape}, which it cannot select",
+                status=502,
+            )
+        return result
 
     def _decoder(self) -> ThreadPoolExecutor:
         if self._decoders is None:
@@ -253,20 +286,39 @@ def _batches(numbers: list[int]) -> Iterator[list[int]]:
         yield batch
 
 
-def _content(response: requests.Response, cut: str) -> bytes:
-    """Return the whole body of a streamed response.
+def _content(response: requests.Response, cut: str, limit: int) -> bytes:
+    """Return the whole body of a streamed response, at most `limit` bytes (TooLarge
+    past them, said by its Content-Length or found reading it).
 
     A body cut short raises the error the server ended it with (see
     `wire.error_trailer`), else Unavailable(`cut`).
     """
+    too_large = TooLarge(f"{cut.replace('was cut off', 'is')} over {limit} bytes")
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
     parts: list[bytes] = []
+    size = 0
     try:
         # read1, not read: read loses what it holds when the body proves short.
         while part := response.raw.read1(1 << 20):
             parts.append(part)
+            size += len(part)
+            if size > limit:
+                raise too_large
     except NETWORK_ERRORS:
         raise read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size)) or Unavailable(cut) from None
     return b"".join(parts)
+
+
+def _may_select(shape: tuple[int, ...], key: tuple) -> bool:
+    """Tell whether an array of `shape` may be what `key`, a selection bounded along
+    the axes it names (see `slices.items_at_most`), selects of some dataset: at
+    least an axis for each slice, none longer than its slice."""
+    kept = [item for item in key if isinstance(item, slice)]
+    if len(shape) < len(kept):
+        return False
+    return all(n <= len(range(s.start or 0, s.stop, s.step or 1)) for n, s in zip(shape, kept, strict=False))
 
 
 def _tail(parts: list[bytes], size: int) -> bytes:

@@ -287,5 +287,7 @@ def test_large_output_is_refused_before_it_is_fetched(deployment, root_dir):
     stats = requests.get(f"{d.url('sub')}/api/stats", timeout=5).json()
     assert stats["total"]["fetched_chunks"] == 0
     assert d.cli("--json", "show", "foo/big.b2nd[1999997:]").stdout == "[1999997, 1999998, 1999999]\n"
+    result = d.cli("show", "foo/big.bin[0:2000000]")
+    assert result.returncode == 1 and "the selection has 2000000 bytes, over the 1000000" in result.stderr
     assert d.cli("show", "foo/big.bin[510:512]").stdout == repr(bytes([254, 255])) + "\n"
     assert d.cli("show", "foo/big.bin[-2:]").stdout == repr(bytes([254, 255])) + "\n"

@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 import catmqtt
 from catmqtt import client_reader, storage
 from catmqtt.chunkcache import ChunkCache
-from catmqtt.errors import Unavailable
+from catmqtt.errors import NotFound, Unavailable
 from catmqtt.slices import parse_slice
 from catmqtt.wire import FRAME
 
@@ -354,3 +354,33 @@ def test_a_chunk_fetched_for_a_version_since_replaced_is_never_served():
         release.set()
         wait_for(lambda: not any(t.name == "catmqtt-fill" for t in threading.enumerate()), "the fetch to end")
         assert client.fetch("evil/crash.b2nd", "0:5").tolist() == [0, 2, 4, 6, 8]
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+NPY = {"Content-Type": "application/x-npy"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "match"),
+    [
+        # A proxy's page is no data.
+        ((200, {"Content-Type": "text/html"}, b"<html>sign in</html>"), Unavailable, "sent text/html"),
+        ((200, NPY, npy(np.zeros((10, 100)))), Unavailable, r"of shape \(10, 100\), which it cannot select"),
+        ((200, NPY, npy(np.float64(1.5))), Unavailable, r"of shape \(\), which it cannot select"),
+        ((200, NPY, npy(np.arange(3)).replace(b"(3,)", b"(9999999999999,)")), Unavailable, "header says"),
+        ((200, NPY, b"\x93NUMPY junk"), Unavailable, "as no array"),
+        # Over what a first read reads: the metadata then (here, none).
+        ((200, NPY, bytes(client_reader.FIRST_READ_BYTES + 1)), NotFound, "no /api/info"),
+    ],
+)
+def test_a_first_read_checks_what_it_is_sent(answer, error, match):
+    def route(path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        return answer if path.startswith("/api/fetch/") else not_found(path)
+
+    with serving(route) as url, catmqtt.Client(url) as client, pytest.raises(error, match=match):
+        client.fetch("evil/a.b2nd", "0:3")

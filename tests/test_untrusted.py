@@ -134,6 +134,8 @@ def not_found(path: str) -> tuple[int, dict[str, str], bytes]:
     )
 
 
+# A dataset whose publisher answers a web page for its manifest.
+JUNK_MANIFEST = "junk-manifest.b2nd"
 # A dataset whose publisher answers an error meant for the terminal that prints it.
 ESCAPES = "escapes.b2nd"
 ESCAPING = "\x1b[2J\x1b[31mall is fine\nError: a line of its own\r"
@@ -156,6 +158,8 @@ class LyingPublisher:
             return not_found(path)
         if dataset == ESCAPES:
             return 500, {"Content-Type": "application/json"}, json.dumps({"error": ESCAPING}).encode()
+        if endpoint == "manifest" and dataset == JUNK_MANIFEST:
+            return 200, {"Content-Type": "text/html"}, b"<html>not a manifest</html>"
         if endpoint == "manifest":
             body = {"path": dataset, "etag": ETAG_LIE, "digests": [storage.chunk_digest(chunk)]}
             return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
@@ -211,7 +215,9 @@ def attack(module_broker, sample_root, tmp_path_factory) -> Iterator[Attack]:
     d.wait_root("foo")
     requests.post(f"{d.url('sub')}/api/subscribe/foo", timeout=30).raise_for_status()
     signer = signing.generate(workdir / "rogue.pem")
-    liar = LyingPublisher({**{path: chunk for path, (chunk, _) in LIES.items()}, ESCAPES: ONE_BLOCK})
+    liar = LyingPublisher(
+        {**{path: chunk for path, (chunk, _) in LIES.items()}, ESCAPES: ONE_BLOCK, JUNK_MANIFEST: ONE_BLOCK}
+    )
     # Apart: how fast a publisher answers decides whether blocks come first, per URL.
     parts = LyingPublisher({path: chunk for path, (chunk, _) in IN_PARTS.items()}, in_parts=True)
     try:
@@ -257,6 +263,12 @@ def test_a_lying_chunk_is_refused_and_never_cached(attack, path):
         assert f"sent a chunk 0 of {path!r} that its metadata rules out: {problem}" in error
     assert_unharmed(attack, "evil", path)
     assert f"refusing chunk 0 of evil/{path}" in attack.d.procs["sub"].output
+
+
+def test_a_manifest_that_is_none_is_refused(attack):
+    error = refusal(requests.get(f"{attack.sub}/api/manifest/evil/{JUNK_MANIFEST}", timeout=60))
+    assert f"sent no manifest of {JUNK_MANIFEST!r}" in error
+    assert_unharmed(attack, "evil", JUNK_MANIFEST)
 
 
 def test_a_chunk_in_parts_is_checked_before_its_first_blocks_are_decoded(attack):

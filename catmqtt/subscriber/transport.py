@@ -163,7 +163,13 @@ class Transport:
         except ValueError:
             manifest = None
         digests = manifest.get("digests") if isinstance(manifest, dict) else None
-        if not isinstance(digests, list) or manifest.get("etag") != meta["etag"]:
+        if not isinstance(digests, list):
+            raise Unavailable(
+                f"publisher of root {root!r} at {url} sent no manifest of {path!r}: not a JSON object with"
+                " a list of digests",
+                status=502,
+            )
+        if manifest.get("etag") != meta["etag"]:
             raise changing(root, path)
         digests = [str(d) for d in digests]
         # The announcement names the manifest's digest: the publisher's word
