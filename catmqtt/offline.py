@@ -243,12 +243,7 @@ class CacheStore(Store):
 
         meta = self.metas(root)[path]
         with self._cached(root, path, meta, list(range(meta["nchunks"]))) as container:
-            if meta["kind"] == "file":
-                with open(dest, "wb") as f:
-                    for data in storage.iter_bytes(container):
-                        f.write(data)
-            else:
-                storage.write_contiguous(container, meta, dest)
+            storage.write_whole(container, meta, dest)
 
     def _cached(self, root: str, path: str, meta: DatasetMeta, numbers: list[int]) -> _Cached:
         return _Cached(self, root, path, meta, numbers)

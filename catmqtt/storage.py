@@ -244,6 +244,26 @@ def schunk_of(obj: blosc2.NDArray | blosc2.SChunk) -> blosc2.SChunk:
     return obj.schunk if isinstance(obj, blosc2.NDArray) else obj
 
 
+def write_whole(src: blosc2.NDArray | blosc2.SChunk, meta: DatasetMeta, dst: Path) -> None:
+    """Write the dataset `src` holds as its whole file at `dst`: a plain file's bytes, or
+    one contiguous Blosc2 file."""
+    if meta["kind"] != "file":
+        write_contiguous(src, meta, dst)
+        return
+    with open(dst, "wb") as f:
+        for data in iter_bytes(schunk_of(src)):
+            f.write(data)
+
+
+def file_frame(frame: Path, etag: str) -> blosc2.SChunk | None:
+    """Return the SChunk a plain file of `etag` was compressed into at `frame`, if it is there."""
+    if frame.exists():
+        schunk = open_blosc2(frame)
+        if isinstance(schunk, blosc2.SChunk) and schunk.vlmeta.get("etag") == etag:
+            return schunk
+    return None
+
+
 def write_contiguous(src: blosc2.NDArray | blosc2.SChunk, meta: DatasetMeta, dst: Path) -> None:
     """Write `src` as one contiguous Blosc2 file, moving compressed chunks as they are."""
     schunk = schunk_of(src)

@@ -21,7 +21,7 @@ import catmqtt
 from catmqtt.bundle import CATALOG, Bundle
 from catmqtt.errors import NotFound
 
-from conftest import Deployment, wait_for
+from conftest import wait_for
 
 SLICES = [(), (3,), (slice(2, 9),), (slice(None, None, -3),), (slice(-5, None),), (Ellipsis, 1)]
 
@@ -112,37 +112,32 @@ def test_a_directory_and_the_datasets_left_out(foo, tmp_path):
     bundle.close()
 
 
-def test_cached_takes_only_what_is_whole_in_the_cache(broker, sample_root, tmp_path):
-    d = Deployment(broker, tmp_path)
-    try:
-        d.serve_foo(sample_root)
-        url = d.url("sub")
-        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
-        catmqtt.fetch("foo/ds-1d.b2nd", url, "0:10")
-        # Chunks are written to the cache behind the reads.
-        wait_for(
-            lambda: "dir1/ds-2d.b2nd" in kept(fetch_bundle(url, tmp_path, cached="true")), "ds-2d cached"
-        )
-        bundle = Bundle(tmp_path / "b.zip")
-        assert sorted(bundle.metas) == ["dir1/ds-2d.b2nd"]
-        missing = bundle.missing()
-        assert missing["ds-1d.b2nd"] == "not whole in the cache"
-        assert set(missing) | {"dir1/ds-2d.b2nd"} == set(catmqtt.get_list("foo", url))
-        bundle.close()
-        # The command line: the bundle, and what is missing on standard error.
-        result = d.cli("bundle", "foo", "--cached", "-o", str(tmp_path / "cli.zip"))
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == f"Bundle saved to {tmp_path / 'cli.zip'} (1 dataset)\n"
-        assert "missing: foo/ds-1d.b2nd: not whole in the cache\n" in result.stderr
-        # A publisher gone: what is not cached cannot be had, and is named with the reason.
-        d.stop("pub-foo")
-        wait_for(lambda: not catmqtt.get_roots(url)["foo"]["online"], "the publisher offline")
-        result = d.cli("bundle", "foo", "-o", str(tmp_path / "offline.zip"))
-        assert result.returncode == 1, result.stderr
-        assert "missing: foo/ds-1d.b2nd: " in result.stderr and "publisher" in result.stderr
-        assert sorted(Bundle(tmp_path / "offline.zip").metas) == ["dir1/ds-2d.b2nd"]
-    finally:
-        d.stop_all()
+def test_cached_takes_only_what_is_whole_in_the_cache(deployment, sample_root, tmp_path):
+    d = deployment
+    d.serve_foo(sample_root)
+    url = d.url("sub")
+    catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+    catmqtt.fetch("foo/ds-1d.b2nd", url, "0:10")
+    # Chunks are written to the cache behind the reads.
+    wait_for(lambda: "dir1/ds-2d.b2nd" in kept(fetch_bundle(url, tmp_path, cached="true")), "ds-2d cached")
+    bundle = Bundle(tmp_path / "b.zip")
+    assert sorted(bundle.metas) == ["dir1/ds-2d.b2nd"]
+    missing = bundle.missing()
+    assert missing["ds-1d.b2nd"] == "not whole in the cache"
+    assert set(missing) | {"dir1/ds-2d.b2nd"} == set(catmqtt.get_list("foo", url))
+    bundle.close()
+    # The command line: the bundle, and what is missing on standard error.
+    result = d.cli("bundle", "foo", "--cached", "-o", str(tmp_path / "cli.zip"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Bundle saved to {tmp_path / 'cli.zip'} (1 dataset)\n"
+    assert "missing: foo/ds-1d.b2nd: not whole in the cache\n" in result.stderr
+    # A publisher gone: what is not cached cannot be had, and is named with the reason.
+    d.stop("pub-foo")
+    wait_for(lambda: not catmqtt.get_roots(url)["foo"]["online"], "the publisher offline")
+    result = d.cli("bundle", "foo", "-o", str(tmp_path / "offline.zip"))
+    assert result.returncode == 1, result.stderr
+    assert "missing: foo/ds-1d.b2nd: " in result.stderr and "publisher" in result.stderr
+    assert sorted(Bundle(tmp_path / "offline.zip").metas) == ["dir1/ds-2d.b2nd"]
 
 
 @pytest.mark.parametrize(
@@ -179,40 +174,37 @@ def kept(path: Path) -> list[str]:
         bundle.close()
 
 
-def test_a_bundle_published_is_the_root_again(broker, sample_root, tmp_path):
+def test_a_bundle_published_is_the_root_again(deployment, sample_root, tmp_path):
     """``catmqtt pub NAME FILE.zip``: a read-only root, its data and etags as the bundle
     has them, what it left out announced as skipped."""
-    d = Deployment(broker, tmp_path)
-    try:
-        d.serve_foo(sample_root)
-        url = d.url("sub")
-        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
-        catmqtt.fetch("foo/README.md", url)
-        partial = tmp_path / "partial.zip"
-        wait_for(
-            lambda: len(kept(fetch_bundle(url, tmp_path, name="partial.zip", cached="true"))) == 2,
-            "both cached",
-        )
-        complete = fetch_bundle(url, tmp_path)
-        d.start_pub("whole", complete)
-        d.start_pub("part", partial)
-        for name in ("whole", "part"):
-            wait_for(lambda n=name: n in catmqtt.get_roots(url), f"root {name}")
-            catmqtt.subscribe(name, url)
-        assert catmqtt.get_list("whole", url) == catmqtt.get_list("foo", url)
-        for path in catmqtt.get_list("foo", url):
-            got, want = catmqtt.fetch(f"whole/{path}", url), catmqtt.fetch(f"foo/{path}", url)
-            assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want, path
-            infos = [catmqtt.get_info(f"{root}/{path}", url) for root in ("whole", "foo")]
-            assert infos[0]["etag"] == infos[1]["etag"] and infos[0]["manifest"] == infos[1]["manifest"]
-        assert catmqtt.get_list("part", url) == ["README.md", "dir1/ds-2d.b2nd"]
-        skipped = catmqtt.get_info("part", url)["skipped"]
-        assert {"path": "/ds-1d.b2nd", "reason": "left out of the bundle: not whole in the cache"} in skipped
-        result = d.cli("download", "whole/README.md", "-o", str(tmp_path / "dl"))
-        assert result.returncode == 0, result.stderr
-        assert (tmp_path / "dl/whole/README.md").read_bytes() == (sample_root / "README.md").read_bytes()
-    finally:
-        d.stop_all()
+    d = deployment
+    d.serve_foo(sample_root)
+    url = d.url("sub")
+    catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+    catmqtt.fetch("foo/README.md", url)
+    partial = tmp_path / "partial.zip"
+    wait_for(
+        lambda: len(kept(fetch_bundle(url, tmp_path, name="partial.zip", cached="true"))) == 2,
+        "both cached",
+    )
+    complete = fetch_bundle(url, tmp_path)
+    d.start_pub("whole", complete)
+    d.start_pub("part", partial)
+    for name in ("whole", "part"):
+        wait_for(lambda n=name: n in catmqtt.get_roots(url), f"root {name}")
+        catmqtt.subscribe(name, url)
+    assert catmqtt.get_list("whole", url) == catmqtt.get_list("foo", url)
+    for path in catmqtt.get_list("foo", url):
+        got, want = catmqtt.fetch(f"whole/{path}", url), catmqtt.fetch(f"foo/{path}", url)
+        assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want, path
+        infos = [catmqtt.get_info(f"{root}/{path}", url) for root in ("whole", "foo")]
+        assert infos[0]["etag"] == infos[1]["etag"] and infos[0]["manifest"] == infos[1]["manifest"]
+    assert catmqtt.get_list("part", url) == ["README.md", "dir1/ds-2d.b2nd"]
+    skipped = catmqtt.get_info("part", url)["skipped"]
+    assert {"path": "/ds-1d.b2nd", "reason": "left out of the bundle: not whole in the cache"} in skipped
+    result = d.cli("download", "whole/README.md", "-o", str(tmp_path / "dl"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "dl/whole/README.md").read_bytes() == (sample_root / "README.md").read_bytes()
 
 
 def test_a_file_that_is_no_bundle_is_refused(tmp_path):
@@ -256,41 +248,38 @@ def test_a_file_that_is_no_bundle_is_refused(tmp_path):
             catmqtt.open_bundle(junk)
 
 
-def test_open_cache_reads_what_is_cached_and_only_that(broker, sample_root, tmp_path):
-    d = Deployment(broker, tmp_path)
-    try:
-        d.serve_foo(sample_root)
-        url = d.url("sub")
-        catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
-        catmqtt.fetch("foo/README.md", url)
-        whole = "dir1/ds-2d.b2nd"
-        # Chunks are written to the cache behind the reads.
-        wait_for(lambda: whole in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
-        wait_for(lambda: "README.md" in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
-        listing = catmqtt.get_list("foo", url)
-        for running in (True, False):
-            roots = catmqtt.open_cache(tmp_path / "sub")
-            assert list(roots) == ["foo"]
-            root = roots["foo"]
-            assert root.node_list == listing
-            ds = root[whole]
-            want = local(sample_root, whole)
-            assert np.array_equal(np.asarray(ds), want)
-            for key in SLICES:
-                assert np.array_equal(ds[key], want[key]), key
-            assert root["README.md"][:] == (sample_root / "README.md").read_bytes()
-            saved = root["dir1/ds-2d.b2nd"].download(tmp_path / f"out{running}")
-            assert np.array_equal(blosc2.open(str(saved))[:], want)
-            # What was never fetched is not there: said, not read as zeros.
-            with pytest.raises(NotFound, match="not in the cache at .* nothing is fetched"):
-                root["dir2/ds-4d.b2nd"][0]
-            with pytest.raises(NotFound, match="no root 'bar'"):
-                roots["bar"]
-            roots.close()
-            if running:
-                d.stop("sub")
-    finally:
-        d.stop_all()
+def test_open_cache_reads_what_is_cached_and_only_that(deployment, sample_root, tmp_path):
+    d = deployment
+    d.serve_foo(sample_root)
+    url = d.url("sub")
+    catmqtt.fetch("foo/dir1/ds-2d.b2nd", url)
+    catmqtt.fetch("foo/README.md", url)
+    whole = "dir1/ds-2d.b2nd"
+    # Chunks are written to the cache behind the reads.
+    wait_for(lambda: whole in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
+    wait_for(lambda: "README.md" in kept(fetch_bundle(url, tmp_path, cached="true")), "the cache")
+    listing = catmqtt.get_list("foo", url)
+    for running in (True, False):
+        roots = catmqtt.open_cache(tmp_path / "sub")
+        assert list(roots) == ["foo"]
+        root = roots["foo"]
+        assert root.node_list == listing
+        ds = root[whole]
+        want = local(sample_root, whole)
+        assert np.array_equal(np.asarray(ds), want)
+        for key in SLICES:
+            assert np.array_equal(ds[key], want[key]), key
+        assert root["README.md"][:] == (sample_root / "README.md").read_bytes()
+        saved = root["dir1/ds-2d.b2nd"].download(tmp_path / f"out{running}")
+        assert np.array_equal(blosc2.open(str(saved))[:], want)
+        # What was never fetched is not there: said, not read as zeros.
+        with pytest.raises(NotFound, match="not in the cache at .* nothing is fetched"):
+            root["dir2/ds-4d.b2nd"][0]
+        with pytest.raises(NotFound, match="no root 'bar'"):
+            roots["bar"]
+        roots.close()
+        if running:
+            d.stop("sub")
 
 
 def test_open_cache_of_what_is_no_cache(tmp_path):
@@ -370,37 +359,34 @@ def test_a_bundle_whose_files_are_not_what_its_catalog_says_is_refused(foo, tmp_
         catmqtt.open_bundle(tmp_path / "lacking.zip")["ds-1d.b2nd"][0]
 
 
-def test_a_signed_bundle_published_under_another_name(broker, sample_root, tmp_path):
+def test_a_signed_bundle_published_under_another_name(deployment, sample_root, tmp_path):
     """The catalog keeps its publisher's signatures, made for its own topics: the bundle's
     publisher announces without them (or signs with its own key). A damaged file is
     announced as skipped, the rest served."""
     key = tmp_path / "foo.key"
     subprocess.run([sys.executable, "-m", "catmqtt", "keygen", str(key)], check=True, capture_output=True)
-    d = Deployment(broker, tmp_path)
-    try:
-        d.start_pub("foo", sample_root, "--sign-key", str(key))
-        d.start_sub()
-        url = d.url("sub")
-        wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
-        catmqtt.subscribe("foo", url)
-        files = [p for p in sample_root.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        wait_for(lambda: len(catmqtt.get_list("foo", url)) == len(files), "foo's datasets")
-        genuine = fetch_bundle(url, tmp_path)
-        assert "sig" in Bundle(genuine).metas["ds-1d.b2nd"]
-        rewritten(genuine, tmp_path / "copy.zip", damage="data/foo/dir1/ds-3d.b2nd")
-        d.start_pub("copy", tmp_path / "copy.zip")
-        wait_for(lambda: "copy" in catmqtt.get_roots(url), "root copy")
-        catmqtt.subscribe("copy", url)
-        want = sorted(set(catmqtt.get_list("foo", url)) - {"dir1/ds-3d.b2nd"})
-        wait_for(lambda: catmqtt.get_list("copy", url) == want, "copy's datasets")
-        assert catmqtt.fetch("copy/ds-1d.b2nd", url, "3:6").tolist() == [3, 4, 5]
-        skipped = catmqtt.get_info("copy", url)["skipped"]
-        assert any(s["path"] == "/dir1/ds-3d.b2nd" and "damaged" in s["reason"] for s in skipped), skipped
-    finally:
-        d.stop_all()
+    d = deployment
+    d.start_pub("foo", sample_root, "--sign-key", str(key))
+    d.start_sub()
+    url = d.url("sub")
+    wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
+    catmqtt.subscribe("foo", url)
+    files = [p for p in sample_root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    wait_for(lambda: len(catmqtt.get_list("foo", url)) == len(files), "foo's datasets")
+    genuine = fetch_bundle(url, tmp_path)
+    assert "sig" in Bundle(genuine).metas["ds-1d.b2nd"]
+    rewritten(genuine, tmp_path / "copy.zip", damage="data/foo/dir1/ds-3d.b2nd")
+    d.start_pub("copy", tmp_path / "copy.zip")
+    wait_for(lambda: "copy" in catmqtt.get_roots(url), "root copy")
+    catmqtt.subscribe("copy", url)
+    want = sorted(set(catmqtt.get_list("foo", url)) - {"dir1/ds-3d.b2nd"})
+    wait_for(lambda: catmqtt.get_list("copy", url) == want, "copy's datasets")
+    assert catmqtt.fetch("copy/ds-1d.b2nd", url, "3:6").tolist() == [3, 4, 5]
+    skipped = catmqtt.get_info("copy", url)["skipped"]
+    assert any(s["path"] == "/dir1/ds-3d.b2nd" and "damaged" in s["reason"] for s in skipped), skipped
 
 
-def test_bundles_share_the_threads_of_large_answers(broker, tmp_path):
+def test_bundles_share_the_threads_of_large_answers(deployment, tmp_path):
     """A bundle holds one of the HTTP threads large answers may take for as long as it is
     sent: past them, another is told at once to come back later (503), and small
     requests are still answered."""
@@ -411,25 +397,22 @@ def test_bundles_share_the_threads_of_large_answers(broker, tmp_path):
     conf = tmp_path / "catmqtt.yaml"
     # Two HTTP threads: one for large answers.
     conf.write_text("subscriber:\n  http_threads: 2\n")
-    d = Deployment(broker, tmp_path)
-    try:
-        d.start_pub("foo", root)
-        d.start_sub("sub", "--conf", str(conf))
-        url = d.url("sub")
-        wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
-        catmqtt.subscribe("foo", url)
-        # Read slowly: the bundle is under way, held by a full socket.
-        slow = requests.get(f"{url}/api/bundle/foo", stream=True, timeout=60)
-        assert slow.status_code == 200 and slow.raw.read(1000)
-        busy = requests.get(f"{url}/api/bundle/foo", timeout=60)
-        assert busy.status_code == 503 and "busy" in busy.json()["error"], busy.text
-        assert int(busy.headers["Retry-After"]) > 0
-        assert requests.get(f"{url}/api/list/foo", timeout=10).json() == ["big.b2nd"]
-        assert requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 1
-        slow.close()
-        wait_for(
-            lambda: requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 0,
-            "the bundle's thread given back",
-        )
-    finally:
-        d.stop_all()
+    d = deployment
+    d.start_pub("foo", root)
+    d.start_sub("sub", "--conf", str(conf))
+    url = d.url("sub")
+    wait_for(lambda: "foo" in catmqtt.get_roots(url), "root foo")
+    catmqtt.subscribe("foo", url)
+    # Read slowly: the bundle is under way, held by a full socket.
+    slow = requests.get(f"{url}/api/bundle/foo", stream=True, timeout=60)
+    assert slow.status_code == 200 and slow.raw.read(1000)
+    busy = requests.get(f"{url}/api/bundle/foo", timeout=60)
+    assert busy.status_code == 503 and "busy" in busy.json()["error"], busy.text
+    assert int(busy.headers["Retry-After"]) > 0
+    assert requests.get(f"{url}/api/list/foo", timeout=10).json() == ["big.b2nd"]
+    assert requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 1
+    slow.close()
+    wait_for(
+        lambda: requests.get(f"{url}/api/stats", timeout=10).json()["large"]["threads_used"] == 0,
+        "the bundle's thread given back",
+    )

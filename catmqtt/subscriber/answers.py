@@ -109,12 +109,7 @@ class Answers:
             with cache.reading(root, path, meta) as handle:
                 if handle is None:
                     raise Changed(f"{root}/{path}")
-                if meta["kind"] == "file":
-                    with open(tmp, "wb") as f:
-                        for data in storage.iter_bytes(handle):
-                            f.write(data)
-                else:
-                    storage.write_contiguous(handle, meta, tmp)
+                storage.write_whole(handle, meta, tmp)
             cache.touch(root, path, numbers)
 
         size = meta["nbytes"] if meta["kind"] == "file" else meta["cbytes"]

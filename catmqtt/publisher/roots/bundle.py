@@ -99,10 +99,9 @@ class BundleRoot(Root):
     def _compressed(self, bundle: Bundle, entry: Entry) -> blosc2.SChunk:
         """Return the SChunk of a plain file of the bundle, compressing it once per etag."""
         frame = self.statedir / "files" / f"{entry.meta['path']}.b2frame"
-        if frame.exists():
-            schunk = storage.open_blosc2(frame)
-            if isinstance(schunk, blosc2.SChunk) and schunk.vlmeta.get("etag") == entry.meta["etag"]:
-                return schunk
+        schunk = storage.file_frame(frame, entry.meta["etag"])
+        if schunk is not None:
+            return schunk
         log.info("compressing %s", entry.meta["path"])
         try:
             with bundle.open_member(entry.meta["path"]) as f:

@@ -171,10 +171,9 @@ class DirectoryRoot(Root):
     def _compressed(self, entry: Entry) -> blosc2.SChunk:
         """Return the SChunk of a plain file, compressing it once per etag."""
         frame = self.statedir / "files" / f"{entry.meta['path']}.b2frame"
-        if frame.exists():
-            schunk = storage.open_blosc2(frame)
-            if isinstance(schunk, blosc2.SChunk) and schunk.vlmeta.get("etag") == entry.meta["etag"]:
-                return schunk
+        schunk = storage.file_frame(frame, entry.meta["etag"])
+        if schunk is not None:
+            return schunk
         log.info("compressing %s", entry.meta["path"])
         return storage.compress_file(entry.source, frame, entry.meta["etag"])
 
