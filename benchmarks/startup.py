@@ -4,7 +4,7 @@ Runs a broker, a publisher of a small root and a subscriber on loopback,
 then times whole runs of client commands (start, one request, exit), each
 the median of `--reps` runs, with ``python -c pass`` timed between them as
 the floor. Goal (issue 14): a client command that reads no data within
-0.15 s. Commands that read data (``show``) import numpy and Blosc2 too.
+0.15 s. ``show`` imports numpy too, to print what it reads.
 
     python benchmarks/startup.py [--reps 15]
 
