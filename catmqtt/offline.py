@@ -54,6 +54,10 @@ class Store:
         """Return the metadata of every dataset of `root`, by path."""
         raise NotImplementedError
 
+    def meta(self, root: str, path: str) -> DatasetMeta | None:
+        """Return the metadata of one dataset, or None if `root` has none at `path`."""
+        return self.metas(root).get(path)
+
     def read(self, root: str, path: str, key: tuple) -> np.ndarray | bytes:
         """Return selection `key` of a dataset."""
         raise NotImplementedError
@@ -124,7 +128,7 @@ class OfflineClient:
         """Save a dataset, or every dataset of a root or directory, as
         ``<localpath>/ROOT/PATH``; return the path, or the paths, written."""
         root, _, path = dataset.strip("/").partition("/")
-        if path and parse_path(path) in self.store.metas(root):
+        if path and self.store.meta(root, parse_path(path)) is not None:
             return self._download_one(dataset, localpath, progress)
         return [self._download_one(f"{root}/{p}", localpath, progress) for p in self.get_list(dataset)]
 
@@ -151,10 +155,10 @@ class OfflineClient:
         return info
 
     def _meta(self, root: str, path: str) -> DatasetMeta:
-        self._info(root)
-        meta = self.store.metas(root).get(parse_path(path))
+        info = self._info(root)
+        meta = self.store.meta(root, parse_path(path))
         if meta is None:
-            missing = self._info(root).get("missing", {})
+            missing = info.get("missing", {})
             reason = missing.get(path) if isinstance(missing, dict) else None
             if reason is not None:
                 raise NotFound(f"{root}/{path} is not in {self.store.name}: {reason}")
@@ -168,9 +172,11 @@ class BundleStore(Store):
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.name = f"bundle {bundle.path.name}"
+        # A bundle does not change: its root is read once.
+        self._roots = {bundle.root: {**bundle.info, "missing": bundle.missing()}}
 
     def roots(self) -> dict[str, dict[str, Any]]:
-        return {self.bundle.root: {**self.bundle.info, "missing": self.bundle.missing()}}
+        return self._roots
 
     def metas(self, root: str) -> dict[str, DatasetMeta]:
         return self.bundle.metas
@@ -226,10 +232,14 @@ class CacheStore(Store):
         rows = self._query("SELECT path, meta FROM datasets WHERE root=?", (root,))
         return {path: parse_dataset(json.loads(meta), path) for path, meta in rows}
 
+    def meta(self, root: str, path: str) -> DatasetMeta | None:
+        rows = self._query("SELECT meta FROM datasets WHERE root=? AND path=?", (root, path))
+        return parse_dataset(json.loads(rows[0][0]), path) if rows else None
+
     def read(self, root: str, path: str, key: tuple) -> np.ndarray | bytes:
         from .storage import read_array, read_stream_items
 
-        meta = self.metas(root)[path]
+        meta = self.meta(root, path)
         sel = select(key, meta["shape"])
         numbers = chunks_touched(sel, meta["shape"], meta["chunks"])
         start_key, flip = forward(sel)
@@ -241,7 +251,7 @@ class CacheStore(Store):
     def save(self, root: str, path: str, dest: Path) -> None:
         from . import storage
 
-        meta = self.metas(root)[path]
+        meta = self.meta(root, path)
         with self._cached(root, path, meta, list(range(meta["nchunks"]))) as container:
             storage.write_whole(container, meta, dest)
 
@@ -250,8 +260,12 @@ class CacheStore(Store):
 
     def missing(self, root: str, path: str, meta: DatasetMeta, numbers: list[int]) -> list[int]:
         """Return which of chunks `numbers` of version ``meta["etag"]`` are not cached."""
+        if not numbers:
+            return []
+        # Over the span of the read, not the whole dataset.
         rows = self._query(
-            "SELECT nchunk FROM chunks WHERE root=? AND path=? AND etag=?", (root, path, meta["etag"])
+            "SELECT nchunk FROM chunks WHERE root=? AND path=? AND etag=? AND nchunk BETWEEN ? AND ?",
+            (root, path, meta["etag"], min(numbers), max(numbers)),
         )
         cached = {n for (n,) in rows}
         return [n for n in numbers if n not in cached]
