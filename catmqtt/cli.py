@@ -468,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         url = config.client_sub(conf, getattr(args, "sub", None))
         # One command reads once: a chunk cache would only hold memory.
-        with Client(url, cache_bytes=0, user=user, password=client_password(user), token=token) as client:
+        with Client(
+            url, cache_bytes=0, user=user, password=client_password(user), token=token, plain_http=True
+        ) as client:
             return args.func(args, client)
     except Unauthorized as exc:
         given = user is not None or token is not None

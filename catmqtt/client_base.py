@@ -7,7 +7,8 @@ and follows, the nodes it hears of, its counters, and, on an edge node, its
 pins and the roots it forgets. `client.Client` adds reading datasets to it;
 `default_urlbase` and `credentials` say which subscriber, and as whom.
 
-It needs only requests. A connection may be called from several threads: its
+It needs only requests, or, for the command line, only the standard library
+(`sessions.transport`). A connection may be called from several threads: its
 session is shared by them, and it keeps no other state once made (a login
 replaces the session's Authorization header whole).
 """
@@ -18,10 +19,8 @@ import time
 from typing import Any, Self
 from urllib.parse import quote
 
-import requests
-
 from .errors import BadRequest, NotFound, Unauthorized, Unavailable, from_status
-from .sessions import environment
+from .sessions import transport
 from .wire import error_from_json, quote_dataset
 
 # Seconds between looks at a pin being fetched (Connection.pin with wait).
@@ -33,13 +32,20 @@ class Connection:
     which makes it and says what the parameters are."""
 
     def __init__(
-        self, urlbase: str | None, *, user: str | None, password: str | None, token: str | None, timeout: Any
+        self,
+        urlbase: str | None,
+        *,
+        user: str | None,
+        password: str | None,
+        token: str | None,
+        timeout: Any,
+        plain_http: bool,
     ) -> None:
         self.urlbase = (urlbase or default_urlbase()).rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self._environment = environment(self.urlbase)
+        self.session, self._environment, self.network_errors, self._timeouts = transport(
+            self.urlbase, plain=plain_http
+        )
         self.user = user
         self._password = password
         if token:
@@ -57,7 +63,7 @@ class Connection:
     def _use_token(self, token: str) -> None:
         self.session.headers["Authorization"] = f"Bearer {token}"
         # A netrc entry's Basic credentials would replace the token.
-        self._environment["auth"] = None
+        self._environment.pop("auth", None)
 
     def login(self) -> str:
         """Log in as `user` with `password`; return the session token, which later requests send."""
@@ -74,7 +80,7 @@ class Connection:
         self._use_token(token)
         return token
 
-    def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
         """Send a request, logging in first if the subscriber asks for it and the client
         has a user; turn every failure into a catmqtt.errors exception."""
         url = f"{self.urlbase}/api/{endpoint}"
@@ -91,17 +97,28 @@ class Connection:
         self.login()
         return self._send(method, url, **kwargs)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _send(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Send a request through the session; return its response (a requests or a
+        `plainhttp.Response`), or raise the catmqtt.errors exception its failure or
+        its error status stands for."""
         try:
             response = self.session.request(method, url, timeout=self.timeout, **self._environment, **kwargs)
-        except requests.Timeout:
+        except self._timeouts:
             raise Unavailable(
                 f"the subscriber at {self.urlbase} did not answer in time", status=504
             ) from None
-        except requests.RequestException:
+        except self.network_errors:
             raise Unavailable(
                 f"cannot reach the subscriber at {self.urlbase}: is 'catmqtt sub' (or 'catmqtt up') running?"
             ) from None
+        if 300 <= response.status_code < 400 and response.status_code != 304:
+            # requests follows redirects; a plain session does not.
+            response.close()
+            location = response.headers.get("Location", "elsewhere")[:200]
+            raise Unavailable(
+                f"the subscriber at {self.urlbase} sends {url} to {location}: give its new address",
+                status=502,
+            )
         if response.status_code >= 400:
             try:
                 error = error_from_json(response.json(), response.status_code)

@@ -26,10 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from typing import TYPE_CHECKING
-
-import requests
-import urllib3
+from typing import TYPE_CHECKING, Any
 
 from .arrays import decode_array
 from .blocks import chunk_problem
@@ -62,16 +59,22 @@ UNCACHED_SLICED_MAX = 8 << 20
 # The largest answer a first read, without the metadata, reads (see `Client.fetch`):
 # a larger one is read by its chunks.
 FIRST_READ_BYTES = 64 << 20
-# What a read fails with when the network does.
-NETWORK_ERRORS = (requests.RequestException, OSError, urllib3.exceptions.HTTPError)
 
 
 class Reader:
     """Read selections of datasets from the subscriber at `urlbase`, through `request`
-    (`client.Client._request`), keeping compressed chunks in `cache`."""
+    (`client.Client._request`), keeping compressed chunks in `cache`; reading a
+    response's body fails with `errors` when the network does."""
 
-    def __init__(self, request: Callable[..., requests.Response], urlbase: str, cache: ChunkCache) -> None:
+    def __init__(
+        self,
+        request: Callable[..., Any],
+        urlbase: str,
+        cache: ChunkCache,
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
         self._request = request
+        self._errors = errors
         self.urlbase = urlbase
         self.chunk_cache = cache
         self._decoders: ThreadPoolExecutor | None = None
@@ -175,7 +178,7 @@ class Reader:
             def read(size: int) -> bytes:
                 try:
                     return response.raw.read(size)
-                except NETWORK_ERRORS:
+                except self._errors:
                     raise Unavailable(f"the transfer from {sender} was cut off") from None
 
             yield from read_frames(read, sender)
@@ -241,7 +244,7 @@ class Reader:
             kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
             if kind not in (NPY, OCTETS):
                 raise Unavailable(f"{sender} sent {kind[:60] or 'no media type'} for {dataset}", status=502)
-            content = _content(response, cut, limit)
+            content = _content(response, cut, limit, self._errors)
         array = kind == NPY
         if meta is not None and array != (meta["kind"] == "ndarray"):
             raise Unavailable(
@@ -286,12 +289,12 @@ def _batches(numbers: list[int]) -> Iterator[list[int]]:
         yield batch
 
 
-def _content(response: requests.Response, cut: str, limit: int) -> bytes:
+def _content(response: Any, cut: str, limit: int, errors: tuple[type[BaseException], ...]) -> bytes:
     """Return the whole body of a streamed response, at most `limit` bytes (TooLarge
     past them, said by its Content-Length or found reading it).
 
-    A body cut short raises the error the server ended it with (see
-    `wire.error_trailer`), else Unavailable(`cut`).
+    A body cut short (reading it raises one of `errors`) raises the error the
+    server ended it with (see `wire.error_trailer`), else Unavailable(`cut`).
     """
     too_large = TooLarge(f"{cut.replace('was cut off', 'is')} over {limit} bytes")
     length = response.headers.get("Content-Length", "")
@@ -306,7 +309,7 @@ def _content(response: requests.Response, cut: str, limit: int) -> bytes:
             size += len(part)
             if size > limit:
                 raise too_large
-    except NETWORK_ERRORS:
+    except errors:
         raise read_error_trailer(_tail(parts, TRAILER_MAX + FRAME.size)) or Unavailable(cut) from None
     return b"".join(parts)
 

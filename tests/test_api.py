@@ -241,14 +241,45 @@ def test_the_broker_stays_light():
     ],
 )
 def test_client_commands_import_only_what_they_need(foo, command, imported):
-    # What they would cost to import is most of a command's start-up time.
+    # What they would cost to import is most of a command's start-up time; requests
+    # is not needed on http:// with no proxy and no netrc file.
+    assert command_imports(command, foo.url("sub"), {})[0] == f"0 {imported}"
+
+
+def command_imports(command: list[str], sub: str, env: dict[str, str]) -> tuple[str, str]:
+    """Return the status of catmqtt `command` run in a new process with `env` added to its
+    environment, and which of the modules that cost most to import it imported; and
+    what it wrote on standard error."""
     code = (
         "import sys; from catmqtt.cli import main;"
-        f"status = main({[*command, '--sub', foo.url('sub')]!r});"
-        "print(status, [m for m in ('numpy', 'blosc2', 'flask', 'paho') if m in sys.modules])"
+        f"status = main({[*command, '--sub', sub]!r});"
+        "print(status, [m for m in ('numpy', 'blosc2', 'flask', 'paho', 'requests') if m in sys.modules])"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.splitlines()[-1] == f"0 {imported}", result.stdout + result.stderr
+    environ = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")} | env
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=environ
+    )
+    return result.stdout.splitlines()[-1], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "reached"),
+    [
+        # requests sends them, through the proxy or not as it says.
+        ({"http_proxy": "PROXY", "no_proxy": ""}, False),
+        ({"http_proxy": "PROXY", "no_proxy": "127.0.0.1"}, True),
+        ({"NETRC": "NETRC"}, True),
+    ],
+)
+def test_client_commands_take_proxies_and_netrc_from_the_environment(foo, tmp_path, env, reached):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine elsewhere.invalid login someone password secret\n")
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env = {k: v.replace("PROXY", proxy).replace("NETRC", str(netrc)) for k, v in env.items()}
+    out, err = command_imports(["roots"], foo.url("sub"), env)
+    assert out == f"{0 if reached else 1} ['requests']", err
+    if not reached:
+        assert "cannot reach the subscriber" in err
 
 
 @pytest.mark.parametrize(("no_proxy", "reached"), [("", False), ("127.0.0.1", True)])
