@@ -27,7 +27,7 @@ import errno
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -414,9 +414,9 @@ class Client(Connection):
             def write(tmp: Path) -> None:
                 try:
                     with open(tmp, "wb") as f:
-                        for block in response.iter_content(1 << 20):
+                        for block in _body(response, self.network_errors):
                             f.write(block)
-                except self.network_errors:
+                except _CutOff:
                     raise Unavailable(f"the download of {dataset} from {self.urlbase} was cut off") from None
 
             return self._write(localpath, dataset, write)
@@ -492,10 +492,10 @@ class Client(Connection):
                 bar(f"bundle {path}", None, show=progress) as drawn,
             ):
                 try:
-                    for piece in response.iter_content(1 << 20):
+                    for piece in _body(response, self.network_errors):
                         f.write(piece)
                         drawn.update(len(piece))
-                except self.network_errors:
+                except _CutOff:
                     f.flush()
                     raise _cut(tmp, f"the bundle of {path} from {self.urlbase} was cut off") from None
             try:
@@ -564,6 +564,25 @@ def _as_error(exc: Exception) -> CatmqttError:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         return InsufficientStorage(reason) if full else CatmqttError(reason)
     return CatmqttError(str(exc) or type(exc).__name__)
+
+
+class _CutOff(Exception):
+    """The body of a response was cut short."""
+
+
+def _body(response: Any, errors: tuple[type[BaseException], ...]) -> Iterator[bytes]:
+    """Yield the body of streamed `response` in pieces; a read of it that raises one of
+    `errors` raises _CutOff, told apart from an OSError a write of the pieces may raise
+    (a plain session's network errors are OSErrors too)."""
+    pieces = response.iter_content(1 << 20)
+    while True:
+        try:
+            piece = next(pieces, None)
+        except errors:
+            raise _CutOff from None
+        if piece is None:
+            return
+        yield piece
 
 
 def _cut(part: Path, message: str) -> CatmqttError:
