@@ -220,14 +220,14 @@ def two_statuses(broker) -> Iterator[tuple[Node, list[bytes], bytes, bytes]]:
     """Run a node that published two statuses, both back from the broker: yield it,
     the statuses it is sent on its topic (in order), the earlier and the later."""
     seen: list[bytes] = []
+    topic = node_topic(PREFIX, "subscriber", "own")
+
+    def record(message_topic: str, payload: bytes) -> None:
+        if message_topic == topic:
+            seen.append(payload)
+
     s = config.node_settings({}, "subscriber", broker=broker.url)
-    node = Node.for_node(
-        "subscriber",
-        "own",
-        s,
-        "http://127.0.0.1:9",
-        on_message=lambda topic, payload: topic == node.status_topic and seen.append(payload),
-    )
+    node = Node.for_node("subscriber", "own", s, "http://127.0.0.1:9", on_message=record)
     try:
         node.start()
         wait_for(lambda: node._unechoed == [node._current] and node._current in seen, "the first status back")
@@ -244,8 +244,14 @@ def two_statuses(broker) -> Iterator[tuple[Node, list[bytes], bytes, bytes]]:
 def held(broker, topic: str) -> bytes:
     """Return the message the broker retains on `topic`, as a client subscribing gets it."""
     got: queue.Queue[bytes] = queue.Queue()
+
+    def on_message(client, userdata, message) -> None:
+        # amqtt sends a client that connects the retained messages of others' subscriptions.
+        if message.topic == topic:
+            got.put(message.payload)
+
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="reader", protocol=paho.MQTTv311)
-    client.on_message = lambda client, userdata, message: message.topic == topic and got.put(message.payload)
+    client.on_message = on_message
     client.on_connect = lambda client, *_: client.subscribe(topic)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
