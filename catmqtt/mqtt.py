@@ -9,7 +9,8 @@ An "online" status may carry a summary of the node's work (`Node.set_summary`,
 a subscriber's cache figures), replaced whole. Its owner's thread publishes it
 while paho's thread may publish the status too (at a reconnection): should the
 older land last, the node sees its own status differ from the current one and
-restores that (`Node._message`).
+restores that (`Node._message`). An earlier status of its own coming back live,
+late, is not put right at once: the node asks the broker which status it holds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from .topics import node_topic
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 30
-# The most statuses remembered as on their way back from the broker (see Node._echo).
+# The most statuses remembered as on their way back from the broker, and as
+# published lately (see Node._echo and Node._status_seen).
 UNECHOED = 16
 # Seconds between two restores of a topic that someone else overwrites.
 RESTORE_INTERVAL = 1.0
@@ -110,8 +112,10 @@ class Node:
         self._state = "online"
         self._current: bytes | None = None
         # The statuses published that the broker has not sent back yet, oldest first
-        # (under _restore_lock): one coming back is no one else's (see _message).
+        # (under _restore_lock): one coming back is no one else's (see _message);
+        # and the last published, coming back late or replayed (see _status_seen).
         self._unechoed: list[bytes] = []
+        self._published: list[bytes] = []
         # What "online" says of the node's work (a subscriber's cache), replaced whole.
         self._summary: dict[str, Any] | None = None
         self._restored: dict[str, float] = {}
@@ -188,6 +192,7 @@ class Node:
         self._current = self._status(status)
         with self._restore_lock:
             self._unechoed = [*self._unechoed[-(UNECHOED - 1) :], self._current]
+            self._published = [*self._published[-(UNECHOED - 1) :], self._current]
         return self._current
 
     def payload(self, topic: str, obj: dict[str, Any]) -> bytes:
@@ -249,9 +254,9 @@ class Node:
         """Tell whether `payload`, on the status topic, is one of this node's statuses
         coming back from the broker: the last, or an earlier one with the last still on
         its way (a summary replaced at once). The broker sends a topic's messages in
-        order, so those published before it are forgotten: sent again, they are
-        someone else's replay. It is kept itself: a status published as the node
-        subscribes may come twice, live and retained."""
+        order, so those published before it are forgotten: sent again, they are late
+        or replayed (see _status_seen). It is kept itself: a status published as the
+        node subscribes may come twice, live and retained."""
         with self._restore_lock:
             if payload not in self._unechoed:
                 return False
@@ -316,10 +321,27 @@ class Node:
             )
             self._unreachable_logged = True
 
-    def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        current = self._current
-        if message.topic == self.status_topic and not self._echo(message.payload) and current is not None:
+    def _status_seen(self, payload: bytes, retained: bool) -> None:
+        """Put right a status on this node's topic that is not the one it stands by.
+
+        An earlier status of its own, after a later one came back, is either late or
+        replayed: amqtt may send a live copy after the retained copy of a later one
+        (sent to a subscription made meanwhile), and anyone may publish it again. The
+        broker's retained copy tells which: a retained one is put right, and a live
+        one has the node subscribe again to get the retained copy (MQTT sends it
+        at every subscription), which comes back here."""
+        if self._echo(payload):
+            return
+        with self._restore_lock:
+            earlier = payload in self._published
+        if earlier and not retained:
+            self.subscribe(self.status_topic)
+        else:
             self.restore(self.status_topic, self._stand_by(self._state))
+
+    def _message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        if message.topic == self.status_topic and self._current is not None:
+            self._status_seen(message.payload, message.retain)
         if self._on_message is None:
             return
         try:

@@ -209,8 +209,12 @@ class StatusWatcher:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=paho.MQTTv311)
         self.client.on_message = self._message
         self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
+        # Subscribed before the node starts: amqtt may drop a client that connects meanwhile.
+        wait_for(subscribed.is_set, f"the watcher of {topic} subscribed")
 
     def _message(self, client, userdata, message) -> None:
         if message.topic != self.topic:
@@ -232,17 +236,41 @@ class StatusWatcher:
         self.client.disconnect()
 
 
+def kept_node(broker: Broker, name: str) -> tuple[Node, StatusWatcher]:
+    """Start a node, watched, whose first connection the broker keeps.
+
+    amqtt 0.12 drops a client it has just accepted when the subscriptions of
+    another change meanwhile ("dictionary changed size during iteration", seen
+    under load). paho then sends the statuses in flight again after the new
+    connection's own, the broker holds an older one, and the node rightly puts
+    its status back: not what the tests are about, so another node is started.
+    """
+    for attempt in range(3):
+        connections: list[None] = []
+        s = config.node_settings({}, "subscriber", broker=broker.url)
+        node_id = f"{name}-{attempt}"
+        started = Node.for_node(
+            "subscriber", node_id, s, "http://127.0.0.1:9", on_connect=lambda c=connections: c.append(None)
+        )
+        watcher = StatusWatcher(broker, started.status_topic)
+        started.start()
+        # Its first status back: the broker serves the connection (past where amqtt drops it).
+        wait_for(lambda n=started: n._unechoed == [n._current], "the first status back")
+        wait_for(watcher.summaries, "the first status")
+        if len(connections) == 1:
+            return started, watcher
+        started.stop()
+        watcher.stop()
+    raise AssertionError("the broker dropped the node as it connected, three times")
+
+
 def test_summaries_replaced_at_once_are_not_taken_for_someone_elses(amqtt, caplog):
     """A node's earlier status coming back after it published a newer one is its own,
     not someone else's to put right: publishing it again would repeat a summary."""
-    s = config.node_settings({}, "subscriber", broker=amqtt.url)
-    quick = Node.for_node("subscriber", "quick", s, "http://127.0.0.1:9")
-    watcher = StatusWatcher(amqtt, quick.status_topic)
+    quick, watcher = kept_node(amqtt, "quick")
     try:
-        quick.start()
-        wait_for(watcher.summaries, "the first status")
         # Connected: a summary is published at once (before, it waits for the connection).
-        wait_for(quick.connected.is_set, "the node connected")
+        assert quick.connected.is_set()
         # Fewer than the statuses a node remembers (UNECHOED): a summary a second is usual.
         for n in range(10):
             quick.set_summary({"n": n})
@@ -250,7 +278,8 @@ def test_summaries_replaced_at_once_are_not_taken_for_someone_elses(amqtt, caplo
         # Every status published came back, the last included.
         wait_for(lambda: quick._unechoed == [quick._current], "the statuses back from the broker")
         assert [summary for _, summary in watcher.summaries()] == [None, *({"n": n} for n in range(10))]
-        assert "announcing it again" not in caplog.text
+        # Of this node: one started before it may have put its status back.
+        assert f"changed or cleared {quick.status_topic};" not in caplog.text
     finally:
         quick.stop()
         watcher.stop()

@@ -2,27 +2,34 @@
 them (a table, forged statuses among them), how many are kept (junk published
 by a rogue client on a real broker), and ``catmqtt nodes`` against real
 processes on both brokers: a publisher killed shows ``lost`` (its last will),
-one stopped cleanly ``offline``; and ``nodes`` and ``stats`` refusing in one line
-an answer they do not read."""
+one stopped cleanly ``offline``; ``nodes`` and ``stats`` refusing in one line
+an answer they do not read; and a node's own earlier status coming back to it,
+late or replayed by a rogue client, put right only if the broker holds it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import queue
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import paho.mqtt.client as paho
 import pytest
 import requests
+from paho.mqtt.enums import CallbackAPIVersion
 
-from catmqtt import signing
+from catmqtt import config, signing
 from catmqtt.cli_watch import cmd_nodes, cmd_stats
 from catmqtt.errors import BadRequest, Unavailable
+from catmqtt.mqtt import Node
 from catmqtt.schema import MAX_STATUS_PAYLOAD, SCHEMA
 from catmqtt.subscriber import statuses as statuses_module
 from catmqtt.subscriber.statuses import Statuses
 from catmqtt.topics import node_topic
 
-from conftest import publish, rogue_client, start_publisher, start_subscriber, wait_for
+from conftest import DEADLINE, publish, rogue_client, start_publisher, start_subscriber, wait_for
 
 PREFIX = "catmqtt/v1"
 GOOD, EVIL = "http://10.0.0.1:8001", "http://10.6.6.6:8001"
@@ -206,6 +213,87 @@ def test_catmqtt_nodes_shows_lost_and_offline(deployment, sample_root):
         (sub_id, "online", None),
     ]
     assert nodes[2]["summary"]["cache_bytes"] == 0 and nodes[0]["roots"] == ["bar"]
+
+
+@contextmanager
+def two_statuses(broker) -> Iterator[tuple[Node, list[bytes], bytes, bytes]]:
+    """Run a node that published two statuses, both back from the broker: yield it,
+    the statuses it is sent on its topic (in order), the earlier and the later."""
+    seen: list[bytes] = []
+    topic = node_topic(PREFIX, "subscriber", "own")
+
+    def record(message_topic: str, payload: bytes) -> None:
+        if message_topic == topic:
+            seen.append(payload)
+
+    s = config.node_settings({}, "subscriber", broker=broker.url)
+    node = Node.for_node("subscriber", "own", s, "http://127.0.0.1:9", on_message=record)
+    try:
+        node.start()
+        wait_for(lambda: node._unechoed == [node._current] and node._current in seen, "the first status back")
+        earlier = node._current
+        node.set_summary({"cache_bytes": 1})
+        wait_for(
+            lambda: node._unechoed == [node._current] and node._current in seen, "the second status back"
+        )
+        yield node, seen, earlier, node._current
+    finally:
+        node.stop()
+
+
+def held(broker, topic: str) -> bytes:
+    """Return the message the broker retains on `topic`, as a client subscribing gets it."""
+    got: queue.Queue[bytes] = queue.Queue()
+
+    def on_message(client, userdata, message) -> None:
+        # amqtt sends a client that connects the retained messages of others' subscriptions.
+        if message.topic == topic:
+            got.put(message.payload)
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="reader", protocol=paho.MQTTv311)
+    client.on_message = on_message
+    client.on_connect = lambda client, *_: client.subscribe(topic)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        return got.get(timeout=DEADLINE)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_late_copy_of_its_own_earlier_status_is_not_put_right(broker, caplog):
+    """amqtt may send a node its earlier status after a later one (a live copy after
+    the retained copy of a later one, sent to a subscription made meanwhile): the
+    broker holds the later one, and the node published its status again for
+    nothing. It asks the broker which one it holds instead."""
+    with two_statuses(broker) as (node, seen, earlier, later), rogue_client(broker) as rogue:
+        sent = len(seen)
+        # A copy of the earlier status as the node gets it late: live, not retained.
+        rogue.publish(node.status_topic, earlier, qos=1).wait_for_publish(10)
+
+        def answered() -> list[bytes]:
+            late = seen[sent:]
+            return earlier in late and late[late.index(earlier) + 1 :]
+
+        # What follows the late copy: the broker's retained copy, asked for.
+        assert wait_for(answered, "what follows the late copy")[0] == later, (
+            "the node published its status again"
+        )
+        assert node._current == later
+        assert held(broker, node.status_topic) == later
+    assert "announcing it again" not in caplog.text
+
+
+def test_an_earlier_status_of_its_own_replayed_is_put_right(broker, caplog):
+    """What the node guards against: anyone may publish its earlier status again,
+    retained, to have the broker hold it (an older summary, or an "online" naming
+    the last will of an earlier connection); the node puts its own back."""
+    with two_statuses(broker) as (node, seen, earlier, later), rogue_client(broker) as rogue:
+        publish(rogue, node.status_topic, earlier)
+        wait_for(lambda: "announcing it again" in caplog.text, "the status put back")
+        wait_for(lambda: node._unechoed == [node._current] != [later], "the status put back, back")
+        assert held(broker, node.status_topic) == node._current
 
 
 class Answering:
