@@ -136,7 +136,13 @@ def subscriber() -> dict[str, Any]:
                 "get": {
                     **_operation(
                         "A file of the web page (JavaScript, CSS, an icon).",
-                        _ok("The file, with its ETag.", _STRING, "text/javascript", "text/css", "image/svg+xml"),
+                        _ok(
+                            "The file, with its ETag.",
+                            _STRING,
+                            "text/javascript",
+                            "text/css",
+                            "image/svg+xml",
+                        ),
                         (404,),
                         parameters=("filename", "If-None-Match"),
                         more={"304": {"description": "The file has not changed since the ETag given."}},
@@ -205,7 +211,14 @@ def subscriber() -> dict[str, Any]:
                                 "cached_bytes": {"type": "integer"},
                                 "cbytes": {"type": "integer"},
                             },
-                            "required": ["path", "etag", "nchunks", "cached_chunks", "cached_bytes", "cbytes"],
+                            "required": [
+                                "path",
+                                "etag",
+                                "nchunks",
+                                "cached_chunks",
+                                "cached_bytes",
+                                "cbytes",
+                            ],
                         },
                     ),
                     (400, 404, 409),
