@@ -495,6 +495,79 @@ def test_hostile_content_stays_text(site, page):
     assert page.problems == []
 
 
+LINK = '<a href="{}" rel="noopener noreferrer nofollow" target="_blank">{}</a>'
+
+
+# Markdown, and the HTML the page's renderer builds of it.
+MARKDOWN = [
+    ("# T", "<h1>T</h1>"),
+    (
+        "a *b* **c** `d` _e_ __f__",
+        "<p>a <em>b</em> <strong>c</strong> <code>d</code> <em>e</em> <strong>f</strong></p>",
+    ),
+    ("snake_case_name and x ** y ** z", "<p>snake_case_name and x ** y ** z</p>"),
+    ("<script>alert(1)</script>", "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"),
+    ("`<b>` \\*not em\\*", "<p><code>&lt;b&gt;</code> *not em*</p>"),
+    ("```\n<b>x</b>\n```", "<pre><code>&lt;b&gt;x&lt;/b&gt;</code></pre>"),
+    ("    code\n    more", "<pre><code>code\nmore</code></pre>"),
+    ("- a\n- b\n  - c", "<ul><li>a</li><li><p>b</p><ul><li>c</li></ul></li></ul>"),
+    ("1. one\n2. two", "<ol><li>one</li><li>two</li></ol>"),
+    ("> quote", "<blockquote><p>quote</p></blockquote>"),
+    ("a\n\n***\n\nb", "<p>a</p><hr><p>b</p>"),
+    (
+        "[x](HTTPS://Example.org/a?b=1&c=2)",
+        f"<p>{LINK.format('https://example.org/a?b=1&amp;c=2', 'x')}</p>",
+    ),
+    ('[x](https://x.org/(a) "title")', f"<p>{LINK.format('https://x.org/(a)', 'x')}</p>"),
+    ("<http://x.org>", f"<p>{LINK.format('http://x.org/', 'http://x.org')}</p>"),
+    ("![alt](https://x.org/i.png)", f"<p>{LINK.format('https://x.org/i.png', 'image: alt')}</p>"),
+    # Links to anything but http and https are text.
+    ("[x](javascript:alert(1))", "<p><span>x</span></p>"),
+    ("[x]( JavaScript:alert(1))", "<p><span>x</span></p>"),
+    ("[x](data:text/html,<script>alert(1)</script>)", "<p><span>x</span></p>"),
+    ("[x](//evil.example/)", "<p><span>x</span></p>"),
+    ("[x](/relative)", "<p><span>x</span></p>"),
+    ("<javascript:alert(1)>", "<p>&lt;javascript:alert(1)&gt;</p>"),
+]
+
+
+def test_markdown_renderer(site, page):
+    page.goto(site.open)
+    texts = [markdown for markdown, _ in MARKDOWN]
+    assert dict(zip(texts, render_markdown(page, texts), strict=True)) == dict(MARKDOWN)
+
+
+def render_markdown(page, texts: list[str]) -> list[str]:
+    """Render `texts` with the page's renderer, and return the HTML of what it built."""
+    return page.evaluate(
+        """async (texts) => {
+            const module = await import(new URL("static/markdown.js", document.baseURI).href);
+            return texts.map((text) => {
+                const box = document.createElement("div");
+                box.append(module.renderMarkdown(text));
+                return box.innerHTML;
+            });
+        }""",
+        texts,
+    )
+
+
+def test_markdown_renderer_bounds_hostile_input(site, page):
+    """Deep nesting and marks that never close: rendered as text, in bounded work."""
+    page.goto(site.open)
+    texts = [
+        ">" * 10_000 + " deep",
+        "[" * 100_000,
+        "[" * 50_000 + "](" * 50_000,
+        "*a [b `c " * 20_000,
+        "\n".join(" " * (2 * i) + "- x" for i in range(500)),
+        "_" * 100_000 + "x",
+    ]
+    rendered = render_markdown(page, texts)
+    assert rendered[0].count("<blockquote>") <= 12 and "deep" in rendered[0]
+    assert all("<a" not in html for html in rendered)
+
+
 def test_changes_at_the_publisher_show_up(site, page):
     show(page, site.open, "live.b2nd")
     expect(cell(page, 9, 0)).to_have_text("9")

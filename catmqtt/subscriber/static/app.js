@@ -232,6 +232,11 @@ async function selectDataset(fullpath) {
 async function poll(generation) {
   const current = state.current;
   if (generation !== state.generation) return;
+  if (document.hidden) {
+    // A tab in the background asks nothing; it catches up when shown again.
+    state.pollTimer = setTimeout(() => poll(generation), POLL_MS);
+    return;
+  }
   try {
     const headers = current.etag ? { "If-None-Match": current.etag } : {};
     const response = await request(apiUrl("info", current.path), { headers });

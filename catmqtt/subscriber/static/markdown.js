@@ -17,6 +17,7 @@ const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
 const RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
 const QUOTE = /^ {0,3}> ?(.*)$/;
 const ITEM = /^( {0,12})([-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?$/;
+const WORD = /[\p{L}\p{N}]/u;
 const PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 /** Return `url` if it is an absolute http or https URL, else null. */
@@ -79,7 +80,9 @@ export function renderInline(text, depth = 0) {
       // A single mark does not close on half of a double one.
       while (!strong && end !== -1 && text[end + 1] === c && end - i < REACH) end = text.indexOf(mark, end + 2);
       const opens = start < text.length && !/\s/.test(text[start]);
-      if (opens && end !== -1 && end - i < REACH && !/\s/.test(text[end - 1])) {
+      // Underscores inside a word (snake_case) are not emphasis.
+      const inWord = c === "_" && (WORD.test(text[i - 1] || "") || WORD.test(text[end + mark.length] || ""));
+      if (opens && !inWord && end !== -1 && end - i < REACH && !/\s/.test(text[end - 1])) {
         flush();
         nodes.push(h(strong ? "strong" : "em", {}, ...renderInline(text.slice(start, end), depth + 1)));
         i = end + mark.length;
@@ -89,7 +92,7 @@ export function renderInline(text, depth = 0) {
       i += mark.length;
       continue;
     }
-    if ((c === "[" || (c === "!" && text[i + 1] === "[")) && depth < MAX_DEPTH) {
+    if ((c === "[" || (c === "!" && text[i + 1] === "[")) && depth < MAX_DEPTH && text.includes("](", i)) {
       const open = c === "!" ? i + 1 : i;
       const parsed = linkAt(text, open);
       if (parsed) {
@@ -137,8 +140,18 @@ function linkAt(text, open) {
     }
   }
   if (close === -1 || text[close + 1] !== "(") return null;
-  const end = text.indexOf(")", close + 2);
-  if (end === -1 || end - close > REACH) return null;
+  // The target ends at the parenthesis that closes its own (balanced inside).
+  let end = -1;
+  level = 0;
+  for (let j = close + 1; j < text.length && j - close < REACH; j += 1) {
+    if (text[j] === "\\") j += 1;
+    else if (text[j] === "(") level += 1;
+    else if (text[j] === ")" && --level === 0) {
+      end = j;
+      break;
+    }
+  }
+  if (end === -1) return null;
   let target = text.slice(close + 2, end).trim();
   const titled = /^(\S+)\s+(["'(]).*$/.exec(target);
   if (titled) target = titled[1];
