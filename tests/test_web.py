@@ -58,6 +58,8 @@ EVIL_MD = f"""\
 - second
 """
 SCRIPTS = ["api.js", "app.js", "dom.js", "login.js", "markdown.js", "npy.js", "plot.js"]
+# A name with what URLs reserve.
+WEIRD = "we?ird #1 %41&x=y.txt"
 FILES = [*SCRIPTS, "page.css", "favicon.svg"]
 # What would turn a string into markup or code.
 SINKS = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(")
@@ -271,6 +273,7 @@ def site(sample_root, tmp_path_factory) -> Iterator[Site]:
     scratch = workdir / "scratch"
     (root / f"notes {EVIL}.md").write_text(EVIL_MD)
     (root / "plain.txt").write_text(f"Plain text, not HTML: {EVIL}\n")
+    (root / WEIRD).write_text("weird\n")
     write_array(root / "hostile.b2nd", np.arange(5), scratch, **{EVIL_KEY: EVIL + SCRIPT})
     write_array(root / "live.b2nd", np.arange(10, dtype=np.int32), scratch)
     broker = Broker("amqtt", workdir).start()
@@ -488,6 +491,10 @@ def test_hostile_content_stays_text(site, page):
     vlmeta = page.locator("table.vlmeta")
     expect(vlmeta.locator("th")).to_have_text(EVIL_KEY)
     expect(vlmeta.locator("td")).to_have_text(EVIL + SCRIPT)
+    page.locator("#tree a.dataset", has_text=WEIRD).click()
+    expect(page.locator("h2.path")).to_have_text(f"foo/{WEIRD}")
+    expect(page.locator("pre.text")).to_have_text("weird\n")
+    expect(page.locator("#cached")).to_contain_text("1 of 1 chunks")
     show(page, site.open, "plain.txt")
     expect(page.locator("pre.text")).to_have_text(f"Plain text, not HTML: {EVIL}\n")
     assert page.evaluate("() => window.pwned") is None

@@ -112,10 +112,13 @@ export function drawImage(canvas, values, rows, cols) {
   const bar = 70;
   const width = canvas.width - MARGIN.left - MARGIN.right - bar;
   const height = canvas.height - MARGIN.top - MARGIN.bottom;
-  const scale = Math.min(width / cols, height / rows);
+  // Square pixels, unless that would leave a long thin strip: then the whole area.
+  let sx = width / cols;
+  let sy = height / rows;
+  if (Math.max(sx, sy) / Math.min(sx, sy) <= 4) sx = sy = Math.min(sx, sy);
   context.imageSmoothingEnabled = false;
-  context.drawImage(tile, MARGIN.left, MARGIN.top, cols * scale, rows * scale);
-  const left = MARGIN.left + cols * scale + 16;
+  context.drawImage(tile, MARGIN.left, MARGIN.top, cols * sx, rows * sy);
+  const left = MARGIN.left + cols * sx + 16;
   for (let p = 0; p < height; p += 1) {
     const [r, g, b] = colour(1 - p / height);
     context.fillStyle = `rgb(${r}, ${g}, ${b})`;
