@@ -28,6 +28,8 @@ const state = {
   filter: "",
   current: null,
   generation: 0,
+  // Counts the loads of data: only the newest one draws (the controls may be moved faster than it comes).
+  loads: 0,
   pollTimer: null,
 };
 
@@ -37,6 +39,12 @@ function showMessage(text) {
   const box = $("message");
   box.hidden = !text;
   replace(box, text || "");
+}
+
+/** Return a check that says whether a load begun now has been overtaken (another dataset, another load). */
+function newLoad(generation) {
+  const load = ++state.loads;
+  return () => generation !== state.generation || load !== state.loads;
 }
 
 function errorBox(exc) {
@@ -534,13 +542,14 @@ async function loadScalar(section, generation) {
   const { path } = state.current;
   const box = h("div", { className: "table-box" }, h("p", { className: "loading" }, "Loading…"));
   replace(section, h("h3", {}, "Data"), box);
+  const stale = newLoad(generation);
   try {
     const npy = await fetchNpy(path, "");
-    if (generation !== state.generation) return;
+    if (stale()) return;
     replace(box, h("p", { className: "scalar" }, "Value: ", h("code", {}, formatItem(readItem(npy.view, 0, npy.dtype), npy.dtype))));
     refreshCached(generation);
   } catch (exc) {
-    if (generation === state.generation) replace(box, errorBox(exc));
+    if (!stale()) replace(box, errorBox(exc));
   }
 }
 
@@ -555,14 +564,15 @@ function positioner(npy, win) {
 
 async function loadWindow(win, view, tableBox, plotBox, generation) {
   const { path } = state.current;
+  const stale = newLoad(generation);
   let npy;
   try {
     npy = await fetchNpy(path, win.slice);
   } catch (exc) {
-    if (generation === state.generation) replace(tableBox, errorBox(exc));
+    if (!stale()) replace(tableBox, errorBox(exc));
     return;
   }
-  if (generation !== state.generation) return;
+  if (stale()) return;
   const { dtype } = npy;
   const at = positioner(npy, win);
   const field = view.field && dtype.kind === "record" ? dtype.fields.find((f) => f.name === view.field) : null;
@@ -674,15 +684,16 @@ async function renderBytes(section, generation) {
   replace(section, h("h3", {}, "Content"), box);
   const typesize = Math.max(1, meta.typesize || 1);
   const items = Math.ceil(MAX_TEXT / typesize);
+  const stale = newLoad(generation);
   let bytes;
   try {
     const response = await request(apiUrl("fetch", path, { slice: `0:${items}` }));
     bytes = new Uint8Array(await response.arrayBuffer());
   } catch (exc) {
-    if (generation === state.generation) replace(box, errorBox(exc));
+    if (!stale()) replace(box, errorBox(exc));
     return;
   }
-  if (generation !== state.generation) return;
+  if (stale()) return;
   const total = meta.nbytes ?? bytes.length;
   const truncated = bytes.length < total;
   const note = truncated ? h("p", { className: "note" }, `The first ${formatBytes(bytes.length)} of ${formatBytes(total)}; download it for the rest.`) : null;
