@@ -126,7 +126,30 @@ def subscriber() -> dict[str, Any]:
         ' publishers once and caching them. Every error is JSON, {"error", "status"}, and may name'
         ' a dataset that changed under a read ({"changed": "ROOT/PATH"}).',
         {
-            "/": {"get": _operation("A status page.", _ok("The page.", _STRING, HTML))},
+            "/": {
+                "get": _operation(
+                    "The web page: a client of this API in the browser (roots, datasets, data, plots).",
+                    _ok("The page.", _STRING, HTML),
+                )
+            },
+            "/static/{filename}": {
+                "get": {
+                    **_operation(
+                        "A file of the web page (JavaScript, CSS, an icon).",
+                        _ok(
+                            "The file, with its ETag.",
+                            _STRING,
+                            "text/javascript",
+                            "text/css",
+                            "image/svg+xml",
+                        ),
+                        (404,),
+                        parameters=("filename", "If-None-Match"),
+                        more={"304": {"description": "The file has not changed since the ETag given."}},
+                    ),
+                    "security": [],
+                }
+            },
             "/api/roots": {
                 "get": _operation(
                     "The roots known, by name.",
@@ -172,6 +195,35 @@ def subscriber() -> dict[str, Any]:
                     parameters=("fullpath", "Accept", "Range"),
                     body={"required": True, "content": _content(_ref("schemas", "Selection"))},
                 ),
+            },
+            "/api/cached/{fullpath}": {
+                "get": _operation(
+                    "How much of the current version of a dataset is cached here.",
+                    _ok(
+                        "Chunks and their compressed bytes cached, of all (bytes as announced).",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "path": _STRING,
+                                "etag": _STRING,
+                                "nchunks": {"type": "integer"},
+                                "cached_chunks": {"type": "integer"},
+                                "cached_bytes": {"type": "integer"},
+                                "cbytes": {"type": "integer"},
+                            },
+                            "required": [
+                                "path",
+                                "etag",
+                                "nchunks",
+                                "cached_chunks",
+                                "cached_bytes",
+                                "cbytes",
+                            ],
+                        },
+                    ),
+                    (400, 404, 409),
+                    parameters=("fullpath",),
+                )
             },
             "/api/chunk/{fullpath}": {
                 "get": _chunk("A chunk's compressed bytes.", (*_READS, 416), ("fullpath", "nchunk"))
@@ -285,6 +337,23 @@ def _auth() -> dict[str, dict[str, Any]]:
             "post": {**login, "summary": "Log in, as python-blosc2's c2context does.", "security": []}
         },
         "/auth/logout": {"post": _operation("End the session.", _ok("Done.", {"const": "Ok"}))},
+        "/auth/me": {
+            "get": _operation(
+                "Who the request acts for; without accounts, anyone, as an admin.",
+                _ok(
+                    "Whether accounts are on, the user (null without), whether an admin.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "accounts": {"type": "boolean"},
+                            "user": {"type": ["string", "null"]},
+                            "admin": {"type": "boolean"},
+                        },
+                        "required": ["accounts", "user", "admin"],
+                    },
+                ),
+            )
+        },
     }
 
 

@@ -240,6 +240,7 @@ COMPONENTS: dict[str, Any] = {
         ),
         "name": _parameter("name", "path", "A root's name.", example="foo"),
         "directory": _parameter("directory", "path", "A directory in the root.", example="dir1"),
+        "filename": _parameter("filename", "path", "A file of the web page.", example="app.js"),
         "cached": _parameter(
             "cached",
             "query",

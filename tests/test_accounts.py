@@ -267,7 +267,7 @@ def _routes() -> list[tuple[str, str, str]]:
     app = Flask(__name__, static_folder=None)
     app.register_blueprint(bp)
     Guard({"http": ("127.0.0.1", 0)}).install(app)
-    args = {"name": "foo", "fullpath": "foo/ds-1d.b2nd", "directory": "dir1"}
+    args = {"name": "foo", "fullpath": "foo/ds-1d.b2nd", "directory": "dir1", "filename": "app.js"}
     routes = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
@@ -320,7 +320,11 @@ def test_login_page_for_people(site):
     logged = requests.post(f"{site.url}/auth/login", data=form, headers=same, allow_redirects=False)
     assert logged.status_code == 303 and logged.headers["Location"] == "../"
     index = requests.get(f"{site.url}/", headers=html, cookies=logged.cookies)
-    assert index.ok and "<b>foo</b>" in index.text and "bar" not in index.text
+    assert index.ok and 'src="static/app.js"' in index.text
+    # What the page lists: the roots shared with the user.
+    assert list(requests.get(f"{site.url}/api/roots", cookies=logged.cookies).json()) == ["foo"]
+    me = requests.get(f"{site.url}/auth/me", cookies=logged.cookies).json()
+    assert me == {"accounts": True, "user": "other", "admin": False}
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,7 @@ REAL = {
     "fullpath": ["foo", "bar", *(f"foo/{path}" for path in DATASETS)],
     "name": ["foo", "bar"],
     "directory": ["dir1", "dir2", "dir1/ds-2d.b2nd"],
+    "filename": ["app.js", "page.css", "favicon.svg", "index.html", "../app.py"],
 }
 
 

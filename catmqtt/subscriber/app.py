@@ -12,7 +12,6 @@ Threads: the views run on the HTTP threads and keep no state of their own
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..errors import BadRequest
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, ZIP
-from . import bundles, caterva2
+from . import bundles, caterva2, page
 from .answers import Answers
 from .follower import Follower
 from .guard import readable
@@ -106,6 +105,11 @@ def fetch(fullpath: str):
 def _array_response(result: np.ndarray, npy: bool) -> Response:
     data, mimetype = encode_array(result, npy)
     return Response(data, mimetype=mimetype)
+
+
+@bp.get("/api/cached/<path:fullpath>")
+def cached(fullpath: str):
+    return jsonify(_reader().cached(fullpath))
 
 
 @bp.get("/api/manifest/<path:fullpath>")
@@ -213,18 +217,13 @@ def openapi_document():
 
 @bp.get("/")
 def index():
-    rows = "".join(
-        f"<li><b>{html.escape(r['name'])}</b> ({'online' if r['online'] else 'offline'},"
-        f" {'subscribed' if r['subscribed'] else 'not subscribed'})</li>"
-        for r in readable(_reader().roots()).values()
-    )
-    page = (
-        "<!doctype html><title>catmqtt subscriber</title><h1>catmqtt subscriber</h1>"
-        f"<p>Roots known to this subscriber:</p><ul>{rows or '<li>none yet</li>'}</ul>"
-        "<p>API: <code>/api/roots</code>, <code>/api/list/ROOT</code>, <code>/api/info/PATH</code>,"
-        " <code>/api/fetch/PATH?slice=...</code>, <code>/api/download/PATH</code>.</p>"
-    )
-    return Response(page, mimetype="text/html")
+    """The web page: a client of this API, in the browser."""
+    return page.page_response("index.html")
+
+
+@bp.get("/static/<path:filename>")
+def static_file(filename: str):
+    return page.static_response(filename)
 
 
 def create_app(
@@ -242,6 +241,7 @@ def create_app(
     app.config["CATMQTT_PINS"] = pins or Pins(reader)
     app.register_blueprint(bp)
     configure_app(app, statedir)
+    page.install(app)
     metrics = Metrics()
     metrics.install(app)
     figures = Figures(reader.cache, reader.fetcher, metrics)

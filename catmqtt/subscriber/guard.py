@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect,
 
 from ..errors import BadRequest, CatmqttError, Forbidden, TooLarge, Unauthorized
 from ..web import error_response
+from . import page
 from .accounts import Accounts, Principal
 from .tokens import AGENT_PREFIX, BadToken, parse_password, parse_token, parse_username
 
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 COOKIE = "catmqtt_session"
 MAX_LOGIN_BYTES = 4096
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-# Endpoints that answer without credentials.
-OPEN = {"auth.login", "auth.jwt_login", "auth.login_page"}
+# Endpoints that answer without credentials (the web page's files hold no data).
+OPEN = {"auth.login", "auth.jwt_login", "auth.login_page", "subscriber.static_file"}
 # POSTs that only read: any other request but a GET or HEAD needs an admin.
 READING_POSTS = {"subscriber.fetch", "auth.logout"}
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
@@ -246,16 +247,20 @@ def login() -> Response:
     return response
 
 
-LOGIN_PAGE = """<!doctype html><title>catmqtt subscriber: log in</title><h1>catmqtt subscriber</h1>
-<form method="post" action="login"><p><label>User <input name="username" autocomplete="username"></label>
-<p><label>Password <input name="password" type="password" autocomplete="current-password"></label>
-<p><button>Log in</button></form>"""
-
-
 @bp.get("/auth/login")
 def login_page() -> Response:
     """A form for people: it posts to /auth/login, which sets the session cookie."""
-    return Response(LOGIN_PAGE, mimetype="text/html")
+    return page.page_response("login.html")
+
+
+@bp.get("/auth/me")
+def me() -> Response:
+    """Say who the request acts for, and whether they may change what the subscriber keeps."""
+    guard: Guard = current_app.config["CATMQTT_GUARD"]
+    if guard.accounts is None:
+        return jsonify({"accounts": False, "user": None, "admin": True})
+    principal: Principal = g.principal
+    return jsonify({"accounts": True, "user": principal.name, "admin": principal.admin})
 
 
 @bp.post("/auth/jwt/login")

@@ -137,6 +137,23 @@ class Reader:
             raise NotFound(f"root {source.root!r} keeps no chunk manifest for {source.path!r}")
         return {"path": source.path, "etag": source.meta["etag"], "digests": digests}
 
+    def cached(self, fullpath: str) -> dict[str, Any]:
+        """Return how much of the current version of a dataset is cached: chunks and
+        their compressed bytes, of the chunks and bytes (as announced) in all."""
+        root, path, meta, _ = self.lookup(fullpath)
+        ((count, nbytes),) = self.cache.index.query(
+            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM chunks WHERE root=? AND path=? AND etag=?",
+            (root, path, meta["etag"]),
+        )
+        return {
+            "path": path,
+            "etag": meta["etag"],
+            "nchunks": meta["nchunks"],
+            "cached_chunks": count,
+            "cached_bytes": nbytes,
+            "cbytes": meta.get("cbytes", meta["nbytes"]),
+        }
+
     def digests(self, source: Upstream) -> list[str] | None:
         """Return the chunk digests of the dataset version `source` names, as its manifest
         lists them (None if it has none): the cache's when it holds every chunk, else
