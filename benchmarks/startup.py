@@ -6,6 +6,10 @@ the median of `--reps` runs, with ``python -c pass`` timed between them as
 the floor. Goal (issue 14): a client command that reads no data within
 0.15 s. ``show`` imports numpy too, to print what it reads.
 
+Each command is also timed through requests, the baseline: a netrc file
+named by ``$NETRC`` makes the command line take requests' session (its
+credentials are requests' to read), as a proxy would.
+
     python benchmarks/startup.py [--reps 15]
 
 The console script is timed as installed (``catmqtt`` beside this Python);
@@ -15,6 +19,7 @@ an editable install adds its import hook's own time to each run.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,12 +33,13 @@ from fetch import Run
 from catmqtt.tools.sample import write_sample
 
 
-def timed(args: list[str], reps: int) -> float:
-    """Return the median wall time of `reps` runs of `args`, failing on a non-zero exit."""
+def timed(args: list[str], reps: int, env: dict[str, str] | None = None) -> float:
+    """Return the median wall time of `reps` runs of `args` (in environment `env`),
+    failing on a non-zero exit."""
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -46,6 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="catmqtt-startup-") as tmp:
         workdir = Path(tmp)
         write_sample(workdir / "root")
+        netrc = workdir / "netrc"
+        netrc.touch()
+        through_requests = {**os.environ, "NETRC": str(netrc)}
         with Run(workdir) as run:
             broker = run.broker()
             run.publisher(broker)
@@ -60,12 +69,17 @@ def main() -> None:
                 "show ROOT/PATH[:5]": [script, "show", "bench/ds-1d.b2nd[:5]", *sub],
             }
             floor = []
-            print(f"{'command':<22}{'median':>10}{'python -c pass':>17}{'difference':>13}")
+            heads = f"{'median':>10}{'python -c pass':>17}{'difference':>13}{'requests':>12}{'ratio':>8}"
+            print(f"{'command':<22}{heads}")
             for name, command in commands.items():
                 floor.append(timed([sys.executable, "-c", "pass"], args.reps))
                 took = timed(command, args.reps)
-                ms = [t * 1e3 for t in (took, floor[-1], took - floor[-1])]
-                print(f"{name:<22}{ms[0]:>8.0f} ms{ms[1]:>14.0f} ms{ms[2]:>10.0f} ms")
+                baseline = timed(command, args.reps, through_requests)
+                ms = [t * 1e3 for t in (took, floor[-1], took - floor[-1], baseline)]
+                print(
+                    f"{name:<22}{ms[0]:>8.0f} ms{ms[1]:>14.0f} ms{ms[2]:>10.0f} ms{ms[3]:>9.0f} ms"
+                    f"{took / baseline:>8.2f}"
+                )
     print(f"python -c pass, median over the run: {statistics.median(floor) * 1e3:.0f} ms")
 
 
