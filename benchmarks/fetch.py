@@ -11,8 +11,9 @@ each figure with its reference measured in the same run:
 - for the slices: the same client without its chunk cache, and
   python-blosc2's ``C2Array`` with its chunk cache (``blosc2.open(URLPath(...),
   lazy=True)``) reading the same subscriber, in this process and in a new
-  one (after its imports); and in a new process, one GET of the dataset's
-  metadata with requests (one round trip, as a first read of a few items makes).
+  one (after its imports), and with ``Client(plain_http=True)`` there; and in
+  a new process, one GET of the dataset's metadata with requests (one round
+  trip, as a first read of a few items makes).
 
     python benchmarks/fetch.py [--size 100000000] [--reps 3] [--json out.json]
 
@@ -79,6 +80,8 @@ print(time.perf_counter() - began)
 """
 FIRST_READS = {
     "catmqtt": "catmqtt.Client(url).fetch(dataset, slice(start, stop))",
+    # Through http.client, as the command line does, rather than requests.
+    "catmqtt_plain": "catmqtt.Client(url, plain_http=True).fetch(dataset, slice(start, stop))",
     "blosc2": "blosc2.open(blosc2.URLPath(dataset, urlbase=url), lazy=True)[start:stop]",
     # The floor of a first read: one round trip, as requests makes it.
     "get": "requests.get(f'{url}/api/info/{dataset}').content",
@@ -308,6 +311,12 @@ def report(results: dict, rss: dict, n: int, json_path: str | None) -> None:
                 name,
                 "slice 1000:2000, new process (ms)",
                 *slice_row(r, "slice_new_catmqtt", "slice_new_get", "one GET"),
+                "<= 5 ms",
+            ),
+            (
+                name,
+                "  Client(plain_http=True)",
+                *slice_row(r, "slice_new_catmqtt_plain", "slice_new_get", "one GET"),
                 "<= 5 ms",
             ),
             (name, "  blosc2 C2Array, lazy", *slice_row(r, "slice_new_blosc2"), ""),
