@@ -104,9 +104,12 @@ def test_keygen_command(tmp_path):
     (tmp_path / "junk.pem").write_text("not a key")
     (tmp_path / "root").mkdir()
     bad = run_cli(
-        "pub", "foo", tmp_path / "root", "--sign-key", tmp_path / "junk.pem", "--http", "127.0.0.1:0"
-    )
+        "pub", "foo", tmp_path / "root", "--sign-key", tmp_path / "junk.pem", "--http", "127.0.0.1:0",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an unencrypted PEM" in bad.stderr
+    # Refused before anything was made: no state directory (./_catmqtt/publisher).
+    assert not (tmp_path / "_catmqtt").exists()
 
 
 def test_keygen_writes_a_whole_key_or_nothing(tmp_path):

@@ -74,9 +74,12 @@ class Publisher:
         self.watcher: Watcher | None = None
 
     def bind(self) -> Publisher:
-        """Make the state directory and bind the HTTP server's socket, which start()
-        does if not done yet: call it first for a busy port to fail before anything runs."""
+        """Load the signing key, make the state directory and bind the HTTP server's
+        socket, which start() does if not done yet: call it first for a bad key or a
+        busy port to fail before anything runs."""
         if self.server is None:
+            if self.settings["sign_key"] is not None:
+                self.signer = signing.load(self.settings["sign_key"])
             fsutil.make_statedir(self.settings["statedir"])
             self.server = Server.for_node(self.app, self.settings)
             self.url = self.settings["urlbase"] or self.server.url
@@ -92,8 +95,6 @@ class Publisher:
             # listed from the first announcement; later ones when they settle.
             time.sleep(self.settings["settle"])
             self.root.scan()
-        if self.settings["sign_key"] is not None:
-            self.signer = signing.load(self.settings["sign_key"])
         self.node = Node.for_node(
             "publisher",
             self.node_id,
