@@ -641,13 +641,13 @@ def test_a_publisher_withdraws_junk_topics_and_forgets_them(broker, root_dir, tm
     try:
         # Its root and its datasets.
         topics = len(pub.root.entries) + 1
-        wait_for(lambda: len(pub._announced) == topics, "the publisher's announcements")
+        wait_for(lambda: len(pub.announcer._announced) == topics, "the publisher's announcements")
         junk = [f"{ROOT}/ds/junk{i}" for i in range(100)]
         with retained(broker, f"{ROOT}/ds/#") as seen, rogue_client(broker) as rogue:
             for topic in junk:
                 publish(rogue, topic, b'{"schema": 1}')
             wait_for(lambda: all(seen.get(topic) == b"" for topic in junk), "the junk withdrawn")
-        wait_for(lambda: len(pub._announced) == topics and not pub._tombstones, "the junk forgotten")
+        wait_for(lambda: len(pub.announcer._announced) == topics and not pub.announcer._tombstones, "the junk forgotten")
     finally:
         pub.stop()
     withdrawals = [r for r in caplog.records if "withdrawing the announcement of junk" in r.getMessage()]

@@ -6,21 +6,22 @@ directory and binds the HTTP socket, :meth:`Publisher.start` scans the root and
 starts the threads:
 
 - the MQTT thread (paho's) runs ``_announce_all`` on every (re)connect and
-  ``_message`` for each retained message of our root the broker replays;
+  the announcer's ``message`` for each retained message of our root the
+  broker replays;
 - the watcher thread, and the timer thread of a rescan once unsettled files
   may have settled, run ``refresh``: a scan, then announcements of what changed;
 - the HTTP worker threads run the views, which only call the root (see
   :mod:`.roots` for what guards its entries and chunks).
 
 ``_scan_lock`` guards scanning the root and ``_rescan`` (the pending timer);
-``_publish_lock`` guards ``_announced``, ``_tombstones`` and the order of our
-publications. The two are never held together: a scan's result is taken out
-of ``_scan_lock`` before it is announced under ``_publish_lock``.
+the announcer's lock guards what we announced and the order of our
+publications (see :mod:`catmqtt.announcer`). The two are never held
+together: a scan's result is taken out of ``_scan_lock`` before it is
+announced under the announcer's lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -28,10 +29,8 @@ import time
 from typing import Any
 
 from .. import fsutil, signing
-from ..errors import BadRequest
-from ..mqtt import LogThrottle, Node
-from ..signing import verify
-from ..topics import dataset_topic, parse_topic, root_topic
+from ..announcer import Announcer
+from ..mqtt import Node
 from ..watch import Watcher
 from ..web import Server
 from .app import create_app
@@ -56,16 +55,11 @@ class Publisher:
         # Set by bind(): the HTTP server and the URL it is reached at.
         self.server: Server | None = None
         self.url: str | None = None
-        # Set by start(): the key we sign with, and our side of MQTT.
+        # Set by bind(): the key we sign with; by start(): our side of MQTT, and what
+        # we announce through it.
         self.signer: signing.Signer | None = None
         self.node: Node | None = None
-        # What we last announced on each topic of our root (b"" once cleared),
-        # and the tombstones we sent, so that our own messages coming back are
-        # told from someone else's; written under _publish_lock.
-        self._announced: dict[str, bytes] = {}
-        self._tombstones: dict[str, bytes] = {}
-        self._publish_lock = threading.Lock()
-        self._withdrawals = LogThrottle(log)
+        self.announcer: Announcer | None = None
         # Scans run one at a time: the watcher's, and a later one while files are being written.
         self._scan_lock = threading.Lock()
         self._rescan: threading.Timer | None = None
@@ -95,7 +89,8 @@ class Publisher:
             # listed from the first announcement; later ones when they settle.
             time.sleep(self.settings["settle"])
             self.root.scan()
-        self.node = Node.for_node(
+        self.announcer = Announcer(self.prefix, self.root.name, self.signer, log)
+        self.node = self.announcer.node = Node.for_node(
             "publisher",
             self.node_id,
             self.settings,
@@ -137,16 +132,12 @@ class Publisher:
 
     def _announce_all(self) -> None:
         """Announce the root and every dataset; runs on every (re)connect."""
-        with self._publish_lock:
-            # Retained topics of our root that we no longer serve are withdrawn,
-            # and ours that someone else changed are restored, in _message as the
-            # broker replays them.
-            root_topic_ = root_topic(self.prefix, self.root.name)
-            self.node.subscribe(root_topic_)
-            self.node.subscribe(f"{root_topic_}/ds/#")
+        announcer = self.announcer
+        with announcer.lock:
+            announcer.subscribe()
             for path, entry in self.root.entries.items():
-                self._announce(dataset_topic(self.prefix, self.root.name, path), entry.meta)
-            self._announce(root_topic_, self._root_payload())
+                announcer.announce(announcer.dataset_topic(path), entry.meta)
+            announcer.announce(announcer.root_topic, self._root_payload())
 
     def refresh(self) -> None:
         """Scan the root again and announce what changed (the watcher calls this)."""
@@ -166,17 +157,18 @@ class Publisher:
         if not changed and not gone:
             if extras != old_extras:
                 # Only what the root's announcement says of its groups or skipped items.
-                with self._publish_lock:
-                    self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
+                with self.announcer.lock:
+                    self.announcer.announce(self.announcer.root_topic, self._root_payload())
             return
         log.info("root %r: %d datasets new or changed, %d gone", self.root.name, len(changed), len(gone))
-        with self._publish_lock:
+        announcer = self.announcer
+        with announcer.lock:
             # Removals first: a renamed file is never listed under both names.
             for path in gone:
-                self._withdraw(dataset_topic(self.prefix, self.root.name, path), {"path": path})
+                announcer.withdraw(announcer.dataset_topic(path), {"path": path})
             for path in changed:
-                self._announce(dataset_topic(self.prefix, self.root.name, path), new[path].meta)
-            self._announce(root_topic(self.prefix, self.root.name), self._root_payload())
+                announcer.announce(announcer.dataset_topic(path), new[path].meta)
+            announcer.announce(announcer.root_topic, self._root_payload())
 
     def _rescan_if_unsettled(self) -> None:
         """Scan again once files being written may have settled (nothing else
@@ -193,24 +185,6 @@ class Publisher:
             self._rescan = None
         self._rescan_if_unsettled()
 
-    def _announce(self, topic: str, obj: dict[str, Any]) -> None:
-        """Publish `obj` on `topic`, signed if we sign (_publish_lock held)."""
-        payload = self.node.payload(topic, obj)
-        self._announced[topic] = payload
-        # Our tombstone of an earlier withdrawal is no longer ours: replayed, it is restored over.
-        self._tombstones.pop(topic, None)
-        self.node.publish(topic, payload)
-
-    def _withdraw(self, topic: str, ident: dict[str, Any]) -> None:
-        """Clear `topic`, after a signed tombstone if we sign (_publish_lock held):
-        subscribers that trust our key ignore a bare clear, which anyone can send."""
-        if self.signer is not None:
-            tombstone = self.node.payload(topic, {**ident, "deleted": True})
-            self._tombstones[topic] = tombstone
-            self.node.publish(topic, tombstone)
-        self._announced[topic] = b""
-        self.node.publish(topic, b"")
-
     def _root_payload(self) -> dict[str, Any]:
         return {
             "name": self.root.name,
@@ -225,47 +199,4 @@ class Publisher:
 
     def _message(self, topic: str, payload: bytes) -> None:
         """Withdraw what we no longer serve; restore what someone else changed."""
-        try:
-            what = parse_topic(self.prefix, topic)
-        except BadRequest:
-            return
-        # Check the topic: amqtt may replay retained messages beyond the filter.
-        if what.kind not in ("root", "dataset") or what.name != self.root.name:
-            return
-        with self._publish_lock:
-            if self._ours(topic, payload):
-                if not payload:
-                    # Our clear is back: nothing on the topic is left to tell ours
-                    # (and a stranger's junk topics do not pile up here).
-                    self._announced.pop(topic, None)
-                    self._tombstones.pop(topic, None)
-                return
-            if what.kind == "dataset" and what.path not in self.root.entries:
-                if payload:
-                    self._withdrawals.info("withdrawing the announcement of %s, which is gone", what.path)
-                    self._withdraw(topic, {"path": what.path})
-                return
-            if topic in self._announced:
-                self.node.restore(topic, self._announced[topic])
-
-    def _ours(self, topic: str, payload: bytes) -> bool:
-        """Tell whether `payload` on `topic` says what we announced last there: that
-        announcement, or an earlier one of the same content (a retained copy from
-        our last run, which our new one follows), or our tombstone."""
-        mine = self._announced.get(topic)
-        if payload in (mine, self._tombstones.get(topic)):
-            return True
-        if not payload or not mine:
-            return False
-        try:
-            theirs, ours = json.loads(payload), json.loads(mine)
-            if self.signer is not None and verify(topic, theirs) != self.signer.public:
-                return False
-        except (ValueError, BadRequest):
-            return False
-        return isinstance(theirs, dict) and _lasting(theirs) == _lasting(ours)
-
-
-def _lasting(obj: dict[str, Any]) -> dict[str, Any]:
-    """Return an announcement without what changes each time it is made."""
-    return {k: v for k, v in obj.items() if k not in ("time", "seq", "sig")}
+        self.announcer.message(topic, payload, lambda path: path in self.root.entries)
