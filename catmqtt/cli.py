@@ -114,7 +114,14 @@ def cmd_sub(args: argparse.Namespace, conf: dict) -> int:
     from .web import tune_allocator, tune_switching
 
     s = config.node_settings(
-        conf, "subscriber", args.id, trust=args.trust, cache_size=args.cache_size, **_node_options(args)
+        conf,
+        "subscriber",
+        args.id,
+        trust=args.trust,
+        cache_size=args.cache_size,
+        republish=args.republish,
+        sign_key=args.sign_key,
+        **_node_options(args),
     )
     _logging(s["loglevel"])
     tune_allocator()
@@ -385,6 +392,16 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         action="append",
         help="accept only announcements signed by KEY (ed25519:...; repeatable)",
+    )
+    p.add_argument(
+        "--republish",
+        metavar="ROOT[=ALIAS][@BROKER_URL]",
+        action="append",
+        help="announce ROOT (as ALIAS, on BROKER_URL; by default this subscriber's broker) and serve"
+        " it to other subscribers from the cache (repeatable)",
+    )
+    p.add_argument(
+        "--sign-key", metavar="FILE", help="sign what is republished with this key (default: one made once)"
     )
 
     p = add("keygen", cmd_keygen, "make a key to sign announcements with, and print its public key", True)

@@ -78,6 +78,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cache_size": None,
         "min_free": "1GiB",
         "prefetch_rate": None,
+        "republish": None,
+        "sign_key": None,
     },
     "client": {"sub": "http://127.0.0.1:8002", "user": None, "token": None},
 }
@@ -241,6 +243,10 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         parse(s, "min_free", lambda v: parse_size(v, "min_free"))
         if s["prefetch_rate"] is not None:
             parse(s, "prefetch_rate", parse_rate)
+        parse(s, "republish", parse_republish)
+        _check_republish(s)
+        if s["sign_key"] is not None:
+            parse(s, "sign_key", lambda v: parse_path(v, "sign_key"))
     return s
 
 
@@ -374,6 +380,74 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
         except BadRequest as exc:
             raise ConfigError(f"trust: {exc}") from None
     return trusted
+
+
+class Republish(NamedTuple):
+    """A root a subscriber republishes: as `alias`, on `broker` (None: its own)."""
+
+    root: str
+    alias: str
+    broker: BrokerAddress | None
+
+
+_REPUBLISH = re.compile(r"([^=@]*)(?:=([^@]*))?(?:@(.*))?")
+
+
+def parse_republish(value: object) -> list[Republish]:
+    """Return ``subscriber.republish`` (``--republish``): a list of ``ROOT[=ALIAS][@BROKER_URL]``
+    strings or of ``{root, as, broker}`` mappings; [] if unset."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    entries = []
+    for item in value:
+        if isinstance(item, str):
+            match = _REPUBLISH.fullmatch(item)
+            root, alias, broker = match.groups()
+            if not root:
+                raise ConfigError(
+                    f"republish {item!r}: expected ROOT[=ALIAS][@BROKER_URL], like foo=foo-a@mqtt://hub:1883"
+                )
+        elif isinstance(item, dict):
+            unknown = set(item) - {"root", "as", "broker"}
+            if unknown or "root" not in item:
+                raise ConfigError(
+                    f"republish {item!r}: expected a mapping of 'root' and optionally 'as' and 'broker'"
+                )
+            root, alias, broker = item["root"], item.get("as"), item.get("broker")
+        else:
+            raise ConfigError(
+                f"republish must list ROOT[=ALIAS][@BROKER_URL] or {{root, as, broker}}, not {item!r}"
+            )
+        root = _check(parse_root_name, root)
+        alias = root if alias is None else _check(parse_root_name, alias)
+        entries.append(Republish(root, alias, None if broker is None else parse_broker_url(broker)))
+    return entries
+
+
+def _check_republish(s: dict[str, Any]) -> None:
+    """Refuse republishing that would announce over a root on the same broker, twice under
+    one name, or a root whose access list the relay's open endpoints would not apply."""
+    seen: dict[tuple[BrokerAddress, str], str] = {}
+    followed = {entry.root for entry in s["republish"]}
+    for entry in s["republish"]:
+        broker = entry.broker or s["broker"]
+        where = "its own broker" if broker == s["broker"] else broker.url
+        if broker == s["broker"] and entry.alias in followed:
+            raise ConfigError(
+                f"republish: root {entry.alias!r}, which this subscriber follows, would be announced over"
+                f" on {where}: give {entry.root!r} another name (ROOT=ALIAS) or another broker"
+                " (ROOT@mqtt://HOST:PORT)"
+            )
+        if (broker, entry.alias) in seen:
+            raise ConfigError(f"republish: two roots would be announced as {entry.alias!r} on {where}")
+        seen[(broker, entry.alias)] = entry.root
+        if entry.root in (s["access"] or {}):
+            raise ConfigError(
+                f"republish: root {entry.root!r} has an access list (subscriber.access), which a"
+                " relay's endpoints, open to any subscriber as a publisher's are, would not apply"
+            )
 
 
 def client_sub(conf: dict, option: str | None) -> str:

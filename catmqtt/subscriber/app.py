@@ -23,7 +23,7 @@ from ..errors import BadRequest
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, ZIP
-from . import bundles, caterva2, page
+from . import bundles, caterva2, page, relay
 from .answers import Answers
 from .follower import Follower
 from .guard import readable
@@ -239,7 +239,10 @@ def create_app(
     app.config["CATMQTT_FOLLOWER"] = follower
     app.config["CATMQTT_ANSWERS"] = answers
     app.config["CATMQTT_PINS"] = pins or Pins(reader)
+    # The subscriber's relays, if it republishes roots (see `relay`).
+    app.config["CATMQTT_RELAYS"] = None
     app.register_blueprint(bp)
+    app.register_blueprint(relay.bp)
     configure_app(app, statedir)
     page.install(app)
     metrics = Metrics()

@@ -12,8 +12,10 @@ Threads and what each owns:
   thread never waits on a dataset's lock (a long download holds it).
 - HTTP threads subscribe and unsubscribe, and wait for the updates of the
   datasets they read (`Follower.settled`).
-- `Follower.on_change`, when set (by `pins`), is called on the ``updates``
-  worker with each dataset whose update was applied.
+- The callbacks of `Follower.on_change` (`pins`', a relay's) are called on
+  the ``updates`` worker with each dataset whose update was applied; those
+  of `Follower.on_root` (a relay's), with each root whose announcement was
+  recorded.
 
 ``Follower._lock`` (a condition) guards the roots subscribed to, the
 datasets seen since the last connection and the roots awaiting a check of
@@ -123,8 +125,10 @@ class Follower:
         # Roots whose index awaits a check against the snapshot after (re)connecting.
         self._unreconciled: set[str] = set()
         self._ignored = LogThrottle(log)
-        # Told (root, path) of each dataset whose update was applied.
-        self.on_change: Callable[[str, str], None] | None = None
+        # Told (root, path) of each dataset whose update was applied, and the name
+        # of each root whose announcement was recorded.
+        self.on_change: list[Callable[[str, str], None]] = []
+        self.on_root: list[Callable[[str], None]] = []
 
     def close(self) -> None:
         self.updates.close()
@@ -170,14 +174,14 @@ class Follower:
                 info["url"],
                 len(moved),
             )
-        self.updates.submit(self._reconcile_index, name)
+        self.updates.submit(self._root_recorded, name)
 
     def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:
         try:
             last = self.cache.dataset(root, path)
         except NotFound:
             last = None
-        self.trust.check(topic, root, obj, last, pin=False)
+        self.trust.check(topic, root, obj, last, pin=False, path=path)
         if obj is not None and obj.get("deleted") is True:
             obj = None
         if obj is not None:
@@ -206,8 +210,13 @@ class Follower:
                 seen.add(path)
             self._lock.notify_all()
         self._reconcile_index(root)
-        if self.on_change is not None:
-            self.on_change(root, path)
+        for callback in self.on_change:
+            callback(root, path)
+
+    def _root_recorded(self, name: str) -> None:
+        self._reconcile_index(name)
+        for callback in self.on_root:
+            callback(name)
 
     def _keep_unchanged(self, root: str, path: str, old: DatasetMeta, new: DatasetMeta) -> None:
         """Keep the cached chunks of a changed dataset that its new manifest confirms."""
@@ -242,6 +251,8 @@ class Follower:
         for path in set(self.cache.datasets(name)) - seen:
             log.info("%s/%s was deleted while we were away", name, path)
             self.cache.set_dataset(name, path, None)
+            for callback in self.on_change:
+                callback(name, path)
 
     # On HTTP threads
 

@@ -124,7 +124,8 @@ class Guard:
         # No such route, or not with this method: its 404 or 405 runs no view.
         if self.accounts is None or request.routing_exception is not None:
             return
-        if request.endpoint in OPEN:
+        # A republished root is served to anyone, as its publisher serves it.
+        if request.endpoint in OPEN or request.blueprint == "relay":
             return
         try:
             g.principal = principal = self._principal()

@@ -275,7 +275,7 @@ class Prefetcher:
 
     def start(self) -> None:
         """Start prefetching, and be told of the follower's updates."""
-        self.follower.on_change = self.changed
+        self.follower.on_change.append(self.changed)
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
         self._wake.set()
         self._thread.start()

@@ -91,13 +91,21 @@ class Reader:
         """Return what root `name`'s publisher announced of it, and how we see it."""
         root = self.catalogue.root(parse_root_name(name))
         info = root["info"]
-        return {
+        answer = {
             **{key: info[key] for key in ROOT_FIELDS if key in info},
             "skipped": info.get("skipped", []),
             "groups": info.get("groups", {}),
             "online": self.follower.statuses.online(info),
             "subscribed": root["subscribed"],
         }
+        if "origin" in info:
+            # Republished by a relay: where its first publisher announced it, and under which key.
+            origin = info["origin"]["payload"]
+            answer["origin"] = {"topic": info["origin"]["topic"]}
+            answer["origin"].update(
+                (key, origin[key]) for key in ("url", "publisher", "key") if key in origin
+            )
+        return answer
 
     def list(self, name: str, directory: str | None) -> list[str]:
         self.root_of(name)

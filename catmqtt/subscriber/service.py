@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import signing
 from ..assemble import release_gil
 from ..mqtt import Node
 from ..web import Server
@@ -26,9 +27,14 @@ from .large import Budget, Builders
 from .metrics import SUMMARY_INTERVAL, Reporter
 from .pins import Pins
 from .reader import Reader
+from .relay import Relays
 from .trust import Trust
 
 log = logging.getLogger(__name__)
+
+# The key a subscriber signs what it republishes with, made once in its state
+# directory unless subscriber.sign_key names one.
+RELAY_KEY = "relay.key"
 
 
 class Subscriber:
@@ -52,6 +58,7 @@ class Subscriber:
         self.fetch = fetch or FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
         self.url: str | None = None
         self.node: Node | None = None
+        self.relays: Relays | None = None
         self._stops: list = []
 
     def bind(self) -> Subscriber:
@@ -113,6 +120,17 @@ class Subscriber:
         self.server = Server.for_node(self.app, settings)
         self._stops.append(self.server.stop)
         self.url = settings["urlbase"] or self.server.url
+        if settings["republish"]:
+            key = settings["sign_key"]
+            signer = (
+                signing.load(key)
+                if key is not None
+                else signing.load_or_generate(settings["statedir"] / RELAY_KEY)
+            )
+            self.relays = Relays(
+                settings["republish"], settings, self.node_id, self.url, self.follower, signer
+            )
+        self.app.config["CATMQTT_RELAYS"] = self.relays
 
     def _start(self) -> None:
         self.node = Node.for_node(
@@ -133,6 +151,9 @@ class Subscriber:
         self._stops.append(self.node.stop)
         self.reporter.start()
         self._stops.append(self.reporter.stop)
+        if self.relays is not None:
+            self.relays.start()
+            self._stops.append(self.relays.close)
 
     def stop(self) -> None:
         """Stop what `bind` and `start` started, the last first."""
