@@ -5,6 +5,7 @@ publisher's key."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,18 +16,30 @@ import requests
 
 from catmqtt import config, signing
 from catmqtt.errors import BadRequest, ConfigError, Unavailable
-from catmqtt.subscriber.catalogue import Catalogue
-from catmqtt.subscriber.index import Index
+from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.trust import Trust
 
-from conftest import Broker, publish, rogue_client, run_cli, start_publisher, start_subscriber, wait_for
+from conftest import (
+    MOSQUITTO,
+    Broker,
+    Deployment,
+    free_port,
+    publish,
+    rogue_client,
+    run_cli,
+    start_publisher,
+    start_subscriber,
+    wait_for,
+)
 
 PREFIX = "catmqtt/v1"
 
 
 def _sub(broker, statedir, root: str, **settings):
     """Start a subscriber in this process and wait until it sees `root` online."""
-    s = config.node_settings({}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings)
+    s = config.node_settings(
+        {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
+    )
     from catmqtt.subscriber import Subscriber
 
     sub = Subscriber(s, f"sub-{statedir.name}").start()
@@ -123,3 +136,230 @@ def test_the_relay_serves_what_it_cached_while_the_publisher_is_away(chain):
     with pytest.raises(Unavailable, match="unreachable|answered 50"):
         _read(down, "bar/dir2/ds-4d.b2nd")
     assert down.reader.cached("bar/dir2/ds-4d.b2nd")["cached_chunks"] == 0
+
+
+FOO = f"{PREFIX}/roots/foo"
+BAR = f"{PREFIX}/roots/bar"
+DS = "/ds/dir/a%2Bb.b2nd"
+ROOT_FIELDS = {"datasets": 2, "etag": "e1", "skipped": [], "groups": {}}
+
+
+def _root(name: str, url: str, **more) -> dict:
+    return {"schema": 1, "name": name, "url": url, "publisher": "p", "time": 1.0, **ROOT_FIELDS, **more}
+
+
+def _relayed(relay, origin_topic: str, origin: dict, **changes) -> dict:
+    """Return what `relay` announces of root bar, relayed from `origin` on `origin_topic`."""
+    own = {k: v for k, v in origin.items() if k not in ("key", "seq", "sig")}
+    body = {**own, "name": "bar", "url": "http://relay/relay/foo", "publisher": "r", **changes}
+    return relay.sign(BAR, {**body, "origin": {"topic": origin_topic, "payload": origin}})
+
+
+def test_what_a_relay_says_must_be_its_origins(tmp_path):
+    first, relay, other = (signing.generate(tmp_path / f"{n}.pem") for n in ("first", "relay", "other"))
+    origin = first.sign(FOO, _root("foo", "http://pub"))
+    cache = Cache.open(tmp_path / "state")
+    try:
+        trust = Trust(None, cache.catalogue)
+        good = _relayed(relay, FOO, origin)
+        assert trust.check(BAR, "bar", good, None, pin=True) == relay.public
+        forged = {**origin, "etag": "e2"}
+        for obj, message in [
+            (_relayed(relay, FOO, origin, etag="e2"), "says otherwise than its origin"),
+            (_relayed(relay, FOO, origin, groups={"d": {}}), "says otherwise than its origin"),
+            (_relayed(relay, FOO, forged, etag="e2"), "does not verify"),
+            (_relayed(relay, BAR, origin), "does not verify"),
+            (_relayed(relay, f"{FOO}{DS}", origin), "not one of a root"),
+            (_relayed(relay, "foo", origin), "not one of a root"),
+            (relay.sign(BAR, {**good, "origin": {"topic": FOO}}), "'origin' must be an object"),
+            (relay.sign(BAR, {**good, "origin": [FOO, origin]}), "'origin' must be an object"),
+            (relay.sign(BAR, {**good, "origin": {"topic": 1, "payload": origin}}), "itself no relay's"),
+            (relay.sign(BAR, {**good, "origin": {"topic": BAR, "payload": good}}), "itself no relay's"),
+            # Not the relay trusted first for bar, whatever its origin.
+            (_relayed(other, FOO, origin), "first announced under"),
+        ]:
+            with pytest.raises(BadRequest, match=message):
+                trust.check(BAR, "bar", obj, good, pin=True)
+        # A newer relayed announcement of an older origin is a replay of the origin.
+        newer = first.sign(FOO, _root("foo", "http://pub"))
+        assert trust.check(BAR, "bar", _relayed(relay, FOO, newer), good, pin=True) == relay.public
+        with pytest.raises(BadRequest, match="origin's sequence number .* a replay"):
+            trust.check(BAR, "bar", _relayed(relay, FOO, origin), None, pin=True)
+        # An unsigned origin: the relay vouches for it.
+        unsigned = _root("foo", "http://pub")
+        assert trust.check(BAR, "bar", _relayed(relay, FOO, unsigned), None, pin=True) == relay.public
+
+        # Datasets: the origin's metadata as it was, on the dataset's own topic.
+        meta = {"schema": 1, "path": "dir/a+b.b2nd", "etag": "e1", "manifest": "0" * 32}
+        signed_meta = first.sign(f"{FOO}{DS}", meta)
+        relayed_meta = relay.sign(
+            f"{BAR}{DS}", {**meta, "origin": {"topic": f"{FOO}{DS}", "payload": signed_meta}}
+        )
+        assert (
+            trust.check(f"{BAR}{DS}", "bar", relayed_meta, None, pin=False, path="dir/a+b.b2nd")
+            == relay.public
+        )
+        for topic, message in [
+            (FOO, "not one of a dataset"),
+            (f"{FOO}/ds/dir/a+b.b2nd", "not one of a dataset"),
+        ]:
+            moved = relay.sign(f"{BAR}{DS}", {**meta, "origin": {"topic": topic, "payload": signed_meta}})
+            with pytest.raises(BadRequest, match=message):
+                trust.check(f"{BAR}{DS}", "bar", moved, None, pin=False, path="dir/a+b.b2nd")
+        changed = relay.sign(f"{BAR}{DS}", {**meta, "etag": "e2", "origin": relayed_meta["origin"]})
+        with pytest.raises(BadRequest, match="says otherwise"):
+            trust.check(f"{BAR}{DS}", "bar", changed, None, pin=False, path="dir/a+b.b2nd")
+
+        # With subscriber.trust set, both the relay's key and the origin's must be listed.
+        both = Trust({"bar": [relay.public, first.public]}, cache.catalogue)
+        assert both.check(BAR, "bar", _relayed(relay, FOO, newer), None, pin=True) == relay.public
+        only_relay = Trust({"bar": [relay.public]}, cache.catalogue)
+        with pytest.raises(BadRequest, match="list the key of its first publisher too"):
+            only_relay.check(
+                BAR, "bar", _relayed(relay, FOO, first.sign(FOO, _root("foo", "u"))), None, pin=True
+            )
+        only_first = Trust({"*": [first.public]}, cache.catalogue)
+        with pytest.raises(BadRequest, match="accepts root 'bar' only under"):
+            only_first.check(
+                BAR, "bar", _relayed(relay, FOO, first.sign(FOO, _root("foo", "u"))), None, pin=True
+            )
+    finally:
+        cache.close()
+
+
+def _keygen(tmp_path, name: str) -> tuple[str, str]:
+    result = run_cli("keygen", str(tmp_path / f"{name}.key"))
+    assert result.returncode == 0, result.stderr
+    return str(tmp_path / f"{name}.key"), result.stdout.strip()
+
+
+def test_a_relay_republishes_on_another_broker(tmp_path, root_dir):
+    """The commands a new user runs: a publisher and a relay on one broker (amqtt), and
+    a subscriber downstream on another (Mosquitto where installed) that trusts both keys."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    here = Broker("amqtt", tmp_path / "here").start()
+    there = Broker("mosquitto" if MOSQUITTO else "amqtt", tmp_path / "there").start()
+    upstream, downstream = Deployment(here, tmp_path / "here"), Deployment(there, tmp_path / "there")
+    try:
+        pub_key, pub_public = _keygen(tmp_path, "pub")
+        relay_key, relay_public = _keygen(tmp_path, "relay")
+        upstream.start_pub("foo", root_dir, "--sign-key", pub_key)
+        upstream.start_sub(
+            "relay", "--republish", f"foo@{there.url}", "--sign-key", relay_key, "--id", "relay"
+        )
+        downstream.start_sub("down", "--trust", relay_public, "--trust", pub_public)
+        downstream.wait_root("foo", "down")
+        assert downstream.cli("subscribe", "foo", key="down").stdout == "Ok\n"
+        shown = downstream.cli("--json", "show", "foo/ds-1d.b2nd[3:6]", key="down")
+        assert json.loads(shown.stdout) == blosc2.open(str(root_dir / "ds-1d.b2nd"))[3:6].tolist(), (
+            shown.stderr
+        )
+        info = json.loads(downstream.cli("info", "foo", key="down").stdout)
+        assert info["url"] == f"{upstream.url('relay')}/relay/foo"
+        assert info["key"] == relay_public and info["origin"]["key"] == pub_public
+        nodes = downstream.cli("nodes", key="down").stdout.splitlines()
+        assert f"publisher relay online {upstream.url('relay')}" in [" ".join(n.split()) for n in nodes], (
+            nodes
+        )
+    finally:
+        downstream.stop_all()
+        upstream.stop_all()
+        there.stop()
+        here.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("foo", "root 'foo', which this subscriber follows, would be announced over on its own broker"),
+        (["foo=bar", "bar=foo"], "root 'bar', which this subscriber follows, would be announced over"),
+        (["foo=x@mqtt://h:1", "bar=x@mqtt://h:1"], "two roots would be announced as 'x' on mqtt://h:1"),
+        ("=x", "expected ROOT[=ALIAS][@BROKER_URL]"),
+        ("foo=../x", "invalid root name '../x'"),
+        ("foo@http://h", "invalid broker URL 'http://h'"),
+        ([{"root": "foo", "to": "x"}], "expected a mapping of 'root' and optionally 'as' and 'broker'"),
+        ([7], "republish must list"),
+    ],
+)
+def test_bad_republish_settings(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.node_settings({}, "subscriber", republish=value if isinstance(value, list) else [value])
+
+
+def test_republish_settings():
+    s = config.node_settings(
+        {
+            "subscriber": {
+                "republish": [
+                    {"root": "foo", "as": "bar"},
+                    "baz@mqtt://hub:1884",
+                    {"root": "q", "broker": "hub"},
+                ]
+            }
+        },
+        "subscriber",
+    )
+    hub = config.BrokerAddress("hub", 1884, False)
+    assert s["republish"] == [
+        config.Republish("foo", "bar", None),
+        config.Republish("baz", "baz", hub),
+        config.Republish("q", "q", config.BrokerAddress("hub", 1883, False)),
+    ]
+    with pytest.raises(ConfigError, match="has an access list"):
+        config.node_settings(
+            {"subscriber": {"republish": ["foo=bar"], "access": {"foo": ["ann"]}}}, "subscriber"
+        )
+
+
+def test_a_bad_republish_option_is_one_line_and_status_1(tmp_path):
+    result = run_cli("sub", "--statedir", str(tmp_path / "s"), "--republish", "foo")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "would be announced over" in result.stderr, result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_relay_endpoints_are_open_for_republished_roots_only(broker, tmp_path, root_dir):
+    pub = start_publisher(broker, tmp_path / "pub", root_dir)
+    try:
+        relay = start_subscriber(broker, tmp_path / "relay", republish=["foo=bar"], auth=True)
+        try:
+            wait_for(
+                lambda: relay.cache.datasets("foo") == sorted(pub.root.entries),
+                "the relay subscribed to foo",
+            )
+            base = f"{relay.url}/relay/foo/api"
+            assert requests.get(f"{base}/list", timeout=10).json() == sorted(pub.root.entries)
+            meta = requests.get(f"{base}/info/ds-1d.b2nd", timeout=10)
+            assert meta.json() == pub.root.entries["ds-1d.b2nd"].meta
+            again = requests.get(
+                f"{base}/info/ds-1d.b2nd", headers={"If-None-Match": meta.headers["ETag"]}, timeout=10
+            )
+            assert again.status_code == 304
+            whole = requests.get(f"{base}/download/ds-1d.b2nd", timeout=30)
+            assert whole.status_code == 200
+            np.testing.assert_array_equal(
+                blosc2.ndarray_from_cframe(whole.content)[:], blosc2.open(str(root_dir / "ds-1d.b2nd"))[:]
+            )
+            part = requests.get(
+                f"{base}/chunk/ds-1d.b2nd", params={"nchunk": 0}, headers={"Range": "bytes=0-9"}, timeout=10
+            )
+            assert part.status_code == 206 and len(part.content) == 10
+            # Everything else still needs a login.
+            assert requests.get(f"{relay.url}/api/list/foo", timeout=10).status_code == 401
+            for url, status, message in [
+                (f"{relay.url}/relay/bar/api/list", 404, "not republished"),
+                (f"{relay.url}/relay/nope/api/info/ds-1d.b2nd", 404, "not republished"),
+                (f"{base}/info/%2e%2e/ds-1d.b2nd", 400, "invalid dataset path"),
+                (f"{base}/info/nope.b2nd", 404, "nope.b2nd"),
+                (f"{base}/chunk/ds-1d.b2nd?nchunk=99999", 400, "out of range"),
+                (f"{base}/chunk/ds-1d.b2nd?nchunk=x", 400, "nchunk"),
+                (f"{base}/chunk/ds-1d.b2nd", 400, "nchunk"),
+            ]:
+                answer = requests.get(url, timeout=10)
+                assert answer.status_code == status, (url, answer.text)
+                assert message in answer.json()["error"], (url, answer.text)
+        finally:
+            relay.stop()
+    finally:
+        pub.stop()
