@@ -307,9 +307,32 @@ def subscriber() -> dict[str, Any]:
             },
             **_auth(),
             **_pins(),
+            **_relay(),
         },
     )
     return _guarded(document)
+
+
+def _relay() -> dict[str, dict[str, Any]]:
+    """The publisher's endpoints, which a subscriber serves for each root it republishes
+    (``/relay/<name>``) to anyone, as a publisher does; chunks not cached are fetched upstream."""
+    paths = {}
+    for path, operations in publisher()["paths"].items():
+        if path.startswith("/api/") and path != "/api/openapi.json":
+            operation = operations["get"]
+            paths[f"/relay/{{name}}{path}"] = {
+                "get": {
+                    **operation,
+                    "summary": f"{operation['summary']} Of a root this subscriber republishes.",
+                    "parameters": [_ref("parameters", "name"), *operation.get("parameters", [])],
+                    "responses": {
+                        **operation["responses"],
+                        **{str(status): _ref("responses", str(status)) for status in _READS},
+                    },
+                    "security": [],
+                }
+            }
+    return paths
 
 
 def _auth() -> dict[str, dict[str, Any]]:
