@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
 import blosc2
 import numpy as np
 import pytest
 import requests
+from flask import Flask, Response, request
+from test_trust import retained
 
 from catmqtt import config, signing
 from catmqtt.errors import BadRequest, ConfigError, Unavailable
 from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.trust import Trust
+from catmqtt.web import Server
+from catmqtt.wire import ETAG
 
 from conftest import (
     MOSQUITTO,
     Broker,
     Deployment,
-    free_port,
     publish,
     rogue_client,
     run_cli,
@@ -362,4 +363,70 @@ def test_relay_endpoints_are_open_for_republished_roots_only(broker, tmp_path, r
         finally:
             relay.stop()
     finally:
+        pub.stop()
+
+
+def test_a_lying_relay_cannot_poison_a_cache_downstream(broker, tmp_path, root_dir, key, caplog):
+    """A rogue announces foo as bar, signed by its own key (trusted on first use
+    downstream) with foo's genuine origin, and serves other bytes: every chunk is
+    checked against the manifest the origin's key vouches for."""
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, sign_key=key)
+    rogue_key = signing.generate(tmp_path / "rogue.pem")
+    values = blosc2.asarray(np.full(1000, 666), chunks=(100,), blocks=(10,))
+    liar = Flask("liar")
+
+    @liar.get("/api/manifest/<path:path>")
+    def manifest(path: str):
+        genuine = requests.get(f"{pub.url}/api/manifest/{path}", timeout=10)
+        return Response(genuine.content, mimetype="application/json")
+
+    @liar.get("/api/chunk/<path:path>")
+    def chunk(path: str):
+        data = values.schunk.get_chunk(int(request.args["nchunk"]))
+        return Response(
+            data, mimetype="application/octet-stream", headers={ETAG: pub.root.entries[path].meta["etag"]}
+        )
+
+    server = Server(liar, "127.0.0.1", 0, 4).start()
+    down = start_subscriber(broker, tmp_path / "down")
+    try:
+        dataset = f"{FOO}/ds/ds-1d.b2nd"
+        with retained(broker, f"{FOO}/#") as seen, rogue_client(broker) as rogue:
+            wait_for(
+                lambda: FOO in seen and len(seen) > json.loads(seen[FOO])["datasets"], "foo's announcements"
+            )
+            root, meta = json.loads(seen[FOO]), json.loads(seen[dataset])
+            own = {k: v for k, v in root.items() if k not in ("key", "seq", "sig")}
+            relayed = {**own, "name": "bar", "url": server.url, "publisher": "liar"}
+            publish(
+                rogue,
+                BAR,
+                json.dumps(rogue_key.sign(BAR, {**relayed, "origin": {"topic": FOO, "payload": root}})),
+            )
+            wait_for(lambda: down.reader.roots().get("bar", {}).get("url") == server.url, "the rogue's bar")
+            # Metadata of its own is refused: it is not the origin's; nor is a dataset's under another name.
+            fields = {k: v for k, v in meta.items() if k not in ("key", "seq", "sig")}
+            forged = {**fields, "manifest": "f" * 32, "origin": {"topic": dataset, "payload": meta}}
+            publish(rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", forged)))
+            moved = {**fields, "path": "other.b2nd", "origin": {"topic": dataset, "payload": meta}}
+            publish(rogue, f"{BAR}/ds/other.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/other.b2nd", moved)))
+            for topic, payload in seen.items():
+                if topic != FOO:
+                    genuine = json.loads(payload)
+                    fields = {k: v for k, v in genuine.items() if k not in ("key", "seq", "sig")}
+                    ours = topic.replace(FOO, BAR, 1)
+                    wrapped = {**fields, "origin": {"topic": topic, "payload": genuine}}
+                    publish(rogue, ours, json.dumps(rogue_key.sign(ours, wrapped)))
+            down.follower.subscribe("bar")
+            wait_for(lambda: "ds-1d.b2nd" in down.cache.datasets("bar"), "the relayed metadata")
+            assert down.cache.dataset("bar", "ds-1d.b2nd")["manifest"] == meta["manifest"]
+            for refusal in ("says otherwise than its origin", "not one of a dataset"):
+                wait_for(lambda refusal=refusal: refusal in caplog.text, refusal)
+            assert down.cache.datasets("bar") == sorted(pub.root.entries)
+            with pytest.raises(Unavailable, match="does not match|damaged|digest"):
+                _read(down, "bar/ds-1d.b2nd", "0:5")
+            assert down.reader.cached("bar/ds-1d.b2nd")["cached_chunks"] == 0
+    finally:
+        down.stop()
+        server.stop()
         pub.stop()
