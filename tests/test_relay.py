@@ -404,12 +404,6 @@ def test_a_lying_relay_cannot_poison_a_cache_downstream(broker, tmp_path, root_d
                 json.dumps(rogue_key.sign(BAR, {**relayed, "origin": {"topic": FOO, "payload": root}})),
             )
             wait_for(lambda: down.reader.roots().get("bar", {}).get("url") == server.url, "the rogue's bar")
-            # Metadata of its own is refused: it is not the origin's; nor is a dataset's under another name.
-            fields = {k: v for k, v in meta.items() if k not in ("key", "seq", "sig")}
-            forged = {**fields, "manifest": "f" * 32, "origin": {"topic": dataset, "payload": meta}}
-            publish(rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", forged)))
-            moved = {**fields, "path": "other.b2nd", "origin": {"topic": dataset, "payload": meta}}
-            publish(rogue, f"{BAR}/ds/other.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/other.b2nd", moved)))
             for topic, payload in seen.items():
                 if topic != FOO:
                     genuine = json.loads(payload)
@@ -418,10 +412,16 @@ def test_a_lying_relay_cannot_poison_a_cache_downstream(broker, tmp_path, root_d
                     wrapped = {**fields, "origin": {"topic": topic, "payload": genuine}}
                     publish(rogue, ours, json.dumps(rogue_key.sign(ours, wrapped)))
             down.follower.subscribe("bar")
+            # Metadata of its own is refused: it is not the origin's; nor is a dataset's under another name.
+            fields = {k: v for k, v in meta.items() if k not in ("key", "seq", "sig")}
+            forged = {**fields, "manifest": "f" * 32, "origin": {"topic": dataset, "payload": meta}}
+            publish(rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", forged)))
+            moved = {**fields, "path": "other.b2nd", "origin": {"topic": dataset, "payload": meta}}
+            publish(rogue, f"{BAR}/ds/other.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/other.b2nd", moved)))
             wait_for(lambda: "ds-1d.b2nd" in down.cache.datasets("bar"), "the relayed metadata")
-            assert down.cache.dataset("bar", "ds-1d.b2nd")["manifest"] == meta["manifest"]
             for refusal in ("says otherwise than its origin", "not one of a dataset"):
                 wait_for(lambda refusal=refusal: refusal in caplog.text, refusal)
+            assert down.cache.dataset("bar", "ds-1d.b2nd")["manifest"] == meta["manifest"]
             assert down.cache.datasets("bar") == sorted(pub.root.entries)
             with pytest.raises(Unavailable, match="does not match|damaged|digest"):
                 _read(down, "bar/ds-1d.b2nd", "0:5")
