@@ -1,6 +1,6 @@
 """Failed logins counted and refused: tables of the counts with a fake clock, the
 login endpoints with Flask's test client (client addresses, argon2 spared), then
-a real subscriber process with the CLI."""
+a real subscriber process with the CLI and the library."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import requests
 from flask import Flask
 
+import catmqtt
 from catmqtt.errors import Busy, TooManyRequests, Unauthorized
 from catmqtt.subscriber.accounts import Accounts
 from catmqtt.subscriber.guard import Guard
@@ -363,6 +364,12 @@ def test_a_subscriber_refuses_a_guesser_for_its_window(subscriber):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("Error: too many failed logins of 'reader' from this address: try again")
     assert result.stderr.count("\n") == 1
+    # The library raises it.
+    with (
+        catmqtt.Client(url, user="reader", password=PASSWORDS["reader"]) as client,
+        pytest.raises(TooManyRequests, match="too many failed logins of 'reader'"),
+    ):
+        client.get_roots()
     # The refusals are logged once.
     assert subscriber.proc.output.count("refused for") == 1
     wait_for(lambda: post_login(url, "reader", PASSWORDS["reader"]).ok, "the window to pass", timeout=15)
