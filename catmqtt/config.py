@@ -75,6 +75,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "access": None,
         "allowed_hosts": None,
         "token_ttl": 28800,
+        "login_attempts": 5,
+        "login_attempts_per_address": 20,
+        "login_window": 900,
         "cache_size": None,
         "min_free": "1GiB",
         "prefetch_rate": None,
@@ -236,6 +239,9 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
         parse(s, "trust", parse_trust)
         parse(s, "auth", parse_auth)
         parse(s, "token_ttl", lambda v: _int_in(v, "token_ttl", 1, 366 * 86400))
+        parse(s, "login_attempts", lambda v: _int_in(v, "login_attempts", 0, 1000))
+        parse(s, "login_attempts_per_address", lambda v: _int_in(v, "login_attempts_per_address", 0, 100_000))
+        parse(s, "login_window", lambda v: _int_in(v, "login_window", 1, 86_400))
         parse(s, "access", parse_access)
         parse(s, "allowed_hosts", parse_allowed_hosts)
         if s["cache_size"] is not None:

@@ -71,6 +71,17 @@ class TooLarge(CatmqttError, ValueError):
     status = 413
 
 
+class TooManyRequests(CatmqttError):
+    """Too many failed logins from one client address: ask again after `retry_after` seconds
+    (None where it is not known: a client's copy of the error)."""
+
+    status = 429
+
+    def __init__(self, message: str = "", retry_after: int | None = None, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
 class Unavailable(CatmqttError, ConnectionError):
     """A publisher, subscriber or broker cannot be reached."""
 
@@ -118,6 +129,7 @@ _BY_STATUS = {
     404: NotFound,
     409: NotSubscribed,
     413: TooLarge,
+    429: TooManyRequests,
     502: Unavailable,
     503: Unavailable,
     504: Unavailable,

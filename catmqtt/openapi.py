@@ -341,7 +341,7 @@ def _auth() -> dict[str, dict[str, Any]]:
     login = _operation(
         "Log in with a user name and password.",
         session,
-        (400, 401, 413),
+        (400, 401, 413, 429, 503),
         body={
             "required": True,
             "content": {

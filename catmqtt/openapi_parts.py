@@ -124,9 +124,14 @@ ERRORS = {
         " the user, or a change sent by a page of another site."
     ),
     421: "The subscriber does not answer for this Host (subscriber.allowed_hosts).",
+    429: (
+        "Too many failed logins from the client's address, of this user name or of any"
+        " (subscriber.login_attempts, login_attempts_per_address, login_window): the password"
+        " was not checked; try again after Retry-After seconds."
+    ),
     502: "The dataset's publisher answered with an error, or with bytes that are not what it announced.",
     503: (
-        "The server is busy with large answers (with Retry-After), a publisher cannot be reached,"
+        "The server is busy with large answers or logins (with Retry-After), a publisher cannot be reached,"
         ' or the dataset changed while being read (the body names it, "changed"): try again.'
     ),
     504: "The dataset's publisher did not answer in time.",
@@ -310,7 +315,9 @@ COMPONENTS: dict[str, Any] = {
         DIGEST: _header("The chunk's digest (XXH3-128, hex).", required=True),
         PARTS: _header("For blocks=A-B: the bytes of the chunk sent, like 0-159,4000-9999/3529755."),
         "Content-Range": _header("The bytes sent, of the whole.", required=True),
-        "Retry-After": _header("Seconds to wait before asking again, when the server is busy."),
+        "Retry-After": _header(
+            "Seconds to wait before asking again, when the server is busy or refuses logins for a while."
+        ),
     },
     "responses": {
         str(status): {
@@ -318,7 +325,7 @@ COMPONENTS: dict[str, Any] = {
             "content": _content(
                 {"allOf": [_ref("schemas", "Error")], "properties": {"status": {"const": status}}}
             ),
-            **({"headers": {"Retry-After": _ref("headers", "Retry-After")}} if status == 503 else {}),
+            **({"headers": {"Retry-After": _ref("headers", "Retry-After")}} if status in (429, 503) else {}),
         }
         for status, description in ERRORS.items()
     },

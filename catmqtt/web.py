@@ -25,7 +25,7 @@ from waitress.task import ErrorTask, WSGITask
 from werkzeug.exceptions import HTTPException
 
 from . import fsutil
-from .errors import BadRequest, Busy, CatmqttError, NotFound
+from .errors import BadRequest, Busy, CatmqttError, NotFound, TooManyRequests
 from .wire import OCTETS, asks_no_bytes, error_json, format_content_range, parse_int, pick_range
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def configure_app(app: Flask, statedir: Path) -> None:
     @app.errorhandler(CatmqttError)
     def catmqtt_error(exc: CatmqttError):
         response = error_response(exc)
-        if isinstance(exc, Busy):
+        if isinstance(exc, Busy | TooManyRequests) and exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

@@ -95,7 +95,8 @@ def test_bad_names(name):
 
 
 @pytest.mark.parametrize(
-    "password, message", [("", "empty"), (None, "empty"), (3, "empty"), ("x" * 1025, "longer")]
+    "password, message",
+    [("", "empty"), (None, "empty"), (3, "empty"), ("x" * 1025, "longer"), ("pw\ud800", "surrogate")],
 )
 def test_bad_passwords(password, message):
     with pytest.raises(errors.BadRequest, match=message):
@@ -337,6 +338,8 @@ def test_login_page_for_people(site):
         ({"json": {"password": "x"}}, 400, "no username"),
         ({"json": {"username": "a b", "password": "x"}}, 400, "invalid name"),
         ({"json": {"username": ["x"], "password": "x"}}, 400, "invalid name"),
+        # JSON escapes a lone surrogate (\udc80), which argon2 could not hash.
+        ({"json": {"username": "reader", "password": "\udc80"}}, 400, "surrogate"),
         ({"json": [1, 2]}, 400, "as JSON"),
         ({"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "as JSON"),
         ({"data": {"username": "reader", "password": "x" * 10_000}}, 413, "at most"),

@@ -493,6 +493,7 @@ def test_node_settings_defaults() -> None:
     assert pub["http_connections"] == sub["http_connections"] == 1000
     assert pub["http_timeout"] == sub["http_timeout"] == 30
     assert (sub["max_stream_bytes"], sub["max_temp_bytes"]) == (256 << 20, 1 << 30)
+    assert (sub["login_attempts"], sub["login_attempts_per_address"], sub["login_window"]) == (5, 20, 900)
 
 
 @pytest.mark.parametrize(
@@ -543,6 +544,14 @@ def test_node_settings_password(
         ("subscriber", {"max_stream_bytes": 0}, "max_stream_bytes must be an integer from 1 to"),
         ("subscriber", {"max_temp_bytes": "1GB"}, "max_temp_bytes must be an integer from 1 to"),
         ("subscriber", {"max_fetch_bytes": (1 << 50) + 1}, "max_fetch_bytes must be an integer from 1 to"),
+        ("subscriber", {"login_attempts": -1}, "login_attempts must be an integer from 0 to 1000, not -1"),
+        ("subscriber", {"login_attempts": 1001}, "login_attempts must be an integer from 0 to 1000"),
+        (
+            "subscriber",
+            {"login_attempts_per_address": 1e3},
+            "login_attempts_per_address must be an integer from 0 to 100000, not 1000.0",
+        ),
+        ("subscriber", {"login_window": 0}, "login_window must be an integer from 1 to 86400, not 0"),
         ("publisher", {"settle": -1}, "settle must be a number from 0 to 3600, not -1"),
         ("publisher", {"settle": "1"}, "settle must be a number from 0 to 3600, not '1'"),
         ("publisher", {"settle": True}, "settle must be a number from 0 to 3600, not True"),
@@ -575,6 +584,11 @@ def test_node_settings_bad_value_from_file() -> None:
         ("subscriber", {"http_timeout": 5}, "http_timeout", 5),
         ("subscriber", {"max_temp_bytes": 1 << 20}, "max_temp_bytes", 1 << 20),
         ("subscriber", {"http": "[::1]:0"}, "http", ("::1", 0)),
+        ("subscriber", {"login_attempts": 0}, "login_attempts", 0),
+        ("subscriber", {"login_attempts": 1000}, "login_attempts", 1000),
+        ("subscriber", {"login_attempts_per_address": 0}, "login_attempts_per_address", 0),
+        ("subscriber", {"login_window": 1}, "login_window", 1),
+        ("subscriber", {"login_window": 86400}, "login_window", 86400),
     ],
 )
 def test_node_settings_good(role: str, options: dict, key: str, expected: Any) -> None:
@@ -715,6 +729,9 @@ WRONG: list[tuple[str, str, tuple]] = [
     ("subscriber", "access", (INT, LIST, MAP, BOOL)),
     ("subscriber", "allowed_hosts", (INT, LIST, MAP, BOOL)),
     ("subscriber", "token_ttl", NOT_NUMBER),
+    ("subscriber", "login_attempts", (*NOT_NUMBER, -1, 2.5)),
+    ("subscriber", "login_attempts_per_address", (*NOT_NUMBER, -1, False)),
+    ("subscriber", "login_window", (*NOT_NUMBER, 0, 0.5, 86401)),
     ("subscriber", "cache_size", (INT, LIST, MAP, BOOL, False)),
     ("subscriber", "min_free", (LIST, MAP, BOOL, NULL)),
     ("subscriber", "prefetch_rate", (LIST, MAP, BOOL, False)),

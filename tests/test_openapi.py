@@ -15,6 +15,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from catmqtt import openapi
 from catmqtt.publisher.app import create_app as create_publisher_app
+from catmqtt.subscriber.throttle import Logins
 
 from test_fuzz import DATASETS
 from test_views import node, node_with_accounts  # noqa: F401 - the subscriber fixtures
@@ -147,3 +148,20 @@ def test_subscriber_with_accounts_answers_as_documented(case, node_with_accounts
     app = node_with_accounts.app
     case.call_and_validate(app=app, headers={"Authorization": f"Bearer {node_with_accounts.token}"})
     case.call_and_validate(app=app)
+
+
+@pytest.mark.parametrize("path", ["/auth/login", "/auth/jwt/login"])
+@pytest.mark.parametrize("status", [429, 503])
+def test_refused_logins_answer_as_documented(node_with_accounts, path, status):  # noqa: F811
+    app = node_with_accounts.app
+    # One failure is too many; or no login may be checked.
+    app.config["CATMQTT_GUARD"].logins = Logins(1, 1, 900, verifying=1 if status == 429 else 0)
+    media_type = "application/json" if path == "/auth/login" else "application/x-www-form-urlencoded"
+    login = SUBSCRIBER[path]["POST"]
+    if status == 429:
+        wrong = login.Case(body={"username": "admin", "password": "wrong"}, media_type=media_type)
+        assert wrong.call_and_validate(app=app).status_code == 401
+    case = login.Case(body={"username": "admin", "password": "a password"}, media_type=media_type)
+    # A 503 is documented, but is a server's error all the same.
+    response = case.call_and_validate(app=app, excluded_checks=[schemathesis.checks.not_a_server_error])
+    assert response.status_code == status and response.headers["retry-after"][0].isdigit()

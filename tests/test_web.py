@@ -627,6 +627,17 @@ def test_login_and_subscriptions(site, page):
     expect(cell(page, 3, 4)).to_have_text("64")
 
 
+def test_too_many_failed_logins(site, page):
+    page.goto(f"{site.auth}/auth/login")
+    # The subscriber's defaults: 5 failures of a name from an address in 15 min.
+    for _ in range(5):
+        with page.expect_response(lambda r: r.request.method == "POST") as sent:
+            login(page, "mallory", "a guess")
+        assert sent.value.status == 401
+    login(page, "mallory", "another guess")
+    expect(page.locator("#login-error")).to_have_text("Too many failed logins; try again in 15 min.")
+
+
 def test_behind_a_path_prefix(site, page):
     proxy = PrefixProxy(site.d.ports["open"], "/catmqtt")
     try:

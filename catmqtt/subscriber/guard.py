@@ -1,11 +1,13 @@
 """This module guards the subscriber's HTTP API: which host names it answers
 for (against DNS rebinding), which state-changing requests it refuses as
-cross-site (CSRF), and, with accounts on, who may do what: logins, tokens,
-admins, per-root access. `Guard.install` puts its checks before every view
-and adds the ``/auth`` endpoints.
+cross-site (CSRF), and, with accounts on, who may do what: logins (failed
+ones counted, see `throttle`), tokens, admins, per-root access.
+`Guard.install` puts its checks before every view and adds the ``/auth``
+endpoints.
 
 Threads: the HTTP threads run the checks; a `Guard` is not changed after it
-is made, and its `Accounts` gives each thread a connection of its own.
+is made, its `Accounts` gives each thread a connection of its own, and its
+`Logins` keeps its counts under a lock of its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request
 
+from ..config import DEFAULTS
 from ..errors import BadRequest, CatmqttError, Forbidden, TooLarge, Unauthorized
 from ..web import error_response
 from . import page
 from .accounts import Accounts, Principal
+from .throttle import Logins
 from .tokens import AGENT_PREFIX, BadToken, parse_password, parse_token, parse_username
 
 log = logging.getLogger(__name__)
@@ -83,7 +87,7 @@ class Guard:
     """The checks before every view: Host, Origin and, when `accounts` is given, credentials.
 
     `access` maps root names to the names allowed to read them; `ttl` is the
-    life of a session token in seconds.
+    life of a session token in seconds; `logins` counts failed logins.
     """
 
     def __init__(
@@ -97,6 +101,11 @@ class Guard:
             root: frozenset(names) for root, names in (settings.get("access") or {}).items()
         }
         self.ttl = settings.get("token_ttl", 28800)
+        # Settings made by hand (the tests') may leave the limits out.
+        limits = {**DEFAULTS["subscriber"], **settings}
+        self.logins = Logins(
+            limits["login_attempts"], limits["login_attempts_per_address"], limits["login_window"]
+        )
 
     def install(self, app: Flask) -> None:
         app.config["CATMQTT_GUARD"] = self
@@ -223,12 +232,13 @@ def login() -> Response:
     if guard.accounts is None:
         raise BadRequest("this subscriber has no accounts: every request is answered without a login")
     name, password = _credentials()
-    try:
-        token, session = guard.accounts.login(name, password, guard.secret, guard.ttl)
-    except Unauthorized:
-        # For whoever watches for guessing (fail2ban and the like).
-        log.warning("failed login of %r from %s", name, request.remote_addr)
-        raise
+    with guard.logins.attempt(request.remote_addr, name):
+        try:
+            token, session = guard.accounts.login(name, password, guard.secret, guard.ttl)
+        except Unauthorized:
+            # For whoever watches for guessing (fail2ban and the like).
+            log.warning("failed login of %r from %s", name, request.remote_addr)
+            raise
     # The login page's form goes back to the index; programs (C2Array too) get JSON.
     browser = not request.is_json and request.accept_mimetypes.best_match(["application/json", "text/html"])
     if browser == "text/html":

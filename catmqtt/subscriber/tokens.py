@@ -58,11 +58,16 @@ def parse_username(value: object) -> str:
 
 
 def parse_password(value: object) -> str:
-    """Return `value` if it can be a password (not empty, not huge), else raise BadRequest."""
+    """Return `value` if it can be a password (not empty, not huge, valid Unicode), else raise BadRequest."""
     if not isinstance(value, str) or not value:
         raise BadRequest("the password is empty")
     if len(value) > MAX_PASSWORD:
         raise BadRequest(f"the password is longer than {MAX_PASSWORD} characters")
+    # JSON may escape a lone surrogate, which argon2 cannot encode to hash.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("the password is not valid Unicode: it holds a lone surrogate") from None
     return value
 
 

@@ -5,6 +5,13 @@
 const form = document.querySelector("form");
 const error = document.getElementById("login-error");
 
+/** Return how long a refusal's Retry-After says to wait, as people read it. */
+function retryAfter(response) {
+  const seconds = Number.parseInt(response.headers.get("Retry-After"), 10);
+  if (!(seconds >= 0)) return "a while";
+  return seconds < 120 ? `${seconds} s` : `${Math.ceil(seconds / 60)} min`;
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const body = { username: form.elements.username.value, password: form.elements.password.value };
@@ -26,7 +33,10 @@ form.addEventListener("submit", async (event) => {
     window.location.assign("../");
     return;
   }
-  if (response) {
+  if (response && response.status === 429) {
+    // Too many failed logins from here: the password was not even checked.
+    error.textContent = `Too many failed logins; try again in ${retryAfter(response)}.`;
+  } else if (response) {
     let message = `${response.status} ${response.statusText}`;
     try {
       message = (await response.json()).error || message;
