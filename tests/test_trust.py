@@ -647,7 +647,10 @@ def test_a_publisher_withdraws_junk_topics_and_forgets_them(broker, root_dir, tm
             for topic in junk:
                 publish(rogue, topic, b'{"schema": 1}')
             wait_for(lambda: all(seen.get(topic) == b"" for topic in junk), "the junk withdrawn")
-        wait_for(lambda: len(pub.announcer._announced) == topics and not pub.announcer._tombstones, "the junk forgotten")
+        wait_for(
+            lambda: len(pub.announcer._announced) == topics and not pub.announcer._tombstones,
+            "the junk forgotten",
+        )
     finally:
         pub.stop()
     withdrawals = [r for r in caplog.records if "withdrawing the announcement of junk" in r.getMessage()]
