@@ -430,3 +430,24 @@ def test_a_lying_relay_cannot_poison_a_cache_downstream(broker, tmp_path, root_d
         down.stop()
         server.stop()
         pub.stop()
+
+
+def test_a_relay_of_a_relay_passes_on_the_first_origin(chain, broker, tmp_path, root_dir, key):
+    pub, relay, down = chain
+    second = start_subscriber(broker, tmp_path / "second", republish=["bar=baz"])
+    try:
+        last = _sub(broker, tmp_path / "last", "baz")
+        try:
+            last.follower.subscribe("baz")
+            info = last.reader.root_info("baz")
+            assert info["url"] == f"{second.url}/relay/bar"
+            assert info["origin"]["topic"] == FOO and info["origin"]["key"] == signing.load(key).public
+            meta = last.cache.dataset("baz", "ds-1d.b2nd")
+            assert meta["origin"]["topic"] == f"{FOO}/ds/ds-1d.b2nd"
+            np.testing.assert_array_equal(
+                _read(last, "baz/ds-1d.b2nd"), blosc2.open(str(root_dir / "ds-1d.b2nd"))[:]
+            )
+        finally:
+            last.stop()
+    finally:
+        second.stop()
