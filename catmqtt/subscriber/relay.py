@@ -113,9 +113,10 @@ class Relays:
         return self
 
     def close(self) -> None:
+        """Stop announcing, then leave the brokers ("offline")."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
         for node in self._nodes:
             node.stop()
-        self._worker.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, func: Callable[..., None], *args: Any) -> None:
         def run() -> None:
