@@ -12,6 +12,7 @@ import platform
 import socket
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from werkzeug.exceptions import HTTPException
 
 from . import fsutil
 from .errors import BadRequest, Busy, CatmqttError, NotFound, TooManyRequests
-from .wire import OCTETS, asks_no_bytes, error_json, format_content_range, parse_int, pick_range
+from .wire import (
+    OCTETS,
+    asks_no_bytes,
+    error_json,
+    error_trailer,
+    format_content_range,
+    parse_int,
+    pick_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +168,23 @@ def error_of(exc: Exception, statedir: Path, serving: str) -> CatmqttError:
 
 class StreamCut(Exception):
     """Raised by a response body to end it short of its Content-Length: its connection is closed."""
+
+
+def cut_on_failure(pieces: Iterable[Any], statedir: Path, what: str) -> Iterator[Any]:
+    """Yield the `pieces` of `what`, an answer whose status is sent.
+
+    A failure midway cannot change that status: the body then ends with the
+    error (`wire.error_trailer`), short of its Content-Length, and its
+    connection is closed (`StreamCut`), so that any HTTP client sees it cut
+    and catmqtt's client reports the error.
+    """
+    try:
+        yield from pieces
+    except Exception as exc:
+        error = error_of(exc, statedir, what)
+        log.warning("%s failed midway, and ends with its error: %s", what, error)
+        yield error_trailer(error)
+        raise StreamCut(error.message) from exc
 
 
 class _BytesFile(io.RawIOBase):

@@ -12,7 +12,6 @@ per answer, unlinked as soon as it is open).
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,14 +26,10 @@ from .. import storage
 from ..arrays import npy_header
 from ..dtypes import dtype_from_json
 from ..errors import Changed, InsufficientStorage
-from ..web import BY_REFERENCE, StreamCut, error_of
-from ..wire import error_trailer
+from ..web import BY_REFERENCE, cut_on_failure
 from .flights import Upstream
 from .large import BUILD_MEMORY, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .reader import Reader, Target
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Answers:
@@ -152,13 +147,9 @@ def _as_piece(slab: np.ndarray | bytes) -> bytes | memoryview:
 
 @dataclass
 class Body:
-    """The body of a large answer: a header, then pieces made on a builder thread.
-
-    A failure once it is under way cannot change the status sent: the body
-    then ends with the error (`wire.error_trailer`), short of its
-    Content-Length, and its connection is closed, so that any HTTP client
-    sees it cut and catmqtt's client reports the error. Closing it (waitress
-    does, sent or not) stops the builder and gives back the grant.
+    """The body of a large answer: a header, then pieces made on a builder thread,
+    ended by its error if one fails (see `web.cut_on_failure`). Closing it
+    (waitress does, sent or not) stops the builder and gives back the grant.
     """
 
     header: bytes
@@ -170,13 +161,7 @@ class Body:
     def __iter__(self) -> Iterator[bytes | memoryview]:
         if self.header:
             yield self.header
-        try:
-            yield from self.pieces
-        except Exception as exc:
-            error = error_of(exc, self.statedir, f"the body of {self.fullpath}")
-            log.warning("the answer for %s failed midway, and ends with its error: %s", self.fullpath, error)
-            yield error_trailer(error)
-            raise StreamCut(error.message) from exc
+        yield from cut_on_failure(self.pieces, self.statedir, f"the answer for {self.fullpath}")
 
     def close(self) -> None:
         try:

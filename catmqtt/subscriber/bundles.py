@@ -26,8 +26,7 @@ from .. import __version__
 from ..bundle import CATALOG_NAME, ZipStream, member, write_catalog
 from ..errors import Busy, CatmqttError
 from ..schema import DatasetMeta
-from ..web import StreamCut, error_of
-from ..wire import error_trailer
+from ..web import cut_on_failure
 from .answers import Answers
 from .flights import Upstream
 from .large import STREAM_MEMORY, TempFile
@@ -69,7 +68,9 @@ class Body:
         self.answers = answers
         self.plan = plan
         self.grant = answers.budget.enter(STREAM_MEMORY)
-        self._pieces = _stream(answers, plan)
+        self._pieces = cut_on_failure(
+            _stream(answers, plan), answers.reader.cache.dir, f"the bundle of {plan.root}"
+        )
 
     def __iter__(self) -> Iterator[bytes]:
         return self._pieces
@@ -87,29 +88,23 @@ def _stream(answers: Answers, plan: Plan) -> Iterator[bytes]:
     out = ZipStream()
     kept: list[tuple[DatasetMeta, list[str] | None]] = []
     missing: list[tuple[str, str]] = []
-    try:
-        for path in plan.paths:
-            fullpath = f"{plan.root}/{path}"
-            try:
-                source = reader.lookup(fullpath)
-                if plan.cached and reader.cache.chunks.digests(plan.root, path, source.meta) is None:
-                    missing.append((path, "not whole in the cache"))
-                    continue
-                with _whole_file(answers, source) as f:
-                    # Those of the version the file holds, read while all of it is cached.
-                    digests = reader.digests(source)
-                    yield from out.add(member(plan.root, path), f)
-                kept.append((source.meta, digests))
-            except CatmqttError as exc:
-                log.warning("bundle of %s: %s left out: %s", plan.root, fullpath, exc)
-                missing.append((path, str(exc)))
-        yield from _catalog(answers, plan, out, kept, missing)
-        yield out.close()
-    except Exception as exc:
-        error = error_of(exc, reader.cache.dir, f"the bundle of {plan.root}")
-        log.warning("the bundle of %s failed midway, and ends with its error: %s", plan.root, error)
-        yield error_trailer(error)
-        raise StreamCut(error.message) from exc
+    for path in plan.paths:
+        fullpath = f"{plan.root}/{path}"
+        try:
+            source = reader.lookup(fullpath)
+            if plan.cached and reader.cache.chunks.digests(plan.root, path, source.meta) is None:
+                missing.append((path, "not whole in the cache"))
+                continue
+            with _whole_file(answers, source) as f:
+                # Those of the version the file holds, read while all of it is cached.
+                digests = reader.digests(source)
+                yield from out.add(member(plan.root, path), f)
+            kept.append((source.meta, digests))
+        except CatmqttError as exc:
+            log.warning("bundle of %s: %s left out: %s", plan.root, fullpath, exc)
+            missing.append((path, str(exc)))
+    yield from _catalog(answers, plan, out, kept, missing)
+    yield out.close()
 
 
 def _whole_file(answers: Answers, source: Upstream) -> TempFile:
