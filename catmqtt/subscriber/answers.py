@@ -31,6 +31,7 @@ from .flights import Upstream
 from .large import BUILD_MEMORY, STREAM_MEMORY, STREAM_PIECE, Budget, Builders, Grant, Stream, TempFile
 from .reader import Reader, Target
 
+
 @dataclass(frozen=True)
 class Answers:
     """Large answers, built on `builders` within `budget`, their files in `tmpdir`."""
