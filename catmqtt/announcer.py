@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import BadRequest
 from .mqtt import LogThrottle, Node
+from .schema import MAX_PAYLOAD
 from .signing import Signer, verify
 from .topics import dataset_topic, parse_topic, root_topic
 
@@ -44,6 +45,7 @@ class Announcer:
         self._announced: dict[str, bytes] = {}
         self._tombstones: dict[str, bytes] = {}
         self._withdrawals = LogThrottle(logger)
+        self._oversized = LogThrottle(logger)
 
     @property
     def root_topic(self) -> str:
@@ -59,8 +61,17 @@ class Announcer:
         self.node.subscribe(f"{self.root_topic}/ds/#")
 
     def announce(self, topic: str, obj: dict[str, Any]) -> None:
-        """Publish `obj` on `topic`, signed if we sign (`lock` held)."""
+        """Publish `obj` on `topic`, signed if we sign (`lock` held); not if it is larger
+        than subscribers take (a relay's announcements are about twice their origin's)."""
         payload = self.node.payload(topic, obj)
+        if len(payload) > MAX_PAYLOAD:
+            self._oversized.warning(
+                "not announcing %s: its %d bytes are more than the %d subscribers take",
+                topic,
+                len(payload),
+                MAX_PAYLOAD,
+            )
+            return
         self._announced[topic] = payload
         # Our tombstone of an earlier withdrawal is no longer ours: replayed, it is restored over.
         self._tombstones.pop(topic, None)

@@ -451,3 +451,29 @@ def test_a_relay_of_a_relay_passes_on_the_first_origin(chain, broker, tmp_path, 
             last.stop()
     finally:
         second.stop()
+
+
+def test_what_would_be_too_large_relayed_is_left_out_and_said(broker, tmp_path, root_dir, caplog):
+    """A relayed announcement is about twice its origin's: one over the payload limit is not made."""
+    array = blosc2.open(str(root_dir / "ds-1d.b2nd"), mode="a")
+    array.schunk.vlmeta["big"] = "x" * (3 * 1024 * 1024)
+    pub = start_publisher(broker, tmp_path / "pub", root_dir)
+    relay = start_subscriber(broker, tmp_path / "relay", republish=["foo=bar"])
+    try:
+        with retained(broker, f"{BAR}/#") as seen:
+            wait_for(lambda: BAR in seen, "bar announced")
+            wait_for(
+                lambda: "not announcing catmqtt/v1/roots/bar/ds/ds-1d.b2nd" in caplog.text, "the warning"
+            )
+            others = set(pub.root.entries) - {"ds-1d.b2nd"}
+
+            def relayed() -> set[str]:
+                # (amqtt may send topics beyond the filter.)
+                return {t.removeprefix(f"{BAR}/ds/") for t in list(seen) if t.startswith(f"{BAR}/ds/")}
+
+            wait_for(lambda: relayed() == others, "the other datasets relayed")
+            assert f"{BAR}/ds/ds-1d.b2nd" not in seen
+        assert relay.cache.dataset("foo", "ds-1d.b2nd")["vlmeta"]["big"].startswith("xxx")
+    finally:
+        relay.stop()
+        pub.stop()
