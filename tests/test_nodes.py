@@ -24,6 +24,7 @@ from catmqtt import config, signing
 from catmqtt.cli_watch import cmd_nodes, cmd_stats
 from catmqtt.errors import BadRequest, Unavailable
 from catmqtt.mqtt import Node
+from catmqtt.publisher import Publisher
 from catmqtt.schema import MAX_STATUS_PAYLOAD, SCHEMA
 from catmqtt.subscriber import statuses as statuses_module
 from catmqtt.subscriber.statuses import Statuses
@@ -345,3 +346,33 @@ def test_nodes_prints_one_line_a_node_whatever_a_node_says(capsys):
     assert capsys.readouterr().out == (
         "publisher foo online http://10.6.6.6:8001\\x0asubscriber\\x20evil\\x20online\\x20http://10.6.6.6\n"
     )
+
+
+def test_a_root_announced_during_a_status_flood_is_online(broker, tmp_path, sample_root, monkeypatch):
+    """Its publisher's status comes before its root is known: refused then for want of room,
+    it is asked for again once the root is, and believed."""
+    monkeypatch.setattr(statuses_module, "MAX_NODES", 40)
+    signing.generate(tmp_path / "foo.pem")
+    pub = start_publisher(broker, tmp_path / "pub", sample_root, sign_key=str(tmp_path / "foo.pem"))
+    try:
+        sub = start_subscriber(broker, tmp_path / "sub")
+        try:
+            _flood(broker, tmp_path, f"{sub.url}/api/nodes")
+            signing.generate(tmp_path / "bar.pem")
+            settings = config.node_settings(
+                {},
+                "publisher",
+                broker=broker.url,
+                http="127.0.0.1:0",
+                statedir=tmp_path / "bar",
+                sign_key=str(tmp_path / "bar.pem"),
+            )
+            bar = Publisher("bar", sample_root, settings).start()
+            try:
+                wait_for(lambda: sub.reader.roots().get("bar", {}).get("online"), "root bar online")
+            finally:
+                bar.stop()
+        finally:
+            sub.stop()
+    finally:
+        pub.stop()

@@ -44,7 +44,7 @@ from ..schema import (
     parse_dataset,
     parse_root,
 )
-from ..topics import parse_root_name, parse_topic, root_topic
+from ..topics import node_topic, parse_root_name, parse_topic, root_topic
 from .cache import Cache
 from .flights import Fetcher
 from .statuses import Statuses
@@ -125,6 +125,9 @@ class Follower:
         # Roots whose index awaits a check against the snapshot after (re)connecting.
         self._unreconciled: set[str] = set()
         self._ignored = LogThrottle(log)
+        # The status topics of publishers asked for again (see _on_root), until one comes
+        # (the MQTT thread's own).
+        self._asked: set[str] = set()
         # Told (root, path) of each dataset whose update was applied, and the name
         # of each root whose announcement was recorded.
         self.on_change: list[Callable[[str, str], None]] = []
@@ -136,6 +139,8 @@ class Follower:
     # On the MQTT thread
 
     def on_connect(self) -> None:
+        # A new connection subscribes anew.
+        self._asked.clear()
         with self._lock:
             subscribed = sorted(self._subscribed)
             self._seen = {name: set() for name in subscribed}
@@ -154,6 +159,9 @@ class Follower:
             elif what.kind == "dataset" and self.subscribed(what.name):
                 self._on_dataset(topic, what.name, what.path, obj)
             elif what.kind == "node":
+                if topic in self._asked:
+                    self._asked.discard(topic)
+                    self.topics.unsubscribe(topic)
                 self.statuses.record(topic, what.name, what.path, obj)
         except BadRequest as exc:
             self._ignored.warning("ignoring the message on %r: %s", topic, exc)
@@ -174,6 +182,13 @@ class Follower:
                 info["url"],
                 len(moved),
             )
+        if info is not None and self.statuses.refused_maybe(info):
+            # Subscribing to its topic again has the broker send its retained status
+            # again, which the root now vouches for (`Statuses` has room for it).
+            asked = node_topic(self.prefix, "publisher", info["publisher"])
+            if asked not in self._asked:
+                self._asked.add(asked)
+                self.topics.subscribe(asked)
         self.updates.submit(self._root_recorded, name)
 
     def _on_dataset(self, topic: str, root: str, path: str, obj: dict[str, Any] | None) -> None:

@@ -22,7 +22,9 @@ How many are kept: anyone can name any number of nodes, so at most
 `MAX_NODES` statuses (a node's, one a key) are kept; beyond, the status of
 a new node (or of a node under a new key) is refused, but for one signed by
 a known root's key for its publisher, which may take up to `MAX_NODES` more
-places. A clear (an empty retained payload) frees the place of the node's
+places (the follower asks the broker again for the status of a root's
+publisher that may have been refused before the root was known, see
+`refused_maybe`). A clear (an empty retained payload) frees the place of the node's
 unsigned status, and of those signed by a key no known root gives it. Of a
 status, only the fields `schema.parse_node` knows are kept, bounded.
 """
@@ -113,6 +115,13 @@ class Statuses:
             if info.get("key") is not None:
                 keys.setdefault(info["publisher"], set()).add(info["key"])
         return keys
+
+    def refused_maybe(self, info: Mapping[str, Any]) -> bool:
+        """Whether the status of the publisher of a root announced as `info` may have been
+        refused for want of room, before the root was known to vouch for it: none is kept
+        under the root's key, and the table is full."""
+        key = ("publisher", info["publisher"], info.get("key"))
+        return len(self._latest) >= self.limit and key not in self._latest
 
     def online(self, info: dict[str, Any]) -> bool:
         """Whether the publisher of a root announced as `info` is online.
