@@ -176,7 +176,7 @@ class Relays:
         except NotFound:
             if entry.root not in self._waiting:
                 self._waiting.add(entry.root)
-                log.warning("root %r is not announced yet: it is republished once it is", entry.root)
+                log.info("root %r is not announced yet: it is republished once it is", entry.root)
             return
         info = root["info"]
         if info["url"].startswith(f"{self.url}{PATH}/"):
