@@ -165,12 +165,14 @@ def test_what_a_relay_says_must_be_its_origins(tmp_path):
         good = _relayed(relay, FOO, origin)
         assert trust.check(BAR, "bar", good, None, pin=True) == relay.public
         forged = {**origin, "etag": "e2"}
+        unsigned = _root("foo", "http://pub")
         for obj, message in [
             (_relayed(relay, FOO, origin, etag="e2"), "says otherwise than its origin"),
             (_relayed(relay, FOO, origin, groups={"d": {}}), "says otherwise than its origin"),
             (_relayed(relay, FOO, forged, etag="e2"), "does not verify"),
             (_relayed(relay, BAR, origin), "does not verify"),
             (_relayed(relay, f"{FOO}{DS}", origin), "not one of a root"),
+            (_relayed(relay, f"{FOO}/ds/roots/foo", origin), "not one of a root"),
             (_relayed(relay, "foo", origin), "not one of a root"),
             (relay.sign(BAR, {**good, "origin": {"topic": FOO}}), "'origin' must be an object"),
             (relay.sign(BAR, {**good, "origin": [FOO, origin]}), "'origin' must be an object"),
@@ -178,6 +180,19 @@ def test_what_a_relay_says_must_be_its_origins(tmp_path):
             (relay.sign(BAR, {**good, "origin": {"topic": BAR, "payload": good}}), "itself no relay's"),
             # Not the relay trusted first for bar, whatever its origin.
             (_relayed(other, FOO, origin), "first announced under"),
+            # Once relayed, always with its origin, of the key first believed.
+            (
+                relay.sign(BAR, {k: v for k, v in good.items() if k not in ("origin", "key", "seq", "sig")}),
+                "does not carry its origin",
+            ),
+            (
+                _relayed(relay, FOO, unsigned),
+                "relayed from an origin unsigned, but root 'bar' is relayed from one signed by",
+            ),
+            (
+                _relayed(relay, FOO, other.sign(FOO, _root("foo", "http://pub"))),
+                "If its first publisher's key really changed",
+            ),
         ]:
             with pytest.raises(BadRequest, match=message):
                 trust.check(BAR, "bar", obj, good, pin=True)
@@ -186,34 +201,61 @@ def test_what_a_relay_says_must_be_its_origins(tmp_path):
         assert trust.check(BAR, "bar", _relayed(relay, FOO, newer), good, pin=True) == relay.public
         with pytest.raises(BadRequest, match="origin's sequence number .* a replay"):
             trust.check(BAR, "bar", _relayed(relay, FOO, origin), None, pin=True)
-        # An unsigned origin: the relay vouches for it.
-        unsigned = _root("foo", "http://pub")
-        assert trust.check(BAR, "bar", _relayed(relay, FOO, unsigned), None, pin=True) == relay.public
-
-        # Datasets: the origin's metadata as it was, on the dataset's own topic.
-        meta = {"schema": 1, "path": "dir/a+b.b2nd", "etag": "e1", "manifest": "0" * 32}
-        signed_meta = first.sign(f"{FOO}{DS}", meta)
-        relayed_meta = relay.sign(
-            f"{BAR}{DS}", {**meta, "origin": {"topic": f"{FOO}{DS}", "payload": signed_meta}}
-        )
+        # An unsigned origin, first seen: the relay vouches for it (trust on first use).
+        baz = f"{PREFIX}/roots/baz"
+        from_unsigned = relay.sign(baz, {**_relayed(relay, FOO, unsigned), "name": "baz"})
+        assert trust.check(baz, "baz", from_unsigned, None, pin=True) == relay.public
+        # The relay's own tombstone needs no origin.
         assert (
-            trust.check(f"{BAR}{DS}", "bar", relayed_meta, None, pin=False, path="dir/a+b.b2nd")
+            trust.check(BAR, "bar", relay.sign(BAR, {"name": "bar", "deleted": True}), good, pin=False)
             == relay.public
         )
-        for topic, message in [
-            (FOO, "not one of a dataset"),
-            (f"{FOO}/ds/dir/a+b.b2nd", "not one of a dataset"),
-        ]:
-            moved = relay.sign(f"{BAR}{DS}", {**meta, "origin": {"topic": topic, "payload": signed_meta}})
-            with pytest.raises(BadRequest, match=message):
-                trust.check(f"{BAR}{DS}", "bar", moved, None, pin=False, path="dir/a+b.b2nd")
-        changed = relay.sign(f"{BAR}{DS}", {**meta, "etag": "e2", "origin": relayed_meta["origin"]})
-        with pytest.raises(BadRequest, match="says otherwise"):
-            trust.check(f"{BAR}{DS}", "bar", changed, None, pin=False, path="dir/a+b.b2nd")
 
-        # With subscriber.trust set, both the relay's key and the origin's must be listed.
+        # Datasets: the origin's metadata as it was, on the dataset's topic of the root's origin.
+        path = "dir/a+b.b2nd"
+        meta = {"schema": 1, "path": path, "etag": "e1", "manifest": "0" * 32}
+        signed_meta = first.sign(f"{FOO}{DS}", meta)
+
+        def relayed_meta(payload: dict, topic: str = f"{FOO}{DS}", **changes) -> dict:
+            body = {k: v for k, v in payload.items() if k not in ("key", "seq", "sig")}
+            return relay.sign(
+                f"{BAR}{DS}", {**body, **changes, "origin": {"topic": topic, "payload": payload}}
+            )
+
+        def check(obj: dict, root_info: dict | None = good) -> str | None:
+            return trust.check(f"{BAR}{DS}", "bar", obj, None, pin=False, path=path, root_info=root_info)
+
+        assert check(relayed_meta(signed_meta)) == relay.public
+        qux = f"{PREFIX}/roots/qux"
+        for obj, message in [
+            (relayed_meta(signed_meta, FOO), "not that of 'dir/a\\+b.b2nd' in the root's origin"),
+            (relayed_meta(signed_meta, f"{FOO}/ds/dir/a+b.b2nd"), "in the root's origin"),
+            (relayed_meta(first.sign(f"{qux}{DS}", meta), f"{qux}{DS}"), "in the root's origin"),
+            (
+                relayed_meta(first.sign(f"other/v1/roots/foo{DS}", meta), f"other/v1/roots/foo{DS}"),
+                "in the root's origin",
+            ),
+            (relayed_meta(signed_meta, etag="e2"), "says otherwise"),
+            # Its origin's signature stripped, or another key's: not the root origin's key.
+            (relayed_meta(meta), "root 'bar' is relayed from one signed by"),
+            (relayed_meta(other.sign(f"{FOO}{DS}", meta)), "root 'bar' is relayed from one signed by"),
+            # Its origin left out.
+            (
+                relay.sign(f"{BAR}{DS}", {**meta, "etag": "e9", "manifest": "f" * 32}),
+                "does not carry its origin",
+            ),
+        ]:
+            with pytest.raises(BadRequest, match=message):
+                check(obj)
+        with pytest.raises(BadRequest, match="root 'bar' is not relayed"):
+            check(relayed_meta(signed_meta), {**good, "origin": None})
+
+        # With subscriber.trust set, both the relay's key and the origin's must be listed, and
+        # the origin must be signed.
         both = Trust({"bar": [relay.public, first.public]}, cache.catalogue)
         assert both.check(BAR, "bar", _relayed(relay, FOO, newer), None, pin=True) == relay.public
+        with pytest.raises(BadRequest, match="origin unsigned, but subscriber.trust does not accept"):
+            both.check(BAR, "bar", _relayed(relay, FOO, _root("foo", "u")), None, pin=True)
         only_relay = Trust({"bar": [relay.public]}, cache.catalogue)
         with pytest.raises(BadRequest, match="list the key of its first publisher too"):
             only_relay.check(
@@ -224,6 +266,12 @@ def test_what_a_relay_says_must_be_its_origins(tmp_path):
             only_first.check(
                 BAR, "bar", _relayed(relay, FOO, first.sign(FOO, _root("foo", "u"))), None, pin=True
             )
+        # The origin replayed bare where the root is relayed under its own name: refused.
+        hub = Trust({"foo": [relay.public, first.public]}, cache.catalogue)
+        relayed_foo = relay.sign(FOO, {**_relayed(relay, FOO, newer), "name": "foo"})
+        assert hub.check(FOO, "foo", relayed_foo, None, pin=True) == relay.public
+        with pytest.raises(BadRequest, match="does not carry its origin"):
+            hub.check(FOO, "foo", newer, relayed_foo, pin=True)
     finally:
         cache.close()
 
@@ -412,14 +460,27 @@ def test_a_lying_relay_cannot_poison_a_cache_downstream(broker, tmp_path, root_d
                     wrapped = {**fields, "origin": {"topic": topic, "payload": genuine}}
                     publish(rogue, ours, json.dumps(rogue_key.sign(ours, wrapped)))
             down.follower.subscribe("bar")
-            # Metadata of its own is refused: it is not the origin's; nor is a dataset's under another name.
+            # Metadata of its own is refused: it is not the origin's; nor is a dataset's under another
+            # name, nor one without its origin, or with its origin's signature stripped.
             fields = {k: v for k, v in meta.items() if k not in ("key", "seq", "sig")}
             forged = {**fields, "manifest": "f" * 32, "origin": {"topic": dataset, "payload": meta}}
             publish(rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", forged)))
             moved = {**fields, "path": "other.b2nd", "origin": {"topic": dataset, "payload": meta}}
             publish(rogue, f"{BAR}/ds/other.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/other.b2nd", moved)))
             wait_for(lambda: "ds-1d.b2nd" in down.cache.datasets("bar"), "the relayed metadata")
-            for refusal in ("says otherwise than its origin", "not one of a dataset"):
+            bare = {**fields, "manifest": "f" * 32}
+            publish(rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", bare)))
+            stripped = {**fields, "origin": {"topic": dataset, "payload": {**fields, "manifest": "f" * 32}}}
+            stripped["manifest"] = "f" * 32
+            publish(
+                rogue, f"{BAR}/ds/ds-1d.b2nd", json.dumps(rogue_key.sign(f"{BAR}/ds/ds-1d.b2nd", stripped))
+            )
+            for refusal in (
+                "says otherwise than its origin",
+                "in the root's origin",
+                "does not carry its origin",
+                "relayed from an origin unsigned",
+            ):
                 wait_for(lambda refusal=refusal: refusal in caplog.text, refusal)
             assert down.cache.dataset("bar", "ds-1d.b2nd")["manifest"] == meta["manifest"]
             assert down.cache.datasets("bar") == sorted(pub.root.entries)

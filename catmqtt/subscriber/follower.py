@@ -196,7 +196,8 @@ class Follower:
             last = self.cache.dataset(root, path)
         except NotFound:
             last = None
-        self.trust.check(topic, root, obj, last, pin=False, path=path)
+        info = self.catalogue.root(root)["info"]
+        self.trust.check(topic, root, obj, last, pin=False, path=path, root_info=info)
         if obj is not None and obj.get("deleted") is True:
             obj = None
         if obj is not None:

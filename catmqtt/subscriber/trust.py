@@ -25,6 +25,7 @@ All of it runs on the MQTT thread, which alone touches `Trust._latest`.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from ..errors import BadRequest
@@ -34,6 +35,8 @@ from .catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
+# The topic of a root's announcement, under any prefix.
+_ROOT_TOPIC = re.compile(r"(?:(?!/roots/)[^#+])+/roots/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # The fields of a relayed announcement that are the relay's own: the rest is its origin's.
 RELAY_FIELDS = frozenset({"schema", "key", "seq", "sig", "origin"})
 RELAY_ROOT_FIELDS = RELAY_FIELDS | {"name", "url", "publisher", "time"}
@@ -68,6 +71,7 @@ class Trust:
         *,
         pin: bool,
         path: str = "",
+        root_info: dict[str, Any] | None = None,
     ) -> str | None:
         """Return the key that signed `obj` (None: unsigned), or raise BadRequest if
         `obj` is not to be believed: unsigned, forged or under a key not trusted for
@@ -77,7 +81,8 @@ class Trust:
         otherwise), the first one believed of a root the configuration does not
         name pins its key, or that the root is unsigned: a root known before is
         never pinned to whatever key comes after a clear. `path` is that of a
-        dataset's announcement ("" for the root's).
+        dataset's announcement ("" for the root's), and `root_info` then the root's
+        announcement believed last.
         """
         signer = None if obj is None else verify(topic, obj)
         keys = self.keys(root)
@@ -91,8 +96,9 @@ class Trust:
             raise BadRequest(self._refusal(root, signer, keys))
         if signer is not None:
             self._check_fresh(topic, signer, obj, last)
-        if obj is not None and "origin" in obj:
-            self._check_origin(root, path, obj, last)
+        if obj is not None:
+            relayed = _origin(root_info if path else last)
+            self._check_origin(root, path, obj, last, relayed)
         if signer is not None:
             self._latest[(topic, signer)] = obj["seq"]
             if obj.get("deleted") is True:
@@ -121,27 +127,61 @@ class Trust:
         if seq < latest:
             raise BadRequest(f"sequence number {seq} is older than {latest}: a replay")
 
-    def _check_origin(self, root: str, path: str, obj: dict[str, Any], last: dict[str, Any] | None) -> None:
-        """Raise BadRequest unless the origin of relayed `obj` is to be believed (see the
-        module's docstring); `last` is the announcement accepted last on its topic."""
+    def _check_origin(
+        self,
+        root: str,
+        path: str,
+        obj: dict[str, Any],
+        last: dict[str, Any] | None,
+        relayed: dict[str, Any] | None,
+    ) -> None:
+        """Raise BadRequest unless the origin of `obj` is to be believed (see the module's
+        docstring). `last` is the announcement accepted last on its topic; `relayed` the
+        origin of the root's announcement believed last (of the root itself for a root's
+        announcement, None if it was not relayed)."""
+        if obj.get("deleted") is True:
+            # A relay's own tombstone: the relay's signature is what it needs.
+            return
+        if "origin" not in obj:
+            if relayed is not None:
+                raise BadRequest(
+                    f"root {root!r} is relayed, and this announcement does not carry its origin"
+                    " (to take it from elsewhere, forget the root first: catmqtt forget)"
+                )
+            return
         origin = obj["origin"]
         if not isinstance(origin, dict) or set(origin) != {"topic", "payload"}:
             raise BadRequest("'origin' must be an object of a 'topic' and a 'payload'")
         topic, payload = origin["topic"], origin["payload"]
         if not isinstance(topic, str) or not isinstance(payload, dict) or "origin" in payload:
             raise BadRequest("'origin' must be a topic and the payload announced on it, itself no relay's")
-        levels = "/".join(encode_level(part) for part in path.split("/"))
-        head, _, tail = topic.rpartition(f"/ds/{levels}" if path else "/")
-        if not head or (path and tail) or (not path and not (tail and head.endswith("/roots"))):
-            raise BadRequest(
-                f"'origin' names topic {topic[:200]!r}, not one of a {'dataset' if path else 'root'}"
-            )
+        if path:
+            if relayed is None:
+                raise BadRequest(f"a dataset relayed from {topic[:200]!r}, but root {root!r} is not relayed")
+            levels = "/".join(encode_level(part) for part in path.split("/"))
+            if topic != f"{relayed['topic']}/ds/{levels}":
+                raise BadRequest(
+                    f"'origin' names topic {topic[:200]!r}, not that of {path!r} in the root's origin"
+                )
+        elif not _ROOT_TOPIC.fullmatch(topic):
+            raise BadRequest(f"'origin' names topic {topic[:200]!r}, not one of a root")
         signer = verify(topic, payload)
         configured = self.configured.get(root, self.configured.get("*"))
-        if signer is not None and configured is not None and signer not in configured:
+        if configured is not None and signer not in configured:
             raise BadRequest(
-                f"relayed from an origin signed by {signer}, but subscriber.trust does not accept"
-                f" root {root!r} under it: list the key of its first publisher too"
+                f"relayed from an origin {'unsigned' if signer is None else f'signed by {signer}'}, but"
+                f" subscriber.trust does not accept root {root!r} under it: list the key of its first"
+                " publisher too"
+            )
+        first = None if relayed is None else relayed["payload"].get("key")
+        if relayed is not None and signer != first and (path or configured is None):
+            # The origin's key, as first believed, is kept as the root's is (or, for a
+            # dataset, that of the root's origin).
+            raise BadRequest(
+                f"relayed from an origin {'unsigned' if signer is None else f'signed by {signer}'}, but"
+                f" root {root!r} is relayed from one {'unsigned' if first is None else f'signed by {first}'}."
+                f" If its first publisher's key really changed, trust it (subscriber.trust: {{{root}:"
+                " [RELAY-KEY, KEY]}) and restart the subscriber"
             )
         own = RELAY_FIELDS if path else RELAY_ROOT_FIELDS
         if {k: v for k, v in obj.items() if k not in own} != {
@@ -149,7 +189,7 @@ class Trust:
         }:
             raise BadRequest("a relayed announcement that says otherwise than its origin")
         if signer is not None:
-            before = (last or {}).get("origin", {}).get("payload", {})
+            before = _origin_payload(last)
             latest = max(
                 self._latest.get((topic, signer), -1),
                 before.get("seq", -1) if before.get("key") == signer else -1,
@@ -169,3 +209,14 @@ class Trust:
             f" really changed, trust the new one for this root (subscriber.trust: {{{root}: [KEY]}}"
             " in the configuration file) and restart the subscriber"
         )
+
+
+def _origin(announcement: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return the origin a believed announcement was relayed from, None if it was not."""
+    origin = (announcement or {}).get("origin")
+    return origin if isinstance(origin, dict) and isinstance(origin.get("payload"), dict) else None
+
+
+def _origin_payload(announcement: dict[str, Any] | None) -> dict[str, Any]:
+    origin = _origin(announcement)
+    return {} if origin is None else origin["payload"]
