@@ -27,6 +27,9 @@ from .errors import BadRequest, ConfigError
 from .schema import KEY_PREFIX, MAX_SEQ, parse_public_key
 
 SIGNED_FIELDS = ("key", "seq", "sig")
+# The fields of an announcement that are its announcer's, not the dataset's: its
+# signature, and the origin a relay carries (see `subscriber.relay`).
+ANNOUNCER_FIELDS = (*SIGNED_FIELDS, "origin")
 
 
 def _public_text(key: Ed25519PublicKey) -> str:

@@ -16,6 +16,7 @@ from test_trust import retained
 
 from catmqtt import config, signing
 from catmqtt.errors import BadRequest, ConfigError, Unavailable
+from catmqtt.publisher import Publisher
 from catmqtt.subscriber.cache import Cache
 from catmqtt.subscriber.trust import Trust
 from catmqtt.web import Server
@@ -538,3 +539,18 @@ def test_what_would_be_too_large_relayed_is_left_out_and_said(broker, tmp_path, 
     finally:
         relay.stop()
         pub.stop()
+
+
+def test_a_bundle_of_a_relayed_root_is_published_as_its_own(chain, tmp_path):
+    pub, relay, down = chain
+    zipped = tmp_path / "bar.zip"
+    with requests.get(f"{down.url}/api/bundle/bar", stream=True, timeout=60) as answer:
+        answer.raise_for_status()
+        zipped.write_bytes(answer.content)
+    settings = config.node_settings({}, "publisher", http="127.0.0.1:0", statedir=tmp_path / "snap")
+    snap = Publisher("snap", zipped, settings)
+    entries = snap.root.scan()
+    assert sorted(entries) == sorted(pub.root.entries)
+    for path, entry in entries.items():
+        assert not {"origin", "key", "seq", "sig"} & set(entry.meta), path
+        assert entry.meta["manifest"] == pub.root.entries[path].meta["manifest"]

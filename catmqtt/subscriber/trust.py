@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from ..errors import BadRequest
-from ..signing import verify
+from ..signing import ANNOUNCER_FIELDS, verify
 from ..topics import encode_level
 from .catalogue import Catalogue
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # The topic of a root's announcement, under any prefix.
 _ROOT_TOPIC = re.compile(r"(?:(?!/roots/)[^#+])+/roots/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # The fields of a relayed announcement that are the relay's own: the rest is its origin's.
-RELAY_FIELDS = frozenset({"schema", "key", "seq", "sig", "origin"})
+RELAY_FIELDS = frozenset({"schema", *ANNOUNCER_FIELDS})
 RELAY_ROOT_FIELDS = RELAY_FIELDS | {"name", "url", "publisher", "time"}
 
 

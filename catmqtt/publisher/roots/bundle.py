@@ -25,7 +25,7 @@ import blosc2
 from ... import storage
 from ...bundle import Bundle
 from ...errors import BadRequest, CatmqttError
-from ...signing import SIGNED_FIELDS
+from ...signing import ANNOUNCER_FIELDS
 from . import Entry, Root
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ class BundleRoot(Root):
         damaged: list[dict[str, str]] = []
         for path, meta in sorted(bundle.metas.items()):
             try:
-                # Signed by its publisher for its topic: this publisher signs its own, if it signs.
+                # Signed by its publisher (or relay) for its topic: this publisher signs its
+                # own, if it signs.
                 found[path] = self._describe(
-                    bundle, path, {k: v for k, v in meta.items() if k not in SIGNED_FIELDS}
+                    bundle, path, {k: v for k, v in meta.items() if k not in ANNOUNCER_FIELDS}
                 )
             except CatmqttError as exc:
                 log.warning("%s: %s", self.path.name, exc)
