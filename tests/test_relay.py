@@ -554,3 +554,41 @@ def test_a_bundle_of_a_relayed_root_is_published_as_its_own(chain, tmp_path):
     for path, entry in entries.items():
         assert not {"origin", "key", "seq", "sig"} & set(entry.meta), path
         assert entry.meta["manifest"] == pub.root.entries[path].meta["manifest"]
+
+
+def test_a_relay_gives_up_what_it_would_announce_over(broker, tmp_path, root_dir, key, caplog):
+    """Its own broker under another address, and another root's name on its own broker:
+    said once, and the genuine announcements are left alone."""
+    pub = start_publisher(broker, tmp_path / "pub", root_dir, sign_key=key)
+    settings = config.node_settings(
+        {}, "publisher", broker=broker.url, http="127.0.0.1:0", statedir=tmp_path / "bar"
+    )
+    bar = Publisher("bar", root_dir, settings).start()
+    try:
+        wait_for(lambda: bar.node.connected.is_set(), "bar's publisher connected")
+        relay = start_subscriber(
+            broker,
+            tmp_path / "relay",
+            republish=[f"foo@mqtt://localhost:{broker.port}", "foo=bar"],
+        )
+        try:
+            wait_for(lambda: "'bar' is another on this broker" in caplog.text, "bar given up")
+            wait_for(
+                lambda: "its first publisher announces it there under that name" in caplog.text,
+                "foo given up",
+            )
+            assert caplog.text.count("not republishing root") == 2
+            with retained(broker, f"{PREFIX}/roots/+") as seen:
+                wait_for(
+                    lambda: (
+                        json.loads(seen.get(FOO) or "{}").get("url") == pub.url
+                        and json.loads(seen.get(BAR) or "{}").get("url") == bar.url
+                    ),
+                    "the genuine announcements",
+                )
+            assert relay.reader.roots()["foo"]["url"] == pub.url
+        finally:
+            relay.stop()
+    finally:
+        bar.stop()
+        pub.stop()

@@ -27,7 +27,9 @@ takes the announcer's lock; HTTP threads call the views, which only read.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +40,9 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from .. import storage
 from ..announcer import Announcer
 from ..config import BrokerAddress, Republish
-from ..errors import NotFound
+from ..errors import BadRequest, NotFound
 from ..mqtt import Node
-from ..signing import Signer
+from ..signing import Signer, verify
 from ..topics import dataset_topic, root_topic
 from ..web import OCTETS, arg_int, chunk_response
 from ..wire import DIGEST, ETAG
@@ -70,6 +72,7 @@ class Relays:
         self.entries = entries
         self.roots = frozenset(entry.root for entry in entries)
         self.prefix = settings["prefix"]
+        self.own_broker = settings["broker"]
         self.node_id = node_id
         self.url = url
         self.follower = follower
@@ -101,6 +104,9 @@ class Relays:
                 self._announcers[entry] = announcer
         # The roots not known yet when asked to announce them, told once each.
         self._waiting: set[str] = set()
+        # The entries given up, and why (see _give_up); under _lock.
+        self._stopped: dict[Republish, str] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> Relays:
         self.follower.on_change.append(self._changed)
@@ -143,11 +149,48 @@ class Relays:
     def _message(self, group: list[Republish]) -> Callable[[str, bytes], None]:
         def message(topic: str, payload: bytes) -> None:
             for entry in group:
-                self._announcers[entry].message(
-                    topic, payload, lambda path, root=entry.root: self._has(root, path)
-                )
+                announcer = self._announcers[entry]
+                if self._stopped_for(entry):
+                    continue
+                if topic == announcer.root_topic and payload and self._is_origin(entry, topic, payload):
+                    self._give_up(
+                        entry,
+                        f"its first publisher announces it there under that name ({announcer.node.broker.url}"
+                        " is where it comes from: this subscriber's own broker under another address, or"
+                        " a loop of relays)",
+                    )
+                    continue
+                announcer.message(topic, payload, lambda path, root=entry.root: self._has(root, path))
 
         return message
+
+    def _is_origin(self, entry: Republish, topic: str, payload: bytes) -> bool:
+        """Tell whether `payload` on `topic`, the root topic `entry` is announced on, is the
+        announcement of the root's first publisher itself (signed by the origin's key,
+        if signed), not a relay's."""
+        try:
+            info = self.follower.catalogue.root(entry.root)["info"]
+            theirs = json.loads(payload)
+            origin = _origin(root_topic(self.prefix, entry.root), info)["payload"]
+            if not isinstance(theirs, dict) or "origin" in theirs:
+                return False
+            if origin.get("key") is not None:
+                return verify(topic, theirs) == origin["key"]
+        except (NotFound, ValueError, BadRequest):
+            return False
+        return theirs.get("url") == origin.get("url") and theirs.get("publisher") == origin.get("publisher")
+
+    def _give_up(self, entry: Republish, why: str) -> None:
+        """Stop republishing `entry` (until a restart), saying why once."""
+        with self._lock:
+            if entry in self._stopped:
+                return
+            self._stopped[entry] = why
+        log.error("not republishing root %r as %r any more: %s", entry.root, entry.alias, why)
+
+    def _stopped_for(self, entry: Republish) -> bool:
+        with self._lock:
+            return entry in self._stopped
 
     def _changed(self, root: str, path: str) -> None:
         for entry in self.entries:
@@ -178,10 +221,20 @@ class Relays:
                 self._waiting.add(entry.root)
                 log.info("root %r is not announced yet: it is republished once it is", entry.root)
             return
+        if self._stopped_for(entry):
+            return
         info = root["info"]
         if info["url"].startswith(f"{self.url}{PATH}/"):
-            log.warning("root %r is served by this subscriber: it is not republished again", entry.root)
+            self._give_up(entry, "this subscriber is its publisher (a loop of relays)")
             return
+        if (entry.broker or self.own_broker) == self.own_broker:
+            try:
+                theirs = self.follower.catalogue.root(entry.alias)["info"]["url"]
+            except NotFound:
+                theirs = None
+            if theirs is not None and not theirs.startswith(f"{self.url}{PATH}/"):
+                self._give_up(entry, f"root {entry.alias!r} is another on this broker (served from {theirs})")
+                return
         if not root["subscribed"]:
             self.follower.subscribe(entry.root)
             paths = None
