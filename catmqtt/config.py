@@ -389,11 +389,14 @@ def parse_trust(value: object) -> dict[str, list[str]] | None:
 
 
 class Republish(NamedTuple):
-    """A root a subscriber republishes: as `alias`, on `broker` (None: its own)."""
+    """A root a subscriber republishes: as `alias`, on `broker` (None: its own), as `user`
+    with `password` there (another broker's own, never the subscriber's: None, anonymous)."""
 
     root: str
     alias: str
     broker: BrokerAddress | None
+    user: str | None = None
+    password: str | None = None
 
 
 _REPUBLISH = re.compile(r"([^=@]*)(?:=([^@]*))?(?:@(.*))?")
@@ -411,24 +414,37 @@ def parse_republish(value: object) -> list[Republish]:
         if isinstance(item, str):
             match = _REPUBLISH.fullmatch(item)
             root, alias, broker = match.groups()
+            credentials = (None, None)
             if not root:
                 raise ConfigError(
                     f"republish {item!r}: expected ROOT[=ALIAS][@BROKER_URL], like foo=foo-a@mqtt://hub:1883"
                 )
         elif isinstance(item, dict):
-            unknown = set(item) - {"root", "as", "broker"}
-            if unknown or "root" not in item:
+            unknown = set(item) - {"root", "as", "broker", "mqtt_user", "mqtt_password"}
+            if unknown or "root" not in item or (("mqtt_user" in item) and item.get("broker") is None):
                 raise ConfigError(
-                    f"republish {item!r}: expected a mapping of 'root' and optionally 'as' and 'broker'"
+                    f"republish {str(item)[:200]}: expected a mapping of 'root' and optionally 'as',"
+                    " 'broker', and with a broker 'mqtt_user' and 'mqtt_password'"
                 )
             root, alias, broker = item["root"], item.get("as"), item.get("broker")
+            credentials = (item.get("mqtt_user"), item.get("mqtt_password"))
         else:
             raise ConfigError(
                 f"republish must list ROOT[=ALIAS][@BROKER_URL] or {{root, as, broker}}, not {item!r}"
             )
         root = _check(parse_root_name, root)
         alias = root if alias is None else _check(parse_root_name, alias)
-        entries.append(Republish(root, alias, None if broker is None else parse_broker_url(broker)))
+        if isinstance(broker, str) and "@" in broker:
+            raise ConfigError(
+                f"republish {root!r}: give the broker's user and password as mqtt_user and mqtt_password"
+                " of a republish mapping in the configuration file, not in its URL"
+            )
+        user, password = (
+            c if c is None else parse_text(c, f"republish {root!r}: {k}", empty=k == "mqtt_password")
+            for c, k in zip(credentials, ("mqtt_user", "mqtt_password"), strict=True)
+        )
+        address = None if broker is None else parse_broker_url(broker)
+        entries.append(Republish(root, alias, address, user, password))
     return entries
 
 

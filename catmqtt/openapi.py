@@ -160,7 +160,7 @@ def subscriber() -> dict[str, Any]:
                 "post": _operation("Follow a root.", done, (400, 404, 507), parameters=("name",))
             },
             "/api/unsubscribe/{name}": {
-                "post": _operation("Stop following a root.", done, (400, 404, 507), parameters=("name",))
+                "post": _operation("Stop following a root.", done, (400, 404, 409, 507), parameters=("name",))
             },
             "/api/list/{name}": {
                 "get": _operation("The datasets of a root.", listing, (400, 404, 409), parameters=("name",))
@@ -324,7 +324,11 @@ def _relay() -> dict[str, dict[str, Any]]:
                 "get": {
                     **operation,
                     "summary": f"{operation['summary']} Of a root this subscriber republishes.",
-                    "parameters": [_ref("parameters", "name"), *operation.get("parameters", [])],
+                    # Whole chunks only: no blocks first.
+                    "parameters": [
+                        _ref("parameters", "name"),
+                        *(p for p in operation.get("parameters", []) if p != _ref("parameters", "blocks")),
+                    ],
                     "responses": {
                         **operation["responses"],
                         **{str(status): _ref("responses", str(status)) for status in _READS},
@@ -433,8 +437,10 @@ def _guarded(document: dict[str, Any]) -> dict[str, Any]:
     }
     # Without accounts, no credentials are needed.
     document["security"] = [{}, {"bearer": []}, {"session": []}]
-    for operations in document["paths"].values():
+    for path, operations in document["paths"].items():
+        # The relays' endpoints ask for no credentials, and change nothing.
+        statuses = (421,) if path.startswith("/relay/") else (401, 403, 421)
         for operation in operations.values():
-            for status in (401, 403, 421):
+            for status in statuses:
                 operation["responses"].setdefault(str(status), _ref("responses", str(status)))
     return document

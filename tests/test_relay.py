@@ -328,8 +328,11 @@ def test_a_relay_republishes_on_another_broker(tmp_path, root_dir):
         ("=x", "expected ROOT[=ALIAS][@BROKER_URL]"),
         ("foo=../x", "invalid root name '../x'"),
         ("foo@http://h", "invalid broker URL 'http://h'"),
-        ([{"root": "foo", "to": "x"}], "expected a mapping of 'root' and optionally 'as' and 'broker'"),
+        ([{"root": "foo", "to": "x"}], "expected a mapping of 'root' and optionally 'as', 'broker'"),
         ([7], "republish must list"),
+        ("foo@mqtt://u:p@hub", "give the broker's user and password as mqtt_user and mqtt_password"),
+        ([{"root": "foo", "mqtt_user": "u"}], "with a broker 'mqtt_user' and 'mqtt_password'"),
+        ([{"root": "foo", "broker": "hub", "mqtt_user": ""}], "mqtt_user must be a non-empty string"),
     ],
 )
 def test_bad_republish_settings(value, message):
@@ -344,7 +347,7 @@ def test_republish_settings():
                 "republish": [
                     {"root": "foo", "as": "bar"},
                     "baz@mqtt://hub:1884",
-                    {"root": "q", "broker": "hub"},
+                    {"root": "q", "broker": "hub", "mqtt_user": "relay", "mqtt_password": ""},
                 ]
             }
         },
@@ -354,7 +357,7 @@ def test_republish_settings():
     assert s["republish"] == [
         config.Republish("foo", "bar", None),
         config.Republish("baz", "baz", hub),
-        config.Republish("q", "q", config.BrokerAddress("hub", 1883, False)),
+        config.Republish("q", "q", config.BrokerAddress("hub", 1883, False), "relay", ""),
     ]
     with pytest.raises(ConfigError, match="has an access list"):
         config.node_settings(
@@ -397,6 +400,16 @@ def test_relay_endpoints_are_open_for_republished_roots_only(broker, tmp_path, r
             assert part.status_code == 206 and len(part.content) == 10
             # Everything else still needs a login.
             assert requests.get(f"{relay.url}/api/list/foo", timeout=10).status_code == 401
+            # A root republished is followed as long as it is, even by an admin's wish.
+            relay.app.config["CATMQTT_GUARD"].accounts.add_user("ann", "pw", admin=True)
+            login = requests.post(
+                f"{relay.url}/auth/login", json={"username": "ann", "password": "pw"}, timeout=30
+            )
+            token = {"Authorization": f"Bearer {login.json()['token']}"}
+            for action in ("unsubscribe", "forget"):
+                refused = requests.post(f"{relay.url}/api/{action}/foo", headers=token, timeout=10)
+                assert refused.status_code == 409 and "stop republishing it" in refused.json()["error"]
+            assert relay.follower.subscribed("foo")
             for url, status, message in [
                 (f"{relay.url}/relay/bar/api/list", 404, "not republished"),
                 (f"{relay.url}/relay/nope/api/info/ds-1d.b2nd", 404, "not republished"),

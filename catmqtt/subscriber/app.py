@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 
 from .. import openapi, storage
 from ..arrays import encode_array
-from ..errors import BadRequest
+from ..errors import BadRequest, CatmqttError
 from ..metrics import Metrics
 from ..web import OCTETS, arg_int, chunk_response, configure_app
 from ..wire import CFRAME, DIGEST, ETAG, FRAMES, NPY, ZIP
@@ -56,8 +56,20 @@ def subscribe(name: str):
 
 @bp.post("/api/unsubscribe/<name>")
 def unsubscribe(name: str):
+    _not_republished(name, "unsubscribing from")
     current_app.config["CATMQTT_FOLLOWER"].unsubscribe(name)
     return jsonify("Ok")
+
+
+def _not_republished(name: str, what: str) -> None:
+    """Refuse (409) `what` root `name` if this subscriber republishes it."""
+    relays = current_app.config["CATMQTT_RELAYS"]
+    if relays is not None and name in relays.roots:
+        raise CatmqttError(
+            f"root {name!r} is republished by this subscriber (subscriber.republish): stop"
+            f" republishing it before {what} it",
+            409,
+        )
 
 
 @bp.get("/api/list/<name>")
@@ -182,6 +194,7 @@ def pins():
 
 @bp.post("/api/forget/<name>")
 def forget(name: str):
+    _not_republished(name, "forgetting")
     _pins().forget(name)
     return jsonify("Ok")
 

@@ -80,18 +80,24 @@ class Relays:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="relay")
         self._announcers: dict[Republish, Announcer] = {}
         self._nodes: list[Node] = []
-        brokers: dict[BrokerAddress, list[Republish]] = {}
+        # One node a broker and account: the subscriber's own on its broker, those the
+        # entries name elsewhere (never the subscriber's own credentials: no one else's business).
+        brokers: dict[tuple[BrokerAddress, str | None, str | None], list[Republish]] = {}
         for entry in entries:
-            brokers.setdefault(entry.broker or settings["broker"], []).append(entry)
-        for broker, group in brokers.items():
+            if (entry.broker or self.own_broker) == self.own_broker:
+                account = (self.own_broker, settings["mqtt_user"], settings["mqtt_password"])
+            else:
+                account = (entry.broker, entry.user, entry.password)
+            brokers.setdefault(account, []).append(entry)
+        for (broker, user, password), group in brokers.items():
             node = Node(
                 "publisher",
                 node_id,
                 broker,
                 self.prefix,
                 url,
-                user=settings["mqtt_user"],
-                password=settings["mqtt_password"],
+                user=user,
+                password=password,
                 cafile=settings["cafile"],
                 on_connect=self._connected(group),
                 on_message=self._message(group),
