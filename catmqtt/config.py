@@ -248,7 +248,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
             parse(s, "cache_size", parse_cache_size)
         parse(s, "min_free", lambda v: parse_size(v, "min_free"))
         if s["prefetch_rate"] is not None:
-            parse(s, "prefetch_rate", parse_rate)
+            parse(s, "prefetch_rate", lambda v: parse_rate(v, "prefetch_rate", 1))
         parse(s, "republish", parse_republish)
         _check_republish(s)
         if s["sign_key"] is not None:
@@ -626,11 +626,12 @@ def parse_loglevel(value: object) -> str:
     raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")
 
 
-def parse_rate(value: object) -> int:
-    """Return ``subscriber.prefetch_rate`` in bytes per second: a size (`parse_size`), one at least."""
-    rate = parse_size(value, "prefetch_rate")
-    if rate < 1:
-        raise ValueError(f"prefetch_rate must be one byte per second at least, not {value!r}")
+def parse_rate(value: object, key: str, least: int) -> int:
+    """Return a rate in bytes per second (``subscriber.prefetch_rate``): a size
+    (`parse_size`), `least` (0 or 1) at least."""
+    rate = parse_size(value, key)
+    if rate < least:
+        raise ValueError(f"{key} must be one byte per second at least, not {value!r}")
     return rate
 
 
