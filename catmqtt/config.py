@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "http": "127.0.0.1:8002",
         "fetch_workers": 8,
         "fetch_timeout": 30,
+        "fetch_min_rate": "1kB",
         "max_fetch_bytes": 2 << 30,
         "max_stream_bytes": 256 << 20,
         "max_temp_bytes": 1 << 30,
@@ -234,6 +235,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
     if role == "subscriber":
         parse(s, "fetch_workers", lambda v: _int_in(v, "fetch_workers", 1, 256))
         parse(s, "fetch_timeout", lambda v: _int_in(v, "fetch_timeout", 1, 3600))
+        parse(s, "fetch_min_rate", lambda v: parse_rate(v, "fetch_min_rate", 0))
         for key in ("max_fetch_bytes", "max_stream_bytes", "max_temp_bytes"):
             parse(s, key, lambda v, key=key: _int_in(v, key, 1, 1 << 50))
         parse(s, "trust", parse_trust)
@@ -627,8 +629,8 @@ def parse_loglevel(value: object) -> str:
 
 
 def parse_rate(value: object, key: str, least: int) -> int:
-    """Return a rate in bytes per second (``subscriber.prefetch_rate``): a size
-    (`parse_size`), `least` (0 or 1) at least."""
+    """Return a rate in bytes per second (``subscriber.prefetch_rate``,
+    ``fetch_min_rate``): a size (`parse_size`), `least` (0 or 1) at least."""
     rate = parse_size(value, key)
     if rate < least:
         raise ValueError(f"{key} must be one byte per second at least, not {value!r}")
