@@ -292,6 +292,36 @@ def test_a_publisher_too_slow_gives_504_and_a_slow_steady_one_does_not(deploymen
         steady.stop()
 
 
+def test_a_publisher_asking_to_wait_an_hour_is_not_waited_for(deployment):
+    app = Flask("busy")
+
+    @app.get("/api/chunk/<path:path>")
+    def busy(path: str):
+        return Response(
+            json.dumps({"error": "busy", "status": 503}),
+            status=503,
+            mimetype="application/json",
+            headers={"Retry-After": "3600"},
+        )
+
+    server = Server(app, "127.0.0.1", 0, 4).start()
+    d = deployment
+    sub_url = d.start_sub()
+    try:
+        with rogue_client(d.broker) as rogue:
+            announce_rogue_root(rogue, "busy", server.url)
+        wait_for(lambda: "busy" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the busy root")
+        requests.post(f"{sub_url}/api/subscribe/busy", timeout=30).raise_for_status()
+        start = time.monotonic()
+        # A timeout of its own: urllib3 would wait as the publisher says, up to 6 hours.
+        response = requests.get(f"{sub_url}/api/fetch/busy/x.b2nd", timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"] == f"publisher of root 'busy' at {server.url} answered 503: busy"
+        assert time.monotonic() - start < 10
+    finally:
+        server.stop()
+
+
 def test_cleared_root_announcement_keeps_the_subscription(deployment, root_dir):
     d = deployment
     d.serve_foo(root_dir)

@@ -86,6 +86,8 @@ class Transport:
         # publisher saying it is busy or changing (503), are tried again. A
         # read timeout is not (read=False raises it as it is: a 504), nor an
         # answer too slow (its body is read here, after urllib3's retries).
+        # A publisher's Retry-After is not waited for: urllib3 would sleep as
+        # long as it says, up to 6 hours, holding a fetch worker.
         retry = Retry(
             total=3,
             connect=2,
@@ -95,6 +97,7 @@ class Transport:
             backoff_factor=0.2,
             allowed_methods=["GET"],
             raise_on_status=False,
+            respect_retry_after_header=False,
         )
         # One connection per worker, one for a piece of a rest, one for manifests.
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 2, max_retries=retry)
