@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "http": "127.0.0.1:8002",
         "fetch_workers": 8,
         "fetch_timeout": 30,
+        "fetch_min_rate": "1kB",
         "max_fetch_bytes": 2 << 30,
         "max_stream_bytes": 256 << 20,
         "max_temp_bytes": 1 << 30,
@@ -234,6 +235,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
     if role == "subscriber":
         parse(s, "fetch_workers", lambda v: _int_in(v, "fetch_workers", 1, 256))
         parse(s, "fetch_timeout", lambda v: _int_in(v, "fetch_timeout", 1, 3600))
+        parse(s, "fetch_min_rate", lambda v: parse_rate(v, "fetch_min_rate", 0))
         for key in ("max_fetch_bytes", "max_stream_bytes", "max_temp_bytes"):
             parse(s, key, lambda v, key=key: _int_in(v, key, 1, 1 << 50))
         parse(s, "trust", parse_trust)
@@ -248,7 +250,7 @@ def node_settings(conf: dict, role: str, node_id: str | None = None, **options: 
             parse(s, "cache_size", parse_cache_size)
         parse(s, "min_free", lambda v: parse_size(v, "min_free"))
         if s["prefetch_rate"] is not None:
-            parse(s, "prefetch_rate", parse_rate)
+            parse(s, "prefetch_rate", lambda v: parse_rate(v, "prefetch_rate", 1))
         parse(s, "republish", parse_republish)
         _check_republish(s)
         if s["sign_key"] is not None:
@@ -642,11 +644,12 @@ def parse_loglevel(value: object) -> str:
     raise ConfigError(f"invalid log level {value!r}: one of {', '.join(LOGLEVELS)}")
 
 
-def parse_rate(value: object) -> int:
-    """Return ``subscriber.prefetch_rate`` in bytes per second: a size (`parse_size`), one at least."""
-    rate = parse_size(value, "prefetch_rate")
-    if rate < 1:
-        raise ValueError(f"prefetch_rate must be one byte per second at least, not {value!r}")
+def parse_rate(value: object, key: str, least: int) -> int:
+    """Return a rate in bytes per second (``subscriber.prefetch_rate``,
+    ``fetch_min_rate``): a size (`parse_size`), `least` (0 or 1) at least."""
+    rate = parse_size(value, key)
+    if rate < least:
+        raise ValueError(f"{key} must be one byte per second at least, not {value!r}")
     return rate
 
 

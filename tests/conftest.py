@@ -197,7 +197,11 @@ def start_subscriber(broker, statedir, fetch: dict | None = None, **settings) ->
     s = config.node_settings(
         {}, "subscriber", broker=broker.url, http="127.0.0.1:0", statedir=statedir, **settings
     )
-    tuned = None if fetch is None else FetchSettings(s["fetch_workers"], s["fetch_timeout"], **fetch)
+    tuned = (
+        None
+        if fetch is None
+        else FetchSettings(s["fetch_workers"], s["fetch_timeout"], s["fetch_min_rate"], **fetch)
+    )
     sub = Subscriber(s, "sub-test", tuned).start()
     wait_for(lambda: sub.reader.roots().get("foo", {}).get("online"), "root foo online")
     return sub

@@ -494,6 +494,7 @@ def test_node_settings_defaults() -> None:
     assert pub["http_timeout"] == sub["http_timeout"] == 30
     assert (sub["max_stream_bytes"], sub["max_temp_bytes"]) == (256 << 20, 1 << 30)
     assert (sub["login_attempts"], sub["login_attempts_per_address"], sub["login_window"]) == (5, 20, 900)
+    assert (sub["fetch_timeout"], sub["fetch_min_rate"]) == (30, 1000)
 
 
 @pytest.mark.parametrize(
@@ -552,6 +553,10 @@ def test_node_settings_password(
             "login_attempts_per_address must be an integer from 0 to 100000, not 1000.0",
         ),
         ("subscriber", {"login_window": 0}, "login_window must be an integer from 1 to 86400, not 0"),
+        ("subscriber", {"fetch_min_rate": -1}, "fetch_min_rate must be a size in bytes, like 500MB"),
+        ("subscriber", {"fetch_min_rate": "1kB/s"}, "fetch_min_rate must be a size in bytes, like 500MB"),
+        ("subscriber", {"fetch_min_rate": "fast"}, "fetch_min_rate must be a size in bytes, like 500MB"),
+        ("subscriber", {"fetch_min_rate": "2000PB"}, "fetch_min_rate '2000PB' is more than the largest size"),
         ("publisher", {"settle": -1}, "settle must be a number from 0 to 3600, not -1"),
         ("publisher", {"settle": "1"}, "settle must be a number from 0 to 3600, not '1'"),
         ("publisher", {"settle": True}, "settle must be a number from 0 to 3600, not True"),
@@ -589,6 +594,12 @@ def test_node_settings_bad_value_from_file() -> None:
         ("subscriber", {"login_attempts_per_address": 0}, "login_attempts_per_address", 0),
         ("subscriber", {"login_window": 1}, "login_window", 1),
         ("subscriber", {"login_window": 86400}, "login_window", 86400),
+        ("subscriber", {"fetch_min_rate": 0}, "fetch_min_rate", 0),
+        ("subscriber", {"fetch_min_rate": "0"}, "fetch_min_rate", 0),
+        ("subscriber", {"fetch_min_rate": 500}, "fetch_min_rate", 500),
+        ("subscriber", {"fetch_min_rate": "4kB"}, "fetch_min_rate", 4000),
+        ("subscriber", {"fetch_min_rate": "2KiB"}, "fetch_min_rate", 2048),
+        ("subscriber", {"fetch_min_rate": "1.5 MB"}, "fetch_min_rate", 1_500_000),
     ],
 )
 def test_node_settings_good(role: str, options: dict, key: str, expected: Any) -> None:
@@ -735,6 +746,7 @@ WRONG: list[tuple[str, str, tuple]] = [
     ("subscriber", "cache_size", (INT, LIST, MAP, BOOL, False)),
     ("subscriber", "min_free", (LIST, MAP, BOOL, NULL)),
     ("subscriber", "prefetch_rate", (LIST, MAP, BOOL, False)),
+    ("subscriber", "fetch_min_rate", (LIST, MAP, BOOL, NULL, False)),
     ("client", "sub", NOT_TEXT),
     ("client", "user", (*NOT_TEXT, "")),
     ("client", "token", (*NOT_TEXT, "")),
@@ -784,6 +796,8 @@ def test_a_wrong_value_names_its_section_and_key(
         ("broker:\n  ws: no\n", "broker", "ws", None),
         ("subscriber:\n  auth: on\n", "subscriber", "auth", True),
         ("subscriber:\n  auth: off\n", "subscriber", "auth", False),
+        ("subscriber:\n  fetch_min_rate: 0\n", "subscriber", "fetch_min_rate", 0),
+        ("subscriber:\n  fetch_min_rate: 10kB\n", "subscriber", "fetch_min_rate", 10_000),
         ("subscriber:\n  statedir: st\n", "subscriber", "statedir", Path("st")),
         ("subscriber:\n  statedir:\n", "subscriber", "statedir", Path("_catmqtt") / "subscriber"),
         ("subscriber:\n  mqtt_user: lab\n  mqtt_password: ''\n", "subscriber", "mqtt_password", ""),

@@ -1,4 +1,5 @@
-"""Failures survived by real processes: a killed broker or subscriber, junk on topics, a hung publisher."""
+"""Failures survived by real processes: a killed broker or subscriber, junk on topics, a hung
+publisher, a slow one."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import socket
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import blosc2
 import numpy as np
 import paho.mqtt.client as paho
+import pytest
 import requests
+from flask import Flask, Response
 
 import catmqtt
 from catmqtt import storage
 from catmqtt.errors import Unavailable
+from catmqtt.subscriber.transport import fast_enough
+from catmqtt.web import Server
+from catmqtt.wire import DIGEST, ETAG
 
 from conftest import free_port, publish, rogue_client, wait_for
 
@@ -40,9 +47,10 @@ def dataset_meta(path: str) -> dict:
     }
 
 
-def announce_rogue_root(client: paho.Client, name: str, url: str) -> None:
+def announce_rogue_root(client: paho.Client, name: str, url: str, meta: dict | None = None) -> None:
+    """Announce root `name` at `url` with one dataset, x.b2nd (`meta`, else `dataset_meta`'s)."""
     root = {"schema": 1, "name": name, "url": url, "publisher": f"{name}-pub", "datasets": 1, "etag": "x"}
-    publish(client, f"catmqtt/v1/roots/{name}/ds/x.b2nd", json.dumps(dataset_meta("x.b2nd")))
+    publish(client, f"catmqtt/v1/roots/{name}/ds/x.b2nd", json.dumps(meta or dataset_meta("x.b2nd")))
     publish(client, f"catmqtt/v1/roots/{name}", json.dumps(root))
 
 
@@ -173,6 +181,145 @@ def test_hung_publisher_gives_504(deployment, tmp_path):
         assert result.returncode == 1 and "did not answer within 2 s" in result.stderr
     finally:
         hung.close()
+
+
+@pytest.mark.parametrize(
+    ("received", "elapsed", "grace", "min_rate", "ok"),
+    [
+        # Within the grace, however little came.
+        (0, 0.0, 2, 10_000, True),
+        (0, 1.99, 2, 10_000, True),
+        # Past it, min_rate bytes for each second past it.
+        (0, 2.01, 2, 10_000, False),
+        (5_000, 2.5, 2, 10_000, True),
+        (4_999, 2.5, 2, 10_000, False),
+        # A drip: a byte every half second.
+        (5, 2.5, 2, 10_000, False),
+        (60, 30.5, 30, 1_000, False),
+        # 200 kB over 3 s.
+        (200_000, 3.0, 1, 10_000, True),
+        # Starting late in the grace, over a link just faster than min_rate.
+        (1_100, 30.0, 29, 1_000, True),
+        (1_100 * 31, 60.0, 29, 1_000, True),
+        # A 4 MiB chunk at 1 kB a second.
+        (4 << 20, 4_000.0, 30, 1_000, True),
+        (4 << 20, 4_300.0, 30, 1_000, False),
+        # 0: no minimum.
+        (0, 86_400.0, 30, 0, True),
+    ],
+)
+def test_the_minimum_rate_of_an_answer(received, elapsed, grace, min_rate, ok):
+    assert fast_enough(received, elapsed, grace, min_rate) is ok
+
+
+def paced_publisher(
+    chunk: bytes, etag: str, piece: int, pause: float, stopped: threading.Event
+) -> tuple[Flask, threading.Event]:
+    """A publisher's chunk API sending `chunk` (for any chunk of any dataset), with its
+    length, `piece` bytes at a time and `pause` seconds apart, until `stopped`; and an
+    event set once it is asked for a chunk."""
+    app = Flask("paced")
+    asked = threading.Event()
+
+    @app.get("/api/chunk/<path:path>")
+    def send(path: str):
+        asked.set()
+
+        def pieces():
+            for start in range(0, len(chunk), piece):
+                yield chunk[start : start + piece]
+                if stopped.wait(pause):
+                    return
+
+        headers = {ETAG: etag, DIGEST: storage.chunk_digest(chunk), "Content-Length": str(len(chunk))}
+        return Response(pieces(), mimetype="application/octet-stream", headers=headers)
+
+    return app, asked
+
+
+def test_a_publisher_too_slow_gives_504_and_a_slow_steady_one_does_not(deployment, tmp_path):
+    # One chunk of 200 kB, which compression does not shrink.
+    values = np.random.default_rng(5).integers(-(2**63), 2**63 - 1, 25_000, dtype=np.int64)
+    arr = blosc2.asarray(values, chunks=(25_000,))
+    chunk = arr.schunk.get_chunk(0)
+    assert len(chunk) > 200_000
+    meta = {"schema": 1, **storage.describe(arr, "x.b2nd", "1")}
+    conf = tmp_path / "slow.yaml"
+    conf.write_text("subscriber:\n  fetch_timeout: 2\n  fetch_min_rate: 10kB\n")
+    stopped = threading.Event()
+    # A byte every half second: each comes well within the read timeout.
+    drip_app, drip_asked = paced_publisher(chunk, "1", 1, 0.5, stopped)
+    drip = Server(drip_app, "127.0.0.1", 0, 4).start()
+    # 20 kB every 0.3 s, about 65 kB a second: 3 s for the chunk.
+    steady = Server(paced_publisher(chunk, "1", 20_000, 0.3, stopped)[0], "127.0.0.1", 0, 4).start()
+    d = deployment
+    sub_url = d.start_sub("sub", "--conf", conf)
+    try:
+        with rogue_client(d.broker) as rogue:
+            announce_rogue_root(rogue, "drip", drip.url, meta)
+            announce_rogue_root(rogue, "steady", steady.url, meta)
+        roots = f"{sub_url}/api/roots"
+        wait_for(lambda: {"drip", "steady"} <= set(requests.get(roots, timeout=5).json()), "the roots")
+        for root in ("drip", "steady"):
+            requests.post(f"{sub_url}/api/subscribe/{root}", timeout=30).raise_for_status()
+
+        def timed_fetch() -> tuple[requests.Response, float]:
+            start = time.monotonic()
+            # A timeout of its own: without a minimum rate, this would wait for days.
+            response = requests.get(f"{sub_url}/api/fetch/drip/x.b2nd", timeout=30)
+            return response, time.monotonic() - start
+
+        with ThreadPoolExecutor(1) as pool:
+            dripped = pool.submit(timed_fetch)
+            wait_for(drip_asked.is_set, "the subscriber to ask the dripping publisher")
+            # Meanwhile, other reads are answered, a chunk coming slowly but steadily among them.
+            assert np.array_equal(catmqtt.Client(sub_url).fetch("steady/x.b2nd"), values)
+            response, seconds = dripped.result()
+        assert response.status_code == 504, response.text
+        error = response.json()["error"]
+        assert error.startswith(f"publisher of root 'drip' at {drip.url} sent "), error
+        assert "slower than fetch_min_rate (10000 bytes a second after the first 2 s)" in error
+        assert seconds < 10
+        # Nothing of it was kept, and the subscriber still serves.
+        cached = requests.get(f"{sub_url}/api/cached/drip/x.b2nd", timeout=5).json()
+        assert (cached["cached_chunks"], cached["cached_bytes"]) == (0, 0)
+        assert requests.get(f"{sub_url}/api/stats", timeout=5).json()["total"]["fetched_chunks"] == 1
+        assert d.procs["sub"].alive()
+        assert "Traceback" not in d.procs["sub"].output
+    finally:
+        stopped.set()
+        drip.stop()
+        steady.stop()
+
+
+def test_a_publisher_asking_to_wait_an_hour_is_not_waited_for(deployment):
+    app = Flask("busy")
+
+    @app.get("/api/chunk/<path:path>")
+    def busy(path: str):
+        return Response(
+            json.dumps({"error": "busy", "status": 503}),
+            status=503,
+            mimetype="application/json",
+            headers={"Retry-After": "3600"},
+        )
+
+    server = Server(app, "127.0.0.1", 0, 4).start()
+    d = deployment
+    sub_url = d.start_sub()
+    try:
+        with rogue_client(d.broker) as rogue:
+            announce_rogue_root(rogue, "busy", server.url)
+        wait_for(lambda: "busy" in requests.get(f"{sub_url}/api/roots", timeout=5).json(), "the busy root")
+        requests.post(f"{sub_url}/api/subscribe/busy", timeout=30).raise_for_status()
+        start = time.monotonic()
+        # A timeout of its own: urllib3 would wait as the publisher says, up to 6 hours.
+        response = requests.get(f"{sub_url}/api/fetch/busy/x.b2nd", timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"] == f"publisher of root 'busy' at {server.url} answered 503: busy"
+        assert time.monotonic() - start < 10
+    finally:
+        server.stop()
 
 
 def test_cleared_root_announcement_keeps_the_subscription(deployment, root_dir):

@@ -307,7 +307,7 @@ def test_small_chunks_measure_the_link_too(broker, tmp_path, root_dir):
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"workers": 0}, {"timeout": 0}, {"parts_worth": -1.0}, {"rest_grace": -0.5}],
+    [{"workers": 0}, {"timeout": 0}, {"min_rate": -1}, {"parts_worth": -1.0}, {"rest_grace": -0.5}],
 )
 def test_fetch_settings_are_checked(knobs):
     with pytest.raises(ValueError, match="invalid fetch settings"):

@@ -78,17 +78,26 @@ REST_GRACE = 5.0
 @dataclass(frozen=True)
 class FetchSettings:
     """How a `Fetcher` fetches: with `workers` fetches at once (and as many rests),
-    waiting `timeout` seconds at most for a publisher's answer; blocks first where
-    the rest of a chunk would take over `parts_worth` seconds to come; and giving the
-    rests under way `rest_grace` seconds to come when it closes."""
+    waiting `timeout` seconds at most for a publisher's answer, and giving up on one
+    that comes slower than `min_rate` bytes a second after that (0: however slow; see
+    `transport.fast_enough`); blocks first where the rest of a chunk would take over
+    `parts_worth` seconds to come; and giving the rests under way `rest_grace`
+    seconds to come when it closes."""
 
     workers: int
     timeout: float
+    min_rate: int = 0
     parts_worth: float = PARTS_WORTH
     rest_grace: float = REST_GRACE
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.timeout <= 0 or self.parts_worth < 0 or self.rest_grace < 0:
+        if (
+            self.workers < 1
+            or self.timeout <= 0
+            or self.min_rate < 0
+            or self.parts_worth < 0
+            or self.rest_grace < 0
+        ):
             raise ValueError(f"invalid fetch settings: {self!r}")
 
 
@@ -98,7 +107,7 @@ class Fetcher:
     def __init__(self, cache: Cache, settings: FetchSettings) -> None:
         self.cache = cache
         self.settings = settings
-        self.transport = Transport(settings.workers, settings.timeout)
+        self.transport = Transport(settings.workers, settings.timeout, settings.min_rate)
         self.timeout = self.transport.timeout
         # The manifests of dataset versions, as they are fetched.
         self._manifests = Manifests(self.transport)

@@ -41,8 +41,9 @@ class Subscriber:
     """A subscriber: MQTT follower, chunk cache and HTTP server.
 
     `fetch` tunes its fetcher beyond the settings (by default, the settings'
-    ``fetch_workers`` and ``fetch_timeout``); `summary_interval` is the least
-    number of seconds between two summaries of its cache on its status topic.
+    ``fetch_workers``, ``fetch_timeout`` and ``fetch_min_rate``); `summary_interval`
+    is the least number of seconds between two summaries of its cache on its status
+    topic.
     """
 
     def __init__(
@@ -55,7 +56,9 @@ class Subscriber:
         self.settings = settings
         self.node_id = node_id
         self.summary_interval = summary_interval
-        self.fetch = fetch or FetchSettings(settings["fetch_workers"], settings["fetch_timeout"])
+        self.fetch = fetch or FetchSettings(
+            settings["fetch_workers"], settings["fetch_timeout"], settings["fetch_min_rate"]
+        )
         self.url: str | None = None
         self.node: Node | None = None
         self.relays: Relays | None = None

@@ -3,9 +3,10 @@
 Every request goes over one pooled keep-alive session, with bounded retries and
 timeouts; what a publisher answers is checked before anyone reads it (its
 ``Content-Range``, its parts header, its size, a chunk against its dataset's
-metadata, a manifest against its announcement). How fast each publisher's
-bytes come is measured from its answers, and the pieces of the rests of chunks
-fetched in parts go to a publisher only while nothing else is asked of it.
+metadata, a manifest against its announcement), and an answer that comes
+slower than a minimum rate is given up on. How fast each publisher's bytes come
+is measured from its answers, and the pieces of the rests of chunks fetched in
+parts go to a publisher only while nothing else is asked of it.
 
 Threads and locks: the methods of `Transport` and `Manifests` are called from
 the fetcher's ``fetch`` and ``rest`` threads and from the subscriber's HTTP and
@@ -57,6 +58,9 @@ CONNECT_TIMEOUT = 5.0
 SAMPLE = 1 << 20
 # Digests of chunk manifests kept in memory (about 100 bytes each), in all.
 MANIFEST_DIGESTS = 1 << 18
+# The most bytes of an answer read at a time: each read returns what the
+# socket holds, up to this, so that how fast it comes is checked as it comes.
+READ = 1 << 20
 
 
 class Upstream(NamedTuple):
@@ -72,13 +76,18 @@ class Transport:
     """Asks publishers for chunks and manifests, checks what they answer, and
     measures how fast their answers come."""
 
-    def __init__(self, workers: int, timeout: float) -> None:
+    def __init__(self, workers: int, timeout: float, min_rate: int) -> None:
         self.timeout = (CONNECT_TIMEOUT, timeout)
+        # Bytes a second an answer must come at once `timeout` has passed (see fast_enough).
+        self.min_rate = min_rate
         self.session = requests.Session()
         self.session.trust_env = False
         # Bounded retries with backoff: a connection refused or reset, and a
         # publisher saying it is busy or changing (503), are tried again. A
-        # read timeout is not (read=False raises it as it is: a 504).
+        # read timeout is not (read=False raises it as it is: a 504), nor an
+        # answer too slow (its body is read here, after urllib3's retries).
+        # A publisher's Retry-After is not waited for: urllib3 would sleep as
+        # long as it says, up to 6 hours, holding a fetch worker.
         retry = Retry(
             total=3,
             connect=2,
@@ -88,6 +97,7 @@ class Transport:
             backoff_factor=0.2,
             allowed_methods=["GET"],
             raise_on_status=False,
+            respect_retry_after_header=False,
         )
         # One connection per worker, one for a piece of a rest, one for manifests.
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=workers + 2, max_retries=retry)
@@ -190,7 +200,7 @@ class Transport:
         """GET from a publisher: (headers, body of at most `limit` bytes, None). With
         `span` (start, stop), only those bytes are asked for; if they alone came, the
         third item is the size of the whole. Failures become Unavailable (502, 503 or
-        504) naming the publisher."""
+        504) naming the publisher; an answer slower than `min_rate` is a 504."""
         url = source.url
         where = f"publisher of root {source.root!r} at {url}"
         started = time.monotonic()
@@ -203,10 +213,10 @@ class Transport:
                 stream=True,
                 **self._environment(url),
             )
+            # A body left unread (too large, too slow) closes its connection,
+            # which urllib3 then opens anew rather than reuse.
             with response:
-                # One read of the whole body: requests' own .content reads 10 KiB
-                # at a time, which halves the speed of a 4 MiB chunk.
-                body = response.raw.read(limit + 1)
+                body = self._body(response, limit, started, where)
         except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
             raise Unavailable(f"{where} did not answer within {self.timeout[1]:g} s", status=504) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError):
@@ -226,6 +236,30 @@ class Transport:
             status = 503 if response.status_code == 503 else 502
             raise Unavailable(f"{where} answered {response.status_code}: {_message(body)}", status=status)
         return response.headers, body, None
+
+    def _body(self, response: requests.Response, limit: int, started: float, where: str) -> bytes:
+        """Read the body of `response` (of a request started at `started`, by
+        ``time.monotonic()``): at most `limit` bytes and one more, as long as it
+        comes fast enough (`fast_enough`), else Unavailable (504)."""
+        pieces: list[bytes] = []
+        received = 0
+        while received <= limit:
+            # What one recv brings (requests' own .content reads 10 KiB at a
+            # time, which halved the speed of a 4 MiB chunk); each recv still
+            # waits for the read timeout at most.
+            piece = response.raw.read1(min(READ, limit + 1 - received))
+            if not piece:
+                break
+            pieces.append(piece)
+            received += len(piece)
+            elapsed = time.monotonic() - started
+            if not fast_enough(received, elapsed, self.timeout[1], self.min_rate):
+                raise Unavailable(
+                    f"{where} sent {received} bytes in {elapsed:.1f} s, slower than fetch_min_rate"
+                    f" ({self.min_rate} bytes a second after the first {self.timeout[1]:g} s)",
+                    status=504,
+                )
+        return b"".join(pieces)
 
     def _environment(self, url: str) -> dict[str, Any]:
         """Return what the environment says for publisher `url` (read once)."""
@@ -306,6 +340,15 @@ class Manifests:
 
     def _done(self) -> list[Future]:
         return [f for f in self._manifests.values() if f.done() and f.exception() is None]
+
+
+def fast_enough(received: int, elapsed: float, grace: float, min_rate: int) -> bool:
+    """Tell whether an answer that brought `received` bytes in its first `elapsed`
+    seconds comes fast enough: `min_rate` bytes for each second past `grace`
+    (Apache's mod_reqtimeout MinRate). A link faster than `min_rate` passes
+    however late in the grace the answer starts; one dripping bytes fails once the
+    grace is over. A `min_rate` of 0 passes everything."""
+    return received >= (elapsed - grace) * min_rate
 
 
 def check_chunk(source: Upstream, nchunk: int, data: bytes | bytearray) -> None:
