@@ -570,8 +570,8 @@ def test_a_bundle_of_a_relayed_root_is_published_as_its_own(chain, tmp_path):
 
 
 def test_a_relay_gives_up_what_it_would_announce_over(broker, tmp_path, root_dir, key, caplog):
-    """Its own broker under another address, and another root's name on its own broker:
-    said once, and the genuine announcements are left alone."""
+    """Its own broker under another name (localhost), and another root's name on its own
+    broker: said once, and the genuine announcements are left alone."""
     pub = start_publisher(broker, tmp_path / "pub", root_dir, sign_key=key)
     settings = config.node_settings(
         {}, "publisher", broker=broker.url, http="127.0.0.1:0", statedir=tmp_path / "bar"
@@ -586,10 +586,7 @@ def test_a_relay_gives_up_what_it_would_announce_over(broker, tmp_path, root_dir
         )
         try:
             wait_for(lambda: "'bar' is another on this broker" in caplog.text, "bar given up")
-            wait_for(
-                lambda: "its first publisher announces it there under that name" in caplog.text,
-                "foo given up",
-            )
+            wait_for(lambda: "'foo' is another on this broker" in caplog.text, "foo given up")
             assert caplog.text.count("not republishing root") == 2
             with retained(broker, f"{PREFIX}/roots/+") as seen:
                 wait_for(
@@ -605,3 +602,29 @@ def test_a_relay_gives_up_what_it_would_announce_over(broker, tmp_path, root_dir
     finally:
         bar.stop()
         pub.stop()
+
+
+def test_a_loop_of_relays_is_given_up(tmp_path, root_dir, key, caplog):
+    """foo relayed to another broker, and from there back to its own under the same name:
+    the second relay finds its first publisher announcing it there."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = Broker("amqtt", tmp_path / "one").start()
+    two = Broker("amqtt", tmp_path / "two").start()
+    pub = start_publisher(one, tmp_path / "pub", root_dir, sign_key=key)
+    relays = []
+    try:
+        relays.append(_sub(one, tmp_path / "there", "foo", republish=[f"foo@{two.url}"]))
+        relays.append(_sub(two, tmp_path / "back", "foo", republish=[f"foo@{one.url}"]))
+        wait_for(lambda: "its first publisher announces it there under that name" in caplog.text, "the loop")
+        with retained(one, FOO) as seen:
+            wait_for(
+                lambda: json.loads(seen.get(FOO) or "{}").get("url") == pub.url, "foo's own announcement"
+            )
+        assert relays[0].reader.roots()["foo"]["url"] == pub.url
+    finally:
+        for relay in relays:
+            relay.stop()
+        pub.stop()
+        two.stop()
+        one.stop()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -83,8 +84,14 @@ class Relays:
         # One node a broker and account: the subscriber's own on its broker, those the
         # entries name elsewhere (never the subscriber's own credentials: no one else's business).
         brokers: dict[tuple[BrokerAddress, str | None, str | None], list[Republish]] = {}
+        # Where each entry is announced: its own broker under another name (localhost
+        # for 127.0.0.1) is its own broker, one connection (a node's client id is its own).
+        self._targets = {
+            entry: self.own_broker if _same_broker(entry.broker, self.own_broker) else entry.broker
+            for entry in entries
+        }
         for entry in entries:
-            if (entry.broker or self.own_broker) == self.own_broker:
+            if self._targets[entry] == self.own_broker:
                 account = (self.own_broker, settings["mqtt_user"], settings["mqtt_password"])
             else:
                 account = (entry.broker, entry.user, entry.password)
@@ -233,7 +240,7 @@ class Relays:
         if info["url"].startswith(f"{self.url}{PATH}/"):
             self._give_up(entry, "this subscriber is its publisher (a loop of relays)")
             return
-        if (entry.broker or self.own_broker) == self.own_broker:
+        if self._targets[entry] == self.own_broker:
             try:
                 theirs = self.follower.catalogue.root(entry.alias)["info"]["url"]
             except NotFound:
@@ -273,6 +280,23 @@ class Relays:
                 # Now that all is announced, the broker's replay of our topics tells
                 # what we announced before and no longer serve: it is withdrawn.
                 announcer.subscribe()
+
+
+def _same_broker(broker: BrokerAddress | None, own: BrokerAddress) -> bool:
+    """Tell whether `broker` (None: the subscriber's own) is its `own` broker, by the
+    addresses their names resolve to."""
+    if broker is None or broker == own:
+        return True
+    if broker.port != own.port or broker.tls != own.tls:
+        return False
+    try:
+        found = [
+            {info[4][:2] for info in socket.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)}
+            for b in (broker, own)
+        ]
+    except OSError:
+        return False
+    return bool(found[0] & found[1])
 
 
 def _origin(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
