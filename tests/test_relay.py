@@ -628,3 +628,19 @@ def test_a_loop_of_relays_is_given_up(tmp_path, root_dir, key, caplog):
         pub.stop()
         two.stop()
         one.stop()
+
+
+def test_a_root_followed_directly_and_through_a_relay_has_no_replays(tmp_path):
+    """Their announcements of one origin come in their own time: the relay's of an origin
+    older than the one the publisher just announced directly is no replay."""
+    first, relay = signing.generate(tmp_path / "first.pem"), signing.generate(tmp_path / "relay.pem")
+    older, newer = (first.sign(FOO, _root("foo", "http://pub")) for _ in range(2))
+    cache = Cache.open(tmp_path / "state")
+    try:
+        trust = Trust(None, cache.catalogue)
+        assert trust.check(FOO, "foo", newer, None, pin=True) == first.public
+        assert trust.check(BAR, "bar", _relayed(relay, FOO, older), None, pin=True) == relay.public
+        with pytest.raises(BadRequest, match="a replay"):
+            trust.check(FOO, "foo", older, newer, pin=True)
+    finally:
+        cache.close()

@@ -19,7 +19,8 @@ root is served from, by whom and under what name); with ``subscriber.trust``
 set for the root, the origin must be signed by a key it lists too (a relay
 vouches for an unsigned origin).
 
-All of it runs on the MQTT thread, which alone touches `Trust._latest`.
+All of it runs on the MQTT thread, which alone touches `Trust._latest` and
+`Trust._origins`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Trust:
         # The highest sequence number accepted on each topic under each key since
         # start (the cache keeps the last accepted announcements, for after a restart).
         self._latest: dict[tuple[str, str], int] = {}
+        # The same of the origins that relayed announcements carry, per root, origin topic and key.
+        self._origins: dict[tuple[str, str, str], int] = {}
         self._warned_unsigned: set[str] = set()
 
     def keys(self, root: str) -> list[str] | None:
@@ -189,16 +192,18 @@ class Trust:
         }:
             raise BadRequest("a relayed announcement that says otherwise than its origin")
         if signer is not None:
+            # Per root: a root followed both from its publisher and through a relay is
+            # announced by each in its own time.
             before = _origin_payload(last)
             latest = max(
-                self._latest.get((topic, signer), -1),
+                self._origins.get((root, topic, signer), -1),
                 before.get("seq", -1) if before.get("key") == signer else -1,
             )
             if payload["seq"] < latest:
                 raise BadRequest(
                     f"its origin's sequence number {payload['seq']} is older than {latest}: a replay"
                 )
-            self._latest[(topic, signer)] = payload["seq"]
+            self._origins[(root, topic, signer)] = payload["seq"]
 
     def _refusal(self, root: str, signer: str | None, keys: list[str]) -> str:
         what = "unsigned" if signer is None else f"signed by {signer}"
