@@ -13,16 +13,22 @@ change tracking, check every chunk against a manifest that the origin's
 key vouches for, and can require that key (see `trust`). A relay of a relay
 passes on the first origin.
 
+A relay gives up a root (until it restarts, saying why once) that it would
+announce over someone else: another root of that name on its own broker,
+or the root's first publisher announcing it under that name where the
+relay announces it (a loop of relays).
+
 Threads: one worker (``relay``) makes every announcement, in the order
 asked: all of a root on each connection to a broker (the node's MQTT thread
 asks), and what each update the follower applies changed (its ``updates``
 worker asks). Once all of a root is announced, the relay subscribes to its
 topics, and withdraws the datasets the broker replays that it no longer
-serves. It
-subscribes to a republished root once the root is known, which waits for
-the broker to replay the root's datasets: never on the threads that apply
-them. The MQTT threads of the relay's nodes call `Announcer.message`, which
-takes the announcer's lock; HTTP threads call the views, which only read.
+serves. It subscribes to a republished root once the root is known, which
+waits for the broker to replay the root's datasets: never on the threads
+that apply them. The MQTT threads of the relay's nodes call
+`Announcer.message`, which takes the announcer's lock, and may give up a
+root (`Relays._lock` guards those given up); HTTP threads call the views,
+which only read.
 """
 
 from __future__ import annotations
