@@ -47,7 +47,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from .. import storage
 from ..announcer import Announcer
 from ..config import BrokerAddress, Republish
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, CatmqttError, NotFound
 from ..mqtt import Node
 from ..signing import Signer, verify
 from ..topics import dataset_topic, root_topic
@@ -143,12 +143,18 @@ class Relays:
         for node in self._nodes:
             node.stop()
 
-    def _submit(self, func: Callable[..., None], *args: Any) -> None:
+    def _submit(self, entry: Republish, paths: list[str] | None) -> None:
+        """Have the worker announce `entry`'s root after its datasets `paths` (see `_announce`)."""
+
         def run() -> None:
             try:
-                func(*args)
+                self._announce(entry, paths)
+            except CatmqttError as exc:
+                # What a subscriber may meet (a full disk, a root gone meanwhile): the
+                # next change or connection announces it again.
+                log.warning("republishing root %r as %r failed: %s", entry.root, entry.alias, exc)
             except Exception:
-                log.exception("error republishing %s", args[0])
+                log.exception("error republishing root %r as %r", entry.root, entry.alias)
 
         try:
             self._worker.submit(run)
@@ -161,7 +167,7 @@ class Relays:
     def _connected(self, group: list[Republish]) -> Callable[[], None]:
         def connected() -> None:
             for entry in group:
-                self._submit(self._announce, entry, None)
+                self._submit(entry, None)
 
         return connected
 
@@ -214,12 +220,12 @@ class Relays:
     def _changed(self, root: str, path: str) -> None:
         for entry in self.entries:
             if entry.root == root:
-                self._submit(self._announce, entry, [path])
+                self._submit(entry, [path])
 
     def _root_changed(self, root: str) -> None:
         for entry in self.entries:
             if entry.root == root:
-                self._submit(self._announce, entry, [])
+                self._submit(entry, [])
 
     def _has(self, root: str, path: str) -> bool:
         try:
