@@ -196,7 +196,7 @@ class Relays:
         try:
             info = self.follower.catalogue.root(entry.root)["info"]
             theirs = json.loads(payload)
-            origin = _origin(root_topic(self.prefix, entry.root), info)["payload"]
+            origin = _origin_of(root_topic(self.prefix, entry.root), info)["payload"]
             if not isinstance(theirs, dict) or "origin" in theirs:
                 return False
             if origin.get("key") is not None:
@@ -274,7 +274,7 @@ class Relays:
                 upstream = dataset_topic(self.prefix, entry.root, path)
                 relayed = {k: v for k, v in meta.items() if k not in RELAY_FIELDS}
                 announcer.announce(
-                    announcer.dataset_topic(path), {**relayed, "origin": _origin(upstream, meta)}
+                    announcer.dataset_topic(path), {**relayed, "origin": _origin_of(upstream, meta)}
                 )
             relayed = {k: v for k, v in info.items() if k not in RELAY_ROOT_FIELDS}
             announcer.announce(
@@ -285,7 +285,7 @@ class Relays:
                     "url": f"{self.url}{PATH}/{entry.root}",
                     "publisher": self.node_id,
                     "time": time.time(),
-                    "origin": _origin(root_topic(self.prefix, entry.root), info),
+                    "origin": _origin_of(root_topic(self.prefix, entry.root), info),
                 },
             )
             if paths is None:
@@ -311,7 +311,7 @@ def _same_broker(broker: BrokerAddress | None, own: BrokerAddress) -> bool:
     return bool(found[0] & found[1])
 
 
-def _origin(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
+def _origin_of(topic: str, obj: dict[str, Any]) -> dict[str, Any]:
     """Return the origin of an announcement `obj` received on `topic`: its own, if it was relayed."""
     return obj.get("origin", {"topic": topic, "payload": obj})
 

@@ -194,7 +194,7 @@ class Trust:
         if signer is not None:
             # Per root: a root followed both from its publisher and through a relay is
             # announced by each in its own time.
-            before = _origin_payload(last)
+            before = (_origin(last) or {}).get("payload", {})
             latest = max(
                 self._origins.get((root, topic, signer), -1),
                 before.get("seq", -1) if before.get("key") == signer else -1,
@@ -220,8 +220,3 @@ def _origin(announcement: dict[str, Any] | None) -> dict[str, Any] | None:
     """Return the origin a believed announcement was relayed from, None if it was not."""
     origin = (announcement or {}).get("origin")
     return origin if isinstance(origin, dict) and isinstance(origin.get("payload"), dict) else None
-
-
-def _origin_payload(announcement: dict[str, Any] | None) -> dict[str, Any]:
-    origin = _origin(announcement)
-    return {} if origin is None else origin["payload"]
